@@ -1,0 +1,86 @@
+"""`fusegen` command line: run, status, stages, make-tiny-models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.errors import PipelineError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fusegen", description="Fused-modal retrieval training data on Ray.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run or resume a pipeline from a config file")
+    run.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    run.add_argument("--run-dir", help="run directory (local path or pyarrow URI); default runs/<name>")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set doc2query.queries_per_passage=2")
+    run.add_argument("--force", action="store_true", help="reuse a run dir made by another pipeline or version")
+    status = sub.add_parser("status", help="print the per-stage funnel of a run directory")
+    status.add_argument("run_dir")
+    status.add_argument("--json", action="store_true", help="print the manifests as JSON")
+    sub.add_parser("stages", help="list the stages and their columns")
+    tiny = sub.add_parser("make-tiny-models", help="build the offline tiny models into DIR")
+    tiny.add_argument("dir")
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except PipelineError as exc:
+        print(f"fusegen: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from pipeline.rundir import RunContext
+    from pipeline.runner import run_pipeline
+    from pipeline.settings import build_stages, load_config
+    from pipeline.status import format_status
+
+    config = load_config(args.config, args.overrides)
+    ctx = RunContext.create(config, args.run_dir, args.force)
+    stages = build_stages(config, ctx)
+    run_pipeline(ctx, stages)
+    print(format_status(ctx.run_fs))
+    print(f"output: {ctx.run_fs.path('export/data')}")
+    return 0
+
+
+def _status(args) -> int:
+    from pipeline.io.fs import RunFS
+    from pipeline.status import collect_manifests, format_status
+
+    run_fs = RunFS.from_uri(args.run_dir)
+    if args.json:
+        print(json.dumps(collect_manifests(run_fs), indent=2))
+    else:
+        print(format_status(run_fs))
+    return 0
+
+
+def _stages(args) -> int:
+    from pipeline.stages import STAGES, TRACKS
+
+    for track, names in TRACKS.items():
+        print(f"pipeline {track}: {' -> '.join(names)}")
+    for name, cls in STAGES.items():
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"\n{name}: {doc}")
+        print(f"  inputs:  {', '.join(cls.input_columns) or '(corpus files)'}")
+        print(f"  outputs: {', '.join(cls.output_columns) or '(the input columns)'}")
+    return 0
+
+
+def _tiny(args) -> int:
+    from pipeline.models.tiny import build_all
+
+    for name, path in build_all(args.dir).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+COMMANDS = {"run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

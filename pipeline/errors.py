@@ -1,0 +1,23 @@
+"""Project exceptions (STYLE R30). Messages name the stage and field, show the value, and say what to do."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class for every error fusegen raises on purpose."""
+
+
+class PipelineConfigError(PipelineError):
+    """A config file or `--set` override is invalid; raised before any work starts."""
+
+
+class StageInputError(PipelineError):
+    """A stage's input is unusable as a whole (missing column, wrong type, unreadable or empty file)."""
+
+
+class RunDirError(PipelineError):
+    """The run directory belongs to another pipeline or package version, or is corrupt."""
+
+
+class LedgerError(PipelineError):
+    """rows_in != rows_out + filtered + rejected for a stage: rows were lost or invented."""

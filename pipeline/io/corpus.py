@@ -1,0 +1,209 @@
+"""Corpus reading for ingest: find the files, plan shards, read a shard's raw records.
+
+JSONL shards are byte ranges planned by one streaming scan (so reading a shard never rereads the
+file from the top); Parquet shards are row ranges. Whole-file problems (unreadable, unsupported
+type, wrong column types, no rows) stop the run before any work with the file and column named;
+per-record problems (bad UTF-8, bad JSON) come back as records that ingest rejects.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StageInputError
+from pipeline.io.shards import ShardSpec
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+_STRING = (pa.types.is_string, pa.types.is_large_string)
+
+
+@dataclass(frozen=True)
+class CorpusColumns:
+    """Names of the corpus columns, for corpora that call them something else."""
+
+    doc_id: str = "doc_id"
+    text: str = "text"
+    title: str = "title"
+    image: str = "image"
+    image_url: str = "image_url"
+    domain: str = "domain"
+
+    def mapping(self) -> dict[str, str]:
+        return {canon: getattr(self, canon) for canon in self.__dataclass_fields__}
+
+
+class RecordError:
+    """A record that could not even be parsed; ingest rejects it with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def get(self, key, default=None):
+        return default
+
+
+def find_files(path: str) -> list[str]:
+    path = os.path.expanduser(path)
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path, recursive=True))
+    elif os.path.isdir(path):
+        files = sorted(
+            os.path.join(root, f)
+            for root, _, names in os.walk(path)
+            for f in names
+            if f.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES) and not f.startswith(".")
+        )
+    elif os.path.exists(path):
+        files = [path]
+    else:
+        raise StageInputError(f"ingest: `ingest.path` {path!r} does not exist")
+    files = [os.path.abspath(f) for f in files if os.path.isfile(f)]
+    if not files:
+        raise StageInputError(f"ingest: no .jsonl/.json/.parquet files found under {path!r}")
+    return files
+
+
+def plan_corpus(path: str, columns: CorpusColumns, shard_rows: int) -> list[ShardSpec]:
+    specs: list[ShardSpec] = []
+    for file in find_files(path):
+        if file.endswith(PARQUET_SUFFIXES):
+            specs += _plan_parquet(file, columns, shard_rows, len(specs))
+        elif file.endswith(JSONL_SUFFIXES):
+            specs += _plan_jsonl(file, shard_rows, len(specs))
+        else:
+            raise StageInputError(f"ingest: unsupported file type {file!r} (use .jsonl, .json or .parquet)")
+    if not specs:
+        raise StageInputError(f"ingest: the input {path!r} holds no records (all files are empty)")
+    return specs
+
+
+def _plan_jsonl(file: str, shard_rows: int, first_index: int) -> list[ShardSpec]:
+    specs: list[ShardSpec] = []
+    try:
+        with open(file, "rb") as f:
+            start, offset, count, line_no, first_line = 0, 0, 0, 0, 1
+            for line in f:
+                line_no += 1
+                if count == 0:
+                    start, first_line = offset, line_no
+                offset += len(line)
+                if line.strip():
+                    count += 1
+                if count == shard_rows:
+                    specs.append(_jsonl_spec(first_index + len(specs), file, start, offset, count, first_line))
+                    count = 0
+            if count:
+                specs.append(_jsonl_spec(first_index + len(specs), file, start, offset, count, first_line))
+    except OSError as exc:
+        raise StageInputError(f"ingest: cannot read {file}: {exc.strerror or exc}") from None
+    return specs
+
+
+def _jsonl_spec(index: int, file: str, start: int, stop: int, rows: int, first_line: int) -> ShardSpec:
+    return ShardSpec(f"{index:06d}", file, start, stop, rows, kind="jsonl", first_line=first_line)
+
+
+def _plan_parquet(file: str, columns: CorpusColumns, shard_rows: int, first_index: int) -> list[ShardSpec]:
+    try:
+        meta = pq.ParquetFile(file)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError or ArrowInvalid for junk files
+        raise StageInputError(f"ingest: cannot read Parquet file {file}: {exc}") from None
+    check_parquet_schema(meta.schema_arrow, columns, file)
+    n = meta.metadata.num_rows
+    return [
+        ShardSpec(f"{first_index + i:06d}", file, s, min(n, s + shard_rows), min(n, s + shard_rows) - s, "parquet_corpus")
+        for i, s in enumerate(range(0, n, shard_rows))
+    ]
+
+
+def check_parquet_schema(schema: pa.Schema, columns: CorpusColumns, file: str) -> None:
+    """Whole-column type errors are caught here, before any work, naming the column and the file."""
+    names = schema.names
+    if columns.text not in names:
+        raise StageInputError(f"ingest: {file} has no text column {columns.text!r}; its columns: {', '.join(names)}")
+    expected = {
+        "text": ("a string", _STRING),
+        "doc_id": ("a string or integer", _STRING + (pa.types.is_integer,)),
+        "title": ("a string", _STRING),
+        "domain": ("a string", _STRING),
+        "image_url": ("a string", _STRING),
+        "image": ("binary, a path string or an image struct {bytes, path}",
+                  _STRING + (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_struct)),
+    }
+    for canon, (what, tests) in expected.items():
+        name = getattr(columns, canon)
+        if name in names:
+            tp = schema.field(name).type
+            if not any(t(tp) for t in tests) and not pa.types.is_null(tp):
+                raise StageInputError(f"ingest: column {name!r} in {file} must be {what}, but its type is {tp}")
+
+
+def read_jsonl_shard(spec: ShardSpec, fs) -> pa.Table:
+    with open(spec.source, "rb") as f:
+        f.seek(spec.start)
+        data = f.read(spec.stop - spec.start)
+    name = os.path.basename(spec.source)
+    raws, wheres = [], []
+    for i, line in enumerate(data.split(b"\n")):
+        if line.strip():
+            raws.append(line.rstrip(b"\r"))
+            wheres.append(f"{name}:{spec.first_line + i}")
+    base = os.path.dirname(spec.source)
+    return pa.table({"_raw": pa.array(raws, pa.binary()), "_where": wheres, "_base": [base] * len(raws)})
+
+
+def read_parquet_corpus_shard(spec: ShardSpec, fs) -> pa.Table:
+    table = pq.ParquetFile(spec.source).read().slice(spec.start, spec.stop - spec.start)
+    name = os.path.basename(spec.source)
+    wheres = [f"{name}#row{spec.start + i}" for i in range(table.num_rows)]
+    table = table.append_column("_where", pa.array(wheres, pa.string()))
+    return table.append_column("_base", pa.array([os.path.dirname(spec.source)] * table.num_rows, pa.string()))
+
+
+def iter_records(table: pa.Table, columns: CorpusColumns):
+    """Yield (record dict or RecordError, where, base dir) with canonical keys."""
+    mapping = columns.mapping()
+    wheres, bases = table["_where"].to_pylist(), table["_base"].to_pylist()
+    if "_raw" in table.column_names:
+        for raw, where, base in zip(table["_raw"].to_pylist(), wheres, bases):
+            yield _parse_line(raw, mapping), where, base
+        return
+    present = {canon: src for canon, src in mapping.items() if src in table.column_names}
+    data = {canon: table[src].to_pylist() for canon, src in present.items()}
+    for i, (where, base) in enumerate(zip(wheres, bases)):
+        yield {canon: values[i] for canon, values in data.items()}, where, base
+
+
+def _parse_line(raw: bytes, mapping: dict[str, str]):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return RecordError("error:invalid_utf8")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return RecordError("error:invalid_json")
+    if not isinstance(obj, dict):
+        return RecordError("error:not_an_object")
+    return {canon: obj.get(src) for canon, src in mapping.items()}
+
+
+def load_local_image(base_dir: str, path: str) -> bytes:
+    """Image paths are relative to the corpus file's folder; a missing file is a reject, not a crash."""
+    from pipeline.stages.ingest import _Reject
+
+    full = path if os.path.isabs(path) else os.path.join(base_dir, path)
+    try:
+        with open(full, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise _Reject("error:image_missing") from None
+    except OSError:
+        raise _Reject("error:image_unreadable") from None

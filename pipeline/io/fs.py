@@ -1,0 +1,99 @@
+"""Run-directory storage on any pyarrow filesystem (local path, s3://, gs://, ...).
+
+Every file a stage commits is written under a temporary name and renamed, so a reader (or a resumed
+run) sees either the whole file or nothing. On object stores, where rename is a copy, the commit
+marker written last (see runner) still decides what counts as done.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class RunFS:
+    """A filesystem plus a root path inside it."""
+
+    fs: pafs.FileSystem
+    root: str
+
+    @classmethod
+    def from_uri(cls, uri: str) -> RunFS:
+        if "://" in uri:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        else:
+            import os
+
+            fs, path = pafs.LocalFileSystem(), os.path.abspath(uri)
+        return cls(fs, path.rstrip("/"))
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def mkdir(self, rel: str) -> None:
+        self.fs.create_dir(self.path(rel), recursive=True)
+
+    def listdir(self, rel: str, suffix: str = "") -> list[str]:
+        """Sorted base names of the files directly under `rel` (empty when it does not exist)."""
+        if not self.exists(rel):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=False))
+        return sorted(
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith(".")
+        )
+
+    def delete_dir(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_dir(self.path(rel))
+
+    def delete_file(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_file(self.path(rel))
+
+    def _atomic(self, rel: str, write) -> None:
+        final = self.path(rel)
+        parent, _, name = final.rpartition("/")
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        write(tmp)
+        self.fs.move(tmp, final)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        def write(tmp: str) -> None:
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+
+        self._atomic(rel, write)
+
+    def write_json(self, rel: str, obj: object) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_json(self, rel: str) -> dict | None:
+        if not self.exists(rel):
+            return None
+        return json.loads(self.read_bytes(rel))
+
+    def write_parquet(self, rel: str, table: pa.Table) -> None:
+        self._atomic(rel, lambda tmp: pq.write_table(table, tmp, filesystem=self.fs, compression="zstd"))
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path(rel), filesystem=self.fs, columns=columns)
+
+    def parquet_rows(self, rel: str) -> int:
+        with self.fs.open_input_file(self.path(rel)) as f:
+            return pq.ParquetFile(f).metadata.num_rows

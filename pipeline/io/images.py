@@ -1,0 +1,86 @@
+"""Image validation and normalisation for input images (DESIGN.md §6).
+
+Bad images raise `ImageError(kind)`; the caller turns the kind into a reject reason
+(`error:image_<kind>`). Odd modes are converted, never silently kept: CMYK, 16-bit, palette and
+alpha images become RGB (alpha composited on white); animated images keep their first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+from pipeline.config import check
+
+
+class ImageError(Exception):
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    # Pillow's own bomb limit is ~89M pixels; a training image never needs more than this.
+    max_pixels: int = 40_000_000
+    min_side: int = 8
+
+    def __post_init__(self) -> None:
+        check(self.max_bytes > 0, "images", "max_bytes", "must be > 0")
+        check(self.max_pixels > 0, "images", "max_pixels", "must be > 0")
+
+
+def normalise_image(data: bytes, limits: ImageLimits) -> tuple[bytes, str]:
+    """Return (image bytes, format) ready to store: original bytes when already plain RGB/L JPEG/PNG."""
+    if not data:
+        raise ImageError("empty")
+    if len(data) > limits.max_bytes:
+        raise ImageError("too_large", f"{len(data)} bytes > {limits.max_bytes}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError("decompression_bomb", str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for junk input
+            raise ImageError("not_an_image", type(exc).__name__) from None
+        w, h = img.size
+        if w * h > limits.max_pixels:
+            raise ImageError("decompression_bomb", f"{w}x{h} pixels > {limits.max_pixels}")
+        if min(w, h) < limits.min_side:
+            raise ImageError("too_small", f"{w}x{h}")
+        try:
+            img.load()
+        except Exception as exc:  # noqa: BLE001
+            raise ImageError("truncated", str(exc)[:120]) from None
+    fmt = (img.format or "").upper()
+    animated = getattr(img, "n_frames", 1) > 1
+    if fmt in ("JPEG", "PNG") and img.mode in ("RGB", "L") and not animated:
+        return data, fmt.lower()
+    if animated:
+        img.seek(0)
+    rgb = _to_rgb(img)
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG")
+    return buf.getvalue(), "png"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grey: scale to 8 bits instead of clipping.
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        return Image.fromarray((arr * (255.0 / top)).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")

@@ -1,0 +1,73 @@
+"""`_manifest.json` and per-shard commit markers (DESIGN.md §2 fixes the manifest keys).
+
+Keys other tools read: stage, fingerprint, status, rows {in, out, filtered, rejected}, reasons,
+seconds, models. fusegen adds: decision (why the stage ran or was skipped), config (the values that
+fed the fingerprint), shards {planned, done}, input_rows, fanout, error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+from pipeline.errors import LedgerError
+from pipeline.io.fs import RunFS
+
+MANIFEST = "_manifest.json"
+PARTS_MARK = "_parts"
+REJECTS = "_rejects"
+
+
+def fingerprint(stage: str, semantic_config: dict, prompt_paths: list[Path], upstream: str, version: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"stage": stage, "config": semantic_config, "version": version}, sort_keys=True).encode())
+    for path in sorted(prompt_paths):
+        h.update(str(path.name).encode())
+        h.update(path.read_bytes())
+    h.update(upstream.encode())
+    return h.hexdigest()[:24]
+
+
+def empty_counts() -> dict:
+    return {"in": 0, "out": 0, "filtered": 0, "rejected": 0}
+
+
+def aggregate_markers(run_fs: RunFS, stage_dir: str) -> tuple[dict, Counter, dict[str, dict]]:
+    """Sum committed shard markers: (rows, reasons, markers by shard id)."""
+    rows, reasons, markers = empty_counts(), Counter(), {}
+    for name in run_fs.listdir(f"{stage_dir}/{PARTS_MARK}", ".json"):
+        marker = run_fs.read_json(f"{stage_dir}/{PARTS_MARK}/{name}")
+        markers[marker["shard"]] = marker
+        for key in rows:
+            rows[key] += marker["rows"][key]
+        reasons.update(marker["reasons"])
+    return rows, reasons, markers
+
+
+def check_ledger(stage: str, rows: dict, expected_in: int | None = None) -> None:
+    """rows_in = rows_out + filtered + rejected, and rows_in = what the stage was given."""
+    total = rows["out"] + rows["filtered"] + rows["rejected"]
+    if rows["in"] != total:
+        raise LedgerError(
+            f"{stage}: ledger mismatch: in={rows['in']} but out+filtered+rejected={total} "
+            f"(out={rows['out']}, filtered={rows['filtered']}, rejected={rows['rejected']})"
+        )
+    if expected_in is not None and rows["in"] != expected_in:
+        raise LedgerError(f"{stage}: ledger mismatch: expected {expected_in} input rows, accounted {rows['in']}")
+
+
+def config_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, for the 'why did this stage re-run' message."""
+    if not isinstance(old, dict):
+        return [prefix.rstrip(".") or "(all)"]
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out

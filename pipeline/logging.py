@@ -1,0 +1,19 @@
+"""One logger factory for the package (STYLE R29): stdlib logging with a single format."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def get_logger(name: str) -> logging.Logger:
+    root = logging.getLogger("pipeline")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(os.environ.get("FUSEGEN_LOG_LEVEL", "INFO"))
+        root.propagate = False
+    return logging.getLogger(name if name.startswith("pipeline") else f"pipeline.{name}")

@@ -1,0 +1,106 @@
+"""Offline tiny-model factory: seeded random checkpoints saved and reloaded through `from_pretrained`.
+
+Model hubs are unreachable on CI and on a laptop demo, so tests and the demo build tiny models here.
+Each builder writes a real checkpoint directory (config, weights, tokenizer) that the backends load
+with the same `from_pretrained` code they use for real models. Builders are deterministic: the same
+seed gives byte-identical weights, so fingerprints and outputs are reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.logging import get_logger
+
+log = get_logger(__name__)
+
+# ChatML, the template Qwen2 models ship; kept here (not in prompts/) because it belongs to the model.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# Training text for the byte-level BPE: enough English and JSON shapes that encodings are short.
+_TOKENIZER_CORPUS = [
+    '{"pairs": [{"query": "What is the name of this bridge?", "answer": "It is the Golden Gate."}]}',
+    '{"entity": "Eiffel Tower", "entity_type": "tower", "query": "When was this tower built?"}',
+    "The quick brown fox jumps over the lazy dog. A passage about history, science, art and music.",
+    "Who painted this painting? Where is this city located? When did this composer write the symphony?",
+    "You are a helpful assistant. Write questions that the passage answers. Return JSON only.",
+    "der die das und ist ein eine von zu mit auf für 的 是 在 一 了 和 中国 城市 历史",
+]
+
+
+def _train_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TOKENIZER_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_qwen2(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) -> Path:
+    """Write a 2-layer random Qwen2 (head_dim 64, which vLLM kernels accept) causal LM with a ChatML tokenizer to `out_dir`.
+
+    Returns the directory, which `AutoModelForCausalLM.from_pretrained` and
+    `AutoTokenizer.from_pretrained` load as they would a hub checkpoint.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _train_tokenizer(vocab_size)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "fusegen_tiny.json").write_text(json.dumps({"kind": "qwen2-causal-lm", "seed": seed}))
+    log.info("built tiny Qwen2 in %s", out)
+    return out
+
+
+TINY_BUILDERS = {"qwen2": build_tiny_qwen2}
+
+
+def build_all(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Build every tiny model under `root/<name>`; existing checkpoints are reused."""
+    root = Path(root)
+    return {name: fn(root / name, seed=seed) for name, fn in TINY_BUILDERS.items()}

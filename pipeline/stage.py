@@ -1,0 +1,118 @@
+"""The stage contract (STYLE R3-R9) and the column bookkeeping every stage shares.
+
+A stage is a class with a frozen dataclass config, declared `input_columns` / `output_columns`, and
+`apply(ds) -> ds` that only describes Ray Data transforms. The runner feeds `apply` a dataset whose
+blocks are whole shards and whose rows carry the internal columns below; a stage keeps them and sets
+`_status` / `_reason` instead of filtering, so every dropped row is counted and written with a reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from pipeline.config import check
+from pipeline.errors import StageInputError
+
+# Internal columns (R22: leading underscore, dropped before writing).
+SHARD, SRC, NROWS, SLOT = "_shard", "_src", "_n", "_k"
+STATUS, REASON = "_status", "_reason"
+OK, FILTERED, REJECTED = "ok", "filtered", "rejected"
+INTERNAL = (SHARD, SRC, NROWS, SLOT, STATUS, REASON)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How a stage runs, not what it computes: these fields are left out of the fingerprint.
+
+    `shard_rows` is the unit of resume (a crash loses at most the shards in flight); it is part of
+    the fingerprint because it decides the shard ids.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # Actor-pool size for model stages (max actors); 1 = a single actor.
+    concurrency: int = 1
+    # Rows per model call inside a shard (the engine's batch).
+    batch_size: int = 8
+    shard_rows: int = 256
+
+    def __post_init__(self) -> None:
+        check(self.num_cpus >= 0, "resources", "num_cpus", f"must be >= 0 (got {self.num_cpus})")
+        check(self.num_gpus >= 0, "resources", "num_gpus", f"must be >= 0 (got {self.num_gpus})")
+        check(self.concurrency >= 1, "resources", "concurrency", f"must be >= 1 (got {self.concurrency})")
+        check(self.batch_size >= 1, "resources", "batch_size", f"must be >= 1 (got {self.batch_size})")
+        check(self.shard_rows >= 1, "resources", "shard_rows", f"must be >= 1 (got {self.shard_rows})")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Base for stage configs; subclasses add their knobs with defaults that run the demo."""
+
+    resources: Resources = dataclasses.field(default_factory=Resources)
+
+    def semantic_dict(self) -> dict:
+        """Fields that change the output (the fingerprint input): all but resources, plus shard_rows."""
+        from pipeline.config import to_dict
+
+        values = to_dict(self)
+        values["resources"] = {"shard_rows": self.resources.shard_rows}
+        return values
+
+
+class Stage(abc.ABC):
+    """Base class. Subclasses set the class attributes and implement `apply`."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[StageConfig]]
+    input_columns: ClassVar[tuple[str, ...]] = ()
+    output_columns: ClassVar[tuple[str, ...]] = ()
+    # Prompt files (relative to prompts/) whose bytes enter the fingerprint.
+    prompt_files: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: StageConfig, context: Any) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def fanout(self) -> int:
+        """Output rows per input row (doc2query asks for N queries per passage)."""
+        return 1
+
+    def models(self) -> dict[str, str]:
+        """Model role -> resolved model identity, for the manifest and the card."""
+        return {}
+
+    def prepare(self) -> None:
+        """Driver-side work before the transform (resolve models, validate prompts); no heavy loads."""
+
+    @abc.abstractmethod
+    def apply(self, ds: Any) -> Any:
+        """Describe the transform over a dataset of shard blocks; never materialise it."""
+
+    def commit_hook(self, table: pa.Table, state: dict) -> pa.Table:
+        """Driver-side pass over each finished shard, in shard order (ingest dedups here)."""
+        return table
+
+    def resume_state(self, committed_parts: list[pa.Table]) -> dict:
+        """Rebuild `commit_hook` state from already committed output when a stage resumes."""
+        return {}
+
+
+def check_columns(stage: str, required: tuple[str, ...], present: list[str] | tuple[str, ...]) -> None:
+    """R6: name the stage, the missing columns and the columns that are present."""
+    missing = [c for c in required if c not in present]
+    if missing:
+        shown = ", ".join(c for c in present if not c.startswith("_")) or "(none)"
+        raise StageInputError(
+            f"{stage}: input is missing column(s) {', '.join(missing)}; present columns: {shown}"
+        )
+
+
+def status_columns(n: int, status: str = OK, reason: str = "") -> dict[str, list]:
+    """Default `_status` / `_reason` values for `n` rows."""
+    return {STATUS: [status] * n, REASON: [reason] * n}

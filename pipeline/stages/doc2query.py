@@ -1,0 +1,188 @@
+"""doc2query: an LLM writes N {query, answer} pairs per passage under a JSON-schema grammar.
+
+Input columns: id, doc_id, text, title. Output: one row per query slot (fanout N), with id
+(`<doc_id>-q<k>`), query, answer, query_index, llm_raw (the model's raw text, kept for prompt
+debugging) and every input column. Slots that fail are rejects carrying the raw text:
+`error:invalid_json`, `error:schema`, `error:missing_pair`, `error:prompt_too_long`,
+`filter:empty_query`, `filter:duplicate_query`, `filter:query_copies_passage`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from pipeline.config import check, to_dict
+from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig, generate_json
+from pipeline.prompts import load_examples, load_sources, render
+from pipeline.stage import FILTERED, OK, REASON, REJECTED, SLOT, STATUS, Resources, Stage, StageConfig
+
+PROMPTS = ("doc2query/system.j2", "doc2query/user.j2", "doc2query/examples.yaml")
+_CTRL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True)
+class Doc2QueryConfig(StageConfig):
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+    queries_per_passage: int = 3
+    max_query_chars: int = 200
+    max_answer_chars: int = 200
+    # The passage is cut to this many characters inside the prompt (the row keeps the full text).
+    passage_max_chars: int = 3000
+    few_shot: int = 2
+    resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=16))
+
+    def __post_init__(self) -> None:
+        check(1 <= self.queries_per_passage <= 20, "doc2query", "queries_per_passage", "must be in 1..20")
+        check(self.max_query_chars >= 10, "doc2query", "max_query_chars", "must be >= 10")
+        check(self.max_answer_chars >= 1, "doc2query", "max_answer_chars", "must be >= 1")
+        check(self.passage_max_chars >= 100, "doc2query", "passage_max_chars", "must be >= 100")
+        check(self.few_shot >= 0, "doc2query", "few_shot", "must be >= 0")
+
+
+def output_schema(cfg: Doc2QueryConfig) -> dict:
+    n = cfg.queries_per_passage
+    pair = {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "minLength": 1, "maxLength": cfg.max_query_chars},
+            "answer": {"type": "string", "minLength": 1, "maxLength": cfg.max_answer_chars},
+        },
+        "required": ["query", "answer"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"pairs": {"type": "array", "items": pair, "minItems": n, "maxItems": n}},
+        "required": ["pairs"],
+        "additionalProperties": False,
+    }
+
+
+def build_messages(sources: dict[str, str], cfg: Doc2QueryConfig, title: str | None, text: str) -> list[dict]:
+    n = cfg.queries_per_passage
+    system, user = PROMPTS[0], PROMPTS[1]
+    messages = [{"role": "system", "content": render(sources[system], system, n=n)}]
+    for ex in load_examples(sources[PROMPTS[2]], PROMPTS[2])[: cfg.few_shot]:
+        pairs = list(ex["pairs"])[:n]
+        messages.append({"role": "user", "content": render(sources[user], user, title=ex.get("title"), text=ex["text"], n=len(pairs))})
+        messages.append({"role": "assistant", "content": json.dumps({"pairs": pairs}, ensure_ascii=False)})
+    messages.append(
+        {"role": "user", "content": render(sources[user], user, title=title, text=text[: cfg.passage_max_chars], n=n)}
+    )
+    return messages
+
+
+def clean(value: Any) -> str:
+    return " ".join(_CTRL.sub(" ", value).split()) if isinstance(value, str) else ""
+
+
+def parse_pairs(raw: str, llm_error: str, n: int, passage: str) -> list[tuple[str, str, str, str]]:
+    """(status, reason, query, answer) for each of the n slots of one passage's output."""
+    if llm_error:
+        return [(REJECTED, llm_error, "", "")] * n
+    try:
+        # strict=False: constrained decoding can emit raw control characters inside strings.
+        obj = json.loads(raw, strict=False)
+    except (json.JSONDecodeError, TypeError):
+        return [(REJECTED, "error:invalid_json", "", "")] * n
+    pairs = obj.get("pairs") if isinstance(obj, dict) else None
+    if not isinstance(pairs, list):
+        return [(REJECTED, "error:schema", "", "")] * n
+    out, seen = [], set()
+    passage_key = clean(passage).casefold()
+    for k in range(n):
+        if k >= len(pairs):
+            out.append((REJECTED, "error:missing_pair", "", ""))
+            continue
+        item = pairs[k]
+        if not isinstance(item, dict) or not isinstance(item.get("query"), str):
+            out.append((REJECTED, "error:schema", "", ""))
+            continue
+        query, answer = clean(item.get("query")), clean(item.get("answer"))
+        key = query.casefold().rstrip("?!. ")
+        if not key:
+            out.append((FILTERED, "filter:empty_query", query, answer))
+        elif key in seen:
+            out.append((FILTERED, "filter:duplicate_query", query, answer))
+        elif query.casefold() == passage_key or (len(key) > 40 and key in passage_key):
+            out.append((FILTERED, "filter:query_copies_passage", query, answer))
+        else:
+            seen.add(key)
+            out.append((OK, "", query, answer))
+    return out
+
+
+def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Table:
+    """Ray Data task: add `_messages` (JSON) to every passage row."""
+    config = _config(cfg)
+    titles, texts = table["title"].to_pylist(), table["text"].to_pylist()
+    msgs = [json.dumps(build_messages(sources, config, t, x), ensure_ascii=False) for t, x in zip(titles, texts)]
+    return table.append_column(MESSAGES, pa.array(msgs, pa.string()))
+
+
+def explode_batch(table: pa.Table, cfg: dict) -> pa.Table:
+    """Ray Data task: one passage row -> N query-slot rows with status and reason."""
+    config = _config(cfg)
+    n = config.queries_per_passage
+    base = table.drop_columns([c for c in (MESSAGES, RAW, LLM_ERROR) if c in table.column_names])
+    raws, errors, texts = table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["text"].to_pylist()
+    take, cols = [], {k: [] for k in ("id", "query", "answer", "query_index", "llm_raw", SLOT, STATUS, REASON)}
+    doc_ids = table["doc_id"].to_pylist()
+    for i, (raw, err, text) in enumerate(zip(raws, errors, texts)):
+        for k, (status, reason, query, answer) in enumerate(parse_pairs(raw, err, n, text)):
+            take.append(i)
+            for key, value in zip(cols, (f"{doc_ids[i]}-q{k}", query, answer, k, raw, k, status, reason)):
+                cols[key].append(value)
+    out = base.drop_columns([c for c in ("id", STATUS, REASON) if c in base.column_names]).take(pa.array(take, pa.int64()))
+    for key, values in cols.items():
+        out = out.append_column(key, pa.array(values, pa.int32() if key in ("query_index", SLOT) else pa.string()))
+    return out
+
+
+def _config(cfg: dict) -> Doc2QueryConfig:
+    from pipeline.config import build
+
+    return build(Doc2QueryConfig, cfg, "doc2query", {})
+
+
+class Doc2Query(Stage):
+    name: ClassVar[str] = "doc2query"
+    config_cls: ClassVar[type] = Doc2QueryConfig
+    input_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "text", "title")
+    output_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "query", "answer", "query_index", "llm_raw")
+    prompt_files: ClassVar[tuple[str, ...]] = PROMPTS
+
+    @property
+    def fanout(self) -> int:
+        return self.config.queries_per_passage
+
+    def prepare(self) -> None:
+        from pipeline.models.sources import resolve_model
+
+        self.sources = load_sources(self.context.prompts_dir, PROMPTS)
+        # Render once on the driver so a template variable the stage lacks fails before any work.
+        build_messages(self.sources, self.config, "Title", "A passage. " * 20)
+        llm = self.config.llm
+        self.model_path, self.model_id = resolve_model(llm.model, self.context.cache_dir, llm.fallback_model, "doc2query.llm")
+
+    def models(self) -> dict[str, str]:
+        return {"llm": f"{self.model_id} via {self.config.llm.backend}"}
+
+    def apply(self, ds):
+        cfg = to_dict(self.config)
+        ds = ds.map_batches(prompt_batch, batch_size=None, batch_format="pyarrow",
+                            fn_kwargs={"sources": self.sources, "cfg": cfg}, num_cpus=0.25)
+        ds = generate_json(ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources)
+        return ds.map_batches(explode_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg}, num_cpus=0.25)
+
+    @staticmethod
+    def render_row(prompts_dir: Path, cfg: Doc2QueryConfig, row: dict) -> list[dict]:
+        return build_messages(load_sources(prompts_dir, PROMPTS), cfg, row.get("title"), row["text"])
+

@@ -1,0 +1,218 @@
+"""ingest: read the corpus, validate and normalise passages, dedup, assign stable ids.
+
+Input: `ingest.path`, a JSONL/Parquet file, a folder of them, or a glob. Columns (names
+configurable): doc_id, text, optional title, image (path relative to the file, bytes, or an HF image
+struct), image_url, domain. Output columns: id, doc_id, doc_id_derived, text, title, domain, image
+({bytes, path}), image_url, content_hash, source. Bad rows are rejects with a reason; duplicate
+texts are filtered (`filter:duplicate_text`), a reused doc_id is `error:duplicate_doc_id`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from pipeline.config import check
+from pipeline.io.corpus import CorpusColumns, RecordError, plan_corpus, read_jsonl_shard, read_parquet_corpus_shard
+from pipeline.io.images import ImageError, ImageLimits, normalise_image
+from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("doc_id", pa.string()),
+        ("doc_id_derived", pa.bool_()),
+        ("text", pa.string()),
+        ("title", pa.string()),
+        ("domain", pa.string()),
+        ("image", IMAGE_TYPE),
+        ("image_url", pa.string()),
+        ("content_hash", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+_WS = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class IngestConfig(StageConfig):
+    # File, folder or glob; relative paths are resolved against the directory fusegen runs in.
+    path: str = "samples/corpus/passages.jsonl"
+    columns: CorpusColumns = dataclasses.field(default_factory=CorpusColumns)
+    max_chars: int = 20000
+    min_chars: int = 1
+    images: ImageLimits = dataclasses.field(default_factory=ImageLimits)
+    resources: Resources = dataclasses.field(default_factory=lambda: Resources(shard_rows=2000, num_cpus=0.5))
+
+    def __post_init__(self) -> None:
+        check(bool(self.path), "ingest", "path", "must name a file, folder or glob")
+        check(self.max_chars > 0, "ingest", "max_chars", f"must be > 0 (got {self.max_chars})")
+        check(0 < self.min_chars <= self.max_chars, "ingest", "min_chars", "must be in 1..max_chars")
+
+
+def normalise_text(text: str) -> str:
+    """NFC, control characters to spaces, whitespace runs collapsed, trimmed."""
+    return _WS.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", text))).strip()
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.casefold().encode("utf-8")).hexdigest()[:32]
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
+    """One raw record -> one output row (raises _Reject with `error:<kind>`)."""
+    text = record.get("text")
+    if text is None:
+        raise _Reject("error:missing_text")
+    if not isinstance(text, str):
+        raise _Reject("error:wrong_type:text")
+    if "\x00" in text:
+        raise _Reject("error:nul_byte")
+    text = normalise_text(text)
+    if len(text) < cfg.min_chars:
+        raise _Reject("error:empty_text")
+    if len(text) > cfg.max_chars:
+        raise _Reject("error:text_too_long")
+    doc_id, derived = record.get("doc_id"), False
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int, type(None))):
+        raise _Reject("error:wrong_type:doc_id")
+    doc_id = normalise_text(str(doc_id)) if doc_id is not None else ""
+    if not doc_id:
+        doc_id, derived = f"h{content_hash(text)[:16]}", True
+    out = {"doc_id": doc_id, "doc_id_derived": derived, "text": text}
+    for key in ("title", "domain", "image_url"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _Reject(f"error:wrong_type:{key}")
+        if value is not None and "\x00" in value:
+            raise _Reject("error:nul_byte")
+        out[key] = normalise_text(value) or None if value is not None else None
+    if out["image_url"] and not re.match(r"^https?://[^\s/]+", out["image_url"], re.I):
+        raise _Reject("error:bad_image_url")
+    out["image"] = _image(record.get("image"), cfg, load_image)
+    out["content_hash"] = content_hash(text)
+    return out
+
+
+def _image(value: Any, cfg: IngestConfig, load_image) -> dict | None:
+    if value is None or value == "":
+        return None
+    path = None
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if data is None and path:
+            data = load_image(path)
+    elif isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        path, data = value, load_image(value)
+    else:
+        raise _Reject("error:wrong_type:image")
+    try:
+        data, fmt = normalise_image(data, cfg.images)
+    except ImageError as exc:
+        raise _Reject(f"error:image_{exc.kind}") from None
+    name = (path or "image").rsplit("/", 1)[-1]
+    if not name.lower().endswith(f".{fmt}") and not (fmt == "jpeg" and name.lower().endswith(".jpg")):
+        name = f"{name.rsplit('.', 1)[0]}.{fmt}"
+    return {"bytes": data, "path": name}
+
+
+def ingest_batch(table: pa.Table, cfg: dict) -> pa.Table:
+    """Ray Data task: the raw corpus records of one shard -> validated rows with status and reason."""
+    from pipeline.config import build
+    from pipeline.io.corpus import iter_records
+
+    config = build(IngestConfig, cfg, "ingest", {})
+    rows, statuses, reasons = [], [], []
+    for record, where, base_dir in iter_records(table, config.columns):
+        row, status, reason = _ingest_record(record, where, base_dir, config)
+        rows.append(row)
+        statuses.append(status)
+        reasons.append(reason)
+    out = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+    for name in ("_shard", "_src"):
+        out = out.append_column(name, table[name])
+    out = out.append_column(STATUS, pa.array(statuses, pa.string()))
+    return out.append_column(REASON, pa.array(reasons, pa.string()))
+
+
+def _ingest_record(record, where: str, base_dir: str, config: IngestConfig) -> tuple[dict, str, str]:
+    from pipeline.io.corpus import load_local_image
+
+    row = {k: None for k in OUTPUT_SCHEMA.names}
+    row["source"], row["doc_id_derived"] = where, False
+    try:
+        if isinstance(record, RecordError):
+            raise _Reject(record.reason)
+        row.update(validate_record(record, config, lambda p: load_local_image(base_dir, p)))
+        row["id"] = row["doc_id"]
+        return row, OK, ""
+    except _Reject as rej:
+        raw_id = record.get("doc_id") if isinstance(record, dict) else None
+        # A reject keeps the id it came with, else its file:line, so the user can find it.
+        row["id"] = str(raw_id) if isinstance(raw_id, (str, int)) and str(raw_id).strip() else where
+        return row, REJECTED, rej.reason
+
+
+class Ingest(Stage):
+    name: ClassVar[str] = "ingest"
+    config_cls: ClassVar[type] = IngestConfig
+    input_columns: ClassVar[tuple[str, ...]] = ()
+    output_columns: ClassVar[tuple[str, ...]] = tuple(OUTPUT_SCHEMA.names)
+    # Dedup keeps the first occurrence, so shards commit in corpus order.
+    ordered_commit: ClassVar[bool] = True
+    readers: ClassVar[dict] = {"jsonl": read_jsonl_shard, "parquet_corpus": read_parquet_corpus_shard}
+
+    def plan(self, ctx, upstream_dir):
+        return plan_corpus(self.config.path, self.config.columns, self.config.resources.shard_rows)
+
+    def apply(self, ds):
+        from pipeline.config import to_dict
+
+        return ds.map_batches(
+            ingest_batch,
+            fn_kwargs={"cfg": to_dict(self.config)},
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=self.config.resources.num_cpus,
+        )
+
+    def commit_hook(self, table: pa.Table, state: dict) -> pa.Table:
+        seen_hash = state.setdefault("hash", set())
+        seen_id = state.setdefault("id", set())
+        statuses, reasons = table[STATUS].to_pylist(), table[REASON].to_pylist()
+        for i, (h, doc_id) in enumerate(zip(table["content_hash"].to_pylist(), table["doc_id"].to_pylist())):
+            if statuses[i] != OK:
+                continue
+            if h in seen_hash:
+                statuses[i], reasons[i] = FILTERED, "filter:duplicate_text"
+            elif doc_id in seen_id:
+                statuses[i], reasons[i] = REJECTED, "error:duplicate_doc_id"
+            else:
+                seen_hash.add(h)
+                seen_id.add(doc_id)
+        table = table.set_column(table.schema.get_field_index(STATUS), STATUS, pa.array(statuses, pa.string()))
+        return table.set_column(table.schema.get_field_index(REASON), REASON, pa.array(reasons, pa.string()))
+
+    def resume_state(self, run_fs, parts_dir: str) -> dict:
+        state = {"hash": set(), "id": set()}
+        for name in run_fs.listdir(parts_dir, ".parquet"):
+            t = run_fs.read_parquet(f"{parts_dir}/{name}", columns=["content_hash", "doc_id"])
+            state["hash"].update(t["content_hash"].to_pylist())
+            state["id"].update(t["doc_id"].to_pylist())
+        return state
+
