@@ -146,7 +146,7 @@ def generate_json(ds, cfg: LLMConfig, model_path: str, schema: dict, resources) 
         # None: one call per block = one shard, so batches never mix shards and reruns match.
         batch_size=None,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.concurrency),
+        compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus,
     )

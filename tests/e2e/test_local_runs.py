@@ -1,0 +1,125 @@
+"""Runs on an embedded Ray in this process: re-run decisions, run-dir guards, whole-input errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline.errors import RunDirError, StageInputError
+from pipeline.rundir import RunContext
+from pipeline.runner import run_pipeline
+from pipeline.settings import build_stages, load_config
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", autouse=True)
+def embedded_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
+             configure_logging=True, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def run(run_dir: Path, cache: Path, *overrides: str, force: bool = False):
+    sets = [
+        "doc2query.llm.model=tiny:qwen2", f"cache_dir={cache}", "doc2query.llm.max_new_tokens=48",
+        "doc2query.resources.shard_rows=16", *overrides,
+    ]
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", sets)
+    ctx = RunContext.create(config, str(run_dir), force)
+    return {r.name: r.decision for r in run_pipeline(ctx, build_stages(config, ctx))}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_cache):
+    run_dir = tmp_path_factory.mktemp("local") / "run"
+    run(run_dir, tiny_cache)
+    return run_dir
+
+
+def test_rerun_with_nothing_changed_skips_every_stage(finished, tiny_cache):
+    decisions = run(finished, tiny_cache)
+    assert all(d.startswith("skipped") for d in decisions.values()), decisions
+
+
+def test_changed_stage_value_reruns_that_stage_and_later_only(finished, tiny_cache, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    decisions = run(copy, tiny_cache, "doc2query.max_answer_chars=150")
+    assert decisions["ingest"].startswith("skipped")
+    assert decisions["doc2query"].startswith("re-run") and "max_answer_chars: 200 -> 150" in decisions["doc2query"]
+    assert decisions["export"].startswith("re-run")
+
+
+def test_changed_prompt_file_reruns_the_stage_that_uses_it(finished, tiny_cache, tmp_path, repo_root):
+    copy, prompts = tmp_path / "run", tmp_path / "prompts"
+    shutil.copytree(finished, copy)
+    shutil.copytree(repo_root / "prompts", prompts)
+    user = prompts / "doc2query" / "user.j2"
+    user.write_text(user.read_text().replace("question-answer pairs", "question and answer pairs"))
+    decisions = run(copy, tiny_cache, f"prompts_dir={prompts}")
+    assert decisions["ingest"].startswith("skipped")
+    assert decisions["doc2query"].startswith("re-run")
+
+
+def test_run_dir_of_another_stage_list_is_refused_without_force(finished, tiny_cache, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    meta = yaml.safe_load((copy / "run.yaml").read_text())
+    meta["stages"] = ["ingest", "export"]
+    (copy / "run.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(RunDirError, match="stages"):
+        run(copy, tiny_cache)
+
+
+def test_run_dir_of_another_stage_list_is_replaced_with_force(finished, tiny_cache, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    meta = yaml.safe_load((copy / "run.yaml").read_text())
+    meta["stages"] = ["ingest", "export"]
+    (copy / "run.yaml").write_text(yaml.safe_dump(meta))
+    decisions = run(copy, tiny_cache, force=True)
+    assert decisions["ingest"].startswith("run")
+
+
+def test_run_dir_of_another_package_version_is_refused(finished, tiny_cache, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    meta = yaml.safe_load((copy / "run.yaml").read_text())
+    meta["fusegen_version"] = "0.0.1"
+    (copy / "run.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(RunDirError, match="fusegen 0.0.1"):
+        run(copy, tiny_cache)
+
+
+def test_parquet_with_wrong_column_type_fails_before_any_stage_output(tiny_cache, tmp_path):
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": ["a", "b"], "text": pa.array([1, 2], pa.int64())}), corpus)
+    with pytest.raises(StageInputError, match=r"column 'text' in .*corpus.parquet"):
+        run(tmp_path / "run", tiny_cache, f"ingest.path={corpus}")
+    assert not list((tmp_path / "run").glob("01_ingest/part-*"))
+
+
+def test_empty_input_is_a_clear_error(tiny_cache, tmp_path):
+    corpus = tmp_path / "empty.jsonl"
+    corpus.write_text("\n\n")
+    with pytest.raises(StageInputError, match="no records"):
+        run(tmp_path / "run", tiny_cache, f"ingest.path={corpus}")
+
+
+def test_parquet_corpus_with_mapped_columns_ingests_every_row(tiny_cache, tmp_path):
+    corpus = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"pid": ["p1", "p2", "p3"], "passage": ["Alpha text.", "Beta text.", "   "]}), corpus)
+    run(tmp_path / "run", tiny_cache, f"ingest.path={corpus}", "ingest.columns.doc_id=pid",
+        "ingest.columns.text=passage")
+    m = json.loads((tmp_path / "run" / "01_ingest" / "_manifest.json").read_text())
+    assert m["rows"] == {"in": 3, "out": 2, "filtered": 0, "rejected": 1}
