@@ -96,7 +96,10 @@ def build(cls: type, values: Any, key: str, origins: dict[str, str]) -> Any:
         try:
             return cls(**kwargs)
         except PipelineConfigError as exc:
-            raise PipelineConfigError(f"{exc} (in {_origin_of(key, origins)})") from None
+            # A range check names its field: cite where that field was set, not its whole section.
+            field = getattr(exc, "field", "")
+            where = f"{key}.{field}" if key and field else (field or key)
+            raise PipelineConfigError(f"{exc} (in {_origin_of(where, origins)})") from None
     return _coerce(cls, values, key, origins)
 
 
@@ -165,7 +168,9 @@ def _fail(key: str, origins: dict[str, str], message: str) -> typing.NoReturn:
 def check(condition: bool, stage: str, field: str, message: str) -> None:
     """`__post_init__` helper (R16): raise a config error naming stage and field."""
     if not condition:
-        raise PipelineConfigError(f"{stage}: `{field}` {message}")
+        err = PipelineConfigError(f"{stage}: `{field}` {message}")
+        err.field = field
+        raise err
 
 
 def to_dict(obj: Any) -> Any:

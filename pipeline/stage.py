@@ -24,6 +24,11 @@ STATUS, REASON = "_status", "_reason"
 OK, FILTERED, REJECTED = "ok", "filtered", "rejected"
 INTERNAL = (SHARD, SRC, NROWS, SLOT, STATUS, REASON)
 
+# CPUs asked for by the light glue tasks around a model (shard reads, prompt rendering, parsing).
+# Zero, so they always schedule beside model actors that hold every CPU: on a 2-CPU cluster two
+# 1-CPU actors plus a 0.25-CPU read task deadlock (nothing reaches the actors).
+GLUE_CPUS = 0
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -98,8 +103,8 @@ class Stage(abc.ABC):
         """Driver-side pass over each finished shard, in shard order (ingest dedups here)."""
         return table
 
-    def resume_state(self, committed_parts: list[pa.Table]) -> dict:
-        """Rebuild `commit_hook` state from already committed output when a stage resumes."""
+    def resume_state(self, run_fs, parts_dir: str) -> dict:
+        """Rebuild `commit_hook` state from the parts already committed under `parts_dir` on resume."""
         return {}
 
 

@@ -88,9 +88,8 @@ def _plan_jsonl(file: str, shard_rows: int, first_index: int) -> list[ShardSpec]
     specs: list[ShardSpec] = []
     try:
         with open(file, "rb") as f:
-            start, offset, count, line_no, first_line = 0, 0, 0, 0, 1
-            for line in f:
-                line_no += 1
+            start, offset, count, first_line = 0, 0, 0, 1
+            for line_no, line in enumerate(f, start=1):
                 if count == 0:
                     start, first_line = offset, line_no
                 offset += len(line)
@@ -151,6 +150,8 @@ def read_jsonl_shard(spec: ShardSpec, fs) -> pa.Table:
         data = f.read(spec.stop - spec.start)
     name = os.path.basename(spec.source)
     raws, wheres = [], []
+    if spec.start == 0 and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte order mark (Windows editors) is not part of the first record
     for i, line in enumerate(data.split(b"\n")):
         if line.strip():
             raws.append(line.rstrip(b"\r"))
@@ -160,7 +161,9 @@ def read_jsonl_shard(spec: ShardSpec, fs) -> pa.Table:
 
 
 def read_parquet_corpus_shard(spec: ShardSpec, fs) -> pa.Table:
-    table = pq.ParquetFile(spec.source).read().slice(spec.start, spec.stop - spec.start)
+    from pipeline.io.shards import read_row_range
+
+    table = read_row_range(spec.source, spec.start, spec.stop)
     name = os.path.basename(spec.source)
     wheres = [f"{name}#row{spec.start + i}" for i in range(table.num_rows)]
     table = table.append_column("_where", pa.array(wheres, pa.string()))

@@ -58,16 +58,20 @@ def normalise_image(data: bytes, limits: ImageLimits) -> tuple[bytes, str]:
         except Exception as exc:  # noqa: BLE001
             raise ImageError("truncated", str(exc)[:120]) from None
     fmt = (img.format or "").upper()
-    animated = getattr(img, "n_frames", 1) > 1
-    if fmt in ("JPEG", "PNG") and img.mode in ("RGB", "L") and not animated:
-        return data, fmt.lower()
-    if animated:
-        img.seek(0)
-    rgb = _to_rgb(img)
+    try:
+        # n_frames walks every frame and seek/convert decode more data: a file cut after its first
+        # frame fails here, not in load(), with IndexError, struct.error, OSError, EOFError...
+        animated = getattr(img, "n_frames", 1) > 1
+        if fmt in ("JPEG", "PNG") and img.mode in ("RGB", "L") and not animated:
+            return data, fmt.lower()
+        if animated:
+            img.seek(0)
+        rgb = _to_rgb(img)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for cut input
+        raise ImageError("truncated", f"{type(exc).__name__}: {str(exc)[:100]}") from None
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
     return buf.getvalue(), "png"
-
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

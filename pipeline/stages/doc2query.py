@@ -3,8 +3,9 @@
 Input columns: id, doc_id, text, title. Output: one row per query slot (fanout N), with id
 (`<doc_id>-q<k>`), query, answer, query_index, llm_raw (the model's raw text, kept for prompt
 debugging) and every input column. Slots that fail are rejects carrying the raw text:
-`error:invalid_json`, `error:schema`, `error:missing_pair`, `error:prompt_too_long`,
-`filter:empty_query`, `filter:duplicate_query`, `filter:query_copies_passage`.
+`error:invalid_json`, `error:truncated_output`, `error:schema`, `error:missing_pair`,
+`error:prompt_too_long`,
+`filter:empty_query`, `filter:empty_answer`, `filter:duplicate_query`, `filter:query_copies_passage`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,18 @@ import pyarrow as pa
 from pipeline.config import check, to_dict
 from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig, generate_json
 from pipeline.prompts import load_examples, load_sources, render
-from pipeline.stage import FILTERED, OK, REASON, REJECTED, SLOT, STATUS, Resources, Stage, StageConfig
+from pipeline.stage import (
+    FILTERED,
+    GLUE_CPUS,
+    OK,
+    REASON,
+    REJECTED,
+    SLOT,
+    STATUS,
+    Resources,
+    Stage,
+    StageConfig,
+)
 
 PROMPTS = ("doc2query/system.j2", "doc2query/user.j2", "doc2query/examples.yaml")
 _CTRL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -105,10 +117,15 @@ def parse_pairs(raw: str, llm_error: str, n: int, passage: str) -> list[tuple[st
         if not isinstance(item, dict) or not isinstance(item.get("query"), str):
             out.append((REJECTED, "error:schema", "", ""))
             continue
-        query, answer = clean(item.get("query")), clean(item.get("answer"))
+        if not isinstance(item.get("answer", ""), str):
+            out.append((REJECTED, "error:schema", clean(item["query"]), ""))
+            continue
+        query, answer = clean(item.get("query")), clean(item.get("answer", ""))
         key = query.casefold().rstrip("?!. ")
         if not key:
             out.append((FILTERED, "filter:empty_query", query, answer))
+        elif not answer:
+            out.append((FILTERED, "filter:empty_answer", query, answer))
         elif key in seen:
             out.append((FILTERED, "filter:duplicate_query", query, answer))
         elif query.casefold() == passage_key or (len(key) > 40 and key in passage_key):
@@ -178,9 +195,9 @@ class Doc2Query(Stage):
     def apply(self, ds):
         cfg = to_dict(self.config)
         ds = ds.map_batches(prompt_batch, batch_size=None, batch_format="pyarrow",
-                            fn_kwargs={"sources": self.sources, "cfg": cfg}, num_cpus=0.25)
+                            fn_kwargs={"sources": self.sources, "cfg": cfg}, num_cpus=GLUE_CPUS)
         ds = generate_json(ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources)
-        return ds.map_batches(explode_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg}, num_cpus=0.25)
+        return ds.map_batches(explode_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg}, num_cpus=GLUE_CPUS)
 
     @staticmethod
     def render_row(prompts_dir: Path, cfg: Doc2QueryConfig, row: dict) -> list[dict]:

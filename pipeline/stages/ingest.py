@@ -19,7 +19,13 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from pipeline.config import check
-from pipeline.io.corpus import CorpusColumns, RecordError, plan_corpus, read_jsonl_shard, read_parquet_corpus_shard
+from pipeline.io.corpus import (
+    CorpusColumns,
+    RecordError,
+    plan_corpus,
+    read_jsonl_shard,
+    read_parquet_corpus_shard,
+)
 from pipeline.io.images import ImageError, ImageLimits, normalise_image
 from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig
 
@@ -89,6 +95,8 @@ def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
     doc_id, derived = record.get("doc_id"), False
     if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int, type(None))):
         raise _Reject("error:wrong_type:doc_id")
+    if isinstance(doc_id, str) and "\x00" in doc_id:
+        raise _Reject("error:nul_byte")
     doc_id = normalise_text(str(doc_id)) if doc_id is not None else ""
     if not doc_id:
         doc_id, derived = f"h{content_hash(text)[:16]}", True
@@ -100,7 +108,7 @@ def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
         if value is not None and "\x00" in value:
             raise _Reject("error:nul_byte")
         out[key] = normalise_text(value) or None if value is not None else None
-    if out["image_url"] and not re.match(r"^https?://[^\s/]+", out["image_url"], re.I):
+    if out["image_url"] and not re.match(r"^https?://[^\s/]+", out["image_url"], re.IGNORECASE):
         raise _Reject("error:bad_image_url")
     out["image"] = _image(record.get("image"), cfg, load_image)
     out["content_hash"] = content_hash(text)

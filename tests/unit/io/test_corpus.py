@@ -1,0 +1,305 @@
+"""pipeline/io/corpus.py: finding corpus files, planning shards, reading them back, parsing records."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import StageInputError
+from pipeline.io.corpus import (
+    CorpusColumns,
+    RecordError,
+    iter_records,
+    plan_corpus,
+    read_jsonl_shard,
+    read_parquet_corpus_shard,
+)
+
+COLS = CorpusColumns()
+
+
+def jsonl_line(doc_id: str) -> str:
+    return json.dumps({"doc_id": doc_id, "text": f"text of {doc_id}"})
+
+
+# Lines 2 and 4 are blank (one empty, one spaces only); the file does not end with a newline.
+LINES = [jsonl_line("a"), "", jsonl_line("b"), "   ", jsonl_line("c"), jsonl_line("d")]
+
+
+@pytest.fixture
+def jsonl(tmp_path) -> Path:
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n".join(LINES), encoding="utf-8")
+    return path
+
+
+def read_all(specs) -> list[pa.Table]:
+    return [read_jsonl_shard(s, None) for s in specs]
+
+
+def write_parquet(path: Path, columns: dict) -> Path:
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+# --- JSONL planning and reading -------------------------------------------------------------------
+
+
+def test_plan_jsonl_counts_only_nonblank_lines_as_rows(jsonl):
+    assert sum(s.rows for s in plan_corpus(str(jsonl), COLS, 100)) == 4
+
+
+@pytest.mark.parametrize("shard_rows", [1, 2, 3, 4, 10])
+def test_jsonl_shards_read_back_exactly_the_planned_rows(jsonl, shard_rows):
+    specs = plan_corpus(str(jsonl), COLS, shard_rows)
+    tables = read_all(specs)
+    assert [t.num_rows for t in tables] == [s.rows for s in specs]
+
+
+@pytest.mark.parametrize("shard_rows", [1, 2, 3, 10])
+def test_jsonl_shards_together_hold_every_record_once_in_order(jsonl, shard_rows):
+    raws = [r for t in read_all(plan_corpus(str(jsonl), COLS, shard_rows)) for r in t["_raw"].to_pylist()]
+    assert raws == [line.encode() for line in LINES if line.strip()]
+
+
+@pytest.mark.parametrize("shard_rows", [1, 2, 3, 10])
+def test_jsonl_where_cites_the_file_line_number(jsonl, shard_rows):
+    wheres = [w for t in read_all(plan_corpus(str(jsonl), COLS, shard_rows)) for w in t["_where"].to_pylist()]
+    assert wheres == ["f.jsonl:1", "f.jsonl:3", "f.jsonl:5", "f.jsonl:6"]
+
+
+def test_shard_rows_splits_jsonl_into_sequential_shards(jsonl):
+    specs = plan_corpus(str(jsonl), COLS, 3)
+    assert [(s.shard, s.rows) for s in specs] == [("000000", 3), ("000001", 1)]
+
+
+def test_jsonl_shard_byte_ranges_tile_the_file_without_overlap(jsonl):
+    specs = plan_corpus(str(jsonl), COLS, 1)
+    assert (
+        all(a.stop <= b.start for a, b in itertools.pairwise(specs))
+        and specs[-1].stop == jsonl.stat().st_size
+    )
+
+
+def test_jsonl_crlf_line_endings_are_stripped(tmp_path):
+    path = tmp_path / "win.jsonl"
+    path.write_bytes(b'{"text": "a"}\r\n{"text": "b"}\r\n')
+    assert read_jsonl_shard(plan_corpus(str(path), COLS, 10)[0], None)["_raw"].to_pylist() == [
+        b'{"text": "a"}',
+        b'{"text": "b"}',
+    ]
+
+
+def test_jsonl_utf8_byte_order_mark_does_not_cost_the_first_record(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "a"}\n{"text": "b"}\n')
+    table = read_jsonl_shard(plan_corpus(str(path), COLS, 10)[0], None)
+    assert [rec["text"] for rec, _, _ in iter_records(table, COLS)] == ["a", "b"]
+
+
+def test_jsonl_base_dir_is_the_corpus_folder(jsonl):
+    assert set(read_all(plan_corpus(str(jsonl), COLS, 10))[0]["_base"].to_pylist()) == {str(jsonl.parent)}
+
+
+# --- folders and globs ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def corpus_dir(tmp_path) -> Path:
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "b.jsonl").write_text(jsonl_line("b1") + "\n" + jsonl_line("b2") + "\n")
+    (root / "sub" / "c.jsonl").write_text(jsonl_line("c1") + "\n")
+    write_parquet(root / "a.parquet", {"text": ["p1", "p2", "p3"]})
+    (root / "notes.txt").write_text("not a corpus file")
+    (root / ".hidden.jsonl").write_text(jsonl_line("hidden") + "\n")
+    return root
+
+
+def test_folder_input_plans_every_corpus_file_in_sorted_order(corpus_dir):
+    sources = [
+        Path(s.source).relative_to(corpus_dir).as_posix() for s in plan_corpus(str(corpus_dir), COLS, 2)
+    ]
+    assert sources == ["a.parquet", "a.parquet", "b.jsonl", "sub/c.jsonl"]
+
+
+def test_folder_input_numbers_shards_across_files(corpus_dir):
+    assert [s.shard for s in plan_corpus(str(corpus_dir), COLS, 2)] == [
+        "000000",
+        "000001",
+        "000002",
+        "000003",
+    ]
+
+
+def test_glob_input_plans_only_matching_files(corpus_dir):
+    specs = plan_corpus(str(corpus_dir / "**" / "*.jsonl"), COLS, 10)
+    assert sorted(Path(s.source).name for s in specs) == ["b.jsonl", "c.jsonl"]
+
+
+def test_glob_matching_nothing_raises(corpus_dir):
+    with pytest.raises(StageInputError, match="no .jsonl"):
+        plan_corpus(str(corpus_dir / "*.csv"), COLS, 10)
+
+
+# --- whole-input problems stop the run before any work ---------------------------------------------
+
+
+def test_missing_path_raises_naming_the_path(tmp_path):
+    with pytest.raises(StageInputError, match="nope.jsonl"):
+        plan_corpus(str(tmp_path / "nope.jsonl"), COLS, 10)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n   \n"], ids=["zero-bytes", "blank-lines"])
+def test_empty_jsonl_raises_naming_the_file(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(StageInputError, match="empty.jsonl"):
+        plan_corpus(str(path), COLS, 10)
+
+
+def test_folder_of_empty_files_raises(tmp_path):
+    (tmp_path / "a.jsonl").write_text("")
+    write_parquet(tmp_path / "b.parquet", {"text": pa.array([], pa.string())})
+    with pytest.raises(StageInputError, match="no records"):
+        plan_corpus(str(tmp_path), COLS, 10)
+
+
+@pytest.mark.parametrize("pattern", ["notes.txt", "*.txt"], ids=["path", "glob"])
+def test_unsupported_extension_raises_naming_the_file(tmp_path, pattern):
+    (tmp_path / "notes.txt").write_text('{"text": "x"}\n')
+    with pytest.raises(StageInputError, match=r"unsupported file type .*notes\.txt"):
+        plan_corpus(str(tmp_path / pattern), COLS, 10)
+
+
+def test_corrupt_parquet_raises_naming_the_file(tmp_path):
+    path = tmp_path / "junk.parquet"
+    path.write_bytes(b"PAR1 this is not really parquet")
+    with pytest.raises(StageInputError, match="junk.parquet"):
+        plan_corpus(str(path), COLS, 10)
+
+
+def test_truncated_parquet_raises_naming_the_file(tmp_path):
+    path = write_parquet(tmp_path / "cut.parquet", {"text": ["a", "b"]})
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(StageInputError, match="cut.parquet"):
+        plan_corpus(str(path), COLS, 10)
+
+
+def test_parquet_int_text_column_raises_naming_column_and_file(tmp_path):
+    path = write_parquet(tmp_path / "ints.parquet", {"text": [1, 2]})
+    with pytest.raises(StageInputError, match=r"column 'text' in .*ints\.parquet must be a string"):
+        plan_corpus(str(path), COLS, 10)
+
+
+def test_parquet_wrong_type_in_optional_column_raises_naming_it(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet", {"text": ["a"], "title": [3.5]})
+    with pytest.raises(StageInputError, match="column 'title'"):
+        plan_corpus(str(path), COLS, 10)
+
+
+def test_parquet_without_text_column_raises_listing_its_columns(tmp_path):
+    path = write_parquet(tmp_path / "body.parquet", {"body": ["a"], "doc_id": ["x"]})
+    with pytest.raises(
+        StageInputError, match=r"body\.parquet has no text column 'text'; its columns: body, doc_id"
+    ):
+        plan_corpus(str(path), COLS, 10)
+
+
+def test_parquet_integer_doc_ids_are_accepted(tmp_path):
+    path = write_parquet(tmp_path / "ids.parquet", {"text": ["a"], "doc_id": [7]})
+    assert plan_corpus(str(path), COLS, 10)[0].rows == 1
+
+
+# --- Parquet shards ---------------------------------------------------------------------------------
+
+
+def test_parquet_shards_are_row_ranges(tmp_path):
+    path = write_parquet(tmp_path / "p.parquet", {"text": list("abcde")})
+    assert [(s.start, s.stop, s.rows) for s in plan_corpus(str(path), COLS, 2)] == [
+        (0, 2, 2),
+        (2, 4, 2),
+        (4, 5, 1),
+    ]
+
+
+def test_parquet_shard_reads_its_rows_and_cites_row_numbers(tmp_path):
+    path = write_parquet(tmp_path / "p.parquet", {"text": list("abcde")})
+    table = read_parquet_corpus_shard(plan_corpus(str(path), COLS, 2)[1], None)
+    assert (table["text"].to_pylist(), table["_where"].to_pylist()) == (
+        ["c", "d"],
+        ["p.parquet#row2", "p.parquet#row3"],
+    )
+
+
+@pytest.mark.parametrize("shard_rows", [1, 3, 4, 7, 10])
+def test_parquet_shards_across_row_groups_read_back_every_row_once_in_order(tmp_path, shard_rows):
+    path = tmp_path / "groups.parquet"
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(10)]}), path, row_group_size=3)
+    specs = plan_corpus(str(path), COLS, shard_rows)
+    texts = [t for s in specs for t in read_parquet_corpus_shard(s, None)["text"].to_pylist()]
+    assert texts == [f"t{i}" for i in range(10)]
+
+
+# --- column mapping -----------------------------------------------------------------------------------
+
+
+def test_column_mapping_reads_renamed_parquet_text_column(tmp_path):
+    cols = CorpusColumns(text="passage", doc_id="pid")
+    path = write_parquet(tmp_path / "m.parquet", {"passage": ["hello"], "pid": ["p1"]})
+    table = read_parquet_corpus_shard(plan_corpus(str(path), cols, 10)[0], None)
+    record, _, _ = next(iter_records(table, cols))
+    assert (record["text"], record["doc_id"]) == ("hello", "p1")
+
+
+def test_column_mapping_reads_renamed_jsonl_keys(tmp_path):
+    cols = CorpusColumns(text="passage")
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"passage": "hello", "text": "ignored"}\n')
+    record, _, _ = next(iter_records(read_jsonl_shard(plan_corpus(str(path), cols, 10)[0], None), cols))
+    assert record["text"] == "hello"
+
+
+def test_parquet_without_the_mapped_text_column_raises(tmp_path):
+    path = write_parquet(tmp_path / "m.parquet", {"text": ["hello"]})
+    with pytest.raises(StageInputError, match="no text column 'passage'"):
+        plan_corpus(str(path), CorpusColumns(text="passage"), 10)
+
+
+# --- per-record parse errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"text": "caf\xe9"}', "error:invalid_utf8"),
+        (b'{"text": "unterminated', "error:invalid_json"),
+        (b'["a", "b"]', "error:not_an_object"),
+        (b'"just a string"', "error:not_an_object"),
+    ],
+    ids=["invalid-utf8", "invalid-json", "json-array", "json-string"],
+)
+def test_iter_records_turns_unparseable_line_into_record_error(tmp_path, raw, reason):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(raw + b"\n")
+    record, where, _ = next(iter_records(read_jsonl_shard(plan_corpus(str(path), COLS, 10)[0], None), COLS))
+    assert isinstance(record, RecordError) and (record.reason, where) == (reason, "bad.jsonl:1")
+
+
+def test_iter_records_gives_missing_keys_as_none(tmp_path):
+    path = tmp_path / "min.jsonl"
+    path.write_text('{"text": "only text"}\n')
+    record, _, _ = next(iter_records(read_jsonl_shard(plan_corpus(str(path), COLS, 10)[0], None), COLS))
+    assert record == {
+        "doc_id": None,
+        "text": "only text",
+        "title": None,
+        "image": None,
+        "image_url": None,
+        "domain": None,
+    }

@@ -1,0 +1,167 @@
+"""pipeline/io/images.py: normalise_image passes plain images through and converts or rejects the rest."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.io.images import ImageError, ImageLimits, normalise_image
+
+LIMITS = ImageLimits()
+
+
+def decode(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def png_with_header_size(width: int, height: int) -> bytes:
+    """A real 8x8 PNG whose IHDR claims width x height (CRC fixed), so only the header is 'big'."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    # Signature (8) + chunk length (4); the IHDR chunk type and data run from byte 12 to 29, CRC follows.
+    assert data[12:16] == b"IHDR"
+    chunk = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = chunk
+    data[29:33] = struct.pack(">I", zlib.crc32(chunk))
+    return bytes(data)
+
+
+def kind_of(data: bytes, limits: ImageLimits = LIMITS) -> str:
+    with pytest.raises(ImageError) as err:
+        normalise_image(data, limits)
+    return err.value.kind
+
+
+# --- plain images pass through untouched --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "expected_fmt"), [("PNG", "RGB", "png"), ("JPEG", "RGB", "jpeg"), ("PNG", "L", "png")]
+)
+def test_plain_rgb_or_grey_png_and_jpeg_pass_through_byte_identical(image_bytes, fmt, mode, expected_fmt):
+    data = image_bytes(fmt, mode)
+    assert normalise_image(data, LIMITS) == (data, expected_fmt)
+
+
+# --- odd modes become an RGB PNG -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"),
+    [("JPEG", "CMYK"), ("PNG", "P"), ("PNG", "RGBA"), ("PNG", "LA"), ("GIF", "P"), ("WEBP", "RGB")],
+)
+def test_odd_mode_or_format_is_converted_to_rgb_png(image_bytes, fmt, mode):
+    out, out_fmt = normalise_image(image_bytes(fmt, mode, size=(20, 10)), LIMITS)
+    img = decode(out)
+    assert (out_fmt, img.format, img.mode, img.size) == ("png", "PNG", "RGB", (20, 10))
+
+
+def test_sixteen_bit_grey_png_is_converted_to_rgb_png(encode_image):
+    data = encode_image(Image.fromarray(np.full((10, 20), 1000, dtype=np.uint16)), "PNG")
+    assert decode(data).mode == "I;16"
+    img = decode(normalise_image(data, LIMITS)[0])
+    assert (img.format, img.mode, img.size) == ("PNG", "RGB", (20, 10))
+
+
+def test_sixteen_bit_grey_is_scaled_to_eight_bits_not_clipped(encode_image):
+    # 32896 = 128 * 257, the 16-bit value of 8-bit 128.
+    pixels = np.array([[0, 32896, 65535] * 4] * 8, dtype=np.uint16)
+    img = decode(normalise_image(encode_image(Image.fromarray(pixels), "PNG"), LIMITS)[0])
+    assert [img.getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
+
+
+def test_transparent_pixels_are_composited_on_white(image_bytes):
+    img = decode(normalise_image(image_bytes("PNG", "RGBA", color=(255, 0, 0, 0)), LIMITS)[0])
+    assert img.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_cmyk_colour_is_preserved_approximately(image_bytes):
+    # CMYK (0, 255, 255, 0) is red.
+    r, g, b = decode(
+        normalise_image(image_bytes("JPEG", "CMYK", color=(0, 255, 255, 0)), LIMITS)[0]
+    ).getpixel((5, 5))
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_animated_gif_becomes_a_still_png_of_frame_zero(animated_gif):
+    img = decode(normalise_image(animated_gif, LIMITS)[0])
+    assert (img.format, getattr(img, "n_frames", 1), img.mode, img.size, img.getpixel((0, 0))) == (
+        "PNG",
+        1,
+        "RGB",
+        (12, 9),
+        (255, 0, 0),
+    )
+
+
+# --- bad images raise ImageError with a kind ----------------------------------------------------------------
+
+
+def test_zero_bytes_is_empty():
+    assert kind_of(b"") == "empty"
+
+
+def test_text_bytes_are_not_an_image():
+    assert kind_of(b"hello, I am a text file\n") == "not_an_image"
+
+
+def test_truncated_png_is_truncated(noise_png):
+    assert kind_of(noise_png[: len(noise_png) // 2]) == "truncated"
+
+
+def test_header_claiming_huge_dimensions_is_a_decompression_bomb():
+    # 100000 x 100000 is past Pillow's own limit: Image.open itself refuses it.
+    assert kind_of(png_with_header_size(100_000, 100_000)) == "decompression_bomb"
+
+
+def test_header_over_max_pixels_is_a_decompression_bomb():
+    # 7000 x 7000 = 49M pixels: under Pillow's limit, over ImageLimits.max_pixels (40M).
+    assert kind_of(png_with_header_size(7000, 7000)) == "decompression_bomb"
+
+
+def test_more_bytes_than_max_bytes_is_too_large(noise_png):
+    assert kind_of(noise_png, ImageLimits(max_bytes=len(noise_png) - 1)) == "too_large"
+
+
+def test_exactly_max_bytes_is_accepted(noise_png):
+    assert normalise_image(noise_png, ImageLimits(max_bytes=len(noise_png)))[1] == "png"
+
+
+def test_side_below_min_side_is_too_small(image_bytes):
+    assert kind_of(image_bytes("PNG", "RGB", size=(7, 100))) == "too_small"
+
+
+def test_truncated_animated_gif_raises_only_image_error(animated_gif):
+    escaped = set()
+    for cut in range(len(animated_gif) // 2, len(animated_gif)):
+        try:
+            normalise_image(animated_gif[:cut], LIMITS)
+        except ImageError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - collecting what escapes is the point
+            escaped.add(type(exc).__name__)
+    assert escaped == set()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_truncated_still_image_at_any_length_raises_only_image_error(encode_image, fmt):
+    data = encode_image(
+        Image.fromarray(np.random.RandomState(1).randint(0, 255, (24, 24, 3), dtype=np.uint8)), fmt
+    )
+    escaped = set()
+    for cut in range(1, len(data), 7):
+        try:
+            normalise_image(data[:cut], LIMITS)
+        except ImageError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            escaped.add(type(exc).__name__)
+    assert escaped == set()

@@ -1,0 +1,327 @@
+"""pipeline/stages/ingest.py: record validation, text normalisation, stable ids, and the dedup commit hook.
+
+`ingest_batch` is called directly on the table the runner would hand it: `read_jsonl_shard` output
+tagged with `_shard` / `_src` by `tag_rows`. No Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.config import to_dict
+from pipeline.io.corpus import plan_corpus, read_jsonl_shard
+from pipeline.io.fs import RunFS
+from pipeline.io.shards import tag_rows
+from pipeline.stage import INTERNAL, OK, REASON, STATUS
+from pipeline.stages.ingest import (
+    OUTPUT_SCHEMA,
+    Ingest,
+    IngestConfig,
+    _Reject,
+    content_hash,
+    ingest_batch,
+    normalise_text,
+    validate_record,
+)
+
+MAX_CHARS = 60
+CONFIG = IngestConfig(path="unused", max_chars=MAX_CHARS)
+
+
+def shard_table(folder: Path, records: list, name: str = "c.jsonl", shard: str = "000000") -> pa.Table:
+    """Write records (dicts, or raw bytes lines) as JSONL and read them back as one tagged shard."""
+    path = folder / name
+    lines = [r if isinstance(r, bytes) else json.dumps(r).encode() for r in records]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    (spec,) = plan_corpus(str(path), IngestConfig().columns, 10_000)
+    return tag_rows(read_jsonl_shard(spec, None), shard)
+
+
+def run_ingest(folder: Path, records: list, **kwargs) -> list[dict]:
+    return ingest_batch(shard_table(folder, records, **kwargs), to_dict(CONFIG)).to_pylist()
+
+
+def no_images(path: str) -> bytes:
+    raise AssertionError(f"unexpected image load {path}")
+
+
+# --- pure helpers -------------------------------------------------------------------------------------
+
+
+def test_normalise_text_composes_decomposed_characters():
+    assert normalise_text("cafe\u0301") == "caf\u00e9"
+
+
+def test_normalise_text_collapses_whitespace_and_trims():
+    assert normalise_text("  a \t b\n\n c\u00a0d  ") == "a b c d"
+
+
+def test_normalise_text_turns_control_characters_into_spaces():
+    assert normalise_text("a\x01b\x7fc") == "a b c"
+
+
+def test_content_hash_ignores_case():
+    assert content_hash("Golden Gate") == content_hash("golden gate")
+
+
+def test_content_hash_differs_for_different_text():
+    assert content_hash("Golden Gate") != content_hash("Golden Gates")
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"text": None}, "error:missing_text"),
+        ({"text": ""}, "error:empty_text"),
+        ({"text": " \t\n "}, "error:empty_text"),
+        ({"text": "a\x00b"}, "error:nul_byte"),
+        ({"text": "x" * (MAX_CHARS + 1)}, "error:text_too_long"),
+        ({"text": 42}, "error:wrong_type:text"),
+        ({"text": "ok", "doc_id": 1.5}, "error:wrong_type:doc_id"),
+        ({"text": "ok", "doc_id": True}, "error:wrong_type:doc_id"),
+        ({"text": "ok", "title": ["a"]}, "error:wrong_type:title"),
+        ({"text": "ok", "title": "a\x00"}, "error:nul_byte"),
+        ({"text": "ok", "image_url": "file:///etc/passwd"}, "error:bad_image_url"),
+        ({"text": "ok", "image_url": "ftp://example.org/a.png"}, "error:bad_image_url"),
+        ({"text": "ok", "image_url": "https:///no-host"}, "error:bad_image_url"),
+        ({"text": "ok", "image": 5}, "error:wrong_type:image"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_validate_record_rejects_bad_field_with_reason(record, reason):
+    with pytest.raises(_Reject) as err:
+        validate_record(record, CONFIG, no_images)
+    assert err.value.reason == reason
+
+
+def test_validate_record_measures_length_after_normalising():
+    text = "word " * (MAX_CHARS // 5) + "   " * 50
+    assert len(validate_record({"text": text}, CONFIG, no_images)["text"]) <= MAX_CHARS
+
+
+def test_validate_record_accepts_http_image_url():
+    assert validate_record({"text": "ok", "image_url": "HTTPS://example.org/a.png"}, CONFIG, no_images)[
+        "image_url"
+    ] == ("HTTPS://example.org/a.png")
+
+
+def test_validate_record_turns_blank_title_into_none():
+    assert validate_record({"text": "ok", "title": "   "}, CONFIG, no_images)["title"] is None
+
+
+def test_missing_doc_id_gets_a_derived_id_from_the_text():
+    row = validate_record({"text": "Some passage."}, CONFIG, no_images)
+    assert (row["doc_id"], row["doc_id_derived"]) == (f"h{content_hash('Some passage.')[:16]}", True)
+
+
+def test_derived_id_is_the_same_for_the_same_normalised_text():
+    a = validate_record({"text": "Some  passage."}, CONFIG, no_images)["doc_id"]
+    b = validate_record({"text": " Some passage.\n", "doc_id": "   "}, CONFIG, no_images)["doc_id"]
+    assert a == b
+
+
+def test_integer_doc_id_becomes_a_string():
+    assert validate_record({"text": "ok", "doc_id": 17}, CONFIG, no_images)["doc_id"] == "17"
+
+
+def test_validate_record_rejects_nul_byte_in_doc_id():
+    with pytest.raises(_Reject, match="nul_byte"):
+        validate_record({"text": "ok", "doc_id": "a\x00b"}, CONFIG, no_images)
+
+
+# --- ingest_batch over a tagged shard ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory, noise_png, animated_gif) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "images").mkdir()
+    (folder / "images" / "ok.png").write_bytes(noise_png)
+    (folder / "images" / "anim.gif").write_bytes(animated_gif)
+    (folder / "images" / "cut.png").write_bytes(noise_png[: len(noise_png) // 2])
+    (folder / "images" / "notes.png").write_text("I am text, not a PNG")
+    return folder
+
+
+# (record, expected status, expected reason, expected id); line numbers are 1-based positions in this list.
+CASES = [
+    ({"doc_id": "empty", "text": ""}, "rejected", "error:empty_text", "empty"),
+    ({"doc_id": "blank", "text": "  \n\t "}, "rejected", "error:empty_text", "blank"),
+    ({"doc_id": "nul", "text": "a\u0000b"}, "rejected", "error:nul_byte", "nul"),
+    ({"doc_id": "long", "text": "x" * (MAX_CHARS + 1)}, "rejected", "error:text_too_long", "long"),
+    ({"doc_id": "int-text", "text": 5}, "rejected", "error:wrong_type:text", "int-text"),
+    ({"doc_id": ["x"], "text": "list id"}, "rejected", "error:wrong_type:doc_id", "c.jsonl:6"),
+    ({"doc_id": "int-title", "text": "t", "title": 3}, "rejected", "error:wrong_type:title", "int-title"),
+    (
+        {"doc_id": "file-url", "text": "t", "image_url": "file:///etc/passwd"},
+        "rejected",
+        "error:bad_image_url",
+        "file-url",
+    ),
+    (
+        {"doc_id": "ftp-url", "text": "t", "image_url": "ftp://x.org/a.png"},
+        "rejected",
+        "error:bad_image_url",
+        "ftp-url",
+    ),
+    (
+        {"doc_id": "no-file", "text": "t", "image": "images/missing.png"},
+        "rejected",
+        "error:image_missing",
+        "no-file",
+    ),
+    (
+        {"doc_id": "text-img", "text": "t", "image": "images/notes.png"},
+        "rejected",
+        "error:image_not_an_image",
+        "text-img",
+    ),
+    (
+        {"doc_id": "cut-img", "text": "t", "image": "images/cut.png"},
+        "rejected",
+        "error:image_truncated",
+        "cut-img",
+    ),
+    (b'{"doc_id": "broken", "text": ', "rejected", "error:invalid_json", "c.jsonl:13"),
+    (b"[1, 2, 3]", "rejected", "error:not_an_object", "c.jsonl:14"),
+    (b'{"doc_id": "latin1", "text": "caf\xe9"}', "rejected", "error:invalid_utf8", "c.jsonl:15"),
+    ({"doc_id": 7, "text": "integer id"}, "ok", "", "7"),
+    ({"doc_id": "png", "text": "with image", "image": "images/ok.png"}, "ok", "", "png"),
+    ({"doc_id": "gif", "text": "with gif", "image": "images/anim.gif"}, "ok", "", "gif"),
+    ({"doc_id": "url", "text": "with url", "image_url": "https://example.org/a.jpg"}, "ok", "", "url"),
+]
+
+
+@pytest.fixture(scope="module")
+def batch(corpus_dir) -> list[dict]:
+    return run_ingest(corpus_dir, [c[0] for c in CASES])
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[str(c[3]) for c in CASES])
+def test_ingest_batch_gives_each_record_its_status_reason_and_id(batch, case):
+    _, status, reason, row_id = CASES[case]
+    row = batch[case]
+    assert (row[STATUS], row[REASON], row["id"]) == (status, reason, row_id)
+
+
+def test_ingest_batch_cites_file_and_line_as_source(batch):
+    assert [r["source"] for r in batch] == [f"c.jsonl:{i}" for i in range(1, len(CASES) + 1)]
+
+
+def test_ingest_batch_output_has_schema_plus_internal_columns(corpus_dir):
+    table = ingest_batch(shard_table(corpus_dir, [{"text": "x"}]), to_dict(CONFIG))
+    assert table.schema.names == OUTPUT_SCHEMA.names + ["_shard", "_src", STATUS, REASON]
+
+
+def test_ingest_batch_keeps_shard_tags_in_row_order(corpus_dir):
+    table = ingest_batch(
+        shard_table(corpus_dir, [{"text": "a"}, b"junk", {"text": "c"}], shard="000042"), to_dict(CONFIG)
+    )
+    assert (table["_shard"].to_pylist(), table["_src"].to_pylist()) == (["000042"] * 3, [0, 1, 2])
+
+
+def test_ingest_batch_keeps_a_plain_png_byte_identical(batch, noise_png):
+    row = batch[[c[3] for c in CASES].index("png")]
+    assert row["image"] == {"bytes": noise_png, "path": "ok.png"}
+
+
+def test_ingest_batch_stores_a_converted_gif_as_png_named_png(batch):
+    image = batch[[c[3] for c in CASES].index("gif")]["image"]
+    assert (image["path"], image["bytes"][:8]) == ("anim.png", b"\x89PNG\r\n\x1a\n")
+
+
+def test_ingest_batch_normalises_text_to_nfc_and_collapses_whitespace(corpus_dir):
+    (row,) = run_ingest(corpus_dir, [{"doc_id": "n", "text": "  Cafe\u0301   au\n\nlait "}])
+    assert row["text"] == "Caf\u00e9 au lait"
+
+
+def test_ingest_batch_marks_derived_doc_ids(corpus_dir):
+    rows = run_ingest(corpus_dir, [{"text": "no id here"}, {"doc_id": "given", "text": "has id"}])
+    assert [(r["doc_id_derived"], r["id"].startswith("h")) for r in rows] == [(True, True), (False, False)]
+
+
+def test_ingest_batch_derived_id_is_stable_across_runs(corpus_dir, tmp_path):
+    first = run_ingest(corpus_dir, [{"text": "same passage"}])[0]["id"]
+    second = run_ingest(tmp_path, [{"text": "other"}, {"text": "same passage"}], name="d.jsonl")[1]["id"]
+    assert first == second
+
+
+def test_ingest_batch_survives_a_truncated_animated_gif(tmp_path, animated_gif):
+    (tmp_path / "bad.gif").write_bytes(animated_gif[:-25])
+    rows = run_ingest(
+        tmp_path, [{"doc_id": "fine", "text": "fine"}, {"doc_id": "gif", "text": "g", "image": "bad.gif"}]
+    )
+    assert (len(rows), rows[0][STATUS]) == (2, OK)
+
+
+# --- dedup in the commit hook ---------------------------------------------------------------------------
+
+
+def statuses(table: pa.Table) -> list[tuple[str, str]]:
+    return list(zip(table[STATUS].to_pylist(), table[REASON].to_pylist()))
+
+
+DEDUP_RECORDS = [
+    {"doc_id": "a", "text": "The first passage."},
+    {"doc_id": "b", "text": "the  FIRST passage."},
+    {"doc_id": "a", "text": "A different passage."},
+    {"doc_id": "c", "text": ""},
+    {"doc_id": "d", "text": "Another passage."},
+]
+
+
+def test_commit_hook_filters_repeated_text_and_rejects_reused_doc_id(tmp_path):
+    table = ingest_batch(shard_table(tmp_path, DEDUP_RECORDS), to_dict(CONFIG))
+    assert statuses(Ingest(CONFIG, None).commit_hook(table, {})) == [
+        ("ok", ""),
+        ("filtered", "filter:duplicate_text"),
+        ("rejected", "error:duplicate_doc_id"),
+        ("rejected", "error:empty_text"),
+        ("ok", ""),
+    ]
+
+
+def test_commit_hook_state_carries_across_shards(tmp_path):
+    stage, state = Ingest(CONFIG, None), {}
+    first = ingest_batch(shard_table(tmp_path, DEDUP_RECORDS[:1], name="1.jsonl"), to_dict(CONFIG))
+    second = ingest_batch(
+        shard_table(tmp_path, DEDUP_RECORDS[1:3], name="2.jsonl", shard="000001"), to_dict(CONFIG)
+    )
+    stage.commit_hook(first, state)
+    assert statuses(stage.commit_hook(second, state)) == [
+        ("filtered", "filter:duplicate_text"),
+        ("rejected", "error:duplicate_doc_id"),
+    ]
+
+
+def test_resume_state_rebuilt_from_committed_parts_dedups_the_next_shard(tmp_path):
+    run_fs = RunFS.from_uri(str(tmp_path / "run"))
+    first = Ingest(CONFIG, None).commit_hook(
+        ingest_batch(shard_table(tmp_path, DEDUP_RECORDS[:1], name="1.jsonl"), to_dict(CONFIG)), {}
+    )
+    # What the runner commits: the kept rows without internal columns.
+    run_fs.write_parquet(
+        "01_ingest/part-000000.parquet", first.drop_columns([c for c in first.column_names if c in INTERNAL])
+    )
+    resumed = Ingest(CONFIG, None)
+    state = resumed.resume_state(run_fs, "01_ingest")
+    second = ingest_batch(
+        shard_table(tmp_path, DEDUP_RECORDS[1:], name="2.jsonl", shard="000001"), to_dict(CONFIG)
+    )
+    assert statuses(resumed.commit_hook(second, state)) == [
+        ("filtered", "filter:duplicate_text"),
+        ("rejected", "error:duplicate_doc_id"),
+        ("rejected", "error:empty_text"),
+        ("ok", ""),
+    ]
+
+
+def test_resume_state_of_an_empty_parts_folder_is_empty(tmp_path):
+    assert Ingest(CONFIG, None).resume_state(RunFS.from_uri(str(tmp_path)), "01_ingest") == {
+        "hash": set(),
+        "id": set(),
+    }
