@@ -26,7 +26,10 @@ def init_ray(cfg) -> None:
             ray.init(address=address, **common)
         else:
             log.info("starting an embedded local Ray (num_cpus=%s)", cfg.num_cpus or "all")
+            # address="local": always a fresh instance. With None, ray.init() would attach to any
+            # cluster `ray start` left running on this machine and then refuse num_cpus.
             ray.init(
+                address="local",
                 num_cpus=cfg.num_cpus,
                 include_dashboard=False,
                 object_store_memory=cfg.object_store_mb * 1024 * 1024,

@@ -32,7 +32,19 @@ from pipeline.io.shards import ShardSpec, plan_from_parts, read_parquet_shard, t
 from pipeline.logging import get_logger
 from pipeline.progress import StageProgress
 from pipeline.rundir import RunContext, check_run_dir, stage_dirs
-from pipeline.stage import FILTERED, INTERNAL, OK, REASON, REJECTED, SHARD, SLOT, SRC, STATUS, Stage
+from pipeline.stage import (
+    FILTERED,
+    GLUE_CPUS,
+    INTERNAL,
+    OK,
+    REASON,
+    REJECTED,
+    SHARD,
+    SLOT,
+    SRC,
+    STATUS,
+    Stage,
+)
 
 log = get_logger(__name__)
 
@@ -93,7 +105,11 @@ def _run_stage(ctx, stage: Stage, stage_dir: str, parts_dir: str, upstream_dir, 
     decision, skip = _decide(ctx, stage, stage_dir, fp)
     log.info("%s: %s", stage.name, decision)
     if skip:
-        return StageResult(stage.name, decision, ctx.run_fs.read_json(f"{stage_dir}/{MANIFEST}"))
+        # The manifest says what the latest run did with the stage, skips included.
+        manifest = ctx.run_fs.read_json(f"{stage_dir}/{MANIFEST}")
+        manifest["decision"] = decision
+        ctx.run_fs.write_json(f"{stage_dir}/{MANIFEST}", manifest)
+        return StageResult(stage.name, decision, manifest)
     started = time.monotonic()
     specs = stage.plan(ctx, upstream_dir) if hasattr(stage, "plan") else plan_from_parts(
         ctx.run_fs, upstream_dir, stage.config.resources.shard_rows
@@ -159,7 +175,7 @@ def _execute(ctx: RunContext, stage: Stage, stage_dir: str, parts_dir: str, spec
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"root_uri": ctx.run_uri, "readers": readers},
-        num_cpus=0.25,
+        num_cpus=GLUE_CPUS,
     )
     ds = stage.apply(ds)
     try:
@@ -228,7 +244,8 @@ class ShardCommitter:
         dropped = table.filter(pc.not_equal(status, OK))
         kept = kept.drop_columns([c for c in kept.column_names if c in INTERNAL])
         if kept.num_rows:
-            self.run_fs.write_parquet(f"{self.parts_dir}/part-{spec.shard}.parquet", kept)
+            prefix = getattr(self.stage, "part_prefix", "part")
+            self.run_fs.write_parquet(f"{self.parts_dir}/{prefix}-{spec.shard}.parquet", kept)
         if dropped.num_rows:
             self.run_fs.write_parquet(f"{self.stage_dir}/{REJECTS}/part-{spec.shard}.parquet", reject_table(dropped))
         statuses = Counter(status.to_pylist())

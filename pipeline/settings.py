@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import apply_overrides, build, check, _load_yaml
+from pipeline.config import _load_yaml, apply_overrides, build, check
 from pipeline.errors import PipelineConfigError
 from pipeline.prompts import default_prompts_dir
 from pipeline.stages import STAGES, TRACKS

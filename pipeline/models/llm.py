@@ -89,11 +89,11 @@ class HFChatJSON:
         todo.sort(key=lambda i: (lengths[i], i))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            for i, text in zip(chunk, self._generate_batch([prompts[i] for i in chunk])):
-                results[i] = (text, "")
+            for i, result in zip(chunk, self._generate_batch([prompts[i] for i in chunk])):
+                results[i] = result
         return results
 
-    def _generate_batch(self, prompts: list[str]) -> list[str]:
+    def _generate_batch(self, prompts: list[str]) -> list[tuple[str, str]]:
         from xgrammar.contrib.hf import LogitsProcessor
 
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
@@ -112,7 +112,12 @@ class HFChatJSON:
                 pad_token_id=self.tok.pad_token_id,
             )
         new = out[:, enc["input_ids"].shape[1] :]
-        return self.tok.batch_decode(new, skip_special_tokens=True)
+        texts = self.tok.batch_decode(new, skip_special_tokens=True)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id}
+        # No end-of-sequence token: max_new_tokens cut the JSON off; say so instead of "invalid JSON".
+        finished = [bool(eos_ids & set(row.tolist())) for row in new]
+        return [(t, "" if done else "error:truncated_output") for t, done in zip(texts, finished)]
 
 
 class HFGenerateFn:

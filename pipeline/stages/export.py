@@ -53,6 +53,8 @@ class Export(Stage):
     config_cls: ClassVar[type] = ExportConfig
     input_columns: ClassVar[tuple[str, ...]] = ("id",)
     output_columns: ClassVar[tuple[str, ...]] = ()
+    # `datasets` and the Hub infer the split from the file name: data/train-*.parquet -> "train".
+    part_prefix: ClassVar[str] = "train"
 
     def apply(self, ds):
         from pipeline.stage import OK, REASON, STATUS

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 def embedded_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
              configure_logging=True, logging_level="WARNING")
     yield
     ray.shutdown()
@@ -56,7 +56,7 @@ def test_changed_stage_value_reruns_that_stage_and_later_only(finished, tiny_cac
     shutil.copytree(finished, copy)
     decisions = run(copy, tiny_cache, "doc2query.max_answer_chars=150")
     assert decisions["ingest"].startswith("skipped")
-    assert decisions["doc2query"].startswith("re-run") and "max_answer_chars: 200 -> 150" in decisions["doc2query"]
+    assert decisions["doc2query"].startswith("re-run") and "max_answer_chars: 100 -> 150" in decisions["doc2query"]
     assert decisions["export"].startswith("re-run")
 
 
