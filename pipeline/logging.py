@@ -17,3 +17,11 @@ def get_logger(name: str) -> logging.Logger:
         root.setLevel(os.environ.get("FUSEGEN_LOG_LEVEL", "INFO"))
         root.propagate = False
     return logging.getLogger(name if name.startswith("pipeline") else f"pipeline.{name}")
+
+
+def quiet_transformers() -> None:
+    """Turn off transformers' per-load progress bars ("Loading weights", "Writing model shards"):
+    every actor loads a model, and N bars per stage drown the runner's one bar and its log lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

@@ -13,6 +13,8 @@ from pipeline.logging import get_logger
 
 log = get_logger(__name__)
 
+IDLE_WORKERS = 4
+
 
 def init_ray(cfg) -> None:
     import ray
@@ -28,9 +30,15 @@ def init_ray(cfg) -> None:
             log.info("starting an embedded local Ray (num_cpus=%s)", cfg.num_cpus or "all")
             # address="local": always a fresh instance. With None, ray.init() would attach to any
             # cluster `ray start` left running on this machine and then refuse num_cpus.
+            cpus = cfg.num_cpus or os.cpu_count() or 1
             ray.init(
                 address="local",
                 num_cpus=cfg.num_cpus,
+                # Keep a few idle workers beyond one per CPU: model actors hold a worker each, and with
+                # Ray's default limit (= CPUs) the glue tasks' workers were killed after 1 s idle and
+                # re-spawned for the next shard, ~1 s of CPU each. On 2 CPUs that cost doc2query 28%
+                # of its throughput (bench/doc2query_vs_generate.py, docs/benchmarks.md).
+                _system_config={"num_workers_soft_limit": int(cpus) + IDLE_WORKERS},
                 include_dashboard=False,
                 object_store_memory=cfg.object_store_mb * 1024 * 1024,
                 **common,

@@ -34,7 +34,6 @@ from pipeline.progress import StageProgress
 from pipeline.rundir import RunContext, check_run_dir, stage_dirs
 from pipeline.stage import (
     FILTERED,
-    GLUE_CPUS,
     INTERNAL,
     OK,
     REASON,
@@ -44,6 +43,7 @@ from pipeline.stage import (
     SRC,
     STATUS,
     Stage,
+    glue_map,
 )
 
 log = get_logger(__name__)
@@ -170,13 +170,8 @@ def _execute(ctx: RunContext, stage: Stage, stage_dir: str, parts_dir: str, spec
     committer = ShardCommitter(ctx.run_fs, stage, stage_dir, parts_dir, pending, state, progress)
     readers = getattr(stage, "readers", {"parquet": read_parquet_shard})
     ds = ray.data.from_items([s.to_item() for s in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(
-        read_shards,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={"root_uri": ctx.run_uri, "readers": readers},
-        num_cpus=GLUE_CPUS,
-    )
+    ds = glue_map(ds, read_shards, batch_size=1, batch_format="numpy",
+                  fn_kwargs={"root_uri": ctx.run_uri, "readers": readers})
     ds = stage.apply(ds)
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):

@@ -28,6 +28,19 @@ INTERNAL = (SHARD, SRC, NROWS, SLOT, STATUS, REASON)
 # Zero, so they always schedule beside model actors that hold every CPU: on a 2-CPU cluster two
 # 1-CPU actors plus a 0.25-CPU read task deadlock (nothing reaches the actors).
 GLUE_CPUS = 0
+# ...and at most this many of each glue step at once: a 0-CPU task has no resource limit, so Ray
+# Data would otherwise start a worker process (~100-200 MB each) per pending shard. Measured on
+# 100k rows / 2 CPUs: 17 workers and 2.9 GiB PSS uncapped (docs/benchmarks.md).
+GLUE_TASKS = 2
+
+
+def glue_map(ds, fn, **kwargs):
+    """`map_batches` for a light glue step: one whole block per call, 0 CPUs, GLUE_TASKS at most."""
+    import ray.data
+
+    kwargs.setdefault("batch_size", None)
+    kwargs.setdefault("batch_format", "pyarrow")
+    return ds.map_batches(fn, num_cpus=GLUE_CPUS, compute=ray.data.TaskPoolStrategy(size=GLUE_TASKS), **kwargs)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,9 @@ class HFChatJSON:
         import xgrammar as xgr
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from pipeline.logging import quiet_transformers
+
+        quiet_transformers()
         self.cfg = cfg
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

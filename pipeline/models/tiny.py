@@ -8,12 +8,19 @@ seed gives byte-identical weights, so fingerprints and outputs are reproducible.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from pipeline.logging import get_logger
 
 log = get_logger(__name__)
+
+# Written last into a finished checkpoint folder.
+MARKER = "fusegen_tiny.json"
 
 # ChatML, the template Qwen2 models ship; kept here (not in prompts/) because it belongs to the model.
 CHATML_TEMPLATE = (
@@ -65,13 +72,45 @@ def build_tiny_qwen2(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) 
     Returns the directory, which `AutoModelForCausalLM.from_pretrained` and
     `AutoTokenizer.from_pretrained` load as they would a hub checkpoint.
     """
+    out = Path(out_dir)
+    if _complete(out):
+        return out  # before importing torch: a no-op re-run should not pay for it
+    with _building(out) as tmp:
+        _write_tiny_qwen2(tmp, seed, vocab_size)
+    log.info("built tiny Qwen2 in %s", out)
+    return out
+
+
+def _complete(out: Path) -> bool:
+    return (out / MARKER).exists()
+
+
+@contextlib.contextmanager
+def _building(out: Path):
+    """Build in a temporary sibling folder and rename it into place: a crash or a concurrent builder
+    never leaves a half-written checkpoint that the next run would take for a finished one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists() and not _complete(out):
+            shutil.rmtree(out)  # a checkpoint left half-written by an older version
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not _complete(out):  # another process won the race with a complete build: keep theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_tiny_qwen2(out: Path, seed: int, vocab_size: int) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    out = Path(out_dir)
-    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+    from pipeline.logging import quiet_transformers
+
+    quiet_transformers()
     tok = _train_tokenizer(vocab_size)
     config = Qwen2Config(
         vocab_size=len(tok),
@@ -92,9 +131,7 @@ def build_tiny_qwen2(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) 
     model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "fusegen_tiny.json").write_text(json.dumps({"kind": "qwen2-causal-lm", "seed": seed}))
-    log.info("built tiny Qwen2 in %s", out)
-    return out
+    (out / MARKER).write_text(json.dumps({"kind": "qwen2-causal-lm", "seed": seed}))
 
 
 TINY_BUILDERS = {"qwen2": build_tiny_qwen2}

@@ -24,7 +24,6 @@ from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig, generate_js
 from pipeline.prompts import load_examples, load_sources, render
 from pipeline.stage import (
     FILTERED,
-    GLUE_CPUS,
     OK,
     REASON,
     REJECTED,
@@ -33,6 +32,7 @@ from pipeline.stage import (
     Resources,
     Stage,
     StageConfig,
+    glue_map,
 )
 
 PROMPTS = ("doc2query/system.j2", "doc2query/user.j2", "doc2query/examples.yaml")
@@ -194,10 +194,9 @@ class Doc2Query(Stage):
 
     def apply(self, ds):
         cfg = to_dict(self.config)
-        ds = ds.map_batches(prompt_batch, batch_size=None, batch_format="pyarrow",
-                            fn_kwargs={"sources": self.sources, "cfg": cfg}, num_cpus=GLUE_CPUS)
+        ds = glue_map(ds, prompt_batch, fn_kwargs={"sources": self.sources, "cfg": cfg})
         ds = generate_json(ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources)
-        return ds.map_batches(explode_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg}, num_cpus=GLUE_CPUS)
+        return glue_map(ds, explode_batch, fn_kwargs={"cfg": cfg})
 
     @staticmethod
     def render_row(prompts_dir: Path, cfg: Doc2QueryConfig, row: dict) -> list[dict]:
