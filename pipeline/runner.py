@@ -74,15 +74,25 @@ def run_pipeline(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
     """Run (or resume) every stage; returns what was decided for each."""
     check_run_dir(ctx)
     results, upstream_fp, upstream_dir = [], "", None
+    # Stage name -> (parts folder, fingerprint): what `before_execute` hooks may build on (the
+    # consistency stage embeds ingest's passages as its search pool).
+    outputs: dict[str, tuple[str, str]] = {}
     for stage, (stage_dir, parts_dir) in zip(stages, stage_dirs(stages)):
         # prepare() resolves models (cheap once cached), so the model actually used enters the fingerprint.
         stage.prepare()
         semantic = {**stage.config.semantic_dict(), "models": stage.models()}
         prompts = [ctx.prompts_dir / p for p in stage.prompt_files]
         fp = fingerprint(stage.name, semantic, prompts, upstream_fp, __version__)
-        results.append(_run_stage(ctx, stage, stage_dir, parts_dir, upstream_dir, fp))
+        results.append(_run_stage(ctx, stage, stage_dir, parts_dir, upstream_dir, fp, outputs))
         upstream_fp, upstream_dir = fp, parts_dir
+        outputs[stage.name] = (parts_dir, fp)
     return results
+
+
+def run_side_stage(ctx: RunContext, stage: Stage, folder: str, upstream_dir: str, fingerprint: str) -> StageResult:
+    """Build a stage's side output (e.g. a search index) with the stage machinery: skipped when
+    complete with the same fingerprint, resumed shard by shard after a crash, ledger-checked."""
+    return _run_stage(ctx, stage, folder, folder, upstream_dir, fingerprint, {})
 
 
 def _decide(ctx: RunContext, stage: Stage, stage_dir: str, fp: str) -> tuple[str, bool]:
@@ -101,7 +111,7 @@ def _decide(ctx: RunContext, stage: Stage, stage_dir: str, fp: str) -> tuple[str
     return f"re-run: {why}", False
 
 
-def _run_stage(ctx, stage: Stage, stage_dir: str, parts_dir: str, upstream_dir, fp: str) -> StageResult:
+def _run_stage(ctx, stage: Stage, stage_dir: str, parts_dir: str, upstream_dir, fp: str, outputs: dict) -> StageResult:
     decision, skip = _decide(ctx, stage, stage_dir, fp)
     log.info("%s: %s", stage.name, decision)
     if skip:
@@ -130,6 +140,7 @@ def _run_stage(ctx, stage: Stage, stage_dir: str, parts_dir: str, upstream_dir, 
     }
     ctx.run_fs.write_json(f"{stage_dir}/{MANIFEST}", manifest)
     try:
+        stage.before_execute(ctx, outputs)
         _execute(ctx, stage, stage_dir, parts_dir, specs)
     except BaseException as exc:
         manifest["status"] = "failed" if isinstance(exc, Exception) else "running"

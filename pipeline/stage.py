@@ -108,6 +108,10 @@ class Stage(abc.ABC):
     def prepare(self) -> None:
         """Driver-side work before the transform (resolve models, validate prompts); no heavy loads."""
 
+    def before_execute(self, ctx: Any, outputs: dict[str, tuple[str, str]]) -> None:
+        """Driver-side work once the stage is known to run, before its shards (consistency builds its
+        passage index here). `outputs`: earlier stage name -> (parts folder, fingerprint)."""
+
     @abc.abstractmethod
     def apply(self, ds: Any) -> Any:
         """Describe the transform over a dataset of shard blocks; never materialise it."""

