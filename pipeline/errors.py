@@ -21,3 +21,7 @@ class RunDirError(PipelineError):
 
 class LedgerError(PipelineError):
     """rows_in != rows_out + filtered + rejected for a stage: rows were lost or invented."""
+
+
+class InferenceHungError(PipelineError):
+    """An LLM engine stopped answering: `llm.max_consecutive_timeouts` calls in a row timed out."""

@@ -2,15 +2,18 @@
 
 The tiny model is the project's seeded random Qwen2 (pipeline.models.tiny), built once per session by
 the `tiny_cache` fixture and loaded through `from_pretrained`. Its text is noise; the xgrammar
-grammar is what makes it valid JSON.
+grammar is what makes it valid JSON (`guided: false` shows the noise). The watchdog test swaps the
+engine's batch call for one that hangs.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import threading
 
 import jsonschema
+import pyarrow as pa
 import pytest
 
 from pipeline.errors import PipelineConfigError
@@ -101,17 +104,119 @@ def test_hitting_max_new_tokens_is_flagged_as_truncated_output(model_path):
 
 
 def test_generate_fn_adds_raw_and_error_columns(model_path):
-    import pyarrow as pa
-
     fn = HFGenerateFn(model_path, {"max_new_tokens": 48, "max_input_tokens": 64}, SCHEMA, batch_size=2)
     table = pa.table({"id": ["a", "b"], MESSAGES: [json.dumps(c) for c in CONVERSATIONS[:2]]})
     out = fn(table)
     assert (out.column_names, out[LLM_ERROR].to_pylist()) == (["id", MESSAGES, RAW, LLM_ERROR], ["", ""])
 
 
+def test_abandoned_batch_stops_at_its_next_token(engine):
+    cancel = threading.Event()
+    cancel.set()
+    prompt = engine.tok.apply_chat_template(CONVERSATIONS[0], tokenize=False, add_generation_prompt=True)
+    ((raw, error),) = engine._generate_batch([prompt], cancel)
+    assert (len(engine.tok(raw, add_special_tokens=False)["input_ids"]), error) == (
+        1,
+        "error:truncated_output",
+    )
+
+
+def test_generate_fn_marks_a_hung_batch_error_timeout_and_goes_on(engine, monkeypatch):
+    release = threading.Event()
+    calls = []
+
+    def hang_first_batch(prompts, cancel=None):
+        calls.append(len(prompts))
+        if len(calls) <= 2:
+            release.wait()
+            return [("late", "")] * len(prompts)
+        return [("{}", "")] * len(prompts)
+
+    monkeypatch.setattr(engine, "_generate_batch", hang_first_batch)
+    fn = HFGenerateFn.from_engine(engine, LLMConfig(timeout_s=0.1), batch_size=2)
+    table = pa.table({MESSAGES: [json.dumps(c) for c in CONVERSATIONS]})
+    try:
+        errors = fn(table)[LLM_ERROR].to_pylist()
+    finally:
+        release.set()
+    # Batches are formed by prompt length: the two shortest prompts hang (twice), the longest one runs.
+    assert (sorted(errors), calls) == (["", "error:timeout", "error:timeout"], [2, 2, 1])
+
+
+def test_unguided_tiny_model_output_is_not_json_for_some_prompt(model_path):
+    unguided = HFChatJSON(model_path, LLMConfig(max_new_tokens=24, max_input_tokens=64, guided=False), SCHEMA)
+    raws = [raw for raw, _ in unguided.generate(CONVERSATIONS, batch_size=3)]
+    assert not all(_parses(raw) for raw in raws)
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def test_unguided_engine_compiles_no_grammar(model_path):
+    assert HFChatJSON(model_path, LLMConfig(guided=False), SCHEMA).grammar is None
+
+
+# --- LLMConfig -------------------------------------------------------------------------------------------
+
+
 def test_llm_config_rejects_top_p_of_zero():
     with pytest.raises(PipelineConfigError, match="top_p"):
         LLMConfig(top_p=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timeout_s", 0),
+        ("max_consecutive_timeouts", 0),
+        ("request_timeout_s", 0),
+        ("max_retries", -1),
+        ("max_concurrent_requests", 0),
+        ("retry_backoff_s", -0.5),
+        ("base_url", "localhost:8000/v1"),
+    ],
+)
+def test_llm_config_rejects_out_of_range_values(field, value):
+    with pytest.raises(PipelineConfigError, match=f"`{field}`"):
+        LLMConfig(**{field: value})
+
+
+def test_llm_config_rejects_an_api_key_in_api_key_env_without_echoing_it():
+    with pytest.raises(PipelineConfigError, match="NAME of the environment variable") as info:
+        LLMConfig(api_key_env="sk-live-abc123")
+    assert "sk-live-abc123" not in str(info.value)
+
+
+def test_openai_timeout_s_below_request_timeout_s_is_rejected():
+    with pytest.raises(PipelineConfigError, match="`timeout_s` must be >= `llm.request_timeout_s`"):
+        LLMConfig(backend="openai", model="m", timeout_s=30, request_timeout_s=120)
+
+
+def test_openai_backend_rejects_a_local_model_source_as_model():
+    with pytest.raises(PipelineConfigError, match="`model` must be the model name the server serves"):
+        LLMConfig(backend="openai", model="tiny:qwen2")
+
+
+def test_llm_config_defaults_for_the_new_fields():
+    cfg = LLMConfig()
+    assert (cfg.guided, cfg.timeout_s, cfg.max_consecutive_timeouts, cfg.base_url, cfg.api_key_env) == (
+        True,
+        600.0,
+        3,
+        None,
+        "OPENAI_API_KEY",
+    )
+    assert (cfg.request_timeout_s, cfg.max_retries, cfg.max_concurrent_requests, cfg.retry_backoff_s) == (
+        120.0,
+        4,
+        8,
+        1.0,
+    )
 
 
 # --- vLLM row helpers (pure functions; no vllm needed) --------------------------------------------------------
@@ -167,6 +272,10 @@ def test_vllm_missing_generated_text_becomes_empty_raw():
 def test_vllm_sampling_params_put_the_schema_under_structured_outputs_json():
     params = vllm_sampling_params(LLMConfig(max_new_tokens=99), SCHEMA)
     assert (params["structured_outputs"], params["max_tokens"]) == ({"json": SCHEMA}, 99)
+
+
+def test_vllm_sampling_params_omit_structured_outputs_when_not_guided():
+    assert "structured_outputs" not in vllm_sampling_params(LLMConfig(guided=False), SCHEMA)
 
 
 def test_vllm_sampling_params_seed_only_when_sampling():
