@@ -51,6 +51,9 @@ class Resources:
     the fingerprint because it decides the shard ids.
     """
 
+    # How it runs, not what it computes: left out of the fingerprint (shard_rows stays in).
+    OPERATIONAL: ClassVar[frozenset] = frozenset({"num_cpus", "num_gpus", "concurrency", "batch_size"})
+
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     # Actor-pool size for model stages (max actors); 1 = a single actor.
@@ -74,12 +77,18 @@ class StageConfig:
     resources: Resources = dataclasses.field(default_factory=Resources)
 
     def semantic_dict(self) -> dict:
-        """Fields that change the output (the fingerprint input): all but resources, plus shard_rows."""
-        from pipeline.config import to_dict
+        """Fields that change the output (the fingerprint input): every field except those a config
+        class lists in its `OPERATIONAL` class attribute (resources, timeouts, retries...)."""
+        return semantic_values(self)
 
-        values = to_dict(self)
-        values["resources"] = {"shard_rows": self.resources.shard_rows}
-        return values
+
+def semantic_values(obj: Any) -> Any:
+    from pipeline.config import to_dict
+
+    if dataclasses.is_dataclass(obj):
+        skip = getattr(type(obj), "OPERATIONAL", frozenset())
+        return {f.name: semantic_values(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
+    return to_dict(obj)
 
 
 class Stage(abc.ABC):
