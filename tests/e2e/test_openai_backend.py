@@ -1,0 +1,121 @@
+"""doc2query through the `openai` backend on an embedded Ray, against an OpenAI-compatible server on
+127.0.0.1 that answers from the passage it is sent (and fails now and then, as real servers do)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.rundir import RunContext
+from pipeline.runner import run_pipeline
+from pipeline.settings import build_stages, load_config
+from tests.support.openai_server import OpenAIServer, RecordedRequest, Reply, disconnect, malformed, ok, status
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "sk-test-0123456789-do-not-print"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def embedded_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
+             configure_logging=True, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+class FlakyServer:
+    """Answers two questions built from the passage's first words (so the round-trip filter can find
+    it), but: the Titanic passage first meets 429, 500 and a dropped connection, then an answer
+    (transient); the Sagrada Família passage always gets a malformed body (persistent)."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+
+    def __call__(self, request: RecordedRequest) -> Reply:
+        passage = request.last_user_text.split("Passage:", 1)[-1].split("\n\nWrite", 1)[0].strip()
+        n = self.attempts[passage] = self.attempts.get(passage, 0) + 1
+        if "Sagrada" in passage:
+            return malformed()
+        if "Titanic" in passage and n <= 3:
+            return [status(429, retry_after="0"), status(500), disconnect()][n - 1]
+        words = re.findall(r"\w+", passage)[:8] or ["it"]
+        pairs = [
+            {"query": f"What does the text say about {' '.join(words[:4])}?", "answer": " ".join(words[:3])},
+            {"query": f"Which facts involve {' '.join(words[4:8] or words)}?", "answer": " ".join(words[4:6] or words)},
+        ]
+        return ok(json.dumps({"pairs": pairs}))
+
+
+def run(run_dir: Path, server: OpenAIServer, cache: Path):
+    sets = [
+        f"cache_dir={cache}", "doc2query.llm.backend=openai", "doc2query.llm.model=served-qwen",
+        f"doc2query.llm.base_url={server.base_url}", "doc2query.llm.api_key_env=FUSEGEN_TEST_KEY",
+        "doc2query.llm.retry_backoff_s=0.01", "doc2query.llm.max_retries=3", "consistency.top_k=10",
+    ]
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", sets)
+    ctx = RunContext.create(config, str(run_dir))
+    return run_pipeline(ctx, build_stages(config, ctx))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_cache):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FUSEGEN_TEST_KEY", SECRET)
+    run_dir = tmp_path_factory.mktemp("openai") / "run"
+    with OpenAIServer(default=FlakyServer()) as server:
+        run(run_dir, server, tiny_cache)
+    mp.undo()
+    return run_dir, server
+
+
+def test_openai_run_completes_with_a_balanced_ledger(served):
+    run_dir, _ = served
+    m = json.loads((run_dir / "02_doc2query" / "_manifest.json").read_text())
+    assert m["status"] == "complete" and m["rows"]["in"] == m["rows"]["out"] + m["rows"]["filtered"] + m["rows"]["rejected"]
+    assert m["models"]["llm"] == "served-qwen via openai"
+
+
+def test_openai_transient_failures_are_retried_and_persistent_junk_is_rejected(served):
+    run_dir, server = served
+    rejects = pq.read_table(run_dir / "02_doc2query" / "_rejects").to_pylist()
+    # Titanic met 429, 500 and a dropped connection, and its 4th try (max_retries 3) got through;
+    # Sagrada got a malformed body every time: both its query slots are error:bad_response.
+    assert sorted((r["doc_id"][:6], r["reason"]) for r in rejects if r["reason"].startswith("error:")) == [
+        ("sagrad", "error:bad_response"), ("sagrad", "error:bad_response"),
+    ]
+    assert "this is not JSON" in next(r for r in rejects if r["reason"] == "error:bad_response")["llm_raw"]
+
+
+def test_openai_transient_failures_left_no_reject(served):
+    run_dir, server = served
+    assert server.default.attempts[next(p for p in server.default.attempts if "Titanic" in p)] == 4
+    rejects = pq.read_table(run_dir / "02_doc2query" / "_rejects").to_pylist()
+    assert not [r for r in rejects if r["doc_id"] == "rms-titanic" and r["reason"].startswith("error:")]
+
+
+def test_openai_requests_carry_the_key_and_the_json_schema(served):
+    _, server = served
+    request = server.requests[-1]
+    assert request.headers.get("authorization") == f"Bearer {SECRET}"
+    assert request.body["model"] == "served-qwen"
+    assert request.body["response_format"]["type"] == "json_schema"
+
+
+def test_openai_key_is_written_nowhere_in_the_run_dir(served):
+    run_dir, _ = served
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_openai_queries_survive_the_round_trip_filter(served):
+    run_dir, _ = served
+    kept = pq.read_table(run_dir / "export" / "data", columns=["query", "consistency_rank"]).to_pylist()
+    assert len(kept) > 20 and all(r["consistency_rank"] <= 10 for r in kept)
