@@ -13,7 +13,15 @@ import pytest
 from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
-from tests.support.openai_server import OpenAIServer, RecordedRequest, Reply, disconnect, malformed, ok, status
+from tests.support.openai_server import (
+    OpenAIServer,
+    RecordedRequest,
+    Reply,
+    disconnect,
+    malformed,
+    ok,
+    status,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +91,7 @@ def test_openai_run_completes_with_a_balanced_ledger(served):
 
 
 def test_openai_transient_failures_are_retried_and_persistent_junk_is_rejected(served):
-    run_dir, server = served
+    run_dir, _ = served
     rejects = pq.read_table(run_dir / "02_doc2query" / "_rejects").to_pylist()
     # Titanic met 429, 500 and a dropped connection, and its 4th try (max_retries 3) got through;
     # Sagrada got a malformed body every time: both its query slots are error:bad_response.
