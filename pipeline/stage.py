@@ -43,6 +43,25 @@ def glue_map(ds, fn, **kwargs):
     return ds.map_batches(fn, num_cpus=GLUE_CPUS, compute=ray.data.TaskPoolStrategy(size=GLUE_TASKS), **kwargs)
 
 
+def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: float | None = None):
+    """`map_batches` through a fixed pool of `resources.concurrency` actors, each holding a model.
+
+    One call per block = one shard (batch_size=None): batches never mix shards, so a rerun of a
+    shard sees exactly the inputs of the first run and a greedy model gives the same output.
+    """
+    import ray.data
+
+    return ds.map_batches(
+        fn_cls,
+        fn_constructor_kwargs=kwargs,
+        batch_size=None,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus if num_gpus is None else num_gpus,
+    )
+
+
 @dataclass(frozen=True)
 class Resources:
     """How a stage runs, not what it computes: these fields are left out of the fingerprint.
@@ -75,6 +94,13 @@ class StageConfig:
     """Base for stage configs; subclasses add their knobs with defaults that run the demo."""
 
     resources: Resources = dataclasses.field(default_factory=Resources)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> StageConfig:
+        """Rebuild a config from `to_dict` output (how configs travel to Ray tasks and actors)."""
+        from pipeline.config import build
+
+        return build(cls, values, cls.__name__, {})
 
     def semantic_dict(self) -> dict:
         """Fields that change the output (the fingerprint input): every field except those a config

@@ -293,7 +293,6 @@ def generate_json(ds, cfg: LLMConfig, model_path: str, schema: dict, resources) 
     Raises:
         PipelineConfigError: openai backend with neither `llm.base_url` nor OPENAI_BASE_URL set.
     """
-    import ray.data
 
     if cfg.backend == "vllm":
         return _vllm_generate(ds, cfg, model_path, schema, resources)
@@ -301,21 +300,11 @@ def generate_json(ds, cfg: LLMConfig, model_path: str, schema: dict, resources) 
         from pipeline.models.openai_chat import openai_generate
 
         return openai_generate(ds, cfg, schema, resources)
-    return ds.map_batches(
-        HFGenerateFn,
-        fn_constructor_kwargs={
-            "model_path": model_path,
-            "cfg": asdict(cfg),
-            "schema": schema,
-            "batch_size": resources.batch_size,
-        },
-        # None: one call per block = one shard, so batches never mix shards and reruns match.
-        batch_size=None,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus,
-    )
+    from pipeline.stage import actor_map
+
+    return actor_map(ds, HFGenerateFn, {
+        "model_path": model_path, "cfg": asdict(cfg), "schema": schema, "batch_size": resources.batch_size,
+    }, resources)
 
 
 # --- vLLM through ray.data.llm -------------------------------------------------------------------

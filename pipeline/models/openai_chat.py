@@ -294,7 +294,6 @@ def openai_generate(ds: Any, cfg: LLMConfig, schema: dict, resources: Any) -> An
     The base URL and the key are resolved here, on the driver, because Ray workers do not inherit
     the driver's environment; the key travels as a `Secret` constructor argument.
     """
-    import ray.data
 
     base_url = resolve_base_url(cfg)
     key = os.environ.get(cfg.api_key_env) or None
@@ -305,17 +304,8 @@ def openai_generate(ds: Any, cfg: LLMConfig, schema: dict, resources: Any) -> An
         cfg.api_key_env,
         "set" if key else "not set; sending no Authorization header",
     )
-    return ds.map_batches(
-        OpenAIChatFn,
-        fn_constructor_kwargs={
-            "cfg": asdict(replace(cfg, base_url=base_url)),
-            "schema": schema,
-            "api_key": Secret(key) if key else None,
-        },
-        # None: one call per block = one shard, as the transformers branch does.
-        batch_size=None,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
-        # An HTTP client needs no GPU, whatever resources.num_gpus says.
-        num_cpus=resources.num_cpus,
-    )
+    from pipeline.stage import actor_map
+
+    kwargs = {"cfg": asdict(replace(cfg, base_url=base_url)), "schema": schema, "api_key": Secret(key) if key else None}
+    # An HTTP client needs no GPU, whatever resources.num_gpus says.
+    return actor_map(ds, OpenAIChatFn, kwargs, resources, num_gpus=0)

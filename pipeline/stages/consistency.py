@@ -23,7 +23,7 @@ from pipeline.config import check, to_dict
 from pipeline.io.fs import RunFS
 from pipeline.io.pool_index import build_faiss, embedding_array, load_pool, pool_dir
 from pipeline.models.text_embed import TextEmbedConfig, TextEmbedder, passage_texts
-from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig
+from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig, actor_map
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class ConsistencyFn:
     """Ray actor: embeds the shard's queries, searches the pool, ranks each query's source passage."""
 
     def __init__(self, model_path: str, cfg: dict, run_uri: str, index_dir: str) -> None:
-        config = _config(cfg)
+        config = ConsistencyConfig.from_dict(cfg)
         self.cfg = config
         self.embedder = TextEmbedder(model_path, config.embedder)
         ids, matrix = load_pool(RunFS.from_uri(run_uri), index_dir)
@@ -120,11 +120,6 @@ def _set_status(table: pa.Table, decided: list[tuple[str, str]]) -> pa.Table:
     return table
 
 
-def _config(cfg: dict) -> ConsistencyConfig:
-    from pipeline.config import build
-
-    return build(ConsistencyConfig, cfg, "consistency", {})
-
 
 class PoolEmbed(Stage):
     """Not a pipeline stage: the runner runs it to build the passage pool index (resumable)."""
@@ -139,7 +134,7 @@ class PoolEmbed(Stage):
         self.model_path = model_path
 
     def apply(self, ds):
-        return _actor_map(ds, PoolEmbedFn, {"model_path": self.model_path, "cfg": to_dict(self.config.embedder),
+        return actor_map(ds, PoolEmbedFn, {"model_path": self.model_path, "cfg": to_dict(self.config.embedder),
                                             "batch_size": self.config.resources.batch_size}, self.config.resources)
 
 
@@ -175,19 +170,4 @@ class Consistency(Stage):
     def apply(self, ds):
         kwargs = {"model_path": self.model_path, "cfg": to_dict(self.config), "run_uri": self.context.run_uri,
                   "index_dir": self.index_dir}
-        return _actor_map(ds, ConsistencyFn, kwargs, self.config.resources)
-
-
-def _actor_map(ds, fn_cls, kwargs: dict, resources: Resources):
-    import ray.data
-
-    return ds.map_batches(
-        fn_cls,
-        fn_constructor_kwargs=kwargs,
-        # One call per block = one shard: outputs never depend on how blocks were batched.
-        batch_size=None,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus,
-    )
+        return actor_map(ds, ConsistencyFn, kwargs, self.config.resources)

@@ -138,7 +138,7 @@ def parse_pairs(raw: str, llm_error: str, n: int, passage: str) -> list[tuple[st
 
 def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Table:
     """Ray Data task: add `_messages` (JSON) to every passage row."""
-    config = _config(cfg)
+    config = Doc2QueryConfig.from_dict(cfg)
     titles, texts = table["title"].to_pylist(), table["text"].to_pylist()
     msgs = [json.dumps(build_messages(sources, config, t, x), ensure_ascii=False) for t, x in zip(titles, texts)]
     return table.append_column(MESSAGES, pa.array(msgs, pa.string()))
@@ -146,7 +146,7 @@ def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Tabl
 
 def explode_batch(table: pa.Table, cfg: dict) -> pa.Table:
     """Ray Data task: one passage row -> N query-slot rows with status and reason."""
-    config = _config(cfg)
+    config = Doc2QueryConfig.from_dict(cfg)
     n = config.queries_per_passage
     base = table.drop_columns([c for c in (MESSAGES, RAW, LLM_ERROR) if c in table.column_names])
     raws, errors, texts = table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["text"].to_pylist()
@@ -162,11 +162,6 @@ def explode_batch(table: pa.Table, cfg: dict) -> pa.Table:
         out = out.append_column(key, pa.array(values, pa.int32() if key in ("query_index", SLOT) else pa.string()))
     return out
 
-
-def _config(cfg: dict) -> Doc2QueryConfig:
-    from pipeline.config import build
-
-    return build(Doc2QueryConfig, cfg, "doc2query", {})
 
 
 class Doc2Query(Stage):

@@ -91,3 +91,14 @@ def ray_cluster(tmp_path_factory):
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, check=False, capture_output=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def embedded_ray():
+    """An in-process Ray for a module's runs (`address="local"`: never the session's cluster)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
+             configure_logging=True, logging_level="WARNING")
+    yield
+    ray.shutdown()

@@ -16,17 +16,7 @@ from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module", autouse=True)
-def embedded_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
-             configure_logging=True, logging_level="WARNING")
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
 
 
 def run(run_dir: Path, cache: Path, *overrides: str, force: bool = False):

@@ -23,19 +23,9 @@ from tests.support.openai_server import (
     status,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
 
 SECRET = "sk-test-0123456789-do-not-print"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def embedded_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
-             configure_logging=True, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 class FlakyServer:

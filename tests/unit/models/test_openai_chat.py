@@ -403,12 +403,12 @@ def test_generate_json_builds_an_actor_pool_of_openai_chat_fn_with_the_key(monke
         KEY,
         False,
     )
-    assert (compute.min_size, compute.max_size, kw["batch_size"], kw["num_cpus"], "num_gpus" in kw) == (
+    assert (compute.min_size, compute.max_size, kw["batch_size"], kw["num_cpus"], kw["num_gpus"]) == (
         3,
         3,
         None,
         0.5,
-        False,
+        0,
     )
 
 
