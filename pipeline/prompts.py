@@ -45,7 +45,10 @@ def render(source: str, name: str, **variables) -> str:
 
 
 def load_examples(source: str, name: str) -> list[dict]:
-    data = yaml.safe_load(source) or []
+    try:
+        data = yaml.safe_load(source) or []
+    except yaml.YAMLError as exc:
+        raise PipelineConfigError(f"prompts: {name} is not valid YAML: {exc}") from None
     if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
         raise PipelineConfigError(f"prompts: {name} must be a YAML list of mappings")
     return data

@@ -77,14 +77,18 @@ def run_pipeline(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
     # Stage name -> (parts folder, fingerprint): what `before_execute` hooks may build on (the
     # consistency stage embeds ingest's passages as its search pool).
     outputs: dict[str, tuple[str, str]] = {}
-    for stage, (stage_dir, parts_dir) in zip(stages, stage_dirs(stages)):
-        # prepare() resolves models (cheap once cached), so the model actually used enters the fingerprint.
+    # Every stage prepares (renders its prompts, resolves its models) before any stage runs: a bad
+    # prompt or model of the last stage stops the run before hours of work, not after.
+    fingerprints = []
+    for stage in stages:
         stage.prepare()
         semantic = {**stage.config.semantic_dict(), "models": stage.models()}
         prompts = [ctx.prompts_dir / p for p in stage.prompt_files]
-        fp = fingerprint(stage.name, semantic, prompts, upstream_fp, __version__)
+        upstream_fp = fingerprint(stage.name, semantic, prompts, upstream_fp, __version__)
+        fingerprints.append(upstream_fp)
+    for stage, (stage_dir, parts_dir), fp in zip(stages, stage_dirs(stages), fingerprints):
         results.append(_run_stage(ctx, stage, stage_dir, parts_dir, upstream_dir, fp, outputs))
-        upstream_fp, upstream_dir = fp, parts_dir
+        upstream_dir = parts_dir
         outputs[stage.name] = (parts_dir, fp)
     return results
 

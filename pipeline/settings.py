@@ -13,6 +13,7 @@ from pipeline.prompts import default_prompts_dir
 from pipeline.stages import STAGES, TRACKS
 from pipeline.stages.consistency import ConsistencyConfig
 from pipeline.stages.doc2query import Doc2QueryConfig
+from pipeline.stages.entities import EntitiesConfig
 from pipeline.stages.export import ExportConfig
 from pipeline.stages.ingest import IngestConfig
 
@@ -32,7 +33,7 @@ class RunConfig:
     name: str = "run"
     run_dir: str = "runs/run"
     pipeline: Literal["gme"] = "gme"
-    stages: tuple[str, ...] = ("ingest", "doc2query", "consistency", "export")
+    stages: tuple[str, ...] = ("ingest", "doc2query", "consistency", "entities", "export")
     # Tiny models and dequantised packaged models are cached here.
     cache_dir: str = "~/.cache/fusegen"
     prompts_dir: str = str(default_prompts_dir())
@@ -40,6 +41,7 @@ class RunConfig:
     ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
     doc2query: Doc2QueryConfig = dataclasses.field(default_factory=Doc2QueryConfig)
     consistency: ConsistencyConfig = dataclasses.field(default_factory=ConsistencyConfig)
+    entities: EntitiesConfig = dataclasses.field(default_factory=EntitiesConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:

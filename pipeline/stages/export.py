@@ -43,8 +43,9 @@ def hf_features_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
 
 
 def export_batch(table: pa.Table, drop_raw: bool) -> pa.Table:
-    if drop_raw and "llm_raw" in table.column_names:
-        table = table.drop_columns(["llm_raw"])
+    raw = [c for c in ("llm_raw", "entities_raw") if c in table.column_names]
+    if drop_raw and raw:
+        table = table.drop_columns(raw)
     return table
 
 

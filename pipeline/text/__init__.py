@@ -1,0 +1,1 @@
+"""Text utilities shared by stages (normalisation for comparisons, leak checks)."""
