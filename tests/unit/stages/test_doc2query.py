@@ -8,8 +8,6 @@ doc2query_messages.txt (STYLE R12); after an intended prompt change, regenerate 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -27,8 +25,8 @@ from pipeline.stages.doc2query import (
     output_schema,
     parse_pairs,
 )
+from tests.support.snapshots import assert_prompt_snapshot
 
-SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "doc2query_messages.txt"
 PASSAGE = (
     "The Golden Gate Bridge is a suspension bridge spanning the Golden Gate strait. "
     "It opened in 1937 and its colour is International Orange."
@@ -196,17 +194,8 @@ def test_build_messages_few_shot_answers_are_json_with_n_pairs(sources):
     assert len(json.loads(messages[2]["content"])["pairs"]) == 2
 
 
-def render_snapshot(repo_root: Path) -> str:
-    row = json.loads((repo_root / "tests" / "fixtures" / "doc.json").read_text(encoding="utf-8"))
-    messages = Doc2Query.render_row(default_prompts_dir(), Doc2QueryConfig(), row)
-    return "".join(f"--- {m['role']}\n{m['content']}\n" for m in messages)
-
-
-def test_rendered_messages_for_fixture_doc_match_snapshot(repo_root):
-    rendered = render_snapshot(repo_root)
-    if os.environ.get("FUSEGEN_UPDATE_SNAPSHOTS") == "1":
-        SNAPSHOT.write_text(rendered, encoding="utf-8")
-    assert rendered == SNAPSHOT.read_text(encoding="utf-8")
+def test_rendered_messages_for_fixture_doc_match_snapshot():
+    assert_prompt_snapshot(Doc2Query, Doc2QueryConfig(), "doc.json", "doc2query_messages.txt")
 
 
 # --- explode_batch -----------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ entities_messages.txt (STYLE R12); regenerate with `FUSEGEN_UPDATE_SNAPSHOTS=1` 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -30,8 +28,8 @@ from pipeline.stages.entities import (
     parse_entity,
     prompt_batch,
 )
+from tests.support.snapshots import assert_prompt_snapshot
 
-SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "entities_messages.txt"
 QUERY = "When did the Golden Gate Bridge open?"
 CFG = EntitiesConfig()
 
@@ -251,17 +249,8 @@ def test_models_names_the_llm_and_the_ner_actually_used(tmp_path, monkeypatch, n
     assert models["llm"] == "tiny:qwen2 (random) via transformers" and models["ner"].startswith(expected)
 
 
-def render_snapshot(repo_root: Path) -> str:
-    row = json.loads((repo_root / "tests" / "fixtures" / "query.json").read_text(encoding="utf-8"))
-    messages = Entities.render_row(default_prompts_dir(), EntitiesConfig(), row)
-    return "".join(f"--- {m['role']}\n{m['content']}\n" for m in messages)
-
-
-def test_rendered_messages_for_fixture_query_match_snapshot(repo_root):
-    rendered = render_snapshot(repo_root)
-    if os.environ.get("FUSEGEN_UPDATE_SNAPSHOTS") == "1":
-        SNAPSHOT.write_text(rendered, encoding="utf-8")
-    assert rendered == SNAPSHOT.read_text(encoding="utf-8")
+def test_rendered_messages_for_fixture_query_match_snapshot():
+    assert_prompt_snapshot(Entities, EntitiesConfig(), "query.json", "entities_messages.txt")
 
 
 # --- the batch steps, without Ray ------------------------------------------------------------------------
