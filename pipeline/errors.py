@@ -25,3 +25,7 @@ class LedgerError(PipelineError):
 
 class InferenceHungError(PipelineError):
     """An LLM engine stopped answering: `llm.max_consecutive_timeouts` calls in a row timed out."""
+
+
+class StageStalledError(PipelineError):
+    """A stage finished no block within `resources.stall_timeout_s` (hung actors, any backend)."""

@@ -45,6 +45,7 @@ from pipeline.stage import (
     Stage,
     glue_map,
 )
+from pipeline.stallguard import guarded
 
 log = get_logger(__name__)
 
@@ -189,7 +190,8 @@ def _execute(ctx: RunContext, stage: Stage, stage_dir: str, parts_dir: str, spec
                   fn_kwargs={"root_uri": ctx.run_uri, "readers": readers})
     ds = stage.apply(ds)
     try:
-        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+        for block in guarded(blocks, stage.config.resources.stall_timeout_s, stage.name):
             committer.add(block)
     finally:
         progress.close()

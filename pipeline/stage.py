@@ -71,7 +71,9 @@ class Resources:
     """
 
     # How it runs, not what it computes: left out of the fingerprint (shard_rows stays in).
-    OPERATIONAL: ClassVar[frozenset] = frozenset({"num_cpus", "num_gpus", "concurrency", "batch_size"})
+    OPERATIONAL: ClassVar[frozenset] = frozenset(
+        {"num_cpus", "num_gpus", "concurrency", "batch_size", "stall_timeout_s"}
+    )
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -80,6 +82,10 @@ class Resources:
     # Rows per model call inside a shard (the engine's batch).
     batch_size: int = 8
     shard_rows: int = 256
+    # Seconds the driver waits for the stage's next finished block (one shard) before it stops the
+    # stage as hung (StageStalledError; committed shards are kept). Must cover model loading. 0 = off.
+    # The only hang guard for the vllm backend, whose ray.data.llm stage has no per-request timeout.
+    stall_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.num_cpus >= 0, "resources", "num_cpus", f"must be >= 0 (got {self.num_cpus})")
@@ -87,6 +93,7 @@ class Resources:
         check(self.concurrency >= 1, "resources", "concurrency", f"must be >= 1 (got {self.concurrency})")
         check(self.batch_size >= 1, "resources", "batch_size", f"must be >= 1 (got {self.batch_size})")
         check(self.shard_rows >= 1, "resources", "shard_rows", f"must be >= 1 (got {self.shard_rows})")
+        check(self.stall_timeout_s >= 0, "resources", "stall_timeout_s", f"must be >= 0 (got {self.stall_timeout_s})")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import unicodedata
 from pathlib import Path
@@ -789,7 +788,7 @@ ROWS = [
 def _font(size=11):
     try:
         return ImageFont.load_default(size=size)
-    except Exception:  # very old Pillow / no FreeType
+    except (TypeError, OSError):  # very old Pillow (no size argument) / no FreeType
         return ImageFont.load_default()
 
 

@@ -59,6 +59,7 @@ class LLMConfig:
     # Watchdog (transformers, openai): seconds one inference call may take before it is abandoned
     # and tried once more; a second timeout marks its rows error:timeout. A call is one `generate`
     # of resources.batch_size rows (transformers) or one row's HTTP request with its retries (openai).
+    # vllm has no per-call bound (ray.data.llm offers none): set the stage's resources.stall_timeout_s.
     timeout_s: float = 600.0
     # This many timed-out calls in a row on one actor stop the stage (InferenceHungError).
     max_consecutive_timeouts: int = 3

@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.errors import RunDirError, StageInputError
+from pipeline.errors import RunDirError, StageInputError, StageStalledError
 from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
+from pipeline.stage import Resources, Stage, StageConfig, glue_map
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
 
@@ -134,3 +135,46 @@ def test_parquet_corpus_with_mapped_columns_ingests_every_row(tiny_cache, tmp_pa
         "ingest.columns.text=passage")
     m = json.loads((tmp_path / "run" / "01_ingest" / "_manifest.json").read_text())
     assert m["rows"] == {"in": 3, "out": 2, "filtered": 0, "rejected": 1}
+
+
+class Stall(Stage):
+    """A pass-through stage whose glue task sleeps on the shard holding a passage with HANG in it."""
+
+    name = "stall"
+    config_cls = StageConfig
+    hang_s = 30.0
+
+    def apply(self, ds):
+        def maybe_hang(table: pa.Table, hang_s: float) -> pa.Table:
+            import time
+
+            if any("HANG" in t for t in table.column("text").to_pylist()):
+                time.sleep(hang_s)
+            return table.append_column("_status", pa.array(["ok"] * len(table))).append_column(
+                "_reason", pa.array([""] * len(table))
+            )
+
+        return glue_map(ds, maybe_hang, fn_kwargs={"hang_s": self.hang_s})
+
+
+def test_a_stage_that_stops_finishing_shards_fails_with_stalled_and_resumes(tiny_cache, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    texts = ["First passage.", "Second passage.", "HANG here.", "Fourth passage."]
+    corpus.write_text("".join(json.dumps({"doc_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", [
+        f"cache_dir={tiny_cache}", f"ingest.path={corpus}", "ingest.resources.shard_rows=1",
+    ])
+    ctx = RunContext.create(config, str(tmp_path / "run"))
+    ingest = build_stages(config, ctx)[0]
+    stall = Stall(StageConfig(Resources(shard_rows=1, stall_timeout_s=3)), ctx)
+    with pytest.raises(StageStalledError, match="stall: no progress for `stall.resources.stall_timeout_s` = 3 s"):
+        run_pipeline(ctx, [ingest, stall])
+    manifest = json.loads((tmp_path / "run" / "02_stall" / "_manifest.json").read_text())
+    assert (manifest["status"], manifest["error"].split(":")[0]) == ("failed", "StageStalledError")
+    # The three shards that finished stay committed; a rerun (the engine healthy again) adds the fourth.
+    assert len(list((tmp_path / "run" / "02_stall" / "_parts").glob("*.json"))) == 3
+    stall.hang_s = 0.0
+    decisions = [r.decision for r in run_pipeline(ctx, [ingest, stall])]
+    assert decisions[1].startswith("resume")
+    done = json.loads((tmp_path / "run" / "02_stall" / "_manifest.json").read_text())
+    assert (done["status"], done["rows"]["out"]) == ("complete", 4)
