@@ -41,10 +41,23 @@ def _run(args) -> int:
     config = load_config(args.config, args.overrides)
     ctx = RunContext.create(config, args.run_dir, args.force)
     stages = build_stages(config, ctx)
-    run_pipeline(ctx, stages)
+    results = run_pipeline(ctx, stages)
     print(format_status(ctx.run_fs))
-    print(f"output: {ctx.run_fs.path('export/data')}")
+    print(output_line(ctx.run_fs, stages, results))
     return 0
+
+
+def output_line(run_fs, stages, results) -> str:
+    """Where the dataset is, or, when no row reached export, which stage dropped the last rows."""
+    from pipeline.rundir import stage_dirs
+
+    for (folder, _), result in zip(stage_dirs(stages), results):
+        if result.manifest.get("rows", {}).get("out", 1) == 0:
+            return (
+                f"output: none. No row got past the {result.name} stage (see its top reasons above; "
+                f"the dropped rows and their reasons are in {run_fs.path(folder)}/_rejects)."
+            )
+    return f"output: {run_fs.path('export/data')}"
 
 
 def _status(args) -> int:

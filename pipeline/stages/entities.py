@@ -4,9 +4,13 @@ row 4). spaCy NER proposes candidates from the query and passage; the LLM decide
 a JSON schema `{entity, entity_type, aliases, query}`; a leak check refuses rewrites that still name
 the entity.
 
+With `rule_repair`, an English question whose entity the LLM found but did not mask cleanly
+(unchanged, empty or leaking rewrite) is masked by rule instead (text/mask.py) and kept when that
+passes the same checks; `rewrite_source` says which ("llm" or "rule").
+
 Input columns: id, doc_id, text, title, query. Output: every input column plus `entity`,
-`entity_type`, `entity_aliases` (list), `rewritten_query`, `ner_candidates` (list) and `entities_raw`
-(the LLM's raw text, kept on rejects too). Dropped rows: LLM errors (`error:invalid_json`,
+`entity_type`, `entity_aliases` (list), `rewritten_query`, `rewrite_source`, `ner_candidates` (list)
+and `entities_raw` (the LLM's raw text, kept on rejects too). Dropped rows: LLM errors (`error:invalid_json`,
 `error:schema`, `error:truncated_output`, `error:timeout`, `error:prompt_too_long`, `error:http_*`...),
 `filter:no_entity`, `filter:entity_not_in_query`, `filter:empty_rewrite`, `filter:rewrite_unchanged`,
 `filter:entity_leak`, `filter:alias_leak`.
@@ -28,6 +32,7 @@ from pipeline.models.ner import NERConfig, load_ner, ner_candidates, ner_identit
 from pipeline.prompts import load_examples, load_sources, render
 from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig, glue_map
 from pipeline.text.leak import contains, fold, leak_reason
+from pipeline.text.mask import mask_entity
 
 PROMPTS = ("entities/system.j2", "entities/user.j2", "entities/examples.yaml")
 NER_COL = "_ner"
@@ -46,6 +51,9 @@ class EntitiesConfig(StageConfig):
     # a grammar otherwise may never close a string.
     max_rewrite_chars: int = 200
     max_entity_chars: int = 80
+    # Mask the entity by rule when the LLM named it but its rewrite was unchanged, empty or leaked
+    # (English questions only; see text/mask.py). Off: the LLM's rewrite is the only one.
+    rule_repair: bool = False
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=16))
 
     def __post_init__(self) -> None:
@@ -98,19 +106,26 @@ def _unchanged_key(text: str) -> str:
     return fold(text).rstrip("?!.。？！ ")
 
 
-def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig) -> tuple:
-    """(status, reason, entity, entity_type, aliases, rewritten) for one LLM output.
+# Reasons `rule_repair` may fix: the LLM found the entity but its rewrite is not usable.
+REPAIRABLE = frozenset(
+    {"filter:rewrite_unchanged", "filter:empty_rewrite", "filter:entity_leak", "filter:alias_leak"}
+)
 
-    Failed rows carry None for the strings and [] for aliases. `aliases` may be missing (backends
+
+def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig) -> tuple:
+    """(status, reason, entity, entity_type, aliases, rewritten, rewrite_source) for one LLM output.
+
+    Failed rows carry None for the strings and [] for aliases; `rewrite_source` is "llm", "rule"
+    (`rule_repair` masked the entity) or None when no rewrite was kept. `aliases` may be missing (backends
     without guided decoding drop it); any other missing key or wrong type is `error:schema`.
     """
     if llm_error:
-        return REJECTED, llm_error, None, None, [], None
+        return REJECTED, llm_error, None, None, [], None, None
     try:
         # strict=False: constrained decoding can emit raw control characters inside strings.
         obj = json.loads(raw, strict=False)
     except (json.JSONDecodeError, TypeError):
-        return REJECTED, "error:invalid_json", None, None, [], None
+        return REJECTED, "error:invalid_json", None, None, [], None, None
     fields = ("entity", "entity_type", "query")
     aliases = obj.get("aliases", []) if isinstance(obj, dict) else None
     if (
@@ -118,11 +133,16 @@ def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig) -> t
         or any(not isinstance(obj.get(k), str) for k in fields)
         or not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases))
     ):
-        return REJECTED, "error:schema", None, None, [], None
+        return REJECTED, "error:schema", None, None, [], None, None
     entity, etype, rewritten = (_clean(obj[k]) for k in fields)
     aliases = [a for a in (_clean(x) for x in aliases) if a]
     reason = rewrite_reason(entity, aliases, query, rewritten, cfg.min_token_chars)
-    return (FILTERED if reason else OK), reason, entity or None, etype or None, aliases, rewritten or None
+    if reason in REPAIRABLE and cfg.rule_repair:
+        masked = mask_entity(query, entity, etype)
+        if masked and not rewrite_reason(entity, aliases, query, masked, cfg.min_token_chars):
+            return OK, "", entity, etype, aliases, masked, "rule"
+    status, source = (FILTERED, None) if reason else (OK, "llm")
+    return status, reason, entity or None, etype or None, aliases, rewritten or None, source
 
 
 def rewrite_reason(entity: str, aliases: list[str], query: str, rewritten: str, min_token_chars: int) -> str:
@@ -189,6 +209,7 @@ def parse_batch(table: pa.Table, cfg: dict) -> pa.Table:
         "entity_type": (pa.string(), 3),
         "entity_aliases": (pa.list_(pa.string()), 4),
         "rewritten_query": (pa.string(), 5),
+        "rewrite_source": (pa.string(), 6),
         STATUS: (pa.string(), 0),
         REASON: (pa.string(), 1),
     }
@@ -206,6 +227,7 @@ class Entities(Stage):
         "entity_type",
         "entity_aliases",
         "rewritten_query",
+        "rewrite_source",
         "ner_candidates",
         "entities_raw",
     )

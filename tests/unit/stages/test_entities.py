@@ -56,6 +56,7 @@ def test_good_answer_is_kept_with_every_field():
         "landmark",
         ["GGB"],
         "When did this landmark open?",
+        "llm",
     )
 
 
@@ -90,12 +91,12 @@ def test_bad_answers_get_their_reason(raw, reason):
 
 
 def test_failed_rows_carry_nulls_and_an_empty_alias_list():
-    assert parse_entity("{broken", "", QUERY, CFG) == ("rejected", "error:invalid_json", None, None, [], None)
+    assert parse_entity("{broken", "", QUERY, CFG) == ("rejected", "error:invalid_json", None, None, [], None, None)
 
 
 def test_filtered_rows_keep_what_the_model_said():
     got = parse_entity(answer(query="When did this bridge open?"), "", QUERY, CFG)
-    assert got[2:] == ("Golden Gate Bridge", "landmark", [], "When did this bridge open?")
+    assert got[2:] == ("Golden Gate Bridge", "landmark", [], "When did this bridge open?", None)
 
 
 def test_missing_aliases_key_counts_as_no_aliases():
@@ -109,7 +110,58 @@ def test_missing_aliases_key_counts_as_no_aliases():
     "error", ["error:truncated_output", "error:timeout", "error:prompt_too_long", "error:http_503"]
 )
 def test_llm_error_passes_through_as_a_reject(error):
-    assert parse_entity(answer(), error, QUERY, CFG) == ("rejected", error, None, None, [], None)
+    assert parse_entity(answer(), error, QUERY, CFG) == ("rejected", error, None, None, [], None, None)
+
+
+REPAIR = EntitiesConfig(rule_repair=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "rewrite", "masked"),
+    [
+        (QUERY, QUERY, "When did this landmark open?"),
+        ("What is the origin of the Golden Gate Bridge?", "", "What is the origin of this landmark?"),
+        ("Golden Gate Bridge: when did it open?", "When did the Golden clock open?", "This landmark: when did it open?"),
+        ("Why is the golden gate bridge red?", "Why is the Golden Gate Bridge red?", "Why is this landmark red?"),
+    ],
+)
+def test_rule_repair_masks_an_entity_the_llm_found_but_left_in(query, rewrite, masked):
+    got = parse_entity(answer(query=rewrite or " "), "", query, REPAIR)
+    assert (got[0], got[1], got[5], got[6]) == ("ok", "", masked, "rule")
+
+
+def test_rule_repair_keeps_the_possessive():
+    raw = answer(entity="Frida Kahlo", etype="painter", query="What inspired Frida Kahlo's garden?")
+    assert parse_entity(raw, "", "What inspired Frida Kahlo's garden?", REPAIR)[5] == "What inspired this painter's garden?"
+
+
+@pytest.mark.parametrize(
+    ("query", "entity", "etype", "reason"),
+    [
+        # Not English: an English type phrase would not fit the question.
+        ("Wann wurde der Kölner Dom vollendet?", "Kölner Dom", "cathedral", "filter:rewrite_unchanged"),
+        ("长城有多长？", "长城", "building", "filter:rewrite_unchanged"),
+        # The type is no plain phrase, or the question already uses its words.
+        (QUERY, "Golden Gate Bridge", "Song to the Moon", "filter:rewrite_unchanged"),
+        (QUERY, "Golden Gate Bridge", "bridge", "filter:rewrite_unchanged"),
+        ("What inspired Frida Kahlo's self-portraits?", "Frida Kahlo", "self-portrait", "filter:rewrite_unchanged"),
+        # The LLM's entity is not in the question: nothing to mask.
+        (QUERY, "Bay Bridge", "landmark", "filter:entity_not_in_query"),
+    ],
+)
+def test_rule_repair_leaves_what_it_cannot_mask_filtered(query, entity, etype, reason):
+    raw = json.dumps({"entity": entity, "entity_type": etype, "aliases": [], "query": query}, ensure_ascii=False)
+    assert parse_entity(raw, "", query, REPAIR)[:2] == ("filtered", reason)
+
+
+def test_rule_repair_still_refuses_a_mask_that_leaves_an_alias():
+    query = "Is the Golden Gate Bridge the GGB?"
+    raw = answer(aliases=["GGB"], query=query)
+    assert parse_entity(raw, "", query, REPAIR)[:2] == ("filtered", "filter:rewrite_unchanged")
+
+
+def test_without_rule_repair_an_unchanged_rewrite_is_filtered():
+    assert parse_entity(answer(query=QUERY), "", QUERY, CFG)[:2] == ("filtered", "filter:rewrite_unchanged")
 
 
 def test_entity_is_matched_in_the_query_case_and_accent_insensitively():

@@ -1,0 +1,60 @@
+"""Rule-based entity masking for English queries: the repair the entities stage may apply when the
+LLM found the right entity but did not rewrite the query cleanly (small models often return the
+question unchanged).
+
+"When did the Golden Gate Bridge open?" + ("Golden Gate Bridge", "landmark")
+-> "When did this landmark open?"; a possessive stays ("Frida Kahlo's garden" -> "this painter's
+garden"). Only English questions are masked (the phrase is English), and only with a plain type
+phrase of one to three lowercase-able words that the question does not already use.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pipeline.text.leak import fold, has_cjk
+
+# Question words and auxiliaries that mark a question as English (German "wann/der", French "quand").
+_ENGLISH_CUES = frozenset({
+    "what", "when", "where", "who", "whom", "whose", "which", "why", "how",
+    "is", "was", "are", "were", "does", "did", "do", "has", "have", "the", "of",
+})
+_TYPE_PHRASE = re.compile(r"[A-Za-z][A-Za-z\- ]{0,38}")
+_DETERMINER = r"(?:(?:the|a|an)\s+)?"
+
+
+def looks_english(text: str) -> bool:
+    """At least one English question word or auxiliary, and no CJK characters."""
+    if has_cjk(text):
+        return False
+    return bool(_ENGLISH_CUES & set(re.findall(r"[a-z]+", text.casefold())))
+
+
+def type_phrase(entity_type: str) -> str | None:
+    """`entity_type` as a lowercase phrase of 1-3 ASCII words, or None when it is not one."""
+    phrase = " ".join(entity_type.split()).lower()
+    if not _TYPE_PHRASE.fullmatch(phrase) or len(phrase.split()) > 3:
+        return None
+    return phrase
+
+
+def mask_entity(query: str, entity: str, entity_type: str) -> str | None:
+    """`query` with each mention of `entity` (and a determiner before it) replaced by "this <type>".
+
+    None when the query is not English, the type is not a plain phrase, the type's words already
+    occur in the query, or the entity does not occur verbatim (ignoring case) on word boundaries.
+    """
+    phrase = type_phrase(entity_type)
+    if not entity.strip() or phrase is None or not looks_english(query):
+        return None
+    if set(fold(phrase).split()) & set(re.findall(r"[a-z]+", fold(query))):
+        return None
+    pattern = re.compile(rf"(?<!\w){_DETERMINER}{re.escape(entity.strip())}(?!\w)", re.IGNORECASE)
+    if not pattern.search(query):
+        return None
+
+    def replace(match: re.Match) -> str:
+        at_start = match.start() == 0 or query[: match.start()].rstrip().endswith((".", "?", "!", ":"))
+        return ("This " if at_start else "this ") + phrase
+
+    return pattern.sub(replace, query)
