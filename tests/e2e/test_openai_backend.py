@@ -75,7 +75,8 @@ def run(run_dir: Path, server: OpenAIServer, cache: Path):
         f"doc2query.llm.base_url={server.base_url}", "doc2query.llm.api_key_env=FUSEGEN_TEST_KEY",
         "doc2query.llm.retry_backoff_s=0.01", "doc2query.llm.max_retries=3", "consistency.top_k=10",
         "entities.llm.backend=openai", "entities.llm.model=served-qwen", f"entities.llm.base_url={server.base_url}",
-        "entities.llm.api_key_env=FUSEGEN_TEST_KEY",
+        # The server's answers are the only rewrites: its unchanged and leaking ones must be rejected.
+        "entities.llm.api_key_env=FUSEGEN_TEST_KEY", "entities.rule_repair=false",
     ]
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", sets)
     ctx = RunContext.create(config, str(run_dir))
@@ -143,6 +144,7 @@ def test_entities_rewrites_reach_export_without_the_entity(served):
     run_dir, _ = served
     rows = pq.read_table(run_dir / "export" / "data").to_pylist()
     assert rows and all(r["entity"] not in r["rewritten_query"] and "this thing" in r["rewritten_query"] for r in rows)
+    assert {r["rewrite_source"] for r in rows} == {"llm"}
     assert all(r["entity"] in r["query"] and r["consistency_rank"] >= 1 for r in rows)
 
 

@@ -1,8 +1,9 @@
-"""Unit-test helpers: in-memory image encoders shared by the image and ingest tests."""
+"""Unit-test helpers: in-memory image encoders (image and ingest tests), a release event (hang tests)."""
 
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -47,3 +48,12 @@ def animated_gif() -> bytes:
     """A 3-frame 12x9 GIF: red, green, blue."""
     frames = [Image.new("RGB", (12, 9), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+@pytest.fixture
+def release():
+    """An event set at teardown: fakes that hang on it (watchdog, stall guard) then return, so no
+    abandoned thread outlives its test."""
+    event = threading.Event()
+    yield event
+    event.set()

@@ -16,13 +16,6 @@ from pipeline.stallguard import guarded
 TIMEOUT_S = 0.2
 
 
-@pytest.fixture
-def release():
-    event = threading.Event()
-    yield event
-    event.set()
-
-
 def blocks_then_hang(release: threading.Event, n: int):
     yield from range(n)
     release.wait()

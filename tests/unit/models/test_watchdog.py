@@ -16,14 +16,6 @@ from pipeline.models.watchdog import TIMED_OUT, TIMEOUT_ERROR, Watchdog
 TIMEOUT_S = 0.1
 
 
-@pytest.fixture
-def release():
-    """Set at teardown: every hung fake call then returns."""
-    event = threading.Event()
-    yield event
-    event.set()
-
-
 class FakeCall:
     """Hangs (until `release`) on the attempts listed in `hang_on` (1-based), else returns `value`."""
 
