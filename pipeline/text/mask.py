@@ -4,7 +4,8 @@ question unchanged).
 
 "When did the Golden Gate Bridge open?" + ("Golden Gate Bridge", "landmark")
 -> "When did this landmark open?"; a possessive stays ("Frida Kahlo's garden" -> "this painter's
-garden"). Only English questions are masked (the phrase is English), and only with a plain type
+garden"). A mention used as a modifier ("the most famous Inca temple") is left alone. Only English
+questions are masked (the phrase is English), and only with a plain type
 phrase of one to three lowercase-able words that the question does not already use.
 """
 
@@ -50,7 +51,8 @@ def mask_entity(query: str, entity: str, entity_type: str) -> str | None:
     if set(fold(phrase).split()) & set(re.findall(r"[a-z]+", fold(query))):
         return None
     pattern = re.compile(rf"(?<!\w){_DETERMINER}{re.escape(entity.strip())}(?!\w)", re.IGNORECASE)
-    if not pattern.search(query):
+    matches = list(pattern.finditer(query))
+    if not matches or any(_is_modifier(query, m) for m in matches):
         return None
 
     def replace(match: re.Match) -> str:
@@ -58,3 +60,11 @@ def mask_entity(query: str, entity: str, entity_type: str) -> str | None:
         return ("This " if at_start else "this ") + phrase
 
     return pattern.sub(replace, query)
+
+
+def _is_modifier(query: str, match: re.Match) -> bool:
+    """The mention modifies a noun inside a noun phrase ("the most famous Inca temple"): a
+    determiner shortly before it and a lowercase word right after. "this <type>" would not fit."""
+    before = re.findall(r"[A-Za-z]+", query[: match.start()])[-3:]
+    after = re.match(r"\s+([a-z]+)", query[match.end() :])
+    return after is not None and any(w.lower() in ("the", "a", "an") for w in before)
