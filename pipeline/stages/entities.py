@@ -4,7 +4,7 @@ row 4). spaCy NER proposes candidates from the query and passage; the LLM decide
 a JSON schema `{entity, entity_type, aliases, query}`; a leak check refuses rewrites that still name
 the entity.
 
-With `rule_repair`, an English question whose entity the LLM found but did not mask cleanly
+With `repair: rule`, an English question whose entity the LLM found but did not mask cleanly
 (unchanged, empty or leaking rewrite) is masked by rule instead (text/mask.py) and kept when that
 passes the same checks; `rewrite_source` says which ("llm" or "rule").
 
@@ -22,7 +22,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 
@@ -51,9 +51,9 @@ class EntitiesConfig(StageConfig):
     # a grammar otherwise may never close a string.
     max_rewrite_chars: int = 200
     max_entity_chars: int = 80
-    # Mask the entity by rule when the LLM named it but its rewrite was unchanged, empty or leaked
-    # (English questions only; see text/mask.py). Off: the LLM's rewrite is the only one.
-    rule_repair: bool = False
+    # What to do when the LLM named the entity but its rewrite is unchanged, empty or leaks: `none`
+    # (filter the row) or `rule` (mask the entity as "this <type>"; English questions only, text/mask.py).
+    repair: Literal["none", "rule"] = "none"
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=16))
 
     def __post_init__(self) -> None:
@@ -106,7 +106,7 @@ def _unchanged_key(text: str) -> str:
     return fold(text).rstrip("?!.。？！ ")
 
 
-# Reasons `rule_repair` may fix: the LLM found the entity but its rewrite is not usable.
+# Reasons `repair: rule` may fix: the LLM found the entity but its rewrite is not usable.
 REPAIRABLE = frozenset(
     {"filter:rewrite_unchanged", "filter:empty_rewrite", "filter:entity_leak", "filter:alias_leak"}
 )
@@ -116,7 +116,7 @@ def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig) -> t
     """(status, reason, entity, entity_type, aliases, rewritten, rewrite_source) for one LLM output.
 
     Failed rows carry None for the strings and [] for aliases; `rewrite_source` is "llm", "rule"
-    (`rule_repair` masked the entity) or None when no rewrite was kept. `aliases` may be missing (backends
+    (`repair: rule` masked the entity) or None when no rewrite was kept. `aliases` may be missing (backends
     without guided decoding drop it); any other missing key or wrong type is `error:schema`.
     """
     if llm_error:
@@ -137,7 +137,7 @@ def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig) -> t
     entity, etype, rewritten = (_clean(obj[k]) for k in fields)
     aliases = [a for a in (_clean(x) for x in aliases) if a]
     reason = rewrite_reason(entity, aliases, query, rewritten, cfg.min_token_chars)
-    if reason in REPAIRABLE and cfg.rule_repair:
+    if reason in REPAIRABLE and cfg.repair == "rule":
         masked = mask_entity(query, entity, etype)
         if masked and not rewrite_reason(entity, aliases, query, masked, cfg.min_token_chars):
             return OK, "", entity, etype, aliases, masked, "rule"

@@ -76,7 +76,7 @@ def run(run_dir: Path, server: OpenAIServer, cache: Path):
         "doc2query.llm.retry_backoff_s=0.01", "doc2query.llm.max_retries=3", "consistency.top_k=10",
         "entities.llm.backend=openai", "entities.llm.model=served-qwen", f"entities.llm.base_url={server.base_url}",
         # The server's answers are the only rewrites: its unchanged and leaking ones must be rejected.
-        "entities.llm.api_key_env=FUSEGEN_TEST_KEY", "entities.rule_repair=false",
+        "entities.llm.api_key_env=FUSEGEN_TEST_KEY", "entities.repair=none",
     ]
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", sets)
     ctx = RunContext.create(config, str(run_dir))

@@ -113,7 +113,7 @@ def test_llm_error_passes_through_as_a_reject(error):
     assert parse_entity(answer(), error, QUERY, CFG) == ("rejected", error, None, None, [], None, None)
 
 
-REPAIR = EntitiesConfig(rule_repair=True)
+REPAIR = EntitiesConfig(repair="rule")
 
 
 @pytest.mark.parametrize(
@@ -125,12 +125,12 @@ REPAIR = EntitiesConfig(rule_repair=True)
         ("Why is the golden gate bridge red?", "Why is the Golden Gate Bridge red?", "Why is this landmark red?"),
     ],
 )
-def test_rule_repair_masks_an_entity_the_llm_found_but_left_in(query, rewrite, masked):
+def test_repair_rule_masks_an_entity_the_llm_found_but_left_in(query, rewrite, masked):
     got = parse_entity(answer(query=rewrite or " "), "", query, REPAIR)
     assert (got[0], got[1], got[5], got[6]) == ("ok", "", masked, "rule")
 
 
-def test_rule_repair_keeps_the_possessive():
+def test_repair_rule_keeps_the_possessive():
     raw = answer(entity="Frida Kahlo", etype="painter", query="What inspired Frida Kahlo's garden?")
     assert parse_entity(raw, "", "What inspired Frida Kahlo's garden?", REPAIR)[5] == "What inspired this painter's garden?"
 
@@ -149,18 +149,18 @@ def test_rule_repair_keeps_the_possessive():
         (QUERY, "Bay Bridge", "landmark", "filter:entity_not_in_query"),
     ],
 )
-def test_rule_repair_leaves_what_it_cannot_mask_filtered(query, entity, etype, reason):
+def test_repair_rule_leaves_what_it_cannot_mask_filtered(query, entity, etype, reason):
     raw = json.dumps({"entity": entity, "entity_type": etype, "aliases": [], "query": query}, ensure_ascii=False)
     assert parse_entity(raw, "", query, REPAIR)[:2] == ("filtered", reason)
 
 
-def test_rule_repair_still_refuses_a_mask_that_leaves_an_alias():
+def test_repair_rule_still_refuses_a_mask_that_leaves_an_alias():
     query = "Is the Golden Gate Bridge the GGB?"
     raw = answer(aliases=["GGB"], query=query)
     assert parse_entity(raw, "", query, REPAIR)[:2] == ("filtered", "filter:rewrite_unchanged")
 
 
-def test_without_rule_repair_an_unchanged_rewrite_is_filtered():
+def test_without_repair_an_unchanged_rewrite_is_filtered():
     assert parse_entity(answer(query=QUERY), "", QUERY, CFG)[:2] == ("filtered", "filter:rewrite_unchanged")
 
 
