@@ -5,7 +5,9 @@ fusegen owns the call loop (transformers, openai). `ray.data.llm`'s vLLM stage h
 timeout, and an actor can also hang outside inference (a deadlocked NCCL collective, a stuck
 download). This guard sits where every backend ends: the driver's loop over finished blocks. When
 no block arrives within the limit, the stage fails with `StageStalledError`, its manifest says so,
-and a rerun resumes from the shards already committed.
+and a rerun resumes from the shards already committed. The abandoned Ray Data execution is not
+cancelled (its iterator is blocked in another thread); `fusegen run` exits right after the error,
+which ends it. A program that goes on in the same process must let that thread finish first.
 """
 
 from __future__ import annotations

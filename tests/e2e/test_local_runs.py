@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -142,7 +143,7 @@ class Stall(Stage):
 
     name = "stall"
     config_cls = StageConfig
-    hang_s = 30.0
+    hang_s = 8.0
 
     def apply(self, ds):
         def maybe_hang(table: pa.Table, hang_s: float) -> pa.Table:
@@ -169,6 +170,12 @@ def test_a_stage_that_stops_finishing_shards_fails_with_stalled_and_resumes(tiny
     stall = Stall(StageConfig(Resources(shard_rows=1, stall_timeout_s=3)), ctx)
     with pytest.raises(StageStalledError, match="stall: no progress for `stall.resources.stall_timeout_s` = 3 s"):
         run_pipeline(ctx, [ingest, stall])
+    # The abandoned execution ends when the hung task returns; wait for it, or Ray Data would restart
+    # Ray by itself after this module's `ray.shutdown` and the next module's `ray.init` would fail.
+    for thread in threading.enumerate():
+        if thread.name == "fusegen-stall-blocks":
+            thread.join(60)
+            assert not thread.is_alive()
     manifest = json.loads((tmp_path / "run" / "02_stall" / "_manifest.json").read_text())
     assert (manifest["status"], manifest["error"].split(":")[0]) == ("failed", "StageStalledError")
     # The three shards that finished stay committed; a rerun (the engine healthy again) adds the fourth.
