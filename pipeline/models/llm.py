@@ -347,11 +347,11 @@ def vllm_sampling_params(cfg: LLMConfig, schema: dict) -> dict:
     return params
 
 
-def _vllm_generate(ds, cfg: LLMConfig, model_path: str, schema: dict, resources) -> Any:
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+def vllm_processor_config(cfg: LLMConfig, model_path: str, resources) -> Any:
+    """The `ray.data.llm` processor config for the vllm backend (no engine starts here)."""
+    from ray.data.llm import vLLMEngineProcessorConfig
 
-    sampling = vllm_sampling_params(cfg, schema)
-    config = vLLMEngineProcessorConfig(
+    return vLLMEngineProcessorConfig(
         model_source=model_path,
         engine_kwargs={
             "tensor_parallel_size": cfg.tensor_parallel_size,
@@ -365,8 +365,14 @@ def _vllm_generate(ds, cfg: LLMConfig, model_path: str, schema: dict, resources)
         accelerator_type=cfg.accelerator_type,
         should_continue_on_error=True,
     )
+
+
+def _vllm_generate(ds, cfg: LLMConfig, model_path: str, schema: dict, resources) -> Any:
+    from ray.data.llm import build_processor
+
+    sampling = vllm_sampling_params(cfg, schema)
     processor = build_processor(
-        config,
+        vllm_processor_config(cfg, model_path, resources),
         preprocess=lambda row: vllm_preprocess_row(row, sampling),
         postprocess=vllm_postprocess_row,
     )

@@ -27,6 +27,7 @@ from pipeline.models.llm import (
     LLMConfig,
     vllm_postprocess_row,
     vllm_preprocess_row,
+    vllm_processor_config,
     vllm_restore_row,
     vllm_sampling_params,
 )
@@ -282,3 +283,18 @@ def test_vllm_sampling_params_seed_only_when_sampling():
     greedy = vllm_sampling_params(LLMConfig(temperature=0.0, seed=5), SCHEMA)
     sampled = vllm_sampling_params(LLMConfig(temperature=0.7, seed=5), SCHEMA)
     assert ("seed" in greedy, sampled.get("seed")) == (False, 5)
+
+
+def test_gpu_config_builds_a_ray_data_llm_processor_config_for_each_llm_stage(repo_root):
+    """configs/gpu.yaml against the real `ray.data.llm` config class (no Ray, no vllm needed)."""
+    from pipeline.settings import load_config
+
+    config = load_config(repo_root / "configs" / "gpu.yaml")
+    for stage in (config.doc2query, config.entities):
+        built = vllm_processor_config(stage.llm, "/models/qwen", stage.resources)
+        engine = built.engine_kwargs
+        assert (built.model_source, built.batch_size, built.concurrency) == (
+            "/models/qwen", stage.resources.batch_size, stage.resources.concurrency
+        )
+        assert (engine["tensor_parallel_size"], engine["max_model_len"]) == (4, 8192)
+        assert built.should_continue_on_error is True
