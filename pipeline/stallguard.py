@@ -19,8 +19,6 @@ from typing import Any
 
 from pipeline.errors import StageStalledError
 
-_DONE = object()
-
 
 def guarded(blocks: Iterable[Any], timeout_s: float, stage: str) -> Iterator[Any]:
     """Yield from `blocks`, raising `StageStalledError` if the next one takes over `timeout_s`.
@@ -34,36 +32,40 @@ def guarded(blocks: Iterable[Any], timeout_s: float, stage: str) -> Iterator[Any
     handoff: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
+    def offer(item: tuple[str, Any]) -> bool:
+        """Hand `item` over unless the consumer has gone (then a full queue must not block forever)."""
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for block in blocks:
-                while not stop.is_set():
-                    try:
-                        handoff.put(("block", block), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(("block", block)):
                     return
-            handoff.put(("done", _DONE))
+            offer(("done", None))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread below
-            handoff.put(("error", exc))
+            offer(("error", exc))
 
     # Daemon: a producer stuck inside a hung Ray call must not keep the driver alive at exit.
     thread = threading.Thread(target=produce, name=f"fusegen-{stage}-blocks", daemon=True)
     thread.start()
-    waited_for = 0
+    received = 0
     try:
         while True:
             try:
                 kind, value = handoff.get(timeout=timeout_s)
             except queue.Empty:
-                raise StageStalledError(_message(stage, timeout_s, waited_for)) from None
+                raise StageStalledError(_message(stage, timeout_s, received)) from None
             if kind == "done":
                 return
             if kind == "error":
                 raise value
-            waited_for += 1
+            received += 1
             yield value
     finally:
         stop.set()

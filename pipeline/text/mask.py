@@ -24,11 +24,14 @@ _TYPE_PHRASE = re.compile(r"[A-Za-z][A-Za-z\- ]{0,38}")
 _DETERMINER = r"(?:(?:the|a|an)\s+)?"
 
 
+def _words(text: str) -> set[str]:
+    """The folded Latin-letter words of `text` (accents stripped, apostrophes and dashes split)."""
+    return set(re.findall(r"[a-z]+", fold(text)))
+
+
 def looks_english(text: str) -> bool:
     """At least one English question word or auxiliary, and no CJK characters."""
-    if has_cjk(text):
-        return False
-    return bool(_ENGLISH_CUES & set(re.findall(r"[a-z]+", text.casefold())))
+    return not has_cjk(text) and bool(_ENGLISH_CUES & set(re.findall(r"[a-z]+", text.casefold())))
 
 
 def type_phrase(entity_type: str) -> str | None:
@@ -45,12 +48,10 @@ def mask_entity(query: str, entity: str, entity_type: str) -> str | None:
     None when the query is not English, the type is not a plain phrase, the type's words already
     occur in the query, or the entity does not occur verbatim (ignoring case) on word boundaries.
     """
-    phrase = type_phrase(entity_type)
-    if not entity.strip() or phrase is None or not looks_english(query):
+    phrase, entity = type_phrase(entity_type), entity.strip()
+    if not entity or phrase is None or not looks_english(query) or _words(phrase) & _words(query):
         return None
-    if set(fold(phrase).split()) & set(re.findall(r"[a-z]+", fold(query))):
-        return None
-    pattern = re.compile(rf"(?<!\w){_DETERMINER}{re.escape(entity.strip())}(?!\w)", re.IGNORECASE)
+    pattern = re.compile(rf"(?<!\w){_DETERMINER}{re.escape(entity)}(?!\w)", re.IGNORECASE)
     matches = list(pattern.finditer(query))
     if not matches or any(_is_modifier(query, m) for m in matches):
         return None

@@ -16,7 +16,7 @@ from pipeline.errors import RunDirError, StageInputError, StageStalledError
 from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
-from pipeline.stage import Resources, Stage, StageConfig, glue_map
+from pipeline.stage import Resources, Stage, StageConfig, glue_map, status_columns
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
 
@@ -151,9 +151,9 @@ class Stall(Stage):
 
             if any("HANG" in t for t in table.column("text").to_pylist()):
                 time.sleep(hang_s)
-            return table.append_column("_status", pa.array(["ok"] * len(table))).append_column(
-                "_reason", pa.array([""] * len(table))
-            )
+            for name, values in status_columns(len(table)).items():
+                table = table.append_column(name, pa.array(values, pa.string()))
+            return table
 
         return glue_map(ds, maybe_hang, fn_kwargs={"hang_s": self.hang_s})
 
