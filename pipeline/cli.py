@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineConfigError, PipelineError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set doc2query.queries_per_passage=2")
     run.add_argument("--force", action="store_true", help="reuse a run dir made by another pipeline or version")
+    run.add_argument("--index-dir", help="shared folder (path or URI) for indexes, reused across runs")
     status = sub.add_parser("status", help="print the per-stage funnel of a run directory")
     status.add_argument("run_dir")
     status.add_argument("--json", action="store_true", help="print the manifests as JSON")
-    sub.add_parser("stages", help="list the stages and their columns")
+    stages = sub.add_parser("stages", help="list each track's stages and their columns")
+    stages.add_argument("--track", help="only this track (e.g. gme)")
     tiny = sub.add_parser("make-tiny-models", help="build the offline tiny models into DIR")
     tiny.add_argument("dir")
     args = parser.parse_args(argv)
@@ -39,7 +41,7 @@ def _run(args) -> int:
     from pipeline.status import format_status
 
     config = load_config(args.config, args.overrides)
-    ctx = RunContext.create(config, args.run_dir, args.force)
+    ctx = RunContext.create(config, args.run_dir, args.force, args.index_dir)
     stages = build_stages(config, ctx)
     results = run_pipeline(ctx, stages)
     print(format_status(ctx.run_fs))
@@ -73,15 +75,20 @@ def _status(args) -> int:
 
 
 def _stages(args) -> int:
-    from pipeline.stages import STAGES, TRACKS
+    from pipeline.tracks import TRACKS
 
-    for track, names in TRACKS.items():
-        print(f"pipeline {track}: {' -> '.join(names)}")
-    for name, cls in STAGES.items():
-        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        print(f"\n{name}: {doc}")
-        print(f"  inputs:  {', '.join(cls.input_columns) or '(corpus files)'}")
-        print(f"  outputs: {', '.join(cls.output_columns) or '(the input columns)'}")
+    if args.track and args.track not in TRACKS:
+        raise PipelineConfigError(f"unknown track {args.track!r}; tracks: {', '.join(TRACKS)}")
+    for track, sections in TRACKS.items():
+        if args.track and track != args.track:
+            continue
+        print(f"pipeline {track}: {' -> '.join(name for name, _ in sections)}")
+        for name, cls in sections:
+            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            print(f"\n  {name} ({cls.__name__}): {doc}")
+            print(f"    inputs:  {', '.join(cls.input_columns) or '(corpus files)'}")
+            print(f"    outputs: {', '.join(cls.output_columns) or '(the input columns)'}")
+        print()
     return 0
 
 

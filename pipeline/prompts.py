@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in STAGES:
         parser.error(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
     stage_cls = STAGES[name]
-    if not hasattr(stage_cls, "render_row"):
-        prompted = [n for n, c in STAGES.items() if hasattr(c, "render_row")]
+    if not stage_cls.prompt_files:
+        prompted = [n for n, c in STAGES.items() if c.prompt_files]
         parser.error(f"stage {name!r} has no prompts; stages with prompts: {', '.join(prompted)}")
     row = json.loads(Path(args.row).read_text(encoding="utf-8"))
     messages = stage_cls.render_row(Path(args.prompts_dir), stage_cls.config_cls(), row)

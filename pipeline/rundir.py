@@ -14,12 +14,12 @@ from pathlib import Path
 import yaml
 
 from pipeline import __version__
-from pipeline.config import to_dict
 from pipeline.errors import RunDirError
 from pipeline.io.fs import RunFS
 
 RUN_YAML = "run.yaml"
 EXPORT_DIR = "export"
+INDEX_DIR = "_index"
 
 
 @dataclass
@@ -30,12 +30,13 @@ class RunContext:
     prompts_dir: Path
     cache_dir: Path
     force: bool = False
+    # Where declared indexes live: the run's own `_index/`, or a shared folder two runs can reuse.
+    index_uri: str = ""
 
     @classmethod
-    def create(cls, config, run_dir: str | None = None, force: bool = False) -> RunContext:
-        uri = run_dir or config.run_dir
-        if "://" not in uri:
-            uri = os.path.abspath(os.path.expanduser(uri))
+    def create(cls, config, run_dir: str | None = None, force: bool = False, index_dir: str | None = None) -> RunContext:
+        uri = _absolute(run_dir or config.run_dir)
+        shared = index_dir or config.index_dir
         return cls(
             config=config,
             run_uri=uri,
@@ -43,7 +44,18 @@ class RunContext:
             prompts_dir=Path(config.prompts_dir).expanduser().resolve(),
             cache_dir=Path(config.cache_dir).expanduser(),
             force=force,
+            index_uri=_absolute(shared) if shared else f"{uri.rstrip('/')}/{INDEX_DIR}",
         )
+
+
+    @property
+    def shared_indexes(self) -> bool:
+        """True when indexes live outside the run dir (other runs may use them: never pruned)."""
+        return self.index_uri != f"{self.run_uri.rstrip('/')}/{INDEX_DIR}"
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def stage_dirs(stages) -> list[tuple[str, str]]:
@@ -85,7 +97,7 @@ def check_run_dir(ctx: RunContext) -> None:
                 if name.type.name == "Directory":
                     ctx.run_fs.fs.delete_dir(name.path)
     ctx.run_fs.mkdir("")
-    resolved = {"fusegen_version": __version__, **to_dict(cfg)}
+    resolved = {"fusegen_version": __version__, **cfg.as_dict()}
     ctx.run_fs.write_bytes(RUN_YAML, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True).encode())
 
 

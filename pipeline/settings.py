@@ -1,21 +1,20 @@
-"""The run config: top-level keys plus one section per stage, loaded from YAML (see config.py)."""
+"""The run config: top-level keys plus one section per stage of the chosen track (see tracks.py).
+
+Sections are typed by the track: `pipeline: gme` makes `ingest:`, `doc2query:`... sections of their
+stage's config dataclass; a key no section or top-level field knows is an error naming it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pipeline.config import _load_yaml, apply_overrides, build, check
+from pipeline.config import _load_yaml, _origin_of, apply_overrides, build, check, to_dict
 from pipeline.errors import PipelineConfigError
 from pipeline.prompts import default_prompts_dir
-from pipeline.stages import STAGES, TRACKS
-from pipeline.stages.consistency import ConsistencyConfig
-from pipeline.stages.doc2query import Doc2QueryConfig
-from pipeline.stages.entities import EntitiesConfig
-from pipeline.stages.export import ExportConfig
-from pipeline.stages.ingest import IngestConfig
+from pipeline.tracks import TRACKS, sections
 
 
 @dataclass(frozen=True)
@@ -32,43 +31,81 @@ class RayConfig:
 class RunConfig:
     name: str = "run"
     run_dir: str = "runs/run"
-    pipeline: Literal["gme"] = "gme"
-    stages: tuple[str, ...] = ("ingest", "doc2query", "consistency", "entities", "export")
+    pipeline: str = "gme"
+    # None: every section of the track, in order.
+    stages: tuple[str, ...] | None = None
     # Tiny models and dequantised packaged models are cached here.
     cache_dir: str = "~/.cache/fusegen"
     prompts_dir: str = str(default_prompts_dir())
+    # Shared folder (path or URI) for the indexes stages declare, reused by every run pointing at it;
+    # None keeps them in RUN_DIR/_index/.
+    index_dir: str | None = None
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
-    doc2query: Doc2QueryConfig = dataclasses.field(default_factory=Doc2QueryConfig)
-    consistency: ConsistencyConfig = dataclasses.field(default_factory=ConsistencyConfig)
-    entities: EntitiesConfig = dataclasses.field(default_factory=EntitiesConfig)
-    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    # Section name -> stage config; filled with defaults for sections the YAML leaves out.
+    sections: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        allowed = TRACKS[self.pipeline]
-        for name in self.stages:
+        check(self.pipeline in TRACKS, "run", "pipeline", f"must be one of {', '.join(TRACKS)} (got {self.pipeline!r})")
+        allowed = tuple(sections(self.pipeline))
+        stages = allowed if self.stages is None else tuple(self.stages)
+        object.__setattr__(self, "stages", stages)
+        for name in stages:
             check(name in allowed, "run", "stages", f"has {name!r}, not a stage of pipeline {self.pipeline!r} {allowed}")
-        order = [allowed.index(s) for s in self.stages]
+        order = [allowed.index(s) for s in stages]
         check(order == sorted(order) and len(set(order)) == len(order), "run", "stages", f"must follow the order {allowed}")
-        check(bool(self.stages) and self.stages[0] == "ingest", "run", "stages", "must start with ingest")
-        check(self.stages[-1] == "export", "run", "stages", "must end with export")
+        check(bool(stages) and stages[0] == allowed[0], "run", "stages", f"must start with {allowed[0]}")
+        check(stages[-1] == allowed[-1], "run", "stages", f"must end with {allowed[-1]}")
+        filled = {name: cls.config_cls() for name, cls in sections(self.pipeline).items()}
+        filled.update(self.sections)
+        object.__setattr__(self, "sections", filled)
+
+    def __getattr__(self, name: str) -> Any:
+        # Sections read as attributes (config.ingest); only reached when no field has the name.
+        if name.startswith("__") or name == "sections":
+            raise AttributeError(name)
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise AttributeError(f"RunConfig has no field or section {name!r}") from None
+
+    def as_dict(self) -> dict:
+        """Plain values as written to run.yaml: top-level keys, then one mapping per section."""
+        values = to_dict(self)
+        values.pop("sections")
+        return {**values, **{name: to_dict(cfg) for name, cfg in self.sections.items()}}
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     values, origins = _load_yaml(Path(path))
     apply_overrides(values, origins, list(overrides or []))
-    config = build(RunConfig, values, "", origins)
+    pipeline = values.get("pipeline", "gme")
+    if pipeline not in TRACKS:
+        raise PipelineConfigError(
+            f"config: `pipeline` must be one of {', '.join(TRACKS)} (got {pipeline!r}; set in {_origin_of('pipeline', origins)})"
+        )
+    track = sections(pipeline)
+    top_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"sections"}
+    unknown = sorted(set(values) - top_fields - set(track))
+    if unknown:
+        known = ", ".join(sorted(top_fields | set(track)))
+        raise PipelineConfigError(
+            f"config: `{unknown[0]}` is not a known key of pipeline {pipeline!r}; known keys here: {known} "
+            f"(set in {_origin_of(unknown[0], origins)})"
+        )
+    built = {name: build(cls.config_cls, values.get(name), name, origins) for name, cls in track.items()}
+    config = build(RunConfig, {k: v for k, v in values.items() if k in top_fields}, "", origins)
+    try:
+        config = dataclasses.replace(config, sections=built)
+    except PipelineConfigError as exc:
+        raise PipelineConfigError(f"{exc} (in {_origin_of('stages', origins)})") from None
     if "run_dir" not in values:
         config = dataclasses.replace(config, run_dir=f"runs/{config.name}")
     return config
 
 
 def build_stages(config: RunConfig, context) -> list:
-    stages = []
-    for name in config.stages:
-        if name not in STAGES:
-            raise PipelineConfigError(f"config: unknown stage {name!r}; known: {', '.join(STAGES)}")
-        stages.append(STAGES[name](getattr(config, name), context))
+    track = sections(config.pipeline)
+    stages = [track[name](config.sections[name], context, name) for name in config.stages]
     check_chain(stages)
     return stages
 

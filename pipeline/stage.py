@@ -15,14 +15,24 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from pipeline.columns import (  # noqa: F401 - re-exported: stages import these from here
+    FILTERED,
+    INTERNAL,
+    NROWS,
+    OK,
+    PARENT,
+    REASON,
+    REJECTED,
+    SHARD,
+    SLOT,
+    SRC,
+    STATUS,
+    mark_all_ok,
+    set_status,
+    status_columns,
+)
 from pipeline.config import check
 from pipeline.errors import StageInputError
-
-# Internal columns (R22: leading underscore, dropped before writing).
-SHARD, SRC, NROWS, SLOT = "_shard", "_src", "_n", "_k"
-STATUS, REASON = "_status", "_reason"
-OK, FILTERED, REJECTED = "ok", "filtered", "rejected"
-INTERNAL = (SHARD, SRC, NROWS, SLOT, STATUS, REASON)
 
 # CPUs asked for by the light glue tasks around a model (shard reads, prompt rendering, parsing).
 # Zero, so they always schedule beside model actors that hold every CPU: on a 2-CPU cluster two
@@ -59,6 +69,7 @@ def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: fl
         compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus if num_gpus is None else num_gpus,
+        **({"resources": dict(resources.custom)} if resources.custom else {}),
     )
 
 
@@ -72,7 +83,7 @@ class Resources:
 
     # How it runs, not what it computes: left out of the fingerprint (shard_rows stays in).
     OPERATIONAL: ClassVar[frozenset] = frozenset(
-        {"num_cpus", "num_gpus", "concurrency", "batch_size", "stall_timeout_s"}
+        {"num_cpus", "num_gpus", "concurrency", "batch_size", "stall_timeout_s", "custom"}
     )
 
     num_cpus: float = 1.0
@@ -86,6 +97,9 @@ class Resources:
     # stage as hung (StageStalledError; committed shards are kept). Must cover model loading. 0 = off.
     # The only hang guard for the vllm backend, whose ray.data.llm stage has no per-request timeout.
     stall_timeout_s: float = 0.0
+    # Custom Ray resources each model actor asks for, e.g. {"model_node": 1} to place the actors on
+    # nodes started with `ray start --resources '{"model_node": 4}'`.
+    custom: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(self.num_cpus >= 0, "resources", "num_cpus", f"must be >= 0 (got {self.num_cpus})")
@@ -94,6 +108,8 @@ class Resources:
         check(self.batch_size >= 1, "resources", "batch_size", f"must be >= 1 (got {self.batch_size})")
         check(self.shard_rows >= 1, "resources", "shard_rows", f"must be >= 1 (got {self.shard_rows})")
         check(self.stall_timeout_s >= 0, "resources", "stall_timeout_s", f"must be >= 0 (got {self.stall_timeout_s})")
+        bad = {k: v for k, v in self.custom.items() if not isinstance(v, (int, float)) or v <= 0}
+        check(not bad, "resources", "custom", f"values must be numbers > 0 (got {bad})")
 
 
 @dataclass(frozen=True)
@@ -124,8 +140,23 @@ def semantic_values(obj: Any) -> Any:
     return to_dict(obj)
 
 
+@dataclass(frozen=True)
+class StageOutput:
+    """A committed stage output the runner hands to a later stage that declared it as an input."""
+
+    section: str
+    fingerprint: str
+    # Part files (full paths inside the run filesystem), in shard order.
+    parts: tuple[str, ...]
+
+
 class Stage(abc.ABC):
-    """Base class. Subclasses set the class attributes and implement `apply`."""
+    """Base class. Subclasses set the class attributes and implement `apply`.
+
+    Every hook the runner calls is declared here with its default (R33): the runner never probes a
+    stage with hasattr/getattr. `name` is the config section the stage runs under (the class's own
+    name unless a track registers the class under another section).
+    """
 
     name: ClassVar[str]
     config_cls: ClassVar[type[StageConfig]]
@@ -133,14 +164,25 @@ class Stage(abc.ABC):
     output_columns: ClassVar[tuple[str, ...]] = ()
     # Prompt files (relative to prompts/) whose bytes enter the fingerprint.
     prompt_files: ClassVar[tuple[str, ...]] = ()
+    # Earlier stages' outputs this stage reads besides its upstream: local name -> config section.
+    inputs: ClassVar[dict[str, str]] = {}
+    # Commit shards strictly in shard order (a stateful `commit_hook`, e.g. dedup keeping the first).
+    ordered_commit: ClassVar[bool] = False
+    # File-name prefix of the committed parts (`datasets` infers the split from `train-*.parquet`).
+    part_prefix: ClassVar[str] = "part"
 
-    def __init__(self, config: StageConfig, context: Any) -> None:
+    def __init__(self, config: StageConfig, context: Any, section: str | None = None) -> None:
         self.config = config
         self.context = context
+        if section:
+            self.name = section
+        self.bound_inputs: dict[str, StageOutput] = {}
+        self.bound_indexes: dict[str, Any] = {}
 
     @property
-    def fanout(self) -> int:
-        """Output rows per input row (doc2query asks for N queries per passage)."""
+    def fanout(self) -> int | None:
+        """Units per input row: a fixed number (doc2query asks for N queries per passage), or None for
+        a variable fan-out, where the stage sets `_n` (units of that input row) on every unit."""
         return 1
 
     def models(self) -> dict[str, str]:
@@ -148,23 +190,60 @@ class Stage(abc.ABC):
         return {}
 
     def prepare(self) -> None:
-        """Driver-side work before the transform (resolve models, validate prompts); no heavy loads."""
+        """Driver-side work before any stage runs (resolve models, validate prompts); no heavy loads."""
 
-    def before_execute(self, ctx: Any, outputs: dict[str, tuple[str, str]]) -> None:
-        """Driver-side work once the stage is known to run, before its shards (consistency builds its
-        passage index here). `outputs`: earlier stage name -> (parts folder, fingerprint)."""
+    def input_identity(self) -> dict:
+        """What identifies the stage's external inputs (files it reads), for the fingerprint."""
+        return {}
+
+    def plan(self, ctx: Any, upstream: tuple[str, ...]) -> list:
+        """The shards of this stage's input: by default the upstream parts cut into `shard_rows`."""
+        from pipeline.io.shards import plan_parts
+
+        return plan_parts(ctx.run_fs, upstream, self.config.resources.shard_rows)
+
+    def readers(self) -> dict[str, Any]:
+        """Shard kind -> reader `(spec, fs) -> pa.Table`, run inside Ray tasks."""
+        from pipeline.io.shards import read_parquet_shard
+
+        return {"parquet": read_parquet_shard}
+
+    def indexes(self) -> tuple:
+        """Indexes (io/indexes.IndexSpec) the runner builds, or reuses, before this stage runs."""
+        return ()
+
+    def bind(self, inputs: dict[str, StageOutput], indexes: dict[str, Any]) -> None:
+        """Receive the resolved `inputs` and built `indexes` (driver side, before `apply`)."""
+        self.bound_inputs, self.bound_indexes = dict(inputs), dict(indexes)
+
+    def before_execute(self, ctx: Any) -> None:
+        """Driver-side work once the stage is known to run, after `bind`, before its shards."""
 
     @abc.abstractmethod
     def apply(self, ds: Any) -> Any:
         """Describe the transform over a dataset of shard blocks; never materialise it."""
 
-    def commit_hook(self, table: pa.Table, state: dict) -> pa.Table:
-        """Driver-side pass over each finished shard, in shard order (ingest dedups here)."""
+    def finish_part(self, table: pa.Table) -> pa.Table:
+        """Worker side, on the kept rows of a shard just before they are written (schema metadata)."""
         return table
 
-    def resume_state(self, run_fs, parts_dir: str) -> dict:
-        """Rebuild `commit_hook` state from the parts already committed under `parts_dir` on resume."""
+    def commit_keys(self, kept: pa.Table) -> dict[str, list] | None:
+        """Worker side: the keys a stateful `commit_hook` needs from a shard's kept rows (never rows)."""
+        return None
+
+    def commit_hook(self, keys: dict[str, list], state: dict) -> dict[int, tuple[str, str]]:
+        """Driver side, in shard order when `ordered_commit`: kept-row position -> (status, reason)
+        for rows the global state turns away (ingest dedup). Default: none."""
         return {}
+
+    def resume_state(self, run_fs: Any, parts: tuple[str, ...]) -> dict:
+        """Rebuild `commit_hook` state from the parts already committed (paths) on resume."""
+        return {}
+
+    @staticmethod
+    def render_row(prompts_dir: Any, cfg: Any, row: dict) -> list[dict] | None:
+        """The chat messages the stage would send for one row (`python -m pipeline.prompts render`)."""
+        return None
 
 
 def check_columns(stage: str, required: tuple[str, ...], present: list[str] | tuple[str, ...]) -> None:
@@ -177,6 +256,3 @@ def check_columns(stage: str, required: tuple[str, ...], present: list[str] | tu
         )
 
 
-def status_columns(n: int, status: str = OK, reason: str = "") -> dict[str, list]:
-    """Default `_status` / `_reason` values for `n` rows."""
-    return {STATUS: [status] * n, REASON: [reason] * n}

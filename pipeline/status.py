@@ -26,7 +26,8 @@ def format_status(run_fs: RunFS) -> str:
     manifests = collect_manifests(run_fs)
     if not manifests:
         return f"{run_fs.root}: no run.yaml here (not a fusegen run directory)"
-    head = f"{'stage':<12} {'state':<12} {'in':>8} {'out':>8} {'filtered':>8} {'rejected':>8} {'seconds':>8}  fingerprint"
+    head = (f"{'stage':<12} {'state':<12} {'input':>8} {'units':>8} {'out':>8} {'filtered':>8} {'rejected':>8} "
+            f"{'seconds':>8}  fingerprint")
     lines = [f"run: {run_fs.root}", head, "-" * len(head)]
     for m in manifests:
         rows = m.get("rows") or {}
@@ -35,7 +36,7 @@ def format_status(run_fs: RunFS) -> str:
         if state == "running" and shards:
             state = f"running {shards.get('done', 0)}/{shards.get('planned', 0)}"
         lines.append(
-            f"{m['stage']:<12} {state:<12} {rows.get('in', ''):>8} {rows.get('out', ''):>8} "
+            f"{m['stage']:<12} {state:<12} {m.get('input_rows', ''):>8} {rows.get('in', ''):>8} {rows.get('out', ''):>8} "
             f"{rows.get('filtered', ''):>8} {rows.get('rejected', ''):>8} {m.get('seconds', ''):>8}  "
             f"{m.get('fingerprint', '')}"
         )

@@ -53,6 +53,20 @@ class RunFS:
             if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith(".")
         )
 
+    def list_files(self, rel: str) -> list[str]:
+        """Relative paths of every file directly under `rel`, temporaries (dot files) included."""
+        if not self.exists(rel):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=False))
+        return sorted(f"{rel.rstrip('/')}/{i.base_name}" for i in infos if i.type == pafs.FileType.File)
+
+    def list_dirs(self, rel: str) -> list[str]:
+        """Base names of the folders directly under `rel`."""
+        if not self.exists(rel):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=False))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
     def delete_dir(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_dir(self.path(rel))

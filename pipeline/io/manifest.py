@@ -71,3 +71,17 @@ def config_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def inputs_diff(old: dict | None, new: dict) -> list[str]:
+    """'input files changed: a.jsonl, b.jsonl (added)' when the stage's input identity differs."""
+    if (old or {}) == (new or {}):
+        return []
+    before = {f["path"]: f for f in (old or {}).get("files", [])}
+    after = {f["path"]: f for f in (new or {}).get("files", [])}
+    names = [p + (" (added)" if p not in before else "") for p in after if before.get(p) != after[p]]
+    names += [f"{p} (removed)" for p in before if p not in after]
+    if not names:
+        return ["input identity changed"]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [f"input files changed: {shown}"]

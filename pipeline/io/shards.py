@@ -7,13 +7,12 @@ Each shard is read as one Ray block and committed as one part file; a committed 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
+from pipeline.columns import PARENT, SHARD, SRC
 from pipeline.io.fs import RunFS
-from pipeline.stage import SHARD, SRC
 
 
 @dataclass(frozen=True)
@@ -36,15 +35,17 @@ class ShardSpec:
         return asdict(self)
 
 
-def plan_from_parts(run_fs: RunFS, parts_dir: str, shard_rows: int) -> list[ShardSpec]:
-    """Cut the upstream stage's committed parts into shards, in file order."""
+def plan_parts(run_fs: RunFS, parts: tuple[str, ...], shard_rows: int) -> list[ShardSpec]:
+    """Cut the upstream stage's committed parts (full paths, in shard order) into shards."""
     specs: list[ShardSpec] = []
-    for name in run_fs.listdir(parts_dir, ".parquet"):
-        rel = f"{parts_dir}/{name}"
-        n = run_fs.parquet_rows(rel)
+    for path in parts:
+        with run_fs.fs.open_input_file(path) as f:
+            import pyarrow.parquet as pq
+
+            n = pq.ParquetFile(f).metadata.num_rows
         for start in range(0, n, shard_rows):
             stop = min(n, start + shard_rows)
-            specs.append(ShardSpec(f"{len(specs):06d}", run_fs.path(rel), start, stop, stop - start))
+            specs.append(ShardSpec(f"{len(specs):06d}", path, start, stop, stop - start))
     return specs
 
 
@@ -71,27 +72,9 @@ def read_parquet_shard(spec: ShardSpec, fs) -> pa.Table:
 
 
 def tag_rows(table: pa.Table, shard: str) -> pa.Table:
-    """Add the internal shard id and row index columns the collector uses to finish shards."""
+    """Add the internal shard id, row index and parent id columns the committer uses to finish shards."""
     n = table.num_rows
+    parent = table["id"].cast(pa.string()) if "id" in table.column_names else pa.nulls(n, pa.string())
     table = table.append_column(SHARD, pa.array([shard] * n, pa.string()))
-    return table.append_column(SRC, pa.array(range(n), pa.int64()))
-
-
-class ReadShards:
-    """Ray Data UDF: one shard descriptor in, the shard's rows (tagged) out, as one block."""
-
-    def __init__(self, root_uri: str, readers: dict[str, Callable[[ShardSpec, object], pa.Table]]):
-        self.run_fs = RunFS.from_uri(root_uri)
-        self.readers = readers
-
-    def __call__(self, batch: dict) -> pa.Table:
-        tables = []
-        for i in range(len(batch["shard"])):
-            spec = ShardSpec(**{k: _scalar(batch[k][i]) for k in ShardSpec.__dataclass_fields__})
-            table = self.readers[spec.kind](spec, self.run_fs.fs)
-            tables.append(tag_rows(table, spec.shard))
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
-
-def _scalar(value):
-    return value.item() if hasattr(value, "item") else value
+    table = table.append_column(SRC, pa.array(range(n), pa.int64()))
+    return table.append_column(PARENT, parent)

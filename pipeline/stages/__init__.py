@@ -1,4 +1,4 @@
-"""Stage registry: name -> class, and the stage lists of each pipeline track."""
+"""Stage classes by their own name (the track registry, pipeline/tracks.py, orders them per track)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,3 @@ from pipeline.stages.export import Export
 from pipeline.stages.ingest import Ingest
 
 STAGES = {cls.name: cls for cls in (Ingest, Doc2Query, Consistency, Entities, Export)}
-
-# Stages each track may run, in order; a run config lists a prefix-respecting subset ending in export.
-TRACKS = {"gme": ("ingest", "doc2query", "consistency", "entities", "export")}

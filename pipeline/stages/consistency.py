@@ -6,8 +6,9 @@ of the source passage, null when it is not in the top k) and `consistency_score`
 of the query and its source passage). Dropped rows: `filter:consistency` (source not in the top k),
 `filter:empty_query`, `error:source_not_in_pool` (the query's doc_id is not an ingested passage).
 
-The pool (every passage ingest kept) is embedded once per run into `_index/text-<key>/` before the
-queries are processed (pipeline/io/pool_index.py); that build resumes shard by shard like a stage.
+The pool (every passage ingest kept) is a declared index (pipeline/io/indexes.py): the runner embeds
+it once per ingest output and embedder into `_index/text-<key>/` (resumable shard by shard like a
+stage, or reused from a shared `index_dir`) and every actor opens the faiss file memory-mapped.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import check, to_dict
-from pipeline.io.fs import RunFS
-from pipeline.io.pool_index import build_faiss, embedding_array, load_pool, pool_dir
+from pipeline.io.indexes import IndexHandle, IndexSpec, embedding_array
 from pipeline.models.text_embed import TextEmbedConfig, TextEmbedder, passage_texts
-from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig, actor_map
+from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, actor_map, set_status
 
 
 @dataclass(frozen=True)
@@ -70,55 +70,35 @@ class PoolEmbedFn:
         self.batch_size = batch_size
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from pipeline.stage import SHARD, SRC
+        from pipeline.stage import SHARD, SRC, mark_all_ok
 
         texts = passage_texts(table["title"].to_pylist(), table["text"].to_pylist(), self.cfg)
         vectors = self.embedder.encode(texts, self.batch_size)
-        n = table.num_rows
-        return pa.table({
-            "id": table["id"], "embedding": embedding_array(vectors), SHARD: table[SHARD], SRC: table[SRC],
-            STATUS: pa.array([OK] * n, pa.string()), REASON: pa.array([""] * n, pa.string()),
-        })
+        out = pa.table({"id": table["id"], "embedding": embedding_array(vectors),
+                        SHARD: table[SHARD], SRC: table[SRC]})
+        return mark_all_ok(out)
 
 
 class ConsistencyFn:
     """Ray actor: embeds the shard's queries, searches the pool, ranks each query's source passage."""
 
-    def __init__(self, model_path: str, cfg: dict, run_uri: str, index_dir: str) -> None:
-        config = ConsistencyConfig.from_dict(cfg)
-        self.cfg = config
-        self.embedder = TextEmbedder(model_path, config.embedder)
-        ids, matrix = load_pool(RunFS.from_uri(run_uri), index_dir)
-        self.row_of = {doc_id: i for i, doc_id in enumerate(ids)}
-        self.matrix = matrix
-        self.index = build_faiss(matrix, config.index, config.ivf_nlist, config.ivf_nprobe) if ids else None
+    def __init__(self, model_path: str, cfg: dict, index: IndexHandle) -> None:
+        self.cfg = ConsistencyConfig.from_dict(cfg)
+        self.embedder = TextEmbedder(model_path, self.cfg.embedder)
+        self.pool = index.open()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         queries = [q or "" for q in table["query"].to_pylist()]
-        sources = [self.row_of.get(d) for d in table["doc_id"].to_pylist()]
+        sources = [self.pool.row_of.get(d) for d in table["doc_id"].to_pylist()]
         vectors = self.embedder.encode([self.cfg.embedder.query_prefix + q for q in queries],
                                        self.cfg.resources.batch_size)
-        if self.index is not None and len(queries):
-            _, hits = self.index.search(vectors, min(self.cfg.top_k, self.index.ntotal))
-            ranks = source_ranks(hits, sources)
-        else:
-            ranks = [None] * len(queries)
-        scores = [float(vectors[i] @ self.matrix[s]) if s is not None else None for i, s in enumerate(sources)]
+        _, hits = self.pool.search(vectors, self.cfg.top_k, self.cfg.ivf_nprobe)
+        ranks = source_ranks(hits, sources) if hits.shape[1] else [None] * len(queries)
+        scores = [float(vectors[i] @ self.pool.vector(s)) if s is not None else None for i, s in enumerate(sources)]
         decided = [decide(r, s, q) for r, s, q in zip(ranks, sources, queries)]
         table = table.append_column("consistency_rank", pa.array(ranks, pa.int32()))
         table = table.append_column("consistency_score", pa.array(scores, pa.float32()))
-        return _set_status(table, decided)
-
-
-def _set_status(table: pa.Table, decided: list[tuple[str, str]]) -> pa.Table:
-    for name, values in ((STATUS, [d[0] for d in decided]), (REASON, [d[1] for d in decided])):
-        column = pa.array(values, pa.string())
-        if name in table.column_names:
-            table = table.set_column(table.schema.get_field_index(name), name, column)
-        else:
-            table = table.append_column(name, column)
-    return table
-
+        return set_status(table, [d[0] for d in decided], [d[1] for d in decided])
 
 
 class PoolEmbed(Stage):
@@ -150,24 +130,16 @@ class Consistency(Stage):
         self.model_path, self.model_id = resolve_model(
             self.config.embedder.model, self.context.cache_dir, None, "consistency.embedder"
         )
-        self.index_dir = ""
 
     def models(self) -> dict[str, str]:
         return {"text_embedder": self.model_id}
 
-    def before_execute(self, ctx, outputs: dict) -> None:
-        """Build (or reuse, or resume) the pool index from ingest's output before any query runs."""
-        from pipeline.runner import run_side_stage
-
-        if "ingest" not in outputs:
-            raise RuntimeError("consistency needs the ingest stage's output as its passage pool")
-        ingest_dir, ingest_fp = outputs["ingest"]
+    def indexes(self) -> tuple[IndexSpec, ...]:
+        """The passage pool: every passage ingest kept, embedded with this stage's embedder."""
         embedder = {**to_dict(self.config.embedder), "model_id": self.model_id}
-        self.index_dir = pool_dir("text", ingest_fp, embedder)
         pool = PoolEmbed(self.config, self.context, self.model_path)
-        run_side_stage(ctx, pool, self.index_dir, ingest_dir, fingerprint=self.index_dir.rsplit("-", 1)[1])
+        return (IndexSpec("text", "ingest", pool, embedder, self.config.index, self.config.ivf_nlist),)
 
     def apply(self, ds):
-        kwargs = {"model_path": self.model_path, "cfg": to_dict(self.config), "run_uri": self.context.run_uri,
-                  "index_dir": self.index_dir}
+        kwargs = {"model_path": self.model_path, "cfg": to_dict(self.config), "index": self.bound_indexes["text"]}
         return actor_map(ds, ConsistencyFn, kwargs, self.config.resources)

@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from pipeline.config import check, to_dict
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig, generate_json
+from pipeline.config import check
+from pipeline.llmstage import LLMStage
+from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.prompts import load_examples, load_sources, render
 from pipeline.stage import (
     FILTERED,
@@ -30,9 +31,7 @@ from pipeline.stage import (
     SLOT,
     STATUS,
     Resources,
-    Stage,
     StageConfig,
-    glue_map,
 )
 
 PROMPTS = ("doc2query/system.j2", "doc2query/user.j2", "doc2query/examples.yaml")
@@ -164,36 +163,25 @@ def explode_batch(table: pa.Table, cfg: dict) -> pa.Table:
 
 
 
-class Doc2Query(Stage):
+class Doc2Query(LLMStage):
     name: ClassVar[str] = "doc2query"
     config_cls: ClassVar[type] = Doc2QueryConfig
     input_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "text", "title")
     output_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "query", "answer", "query_index", "llm_raw")
     prompt_files: ClassVar[tuple[str, ...]] = PROMPTS
+    render_batch = staticmethod(prompt_batch)
+    parse_batch = staticmethod(explode_batch)
 
     @property
     def fanout(self) -> int:
         return self.config.queries_per_passage
 
-    def prepare(self) -> None:
-        from pipeline.models.sources import resolve_model
-
-        self.sources = load_sources(self.context.prompts_dir, PROMPTS)
-        # Render once on the driver so a template variable the stage lacks fails before any work.
+    def check_prompts(self) -> None:
         build_messages(self.sources, self.config, "Title", "A passage. " * 20)
-        llm = self.config.llm
-        self.model_path, self.model_id = resolve_model(llm.model, self.context.cache_dir, llm.fallback_model, "doc2query.llm")
 
-    def models(self) -> dict[str, str]:
-        return {"llm": f"{self.model_id} via {self.config.llm.backend}"}
-
-    def apply(self, ds):
-        cfg = to_dict(self.config)
-        ds = glue_map(ds, prompt_batch, fn_kwargs={"sources": self.sources, "cfg": cfg})
-        ds = generate_json(ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources)
-        return glue_map(ds, explode_batch, fn_kwargs={"cfg": cfg})
+    def schema(self) -> dict:
+        return output_schema(self.config)
 
     @staticmethod
     def render_row(prompts_dir: Path, cfg: Doc2QueryConfig, row: dict) -> list[dict]:
         return build_messages(load_sources(prompts_dir, PROMPTS), cfg, row.get("title"), row["text"])
-

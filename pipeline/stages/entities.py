@@ -26,11 +26,12 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 
-from pipeline.config import check, to_dict
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig, generate_json
+from pipeline.config import check
+from pipeline.llmstage import LLMStage
+from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.models.ner import NERConfig, load_ner, ner_candidates, ner_identity
 from pipeline.prompts import load_examples, load_sources, render
-from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig, glue_map
+from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, StageConfig
 from pipeline.text.leak import contains, fold, leak_reason
 from pipeline.text.mask import mask_entity
 
@@ -218,7 +219,7 @@ def parse_batch(table: pa.Table, cfg: dict) -> pa.Table:
     return out
 
 
-class Entities(Stage):
+class Entities(LLMStage):
     name: ClassVar[str] = "entities"
     config_cls: ClassVar[type] = EntitiesConfig
     input_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "text", "title", "query")
@@ -232,29 +233,18 @@ class Entities(Stage):
         "entities_raw",
     )
     prompt_files: ClassVar[tuple[str, ...]] = PROMPTS
+    render_batch = staticmethod(ner_prompt_batch)
+    parse_batch = staticmethod(parse_batch)
 
-    def prepare(self) -> None:
-        from pipeline.models.sources import resolve_model
-
-        self.sources = load_sources(self.context.prompts_dir, PROMPTS)
-        # Render once on the driver: a template variable the stage lacks fails before any work.
+    def check_prompts(self) -> None:
         build_messages(self.sources, self.config, {"title": "T", "text": "A passage.", "query": "Q?"}, ["E"])
-        llm = self.config.llm
-        self.model_path, self.model_id = resolve_model(
-            llm.model, self.context.cache_dir, llm.fallback_model, "entities.llm"
-        )
         self.ner_id = ner_identity(self.config.ner)
 
-    def models(self) -> dict[str, str]:
-        return {"llm": f"{self.model_id} via {self.config.llm.backend}", "ner": self.ner_id}
+    def schema(self) -> dict:
+        return output_schema(self.config)
 
-    def apply(self, ds: Any) -> Any:
-        cfg = to_dict(self.config)
-        ds = glue_map(ds, ner_prompt_batch, fn_kwargs={"sources": self.sources, "cfg": cfg})
-        ds = generate_json(
-            ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources
-        )
-        return glue_map(ds, parse_batch, fn_kwargs={"cfg": cfg})
+    def models(self) -> dict[str, str]:
+        return {**super().models(), "ner": self.ner_id}
 
     @staticmethod
     def render_row(prompts_dir: Path, cfg: EntitiesConfig, row: dict) -> list[dict]:

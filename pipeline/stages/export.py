@@ -1,9 +1,10 @@
 """export: write the last stage's rows as the run's output under RUN_DIR/export/data/.
 
 Input: whatever the previous stage produced (id is required). Output: the same columns in Parquet
-whose schema metadata carries Hugging Face `datasets` features, so image structs ({bytes, path})
-load as PIL images with `datasets.load_dataset("parquet", data_dir=...)`. Later issues give this
-stage the triplet schemas, exporters and the dataset card.
+whose schema metadata carries Hugging Face `datasets` features. Image references (io/image_store.py)
+are materialised here, in the workers, as HF image structs `{bytes, path}` (lists of references as
+lists of structs), so `datasets.load_dataset("parquet", data_dir=...)` yields PIL images, one or a
+list per column. Later issues give this stage the triplet schemas, exporters and the dataset card.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from pipeline.stage import Resources, Stage, StageConfig
+from pipeline.io.image_store import HF_IMAGE, ImageStore, is_image_ref, is_image_ref_list
+from pipeline.stage import Resources, Stage, StageConfig, mark_all_ok
 
 
 @dataclass(frozen=True)
@@ -29,24 +31,52 @@ def is_image_struct(tp: pa.DataType) -> bool:
     return pa.types.is_struct(tp) and {tp.field(i).name for i in range(tp.num_fields)} == {"bytes", "path"}
 
 
-def hf_features_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
-    """Schema metadata `datasets` reads: image structs become Image() features."""
-    from datasets import Features, Image
+def _is_image_list(tp: pa.DataType) -> bool:
+    return (pa.types.is_list(tp) or pa.types.is_large_list(tp)) and is_image_struct(tp.value_type)
 
-    plain = pa.schema([f for f in schema if not is_image_struct(f.type)])
+
+def hf_features_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
+    """Schema metadata `datasets` reads: image structs become Image(), lists of them List(Image())."""
+    from datasets import Features, Image, List
+
+    plain = pa.schema([f for f in schema if not is_image_struct(f.type) and not _is_image_list(f.type)])
     features = Features.from_arrow_schema(plain)
     ordered = {}
     for field in schema:
-        ordered[field.name] = Image() if is_image_struct(field.type) else features[field.name]
+        if is_image_struct(field.type):
+            ordered[field.name] = Image()
+        elif _is_image_list(field.type):
+            ordered[field.name] = List(Image())
+        else:
+            ordered[field.name] = features[field.name]
     info = {"info": {"features": Features(ordered).to_dict()}}
     return {b"huggingface": json.dumps(info).encode()}
 
 
-def export_batch(table: pa.Table, drop_raw: bool) -> pa.Table:
+def materialise_images(table: pa.Table, store: ImageStore) -> pa.Table:
+    """Image reference columns -> HF image structs with the stored bytes (the only place bytes move)."""
+    for i, field in enumerate(table.schema):
+        if is_image_ref(field.type):
+            values = [store.hf_struct(ref) for ref in table[field.name].to_pylist()]
+            table = table.set_column(i, field.name, pa.array(values, HF_IMAGE))
+        elif is_image_ref_list(field.type):
+            values = [None if refs is None else [store.hf_struct(r) for r in refs]
+                      for refs in table[field.name].to_pylist()]
+            table = table.set_column(i, field.name, pa.array(values, pa.list_(HF_IMAGE)))
+    return table
+
+
+def export_batch(table: pa.Table, drop_raw: bool, run_uri: str | None = None) -> pa.Table:
     raw = [c for c in ("llm_raw", "entities_raw") if c in table.column_names]
     if drop_raw and raw:
         table = table.drop_columns(raw)
+    if run_uri is not None:
+        table = materialise_images(table, ImageStore.from_uri(run_uri))
     return table
+
+
+def _export_block(table: pa.Table, drop_raw: bool, run_uri: str) -> pa.Table:
+    return mark_all_ok(export_batch(table, drop_raw, run_uri))
 
 
 class Export(Stage):
@@ -58,17 +88,14 @@ class Export(Stage):
     part_prefix: ClassVar[str] = "train"
 
     def apply(self, ds):
-        from pipeline.stage import OK, REASON, STATUS
+        return ds.map_batches(
+            _export_block,
+            fn_kwargs={"drop_raw": self.config.drop_raw, "run_uri": self.context.run_uri},
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=self.config.resources.num_cpus,
+        )
 
-        def mark(table: pa.Table) -> pa.Table:
-            table = export_batch(table, self.config.drop_raw)
-            n = table.num_rows
-            table = table.append_column(STATUS, pa.array([OK] * n, pa.string()))
-            return table.append_column(REASON, pa.array([""] * n, pa.string()))
-
-        return ds.map_batches(mark, batch_size=None, batch_format="pyarrow", num_cpus=self.config.resources.num_cpus)
-
-    def commit_hook(self, table: pa.Table, state: dict) -> pa.Table:
-        public = pa.schema([f for f in table.schema if not f.name.startswith("_")])
-        meta = hf_features_metadata(public)
+    def finish_part(self, table: pa.Table) -> pa.Table:
+        meta = hf_features_metadata(table.schema)
         return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})

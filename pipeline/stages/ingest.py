@@ -14,7 +14,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 
@@ -26,10 +26,10 @@ from pipeline.io.corpus import (
     read_jsonl_shard,
     read_parquet_corpus_shard,
 )
+from pipeline.io.image_store import IMAGE_REF, ImageStore
 from pipeline.io.images import ImageError, ImageLimits, normalise_image
-from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, Stage, StageConfig
+from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, set_status
 
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 OUTPUT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -38,7 +38,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("text", pa.string()),
         ("title", pa.string()),
         ("domain", pa.string()),
-        ("image", IMAGE_TYPE),
+        ("image", IMAGE_REF),
         ("image_url", pa.string()),
         ("content_hash", pa.string()),
         ("source", pa.string()),
@@ -50,12 +50,22 @@ _CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class IngestConfig(StageConfig):
+    # The files' identity (`input_identity`: names under the input folder, sizes, content hashes) is
+    # what enters the fingerprint, not the path string: the same corpus uploaded to another folder
+    # (a `ray job submit --working-dir` on another cluster) resumes instead of starting over.
+    OPERATIONAL: ClassVar[frozenset] = frozenset({"path"})
+
     # File, folder or glob; relative paths are resolved against the directory fusegen runs in.
     path: str = "samples/corpus/passages.jsonl"
     columns: CorpusColumns = dataclasses.field(default_factory=CorpusColumns)
     max_chars: int = 20000
     min_chars: int = 1
     images: ImageLimits = dataclasses.field(default_factory=ImageLimits)
+    # How the input files enter the fingerprint (an edited corpus re-runs ingest and all after it):
+    # `hash` (SHA-256 of the contents), `stat` (size and mtime; cheap for huge corpora, but a copy of
+    # the same file, e.g. a `--working-dir` upload on a restarted cluster, counts as changed), or
+    # `auto` (hash up to 2 GiB in all, stat beyond).
+    identity: Literal["auto", "hash", "stat"] = "auto"
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(shard_rows=2000, num_cpus=0.5))
 
     def __post_init__(self) -> None:
@@ -139,23 +149,40 @@ def _image(value: Any, cfg: IngestConfig, load_image) -> dict | None:
     return {"bytes": data, "path": name}
 
 
-def ingest_batch(table: pa.Table, cfg: dict) -> pa.Table:
-    """Ray Data task: the raw corpus records of one shard -> validated rows with status and reason."""
+def ingest_batch(table: pa.Table, cfg: dict, run_uri: str) -> pa.Table:
+    """Ray Data task: the raw corpus records of one shard -> validated rows with status and reason.
+
+    Images go into the run's image store here, in the worker; rows carry their references."""
     from pipeline.config import build
     from pipeline.io.corpus import iter_records
 
     config = build(IngestConfig, cfg, "ingest", {})
+    store = ImageStore.from_uri(run_uri)
     rows, statuses, reasons = [], [], []
     for record, where, base_dir in iter_records(table, config.columns):
         row, status, reason = _ingest_record(record, where, base_dir, config)
+        if status == OK and row.get("image") is not None:
+            row["image"] = _store(store, row["image"])
+        elif status != OK:
+            row["image"] = None
         rows.append(row)
         statuses.append(status)
         reasons.append(reason)
     out = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
-    for name in ("_shard", "_src"):
+    for name in ("_shard", "_src", "_parent"):
         out = out.append_column(name, table[name])
-    out = out.append_column(STATUS, pa.array(statuses, pa.string()))
-    return out.append_column(REASON, pa.array(reasons, pa.string()))
+    return set_status(out, statuses, reasons)
+
+
+def _store(store: ImageStore, image: dict) -> dict:
+    """Normalised image bytes (as validated) -> their reference in the run's image store."""
+    import io
+
+    from PIL import Image
+
+    data = image["bytes"]
+    with Image.open(io.BytesIO(data)) as img:
+        return store.put(data, (img.format or "png").lower(), *img.size)
 
 
 def _ingest_record(record, where: str, base_dir: str, config: IngestConfig) -> tuple[dict, str, str]:
@@ -183,44 +210,52 @@ class Ingest(Stage):
     output_columns: ClassVar[tuple[str, ...]] = tuple(OUTPUT_SCHEMA.names)
     # Dedup keeps the first occurrence, so shards commit in corpus order.
     ordered_commit: ClassVar[bool] = True
-    readers: ClassVar[dict] = {"jsonl": read_jsonl_shard, "parquet_corpus": read_parquet_corpus_shard}
 
-    def plan(self, ctx, upstream_dir):
+    def input_identity(self) -> dict:
+        from pipeline.io.corpus import files_identity
+
+        return files_identity(self.config.path, self.config.identity)
+
+    def plan(self, ctx, upstream):
         return plan_corpus(self.config.path, self.config.columns, self.config.resources.shard_rows)
+
+    def readers(self) -> dict:
+        return {"jsonl": read_jsonl_shard, "parquet_corpus": read_parquet_corpus_shard}
 
     def apply(self, ds):
         from pipeline.config import to_dict
 
         return ds.map_batches(
             ingest_batch,
-            fn_kwargs={"cfg": to_dict(self.config)},
+            fn_kwargs={"cfg": to_dict(self.config), "run_uri": self.context.run_uri},
             batch_size=None,
             batch_format="pyarrow",
             num_cpus=self.config.resources.num_cpus,
         )
 
-    def commit_hook(self, table: pa.Table, state: dict) -> pa.Table:
+    def commit_keys(self, kept: pa.Table) -> dict[str, list]:
+        """Only what dedup needs reaches the driver: each kept row's content hash and doc_id."""
+        return {"hash": kept["content_hash"].to_pylist(), "doc_id": kept["doc_id"].to_pylist()}
+
+    def commit_hook(self, keys: dict[str, list], state: dict) -> dict[int, tuple[str, str]]:
         seen_hash = state.setdefault("hash", set())
         seen_id = state.setdefault("id", set())
-        statuses, reasons = table[STATUS].to_pylist(), table[REASON].to_pylist()
-        for i, (h, doc_id) in enumerate(zip(table["content_hash"].to_pylist(), table["doc_id"].to_pylist())):
-            if statuses[i] != OK:
-                continue
+        overrides: dict[int, tuple[str, str]] = {}
+        for i, (h, doc_id) in enumerate(zip(keys["hash"], keys["doc_id"])):
             h, key = _key(h), _id_key(doc_id)
             if h in seen_hash:
-                statuses[i], reasons[i] = FILTERED, "filter:duplicate_text"
+                overrides[i] = (FILTERED, "filter:duplicate_text")
             elif key in seen_id:
-                statuses[i], reasons[i] = REJECTED, "error:duplicate_doc_id"
+                overrides[i] = (REJECTED, "error:duplicate_doc_id")
             else:
                 seen_hash.add(h)
                 seen_id.add(key)
-        table = table.set_column(table.schema.get_field_index(STATUS), STATUS, pa.array(statuses, pa.string()))
-        return table.set_column(table.schema.get_field_index(REASON), REASON, pa.array(reasons, pa.string()))
+        return overrides
 
-    def resume_state(self, run_fs, parts_dir: str) -> dict:
+    def resume_state(self, run_fs, parts: tuple[str, ...]) -> dict:
         state = {"hash": set(), "id": set()}
-        for name in run_fs.listdir(parts_dir, ".parquet"):
-            t = run_fs.read_parquet(f"{parts_dir}/{name}", columns=["content_hash", "doc_id"])
+        for rel in parts:
+            t = run_fs.read_parquet(rel, columns=["content_hash", "doc_id"])
             state["hash"].update(map(_key, t["content_hash"].to_pylist()))
             state["id"].update(map(_id_key, t["doc_id"].to_pylist()))
         return state

@@ -1,7 +1,15 @@
-"""A real local Ray cluster for the session (`ray start --head` on free ports), driven as users do.
+"""One real local Ray cluster for the whole e2e session, driven as users do.
+
+Two nodes on this machine: the head (`ray start --head`, 2 CPUs) and a second node joined with
+`ray start --address` (1 CPU and the custom resource `model_node`), so a stage whose actors ask for
+`model_node` runs them on the second node while the driver and glue tasks stay on the head. Jobs
+go in with `ray job submit`; in-process runs (`embedded_ray`) connect to the same cluster as a
+driver, so the session starts Ray once, not once per module.
 
 The cluster starts with RAY_AUTH_MODE=disabled: Ray 2.60 turns token auth on by default and
-`ray job submit` would otherwise fail with "Missing authentication token" (see README).
+`ray job submit` would otherwise fail with "Missing authentication token" (see README). At the end
+only this session's Ray processes are ended, found by their own temp dirs and their child processes
+(never `ray stop`, which would end every Ray cluster on the machine, a user's own included).
 """
 
 from __future__ import annotations
@@ -14,10 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+MODEL_NODE = "model_node"
 
 
 def free_port() -> int:
@@ -34,9 +44,40 @@ def cluster_env() -> dict:
     return env
 
 
+def own_processes(temp_dirs: list[str]) -> list[psutil.Process]:
+    """Ray's daemons name their temp dir on the command line; workers and job drivers are their children."""
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if any(d in cmdline for d in temp_dirs) and proc.pid != os.getpid():
+            roots.append(proc)
+    found = {p.pid: p for p in roots}
+    for root in roots:
+        try:
+            found.update({c.pid: c for c in root.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def end_processes(procs: list[psutil.Process], grace_s: float = 10) -> None:
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 class Cluster:
-    def __init__(self, address: str, env: dict) -> None:
-        self.address, self.env = address, env
+    def __init__(self, address: str, gcs: str, env: dict) -> None:
+        self.address, self.gcs, self.env = address, gcs, env
 
     def ray(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         cmd = [str(BIN / "ray"), *args]
@@ -74,31 +115,42 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def ray_cluster():
     env = cluster_env()
     port, dash = free_port(), free_port()
-    temp_dir = Path("/tmp") / f"fg-ray-{os.getpid()}"
-    args = [
+    temp_dirs = [f"/tmp/fg-ray-{os.getpid()}", f"/tmp/fg-ray-{os.getpid()}-n2"]
+    head = [
         str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
         "--num-cpus", "2", "--object-store-memory", str(600 * 1024 * 1024), "--disable-usage-stats",
-        "--temp-dir", str(temp_dir),
+        "--temp-dir", temp_dirs[0],
     ]
-    subprocess.run(args, env=env, cwd=REPO, check=True, capture_output=True, text=True, timeout=180)
-    cluster = Cluster(f"http://127.0.0.1:{dash}", env)
+    second = [
+        str(BIN / "ray"), "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+        "--num-cpus", "1", "--resources", f'{{"{MODEL_NODE}": 2}}', "--object-store-memory",
+        str(300 * 1024 * 1024), "--disable-usage-stats", "--temp-dir", temp_dirs[1],
+        "--min-worker-port", "20000", "--max-worker-port", "20999",
+    ]
     try:
-        yield cluster
+        subprocess.run(head, env=env, cwd=REPO, check=True, capture_output=True, text=True, timeout=180)
+        subprocess.run(second, env=env, cwd=REPO, check=True, capture_output=True, text=True, timeout=180)
+        yield Cluster(f"http://127.0.0.1:{dash}", f"127.0.0.1:{port}", env)
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, check=False, capture_output=True, timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        end_processes(own_processes(temp_dirs))
+        for d in temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def embedded_ray():
-    """An in-process Ray for a module's runs (`address="local"`: never the session's cluster)."""
+def embedded_ray(ray_cluster):
+    """This process as a driver of the session's cluster (runs in-process, like `fusegen run` does)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
-             configure_logging=True, logging_level="WARNING")
-    yield
-    ray.shutdown()
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    if not ray.is_initialized():
+        ray.init(address=ray_cluster.gcs, configure_logging=True, logging_level="WARNING")
+    yield ray_cluster

@@ -44,8 +44,14 @@ def manifest(run_dir: Path, folder: str) -> dict:
 
 
 def export_rows(run_dir: Path) -> list[dict]:
-    table = pq.read_table(run_dir / "export" / "data", columns=["id", "doc_id", "query", "answer"])
-    return sorted(table.to_pylist(), key=lambda r: r["id"])
+    table = pq.read_table(run_dir / "export" / "data", columns=["id", "doc_id", "query", "answer", "image"])
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    # Compare images by content hash (the export materialises them from the run's store).
+    import hashlib
+
+    for r in rows:
+        r["image"] = hashlib.sha256(r["image"]["bytes"]).hexdigest() if r["image"] else None
+    return rows
 
 
 def run_job(cluster, job_id: str, args: list[str]) -> None:
@@ -115,6 +121,21 @@ def _wait_for_shards(cluster, job_id: str, run_dir: Path, at_least: int, timeout
     raise TimeoutError(f"doc2query committed {n} < {at_least} shards in {timeout}s:\n{cluster.logs(job_id)[-3000:]}")
 
 
+def _model_worker_pids() -> list[int]:
+    """This session's doc2query actors (Ray titles their processes `ray::MapWorker(...HFGenerateFn...)`)."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if "HFGenerateFn" in " ".join(p.info.get("cmdline") or []) and p.pid != os.getpid()]
+
+
+def stored_images(run_dir: Path) -> dict[str, str]:
+    """name -> SHA-256 of the contents, for every file in the run's image store."""
+    import hashlib
+
+    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in (run_dir / "_images").rglob("*.*")}
+
+
 def _driver_pids(run_dir: Path) -> list[int]:
     # `--` so pgrep does not read the pattern, which starts with a dash, as its own option.
     out = subprocess.run(["pgrep", "-f", "--", f"--run-dir {run_dir}"], check=False, capture_output=True, text=True).stdout
@@ -130,10 +151,15 @@ def test_stop_and_kill_mid_doc2query_then_resume_equals_clean_run(ray_cluster, c
     ray_cluster.stop("kill-a")
     assert ray_cluster.wait("kill-a") in ("STOPPED", "FAILED")
     assert manifest(run_dir, "02_doc2query")["status"] != "complete"
-    # 2. Resume, then `kill -9` of the driver process part-way again.
+    # 2. Resume, `kill -9` of a model worker mid-shard (Ray restarts it), then of the driver.
     ray_cluster.submit("kill-b", args)
     done_before = len(list((run_dir / "02_doc2query" / "_parts").glob("*.json")))
-    _wait_for_shards(ray_cluster, "kill-b", run_dir, done_before + 2)
+    _wait_for_shards(ray_cluster, "kill-b", run_dir, done_before + 1)
+    workers = _model_worker_pids()
+    assert workers, "no doc2query worker process found"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    _wait_for_shards(ray_cluster, "kill-b", run_dir, done_before + 3)
     pids = _driver_pids(run_dir)
     assert pids, "driver process not found"
     for pid in pids:
@@ -147,3 +173,9 @@ def test_stop_and_kill_mid_doc2query_then_resume_equals_clean_run(ray_cluster, c
     resumed, clean = export_rows(run_dir), export_rows(clean_run)
     assert len({r["id"] for r in resumed}) == len(resumed)
     assert resumed == clean
+    # The image store: the same images, each once, none half-written, none that no row references.
+    store = stored_images(run_dir)
+    assert store == stored_images(clean_run)
+    assert all(name == digest for name, digest in store.items())
+    ingest_rows = pq.read_table(run_dir / "01_ingest").to_pylist() + pq.read_table(run_dir / "01_ingest" / "_rejects").to_pylist()
+    assert set(store) == {r["image"]["sha256"] for r in ingest_rows if r.get("image")}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pipeline.config import build, to_dict
 from pipeline.errors import PipelineConfigError
 from pipeline.models.llm import LLMConfig
 from pipeline.settings import RunConfig, load_config
@@ -78,9 +78,11 @@ def test_run_dir_defaults_to_runs_slash_name(parent_child):
     assert load_config(parent_child).run_dir == "runs/child"
 
 
-def test_resolved_config_dict_builds_back_to_the_same_config(repo_root):
+def test_resolved_config_dict_loads_back_to_the_same_config(repo_root, tmp_path):
     cfg = load_config(repo_root / "configs" / "demo.yaml")
-    assert build(RunConfig, to_dict(cfg), "", {}) == cfg
+    resolved = tmp_path / "run.yaml"
+    resolved.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+    assert load_config(resolved) == cfg
 
 
 # --- --set overrides ----------------------------------------------------------------------------

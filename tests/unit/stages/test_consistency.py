@@ -9,7 +9,14 @@ import pytest
 from pipeline.config import to_dict
 from pipeline.errors import PipelineConfigError
 from pipeline.io.fs import RunFS
-from pipeline.io.pool_index import build_faiss, embedding_array, load_pool, pool_dir
+from pipeline.io.indexes import (
+    IndexHandle,
+    IndexSpec,
+    build_faiss,
+    embedding_array,
+    finish_index,
+    read_embeddings,
+)
 from pipeline.models.text_embed import TextEmbedConfig, passage_texts
 from pipeline.stage import REASON, SHARD, SRC, STATUS
 from pipeline.stages import consistency as mod
@@ -43,19 +50,25 @@ class FakeEmbedder:
         return np.stack([unit(QUERY_VECTORS[t]) for t in texts]) if texts else np.zeros((0, 3), np.float32)
 
 
+PARTS = ["text-x/part-000000.parquet", "text-x/part-000001.parquet"]
+
+
 @pytest.fixture
-def pool(tmp_path) -> tuple[str, str]:
-    run_fs = RunFS.from_uri(str(tmp_path / "run"))
+def pool(tmp_path) -> IndexHandle:
+    """The pool as the runner leaves it: embedding parts, then the finished faiss index."""
+    uri = str(tmp_path / "run" / "_index")
+    run_fs = RunFS.from_uri(uri)
     ids = list(POOL)
     vectors = np.stack([unit(v) for v in POOL.values()])
-    run_fs.write_parquet("_index/text-x/part-000000.parquet", pa.table({"id": ids[:2], "embedding": embedding_array(vectors[:2])}))
-    run_fs.write_parquet("_index/text-x/part-000001.parquet", pa.table({"id": ids[2:], "embedding": embedding_array(vectors[2:])}))
-    return str(tmp_path / "run"), "_index/text-x"
+    run_fs.write_parquet(PARTS[0], pa.table({"id": ids[:2], "embedding": embedding_array(vectors[:2])}))
+    run_fs.write_parquet(PARTS[1], pa.table({"id": ids[2:], "embedding": embedding_array(vectors[2:])}))
+    done = finish_index(uri, "text-x", PARTS, "flat", 0)
+    return IndexHandle(uri, "text-x", done["count"], done["dim"], done["kind"])
 
 
 def actor(monkeypatch, pool, top_k: int) -> ConsistencyFn:
     monkeypatch.setattr(mod, "TextEmbedder", FakeEmbedder)
-    return ConsistencyFn("unused", to_dict(ConsistencyConfig(top_k=top_k)), pool[0], pool[1])
+    return ConsistencyFn("unused", to_dict(ConsistencyConfig(top_k=top_k)), pool)
 
 
 def shard(queries: list[str], doc_ids: list[str]) -> pa.Table:
@@ -86,8 +99,8 @@ def test_decide(rank, src, query, expected):
     assert decide(rank, src, query) == expected
 
 
-def test_load_pool_concatenates_parts_in_order(pool):
-    ids, matrix = load_pool(RunFS.from_uri(pool[0]), pool[1])
+def test_read_embeddings_concatenates_parts_in_order(pool):
+    ids, matrix = read_embeddings(RunFS.from_uri(pool.uri), PARTS)
     assert ids == list(POOL) and matrix.shape == (4, 3) and matrix.dtype == np.float32
 
 
@@ -126,7 +139,8 @@ def test_ivf_index_on_a_big_pool_finds_exact_neighbours_of_pool_points():
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(4000, 16)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    index = build_faiss(matrix, "ivf", nlist=16, nprobe=16)
+    index = build_faiss(matrix, "ivf", nlist=16)
+    index.nprobe = 16
     _, hits = index.search(matrix[:50], 1)
     assert hits[:, 0].tolist() == list(range(50))
 
@@ -138,11 +152,12 @@ def test_ivf_on_a_small_pool_falls_back_to_exact_flat():
     assert isinstance(build_faiss(matrix, "ivf"), faiss.IndexFlatIP)
 
 
-def test_pool_dir_changes_with_the_upstream_fingerprint_and_the_embedder():
-    a = pool_dir("text", "fp1", {"model": "m"})
-    assert a.startswith("_index/text-")
-    assert a == pool_dir("text", "fp1", {"model": "m"})
-    assert len({a, pool_dir("text", "fp2", {"model": "m"}), pool_dir("text", "fp1", {"model": "n"})}) == 3
+def test_index_key_changes_with_the_source_fingerprint_and_the_embedder():
+    def key(fp: str, model: str) -> str:
+        return IndexSpec("text", "ingest", None, {"model": model}).key(fp)
+
+    assert key("fp1", "m") == key("fp1", "m")
+    assert len({key("fp1", "m"), key("fp2", "m"), key("fp1", "n")}) == 3
 
 
 def test_passage_texts_prefix_and_title():

@@ -1,4 +1,5 @@
-"""pipeline/stages/export.py: Parquet metadata that makes `datasets` load image structs as PIL images."""
+"""pipeline/stages/export.py: image references materialised from the store, and Parquet metadata that
+makes `datasets` load image columns (single and lists) as PIL images."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.io.image_store import HF_IMAGE, IMAGE_REF, ImageStore
 from pipeline.stage import REASON, STATUS
 from pipeline.stages.export import Export, ExportConfig, export_batch, hf_features_metadata, is_image_struct
-from pipeline.stages.ingest import IMAGE_TYPE
+
+IMAGE_TYPE = HF_IMAGE
 
 
 @pytest.fixture
@@ -23,18 +26,32 @@ def png() -> bytes:
 
 
 @pytest.fixture
-def rows(png) -> pa.Table:
-    """Export input as the runner commits it: public columns plus internal ones."""
+def store(tmp_path) -> ImageStore:
+    return ImageStore.from_uri(str(tmp_path / "run"))
+
+
+@pytest.fixture
+def rows(png, store) -> pa.Table:
+    """Export input as a stage hands it over: image references into the run's store, internal columns."""
+    ref = store.put(png, "png", 9, 8)
+    other = store.put(png[:-1] + b"\x00", "png", 9, 8)
     return pa.table(
         {
             "id": ["a-q0", "b-q0"],
             "query_index": pa.array([0, 0], pa.int32()),
-            "image": pa.array([{"bytes": png, "path": "a.png"}, None], IMAGE_TYPE),
+            "image": pa.array([ref, None], IMAGE_REF),
+            "neg_images": pa.array([[ref, other], []], pa.list_(IMAGE_REF)),
             "llm_raw": ['{"pairs": []}', "{}"],
             STATUS: ["ok", "ok"],
             REASON: ["", ""],
         }
     )
+
+
+def published(rows: pa.Table, store: ImageStore) -> pa.Table:
+    """What the export worker writes: materialised, public columns, with the features metadata."""
+    table = export_batch(rows, drop_raw=False, run_uri=store.run_fs.root).drop_columns([STATUS, REASON])
+    return Export(ExportConfig(), None).finish_part(table)
 
 
 @pytest.fixture
@@ -54,31 +71,36 @@ def test_is_image_struct_matches_only_bytes_and_path_structs():
     )
 
 
-def test_hf_features_metadata_marks_image_columns_as_image_features(rows):
-    features = json.loads(hf_features_metadata(rows.schema)[b"huggingface"])["info"]["features"]
+def test_hf_features_metadata_marks_image_columns_as_image_features(rows, store):
+    table = export_batch(rows, drop_raw=True, run_uri=store.run_fs.root)
+    features = json.loads(hf_features_metadata(table.schema)[b"huggingface"])["info"]["features"]
     assert (features["image"], features["id"]) == ({"_type": "Image"}, {"dtype": "string", "_type": "Value"})
 
 
-def test_commit_hook_describes_only_public_columns(rows):
-    meta = Export(ExportConfig(), None).commit_hook(rows, {}).schema.metadata
-    assert list(json.loads(meta[b"huggingface"])["info"]["features"]) == [
-        "id",
-        "query_index",
-        "image",
-        "llm_raw",
-    ]
+def test_finish_part_describes_every_written_column(rows, store):
+    meta = published(rows, store).schema.metadata
+    features = json.loads(meta[b"huggingface"])["info"]["features"]
+    assert list(features) == ["id", "query_index", "image", "neg_images", "llm_raw"]
+    assert features["neg_images"] == {"feature": {"_type": "Image"}, "_type": "List"}
 
 
-def test_datasets_loads_the_image_column_as_pil_images(rows, tmp_path, offline_hf, png):
+def test_export_materialises_references_as_the_stored_bytes(rows, store, png):
+    table = export_batch(rows, drop_raw=True, run_uri=store.run_fs.root)
+    first = table["image"][0].as_py()
+    assert (first["bytes"], first["path"].endswith(".png"), table["image"][1].as_py()) == (png, True, None)
+    assert [len(v) for v in table["neg_images"].to_pylist()] == [2, 0]
+
+
+def test_datasets_loads_image_columns_and_image_lists_as_pil_images(rows, store, tmp_path, offline_hf):
     import datasets
 
-    table = Export(ExportConfig(), None).commit_hook(rows, {}).drop_columns([STATUS, REASON])
-    pq.write_table(table, tmp_path / "train-000000.parquet")
+    pq.write_table(published(rows, store), tmp_path / "train-000000.parquet")
     ds = datasets.load_dataset(
         "parquet", data_files=str(tmp_path / "train-000000.parquet"), split="train", cache_dir=str(offline_hf)
     )
     first = ds[0]["image"]
     assert (isinstance(first, Image.Image), first.size, ds[1]["image"]) == (True, (9, 8), None)
+    assert [type(im) for im in ds[0]["neg_images"]] == [type(first)] * 2
 
 
 def test_export_batch_drops_llm_raw_when_asked(rows):

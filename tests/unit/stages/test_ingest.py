@@ -6,6 +6,7 @@ tagged with `_shard` / `_src` by `tag_rows`. No Ray.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from pipeline.config import to_dict
 from pipeline.io.corpus import plan_corpus, read_jsonl_shard
 from pipeline.io.fs import RunFS
+from pipeline.io.image_store import ImageStore
 from pipeline.io.shards import tag_rows
 from pipeline.stage import INTERNAL, OK, REASON, STATUS
 from pipeline.stages.ingest import (
@@ -42,7 +44,12 @@ def shard_table(folder: Path, records: list, name: str = "c.jsonl", shard: str =
 
 
 def run_ingest(folder: Path, records: list, **kwargs) -> list[dict]:
-    return ingest_batch(shard_table(folder, records, **kwargs), to_dict(CONFIG)).to_pylist()
+    return ingest(shard_table(folder, records, **kwargs), folder).to_pylist()
+
+
+def ingest(table: pa.Table, folder: Path) -> pa.Table:
+    """`ingest_batch` as the runner calls it, with the run's image store under `folder/run`."""
+    return ingest_batch(table, to_dict(CONFIG), str(folder / "run"))
 
 
 def no_images(path: str) -> bytes:
@@ -213,25 +220,42 @@ def test_ingest_batch_cites_file_and_line_as_source(batch):
 
 
 def test_ingest_batch_output_has_schema_plus_internal_columns(corpus_dir):
-    table = ingest_batch(shard_table(corpus_dir, [{"text": "x"}]), to_dict(CONFIG))
-    assert table.schema.names == OUTPUT_SCHEMA.names + ["_shard", "_src", STATUS, REASON]
+    table = ingest(shard_table(corpus_dir, [{"text": "x"}]), corpus_dir)
+    assert table.schema.names == OUTPUT_SCHEMA.names + ["_shard", "_src", "_parent", STATUS, REASON]
 
 
 def test_ingest_batch_keeps_shard_tags_in_row_order(corpus_dir):
-    table = ingest_batch(
-        shard_table(corpus_dir, [{"text": "a"}, b"junk", {"text": "c"}], shard="000042"), to_dict(CONFIG)
-    )
+    table = ingest(shard_table(corpus_dir, [{"text": "a"}, b"junk", {"text": "c"}], shard="000042"), corpus_dir)
     assert (table["_shard"].to_pylist(), table["_src"].to_pylist()) == (["000042"] * 3, [0, 1, 2])
 
 
-def test_ingest_batch_keeps_a_plain_png_byte_identical(batch, noise_png):
-    row = batch[[c[3] for c in CASES].index("png")]
-    assert row["image"] == {"bytes": noise_png, "path": "ok.png"}
+def stored(corpus_dir: Path, ref: dict) -> bytes:
+    return ImageStore.from_uri(str(corpus_dir / "run")).get(ref)
 
 
-def test_ingest_batch_stores_a_converted_gif_as_png_named_png(batch):
-    image = batch[[c[3] for c in CASES].index("gif")]["image"]
-    assert (image["path"], image["bytes"][:8]) == ("anim.png", b"\x89PNG\r\n\x1a\n")
+def test_ingest_batch_keeps_a_plain_png_byte_identical_in_the_store(batch, noise_png, corpus_dir):
+    ref = batch[[c[3] for c in CASES].index("png")]["image"]
+    assert (stored(corpus_dir, ref), ref["format"], ref["sha256"]) == (
+        noise_png, "png", hashlib.sha256(noise_png).hexdigest(),
+    )
+
+
+def test_ingest_batch_stores_a_converted_gif_as_png(batch, corpus_dir):
+    ref = batch[[c[3] for c in CASES].index("gif")]["image"]
+    assert (ref["format"], stored(corpus_dir, ref)[:8]) == ("png", b"\x89PNG\r\n\x1a\n")
+
+
+def test_ingest_batch_rows_carry_only_references_with_the_image_size(batch):
+    ref = batch[[c[3] for c in CASES].index("png")]["image"]
+    assert set(ref) == {"sha256", "width", "height", "format"} and ref["width"] > 0 and ref["height"] > 0
+
+
+def test_ingest_batch_run_twice_stores_each_image_once(corpus_dir):
+    records = [{"doc_id": "p1", "text": "a", "image": "images/ok.png"}, {"doc_id": "p2", "text": "b", "image": "images/ok.png"}]
+    first = run_ingest(corpus_dir, records)
+    again = run_ingest(corpus_dir, records)
+    listing = ImageStore.from_uri(str(corpus_dir / "run")).listing()
+    assert first[0]["image"] == again[1]["image"] and first[0]["image"]["sha256"] in listing
 
 
 def test_ingest_batch_normalises_text_to_nfc_and_collapses_whitespace(corpus_dir):
@@ -265,6 +289,16 @@ def statuses(table: pa.Table) -> list[tuple[str, str]]:
     return list(zip(table[STATUS].to_pylist(), table[REASON].to_pylist()))
 
 
+def committed(stage: Ingest, table: pa.Table, state: dict) -> list[tuple[str, str]]:
+    """What the committer makes of a shard: keys of the kept rows in, the hook's overrides applied."""
+    kept = [i for i, s in enumerate(table[STATUS].to_pylist()) if s == OK]
+    overrides = stage.commit_hook(stage.commit_keys(table.take(kept)), state)
+    out = statuses(table)
+    for position, decided in overrides.items():
+        out[kept[position]] = decided
+    return out
+
+
 DEDUP_RECORDS = [
     {"doc_id": "a", "text": "The first passage."},
     {"doc_id": "b", "text": "the  FIRST passage."},
@@ -275,8 +309,8 @@ DEDUP_RECORDS = [
 
 
 def test_commit_hook_filters_repeated_text_and_rejects_reused_doc_id(tmp_path):
-    table = ingest_batch(shard_table(tmp_path, DEDUP_RECORDS), to_dict(CONFIG))
-    assert statuses(Ingest(CONFIG, None).commit_hook(table, {})) == [
+    table = ingest(shard_table(tmp_path, DEDUP_RECORDS), tmp_path)
+    assert committed(Ingest(CONFIG, None), table, {}) == [
         ("ok", ""),
         ("filtered", "filter:duplicate_text"),
         ("rejected", "error:duplicate_doc_id"),
@@ -287,12 +321,10 @@ def test_commit_hook_filters_repeated_text_and_rejects_reused_doc_id(tmp_path):
 
 def test_commit_hook_state_carries_across_shards(tmp_path):
     stage, state = Ingest(CONFIG, None), {}
-    first = ingest_batch(shard_table(tmp_path, DEDUP_RECORDS[:1], name="1.jsonl"), to_dict(CONFIG))
-    second = ingest_batch(
-        shard_table(tmp_path, DEDUP_RECORDS[1:3], name="2.jsonl", shard="000001"), to_dict(CONFIG)
-    )
-    stage.commit_hook(first, state)
-    assert statuses(stage.commit_hook(second, state)) == [
+    first = ingest(shard_table(tmp_path, DEDUP_RECORDS[:1], name="1.jsonl"), tmp_path)
+    second = ingest(shard_table(tmp_path, DEDUP_RECORDS[1:3], name="2.jsonl", shard="000001"), tmp_path)
+    committed(stage, first, state)
+    assert committed(stage, second, state) == [
         ("filtered", "filter:duplicate_text"),
         ("rejected", "error:duplicate_doc_id"),
     ]
@@ -300,19 +332,15 @@ def test_commit_hook_state_carries_across_shards(tmp_path):
 
 def test_resume_state_rebuilt_from_committed_parts_dedups_the_next_shard(tmp_path):
     run_fs = RunFS.from_uri(str(tmp_path / "run"))
-    first = Ingest(CONFIG, None).commit_hook(
-        ingest_batch(shard_table(tmp_path, DEDUP_RECORDS[:1], name="1.jsonl"), to_dict(CONFIG)), {}
-    )
+    first = ingest(shard_table(tmp_path, DEDUP_RECORDS[:1], name="1.jsonl"), tmp_path)
     # What the runner commits: the kept rows without internal columns.
     run_fs.write_parquet(
         "01_ingest/part-000000.parquet", first.drop_columns([c for c in first.column_names if c in INTERNAL])
     )
     resumed = Ingest(CONFIG, None)
-    state = resumed.resume_state(run_fs, "01_ingest")
-    second = ingest_batch(
-        shard_table(tmp_path, DEDUP_RECORDS[1:], name="2.jsonl", shard="000001"), to_dict(CONFIG)
-    )
-    assert statuses(resumed.commit_hook(second, state)) == [
+    state = resumed.resume_state(run_fs, ("01_ingest/part-000000.parquet",))
+    second = ingest(shard_table(tmp_path, DEDUP_RECORDS[1:], name="2.jsonl", shard="000001"), tmp_path)
+    assert committed(resumed, second, state) == [
         ("filtered", "filter:duplicate_text"),
         ("rejected", "error:duplicate_doc_id"),
         ("rejected", "error:empty_text"),
@@ -321,7 +349,7 @@ def test_resume_state_rebuilt_from_committed_parts_dedups_the_next_shard(tmp_pat
 
 
 def test_resume_state_of_an_empty_parts_folder_is_empty(tmp_path):
-    assert Ingest(CONFIG, None).resume_state(RunFS.from_uri(str(tmp_path)), "01_ingest") == {
+    assert Ingest(CONFIG, None).resume_state(RunFS.from_uri(str(tmp_path)), ()) == {
         "hash": set(),
         "id": set(),
     }

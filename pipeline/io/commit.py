@@ -1,0 +1,296 @@
+"""Workers write, the driver commits (DESIGN §2b).
+
+The last step of every stage's Ray Data pipeline is `write_pieces`, run by the worker that holds
+the block: it splits the block by shard, writes each shard piece's kept rows and rejects as Parquet
+files under their final names in the run dir (each file itself written to a temporary name and
+renamed), and returns one small *receipt* per piece: shard id, the input rows it covers with their
+unit counts, status counts, reason counts, file names and, for stages with a stateful commit hook,
+keys. Row data never reaches the driver.
+
+`ShardCommitter` (driver) collects receipts, and once every input row of a shard is accounted for
+(each input row's units all arrived: the stage's fixed fan-out or its `_n` column), it checks the
+ledger and writes the shard's marker `_parts/<shard>.json`, last. A shard counts as done only when its
+marker exists; files that no marker names are garbage (a crash between a piece's write and its
+commit) and `remove_garbage` deletes them on resume and when the stage completes. This holds when
+Ray Data splits a shard into several blocks or merges shards into one: pieces are per shard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.columns import FILTERED, INTERNAL, NROWS, OK, PARENT, REASON, REJECTED, SHARD, SLOT, SRC, STATUS
+from pipeline.errors import LedgerError, StageInputError
+from pipeline.io.fs import RunFS
+from pipeline.io.manifest import PARTS_MARK, REJECTS, check_ledger
+
+RECEIPT = pa.schema([
+    ("shard", pa.string()),
+    ("srcs", pa.list_(pa.int64())),
+    ("src_units", pa.list_(pa.int32())),
+    ("src_expected", pa.list_(pa.int32())),
+    ("out", pa.int64()),
+    ("filtered", pa.int64()),
+    ("rejected", pa.int64()),
+    ("reasons", pa.string()),
+    ("parts", pa.list_(pa.string())),
+    ("part_rows", pa.list_(pa.int64())),
+    ("rejects", pa.list_(pa.string())),
+    ("keys", pa.string()),
+])
+
+
+def reject_table(dropped: pa.Table) -> pa.Table:
+    """Rejects keep the row's id, its parent row's id, the reason and the columns that are not bytes
+    (image bytes are dropped; image references are kept)."""
+
+    def has_bytes(tp: pa.DataType) -> bool:
+        if pa.types.is_binary(tp) or pa.types.is_large_binary(tp):
+            return True
+        if pa.types.is_struct(tp):
+            return any(has_bytes(tp.field(i).type) for i in range(tp.num_fields))
+        if pa.types.is_list(tp) or pa.types.is_large_list(tp):
+            return has_bytes(tp.value_type)
+        return False
+
+    keep = [c for c in dropped.column_names if c not in INTERNAL and not has_bytes(dropped.schema.field(c).type)]
+    if "id" not in keep:
+        raise StageInputError("rejects need an `id` column; the stage must set one on every row")
+    out = dropped.select(keep)
+    if PARENT in dropped.column_names and "parent_id" not in keep:
+        out = out.append_column("parent_id", dropped[PARENT])
+    return out.append_column("reason", dropped[REASON]).append_column("status", dropped[STATUS])
+
+
+def write_pieces(table: pa.Table, run_uri: str, stage, stage_dir: str, parts_dir: str) -> pa.Table:
+    """Ray Data task, the last step of a stage: write this block's rows, return receipts only."""
+    run_fs = RunFS.from_uri(run_uri)
+    receipts = []
+    if table.num_rows == 0:
+        return RECEIPT.empty_table()
+    for shard in pc.unique(table[SHARD]).to_pylist():
+        piece = table.filter(pc.equal(table[SHARD], shard))
+        receipts.append(_write_piece(piece, shard, run_fs, stage, stage_dir, parts_dir))
+    return pa.Table.from_pylist(receipts, schema=RECEIPT)
+
+
+def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: str, parts_dir: str) -> dict:
+    has_slot = SLOT in piece.column_names
+    piece = piece.sort_by([(SRC, "ascending")] + ([(SLOT, "ascending")] if has_slot else []))
+    first_src = piece[SRC][0].as_py()
+    first_slot = piece[SLOT][0].as_py() if has_slot else 0
+    name = f"{shard}-{first_src:06d}-{first_slot:03d}"
+    status = piece[STATUS]
+    unknown = set(pc.unique(status).to_pylist()) - {OK, FILTERED, REJECTED}
+    if unknown:
+        raise LedgerError(f"{stage.name}: unknown row status {sorted(map(str, unknown))} in shard {shard}")
+    kept = piece.filter(pc.equal(status, OK))
+    dropped = piece.filter(pc.not_equal(status, OK))
+    parts, part_rows, rejects, keys = [], [], [], None
+    if kept.num_rows:
+        public = kept.drop_columns([c for c in kept.column_names if c in INTERNAL])
+        rel = f"{parts_dir}/{stage.part_prefix}-{name}.parquet"
+        run_fs.write_parquet(rel, stage.finish_part(public))
+        parts, part_rows = [rel], [kept.num_rows]
+        found = stage.commit_keys(public)
+        keys = json.dumps(found) if found is not None else None
+    if dropped.num_rows:
+        rel = f"{stage_dir}/{REJECTS}/part-{name}.parquet"
+        run_fs.write_parquet(rel, reject_table(dropped))
+        rejects = [rel]
+    srcs, units, expected = _coverage(piece, stage.fanout)
+    counts = Counter(status.to_pylist())
+    return {
+        "shard": shard, "srcs": srcs, "src_units": units, "src_expected": expected,
+        "out": counts.get(OK, 0), "filtered": counts.get(FILTERED, 0), "rejected": counts.get(REJECTED, 0),
+        "reasons": json.dumps(dict(Counter(dropped[REASON].to_pylist()))),
+        "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys,
+    }
+
+
+def _coverage(piece: pa.Table, fanout: int | None) -> tuple[list[int], list[int], list[int]]:
+    """Per input row in the piece: (src, units here, units expected in all)."""
+    srcs = piece[SRC].to_pylist()
+    if fanout is None:
+        if NROWS not in piece.column_names:
+            raise LedgerError("a stage with a variable fan-out must set `_n` (units of the input row) on every unit")
+        totals = dict(zip(srcs, piece[NROWS].to_pylist()))
+    else:
+        totals = dict.fromkeys(srcs, fanout)
+    counts = Counter(srcs)
+    order = sorted(counts)
+    return order, [counts[s] for s in order], [int(totals[s]) for s in order]
+
+
+class ShardCommitter:
+    """Driver side: receipts in, one marker per finished shard out (ledger checked, marker last).
+
+    `rewrite(pieces, overrides)` applies a commit hook's decisions to files already written (a Ray
+    task in the runner, so rows stay off the driver); it returns the new (parts, part_rows, rejects).
+    """
+
+    def __init__(self, run_fs: RunFS, stage, stage_dir: str, pending, state: dict, progress,
+                 rewrite: Callable | None = None) -> None:
+        self.run_fs, self.stage, self.stage_dir = run_fs, stage, stage_dir
+        self.specs = {s.shard: s for s in pending}
+        self.order = [s.shard for s in pending]
+        self.pieces: dict[str, list[dict]] = {}
+        self.units: dict[str, dict[int, list[int]]] = {}
+        self.ready: set[str] = set()
+        self.committed: set[str] = set()
+        self.state, self.progress, self.rewrite = state, progress, rewrite
+        self.receipt_bytes = 0
+
+    def add(self, receipts: pa.Table) -> None:
+        self.receipt_bytes += receipts.nbytes
+        for receipt in receipts.to_pylist():
+            self._accept(receipt)
+        self._flush()
+
+    def _accept(self, receipt: dict) -> None:
+        shard = receipt["shard"]
+        where = f"{self.stage.name}: shard {shard!r}"
+        if shard in self.committed:
+            raise LedgerError(f"{where}: rows arrived after the shard was committed (a block was sent twice)")
+        if shard not in self.specs:
+            raise LedgerError(f"{where}: rows for a shard that is not pending in this run")
+        rows = self.specs[shard].rows
+        seen = self.units.setdefault(shard, {})
+        for src, n, expected in zip(receipt["srcs"], receipt["src_units"], receipt["src_expected"]):
+            if not 0 <= src < rows:
+                raise LedgerError(f"{where}: a unit names input row {src}, but the shard has {rows} rows")
+            got = seen.setdefault(src, [0, expected])
+            got[0] += n
+            if got[1] != expected or got[0] > expected:
+                raise LedgerError(f"{where}: input row {src} produced {got[0]} units, expected {expected}")
+        self.pieces.setdefault(shard, []).append(receipt)
+        if len(seen) == rows and all(n == expected for n, expected in seen.values()):
+            self.ready.add(shard)
+
+    def _flush(self) -> None:
+        while self.order:
+            if self.order[0] in self.ready:
+                shard = self.order[0]
+            elif self.stage.ordered_commit:
+                return
+            else:
+                shard = next((s for s in self.order if s in self.ready), None)
+                if shard is None:
+                    return
+            self._commit(shard)
+            self.order.remove(shard)
+            self.ready.discard(shard)
+            self.committed.add(shard)
+
+    def _commit(self, shard: str) -> None:
+        spec = self.specs[shard]
+        # Pieces sort by their first (input row, unit): the file order a clean run has.
+        pieces = sorted(self.pieces.pop(shard), key=lambda r: (r["parts"] + r["rejects"])[0])
+        self.units.pop(shard, None)
+        rows = {"in": 0, "out": 0, "filtered": 0, "rejected": 0}
+        reasons: Counter = Counter()
+        for r in pieces:
+            rows["out"] += r["out"]
+            rows["filtered"] += r["filtered"]
+            rows["rejected"] += r["rejected"]
+            reasons.update(json.loads(r["reasons"]))
+        rows["in"] = rows["out"] + rows["filtered"] + rows["rejected"]
+        parts = [p for r in pieces for p in r["parts"]]
+        part_rows = [n for r in pieces for n in r["part_rows"]]
+        rejects = [p for r in pieces for p in r["rejects"]]
+        if self.stage.fanout is not None and rows["in"] != spec.rows * self.stage.fanout:
+            raise LedgerError(f"{self.stage.name} shard {shard}: {rows['in']} units for {spec.rows} rows")
+        overrides = self._overrides(pieces)
+        if overrides:
+            parts, part_rows, new_rejects = self.rewrite(parts, part_rows, overrides)
+            rejects += new_rejects
+            for status, reason in overrides.values():
+                rows["out"] -= 1
+                rows[status] += 1
+                reasons[reason] += 1
+        check_ledger(f"{self.stage.name} shard {shard}", rows)
+        marker = {
+            "shard": shard, "input_rows": spec.rows, "rows": rows, "reasons": dict(reasons),
+            "files": {"parts": parts, "part_rows": part_rows, "rejects": rejects},
+        }
+        self.run_fs.write_json(f"{self.stage_dir}/{PARTS_MARK}/{shard}.json", marker)
+        self.progress.update(spec.rows, rows)
+
+    def _overrides(self, pieces: list[dict]) -> dict[int, tuple[str, str]]:
+        keys: dict[str, list] = {}
+        for r in pieces:
+            for name, values in json.loads(r["keys"] or "{}").items():
+                keys.setdefault(name, []).extend(values)
+        if not keys:
+            return {}
+        overrides = self.stage.commit_hook(keys, self.state)
+        bad = {s for s, _ in overrides.values()} - {FILTERED, REJECTED}
+        if bad:
+            raise LedgerError(f"{self.stage.name}: commit_hook returned statuses {sorted(bad)}")
+        return overrides
+
+    def finish(self) -> None:
+        if self.order:
+            raise LedgerError(
+                f"{self.stage.name}: the stream ended but {len(self.order)} shard(s) never came back "
+                f"complete (first: {self.order[0]}); rerun to resume"
+            )
+
+
+def rewrite_parts(run_uri: str, stage_dir: str, parts: list[str], part_rows: list[int],
+                  overrides: dict[int, tuple[str, str]]) -> tuple[list[str], list[int], list[str]]:
+    """Move the rows a commit hook turned away from written parts into rejects (new file names; the old
+    files become garbage once the marker names the new ones). Runs as a Ray task, next to the data."""
+    run_fs = RunFS.from_uri(run_uri)
+    new_parts, new_rows, rejects, offset = [], [], [], 0
+    for rel, n in zip(parts, part_rows):
+        mine = {pos - offset: v for pos, v in overrides.items() if offset <= pos < offset + n}
+        offset += n
+        if not mine:
+            new_parts.append(rel)
+            new_rows.append(n)
+            continue
+        table = run_fs.read_parquet(rel)
+        drop = pa.array([i in mine for i in range(table.num_rows)])
+        kept, gone = table.filter(pc.invert(drop)), table.filter(drop)
+        stem = rel[: -len(".parquet")]
+        if kept.num_rows:
+            new_parts.append(f"{stem}d.parquet")
+            new_rows.append(kept.num_rows)
+            run_fs.write_parquet(new_parts[-1], kept.replace_schema_metadata(table.schema.metadata))
+        decided = [mine[i] for i in sorted(mine)]
+        gone = gone.append_column(STATUS, pa.array([s for s, _ in decided], pa.string()))
+        gone = gone.append_column(REASON, pa.array([r for _, r in decided], pa.string()))
+        reject_rel = f"{stage_dir}/{REJECTS}/{stem.rsplit('/', 1)[-1]}d.parquet"
+        run_fs.write_parquet(reject_rel, reject_table(gone))
+        rejects.append(reject_rel)
+    return new_parts, new_rows, rejects
+
+
+def committed_files(run_fs: RunFS, stage_dir: str) -> tuple[list[str], list[str]]:
+    """(parts, rejects) named by the stage's markers, in shard order."""
+    parts, rejects = [], []
+    for name in run_fs.listdir(f"{stage_dir}/{PARTS_MARK}", ".json"):
+        files = (run_fs.read_json(f"{stage_dir}/{PARTS_MARK}/{name}") or {}).get("files") or {}
+        parts += files.get("parts", [])
+        rejects += files.get("rejects", [])
+    return parts, rejects
+
+
+def remove_garbage(run_fs: RunFS, stage_dir: str, parts_dir: str) -> int:
+    """Delete part and reject files (and temporaries) that no committed marker names; returns how many."""
+    parts, rejects = committed_files(run_fs, stage_dir)
+    named = set(parts) | set(rejects)
+    removed = 0
+    for folder in {parts_dir, f"{stage_dir}/{REJECTS}"}:
+        for rel in run_fs.list_files(folder):
+            name = rel.rsplit("/", 1)[-1]
+            if name.endswith((".parquet", ".tmp")) and rel not in named:
+                run_fs.delete_file(rel)
+                removed += 1
+    return removed

@@ -1,0 +1,180 @@
+"""Declared indexes: a pool of an earlier stage's rows embedded once, persisted as a faiss index.
+
+A stage declares an `IndexSpec` (which section's output, which embedding side stage, what identifies
+the vectors). The runner builds it once per identity under `<index root>/<name>-<key>/`, where the
+root is the run's `_index/` or a shared `index_dir` two runs can reuse:
+  part-*.parquet, _parts/, _manifest.json   the embedding side stage (resumable shard by shard)
+  ids.parquet, index.faiss [, vectors.npy]  the finished index, written by one Ray task
+  _index.json                               written last: the index is complete
+Each actor opens the index memory-mapped (`faiss.IO_FLAG_MMAP`; an index on an object store is
+copied to the node's cache once), so nothing is rebuilt, retrained or held twice per actor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.io.fs import RunFS
+
+INDEX_ROOT = "_index"
+DONE = "_index.json"
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    # The stage's name for the index and the folder prefix (`text`, `image`, `gme`).
+    name: str
+    # Config section whose committed output is embedded (`ingest`: the passage pool).
+    source: str
+    # A Stage whose rows are (id, embedding): the runner runs it over the source's parts.
+    embed: Any
+    # What makes the vectors (model id, embedder settings): with the source fingerprint, the key.
+    identity: dict = field(default_factory=dict)
+    kind: str = "flat"
+    nlist: int = 0
+
+    def key(self, source_fingerprint: str) -> str:
+        blob = json.dumps({"source": source_fingerprint, "identity": self.identity, "kind": self.kind,
+                           "nlist": self.nlist}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class IndexHandle:
+    """What an actor needs to open a finished index (picklable, small)."""
+
+    uri: str
+    folder: str
+    count: int
+    dim: int
+    kind: str
+
+    def open(self, cache_dir: str = "~/.cache/fusegen/index") -> OpenIndex:
+        run_fs = RunFS.from_uri(self.uri)
+        local = _local_copy(run_fs, self.folder, os.path.expanduser(cache_dir))
+        return OpenIndex(local, self)
+
+
+class OpenIndex:
+    """An index opened in an actor: `search`, `ids`, `row_of`, `vector(i)`."""
+
+    def __init__(self, local_dir: str, handle: IndexHandle) -> None:
+        import faiss
+        import pyarrow.parquet as pq
+
+        self.ids: list[str] = pq.read_table(f"{local_dir}/ids.parquet")["id"].to_pylist()
+        self.row_of = {doc_id: i for i, doc_id in enumerate(self.ids)}
+        self.index = faiss.read_index(f"{local_dir}/index.faiss", faiss.IO_FLAG_MMAP) if self.ids else None
+        self.vectors = np.load(f"{local_dir}/vectors.npy", mmap_mode="r") if handle.kind != "flat" else None
+
+    def vector(self, row: int) -> np.ndarray:
+        if self.vectors is not None:
+            return np.asarray(self.vectors[row])
+        return self.index.reconstruct(int(row))
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is None or not len(queries):
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = nprobe
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
+
+
+def _local_copy(run_fs: RunFS, folder: str, cache_dir: str) -> str:
+    """The folder on local disk: itself on a local filesystem, else a copy in the node's cache."""
+    import pyarrow.fs as pafs
+
+    if isinstance(run_fs.fs, pafs.LocalFileSystem):
+        return run_fs.path(folder)
+    target = os.path.join(cache_dir, folder.replace("/", "_"))
+    if not os.path.exists(os.path.join(target, DONE)):
+        tmp = f"{target}.{os.getpid()}.tmp"
+        os.makedirs(tmp, exist_ok=True)
+        for name in ("ids.parquet", "index.faiss", "vectors.npy", DONE):
+            if run_fs.exists(f"{folder}/{name}"):
+                with open(os.path.join(tmp, name), "wb") as out:
+                    out.write(run_fs.read_bytes(f"{folder}/{name}"))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another actor on this node finished its copy first; use that one.
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+
+
+def read_embeddings(run_fs: RunFS, parts: list[str]) -> tuple[list[str], np.ndarray]:
+    """(ids, float32 matrix n x dim) from embedding parts (paths relative to `run_fs`), in order."""
+    ids, blocks = [], []
+    for rel in parts:
+        table = run_fs.read_parquet(rel, columns=["id", "embedding"])
+        ids += table["id"].to_pylist()
+        column = table["embedding"].combine_chunks()
+        blocks.append(column.values.to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size))
+    if not blocks:
+        return [], np.zeros((0, 0), np.float32)
+    return ids, np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
+
+
+def build_faiss(matrix: np.ndarray, kind: str = "flat", nlist: int = 0):
+    """Inner-product index over L2-normalised rows (= cosine). `ivf` for big pools, exact `flat` else.
+
+    IVF falls back to flat below 40 points per list (faiss's own training minimum); nlist 0 = 4*sqrt(n).
+    """
+    import faiss
+
+    n, dim = matrix.shape
+    if kind == "ivf":
+        lists = nlist or max(1, int(4 * np.sqrt(n)))
+        if n >= 40 * lists:
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = 1234  # deterministic k-means: reruns give the same lists, hence the same ranks
+            index.train(matrix)
+            index.add(matrix)
+            return index
+    index = faiss.IndexFlatIP(dim)
+    index.add(matrix)
+    return index
+
+
+def finish_index(uri: str, folder: str, parts: list[str], kind: str, nlist: int) -> dict:
+    """Ray task: embedding parts -> ids.parquet, index.faiss (and vectors.npy for IVF), then _index.json."""
+    import tempfile
+
+    import faiss
+
+    started = time.monotonic()
+    run_fs = RunFS.from_uri(uri)
+    ids, matrix = read_embeddings(run_fs, parts)
+    run_fs.write_parquet(f"{folder}/ids.parquet", pa.table({"id": pa.array(ids, pa.string())}))
+    dim = int(matrix.shape[1]) if len(ids) else 0
+    built = "flat"
+    if ids:
+        index = build_faiss(matrix, kind, nlist)
+        built = "flat" if isinstance(index, faiss.IndexFlat) else "ivf"
+        with tempfile.TemporaryDirectory() as tmp:
+            faiss.write_index(index, f"{tmp}/index.faiss")
+            with open(f"{tmp}/index.faiss", "rb") as f:
+                run_fs.write_bytes(f"{folder}/index.faiss", f.read())
+            if built != "flat":
+                np.save(f"{tmp}/vectors.npy", matrix)
+                with open(f"{tmp}/vectors.npy", "rb") as f:
+                    run_fs.write_bytes(f"{folder}/vectors.npy", f.read())
+    done = {"count": len(ids), "dim": dim, "kind": built, "seconds": round(time.monotonic() - started, 3)}
+    run_fs.write_json(f"{folder}/{DONE}", done)
+    return done

@@ -1,0 +1,51 @@
+"""The skeleton every JSON-producing LLM stage shares: prepare -> render -> generate -> parse -> decide.
+
+A subclass names its prompt files, a glue function that adds `_messages` to a shard (render), the
+JSON schema the model must follow, and a glue function that parses `_raw` into its output columns
+and sets `_status` / `_reason` (parse and decide). The backend in between (transformers, vllm,
+openai) comes from the stage's `llm` config, so every LLM stage runs on every backend the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from pipeline.config import to_dict
+from pipeline.models.llm import generate_json
+from pipeline.prompts import load_sources
+from pipeline.stage import Stage, glue_map
+
+
+class LLMStage(Stage):
+    # Ray Data tasks: (table, sources, cfg) -> table with `_messages`; (table, cfg) -> parsed table.
+    render_batch: ClassVar[Callable]
+    parse_batch: ClassVar[Callable]
+
+    def check_prompts(self) -> None:
+        """Render one made-up row on the driver, so a template variable the stage lacks fails early."""
+
+    @abc.abstractmethod
+    def schema(self) -> dict:
+        """The JSON schema the model's output must follow."""
+
+    def prepare(self) -> None:
+        from pipeline.models.sources import resolve_model
+
+        self.sources = load_sources(self.context.prompts_dir, self.prompt_files)
+        self.check_prompts()
+        llm = self.config.llm
+        self.model_path, self.model_id = resolve_model(
+            llm.model, self.context.cache_dir, llm.fallback_model, f"{self.name}.llm"
+        )
+
+    def models(self) -> dict[str, str]:
+        return {"llm": f"{self.model_id} via {self.config.llm.backend}"}
+
+    def apply(self, ds: Any) -> Any:
+        cfg = to_dict(self.config)
+        render, parse = type(self).render_batch, type(self).parse_batch
+        ds = glue_map(ds, render, fn_kwargs={"sources": self.sources, "cfg": cfg})
+        ds = generate_json(ds, self.config.llm, self.model_path, self.schema(), self.config.resources)
+        return glue_map(ds, parse, fn_kwargs={"cfg": cfg})

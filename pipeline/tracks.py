@@ -1,0 +1,45 @@
+"""The track registry: `pipeline: gme | megapairs` -> an ordered tuple of (config section, stage class).
+
+A track names its config sections; the same stage class may serve under two sections (or in two
+tracks) with different configs, and the section is the stage's name in the run dir, the manifests
+and the fingerprints. A run config lists a subset of its track's sections in track order; it must
+start with the track's first section and end with its last. The MegaPairs track registers here when
+its stages land.
+"""
+
+from __future__ import annotations
+
+from pipeline.stages.consistency import Consistency
+from pipeline.stages.doc2query import Doc2Query
+from pipeline.stages.entities import Entities
+from pipeline.stages.export import Export
+from pipeline.stages.ingest import Ingest
+
+TRACKS: dict[str, tuple[tuple[str, type], ...]] = {}
+
+
+def register_track(name: str, sections: tuple[tuple[str, type], ...]) -> None:
+    """Add (or replace) a track. Section names must be unique within the track."""
+    names = [s for s, _ in sections]
+    if len(set(names)) != len(names):
+        raise ValueError(f"track {name!r}: section names repeat: {names}")
+    if not sections:
+        raise ValueError(f"track {name!r} has no sections")
+    TRACKS[name] = tuple(sections)
+
+
+def sections(track: str) -> dict[str, type]:
+    """Section -> stage class of a track, in track order."""
+    return dict(TRACKS[track])
+
+
+register_track(
+    "gme",
+    (
+        ("ingest", Ingest),
+        ("doc2query", Doc2Query),
+        ("consistency", Consistency),
+        ("entities", Entities),
+        ("export", Export),
+    ),
+)

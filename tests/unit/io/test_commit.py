@@ -1,0 +1,250 @@
+"""pipeline/io/commit.py: worker-side piece writes, receipts, and the driver's shard commits. No Ray.
+
+Blocks are built as a stage would hand them to `write_pieces`; receipts go to a `ShardCommitter` the
+way the runner streams them, in any order, split or merged.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.columns import NROWS, PARENT, REASON, SHARD, SLOT, SRC, STATUS
+from pipeline.errors import LedgerError
+from pipeline.io.commit import (
+    RECEIPT,
+    ShardCommitter,
+    committed_files,
+    reject_table,
+    remove_garbage,
+    rewrite_parts,
+    write_pieces,
+)
+from pipeline.io.fs import RunFS
+from pipeline.io.image_store import IMAGE_REF
+from pipeline.stage import Stage, StageConfig
+
+
+class Pass(Stage):
+    name = "pass"
+    config_cls = StageConfig
+
+    def __init__(self, fanout: int | None = 1, ordered: bool = False) -> None:
+        super().__init__(StageConfig(), None)
+        self._fanout = fanout
+        self.ordered_commit = ordered
+
+    @property
+    def fanout(self) -> int | None:
+        return self._fanout
+
+    def apply(self, ds):
+        return ds
+
+
+class Dedup(Pass):
+    """Keeps the first row of each `text`: a stateful hook that sees keys only."""
+
+    def __init__(self) -> None:
+        super().__init__(ordered=True)
+
+    def commit_keys(self, kept: pa.Table) -> dict[str, list]:
+        return {"text": kept["text"].to_pylist()}
+
+    def commit_hook(self, keys: dict[str, list], state: dict) -> dict[int, tuple[str, str]]:
+        seen = state.setdefault("seen", set())
+        out = {}
+        for i, text in enumerate(keys["text"]):
+            if text in seen:
+                out[i] = ("filtered", "filter:duplicate_text")
+            seen.add(text)
+        return out
+
+
+def block(shard: str, srcs: list[int], statuses: list[str] | None = None, slots: list[int] | None = None,
+          totals: list[int] | None = None, texts: list[str] | None = None) -> pa.Table:
+    n = len(srcs)
+    statuses = statuses or ["ok"] * n
+    cols = {
+        "id": [f"{shard}-{s}-{k}" for s, k in zip(srcs, slots or [0] * n)],
+        "text": texts or [f"row {shard}/{s}" for s in srcs],
+        SHARD: [shard] * n, SRC: pa.array(srcs, pa.int64()), PARENT: [f"p{s}" for s in srcs],
+        STATUS: statuses, REASON: ["" if s == "ok" else "filter:dropped" for s in statuses],
+    }
+    if slots is not None:
+        cols[SLOT] = pa.array(slots, pa.int32())
+    if totals is not None:
+        cols[NROWS] = pa.array(totals, pa.int32())
+    return pa.table(cols)
+
+
+@pytest.fixture
+def run_fs(tmp_path) -> RunFS:
+    return RunFS.from_uri(str(tmp_path / "run"))
+
+
+def committer(run_fs: RunFS, stage: Stage, shards: dict[str, int], rewrite=None) -> ShardCommitter:
+    specs = [SimpleNamespace(shard=s, rows=n) for s, n in shards.items()]
+    progress = SimpleNamespace(update=lambda n, rows: None)
+    return ShardCommitter(run_fs, stage, "02_pass", specs, {}, progress, rewrite)
+
+
+def receipts(run_fs: RunFS, stage: Stage, table: pa.Table) -> pa.Table:
+    return write_pieces(table, run_fs.root, stage, "02_pass", "02_pass")
+
+
+def markers(run_fs: RunFS) -> dict[str, dict]:
+    return {n[:-5]: run_fs.read_json(f"02_pass/_parts/{n}") for n in run_fs.listdir("02_pass/_parts", ".json")}
+
+
+def test_receipts_hold_no_row_data(run_fs):
+    out = receipts(run_fs, Pass(), block("000000", [0, 1, 2], ["ok", "filtered", "ok"]))
+    assert out.schema == RECEIPT
+    (r,) = out.to_pylist()
+    assert (r["srcs"], r["out"], r["filtered"], json.loads(r["reasons"])) == ([0, 1, 2], 2, 1, {"filter:dropped": 1})
+    assert "row 000000/0" not in json.dumps(r)
+
+
+def test_worker_writes_kept_rows_and_rejects_under_the_names_the_receipt_gives(run_fs):
+    (r,) = receipts(run_fs, Pass(), block("000000", [0, 1], ["ok", "filtered"])).to_pylist()
+    kept = run_fs.read_parquet(r["parts"][0])
+    rejected = run_fs.read_parquet(r["rejects"][0]).to_pylist()
+    assert kept.column_names == ["id", "text"] and kept.num_rows == 1
+    assert (rejected[0]["parent_id"], rejected[0]["reason"]) == ("p1", "filter:dropped")
+
+
+def test_a_shard_split_over_two_blocks_commits_once_both_arrived(run_fs):
+    stage = Pass()
+    c = committer(run_fs, stage, {"000000": 4})
+    c.add(receipts(run_fs, stage, block("000000", [2, 3])))
+    assert markers(run_fs) == {}
+    c.add(receipts(run_fs, stage, block("000000", [0, 1])))
+    marker = markers(run_fs)["000000"]
+    assert marker["rows"] == {"in": 4, "out": 4, "filtered": 0, "rejected": 0}
+    # Pieces are listed in row order whatever order they arrived in.
+    assert [p.rsplit("/", 1)[1] for p in marker["files"]["parts"]] == [
+        "part-000000-000000-000.parquet", "part-000000-000002-000.parquet",
+    ]
+
+
+def test_a_block_holding_two_shards_commits_both(run_fs):
+    stage = Pass()
+    c = committer(run_fs, stage, {"000000": 2, "000001": 1})
+    c.add(receipts(run_fs, stage, pa.concat_tables([block("000000", [0, 1]), block("000001", [0])])))
+    c.finish()
+    assert sorted(markers(run_fs)) == ["000000", "000001"]
+
+
+def test_rows_arriving_for_a_committed_shard_are_an_error(run_fs):
+    stage = Pass()
+    c = committer(run_fs, stage, {"000000": 1})
+    c.add(receipts(run_fs, stage, block("000000", [0])))
+    with pytest.raises(LedgerError, match="after the shard was committed"):
+        c.add(receipts(run_fs, stage, block("000000", [0])))
+
+
+def test_rows_for_an_unknown_shard_are_an_error(run_fs):
+    stage = Pass()
+    with pytest.raises(LedgerError, match="not pending"):
+        committer(run_fs, stage, {"000000": 1}).add(receipts(run_fs, stage, block("000009", [0])))
+
+
+def test_a_unit_naming_a_row_beyond_the_shard_is_an_error(run_fs):
+    stage = Pass()
+    with pytest.raises(LedgerError, match="input row 5"):
+        committer(run_fs, stage, {"000000": 2}).add(receipts(run_fs, stage, block("000000", [5])))
+
+
+def test_a_shard_that_never_completes_fails_finish(run_fs):
+    stage = Pass()
+    c = committer(run_fs, stage, {"000000": 3})
+    c.add(receipts(run_fs, stage, block("000000", [0, 1])))
+    with pytest.raises(LedgerError, match="never came back complete"):
+        c.finish()
+    assert markers(run_fs) == {}
+
+
+def test_fixed_fanout_waits_for_every_slot_of_a_row_split_across_blocks(run_fs):
+    stage = Pass(fanout=3)
+    c = committer(run_fs, stage, {"000000": 1})
+    c.add(receipts(run_fs, stage, block("000000", [0, 0], slots=[0, 1])))
+    assert markers(run_fs) == {}
+    c.add(receipts(run_fs, stage, block("000000", [0], slots=[2])))
+    assert markers(run_fs)["000000"]["rows"]["in"] == 3
+
+
+def test_variable_fanout_counts_units_by_the_n_column(run_fs):
+    stage = Pass(fanout=None)
+    c = committer(run_fs, stage, {"000000": 2})
+    table = block("000000", [0, 0, 1], ["ok", "filtered", "filtered"], slots=[0, 1, 0], totals=[2, 2, 1])
+    c.add(receipts(run_fs, stage, table))
+    marker = markers(run_fs)["000000"]
+    assert (marker["input_rows"], marker["rows"]) == (2, {"in": 3, "out": 1, "filtered": 2, "rejected": 0})
+
+
+def test_variable_fanout_with_more_units_than_announced_is_an_error(run_fs):
+    stage = Pass(fanout=None)
+    c = committer(run_fs, stage, {"000000": 1})
+    with pytest.raises(LedgerError, match="produced 2 units, expected 1"):
+        c.add(receipts(run_fs, stage, block("000000", [0, 0], slots=[0, 1], totals=[1, 1])))
+
+
+def test_variable_fanout_without_n_column_is_an_error(run_fs):
+    with pytest.raises(LedgerError, match="_n"):
+        receipts(run_fs, Pass(fanout=None), block("000000", [0]))
+
+
+def test_ordered_commit_holds_a_later_shard_until_the_earlier_one(run_fs):
+    stage = Pass(ordered=True)
+    c = committer(run_fs, stage, {"000000": 1, "000001": 1})
+    c.add(receipts(run_fs, stage, block("000001", [0])))
+    assert markers(run_fs) == {}
+    c.add(receipts(run_fs, stage, block("000000", [0])))
+    assert sorted(markers(run_fs)) == ["000000", "000001"]
+
+
+def test_commit_hook_overrides_move_rows_to_rejects_without_rows_on_the_driver(run_fs):
+    stage = Dedup()
+
+    def rewrite(parts, part_rows, overrides):
+        return rewrite_parts(run_fs.root, "02_pass", parts, part_rows, overrides)
+
+    c = committer(run_fs, stage, {"000000": 2, "000001": 2}, rewrite)
+    c.add(receipts(run_fs, stage, block("000000", [0, 1], texts=["a", "b"])))
+    c.add(receipts(run_fs, stage, block("000001", [0, 1], texts=["b", "c"])))
+    marker = markers(run_fs)["000001"]
+    assert marker["rows"] == {"in": 2, "out": 1, "filtered": 1, "rejected": 0}
+    assert run_fs.read_parquet(marker["files"]["parts"][0])["text"].to_pylist() == ["c"]
+    (gone,) = run_fs.read_parquet(marker["files"]["rejects"][0]).to_pylist()
+    assert (gone["text"], gone["reason"]) == ("b", "filter:duplicate_text")
+
+
+def test_files_written_but_never_committed_are_garbage(run_fs):
+    stage = Pass()
+    c = committer(run_fs, stage, {"000000": 1, "000001": 1})
+    c.add(receipts(run_fs, stage, block("000000", [0], ["filtered"])))
+    # A crash between the worker's write and the driver's marker: files exist, no marker names them.
+    orphan = receipts(run_fs, stage, block("000001", [0], ["ok"])).to_pylist()[0]["parts"][0]
+    run_fs.write_bytes("02_pass/.part-x.parquet.1234.tmp", b"half")
+    assert remove_garbage(run_fs, "02_pass", "02_pass") == 2
+    assert not run_fs.exists(orphan)
+    assert committed_files(run_fs, "02_pass") == ([], ["02_pass/_rejects/part-000000-000000-000.parquet"])
+    assert run_fs.exists("02_pass/_rejects/part-000000-000000-000.parquet")
+
+
+def test_rejects_keep_image_references_and_drop_image_bytes():
+    table = pa.table({
+        "id": ["a"], "image": pa.array([{"sha256": "f" * 64, "width": 2, "height": 2, "format": "png"}], IMAGE_REF),
+        "raw": pa.array([b"xx"], pa.binary()), PARENT: ["p"], STATUS: ["rejected"], REASON: ["error:x"],
+    })
+    out = reject_table(table)
+    assert out.column_names == ["id", "image", "parent_id", "reason", "status"]
+
+
+def test_written_parts_are_plain_parquet_without_internal_columns(run_fs):
+    (r,) = receipts(run_fs, Pass(), block("000000", [0])).to_pylist()
+    assert pq.read_schema(run_fs.path(r["parts"][0])).names == ["id", "text"]
