@@ -180,7 +180,7 @@ def read_parquet_corpus_shard(spec: ShardSpec, fs) -> pa.Table:
 
     table = read_row_range(spec.source, spec.start, spec.stop)
     # Unmapped columns named like the internal ones would clash with them; ingest does not read them.
-    table = table.drop_columns([c for c in table.column_names if c in RESERVED_COLUMNS])
+    table = table.select([i for i, c in enumerate(table.column_names) if c not in RESERVED_COLUMNS])
     name = os.path.basename(spec.source)
     wheres = [f"{name}#row{spec.start + i}" for i in range(table.num_rows)]
     table = table.append_column("_where", pa.array(wheres, pa.string()))
