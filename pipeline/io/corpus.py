@@ -229,7 +229,8 @@ def _column_values(column: pa.ChunkedArray) -> list:
 
 def _parse_line(raw: bytes, mapping: dict[str, str]):
     try:
-        # utf-8-sig: a byte order mark (Windows editors; every file's first line after `cat a b`) is not data.
+        # utf-8-sig: a byte order mark opening a line (a Windows editor's file, also mid-file after `cat`) is
+        # not data.
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return RecordError("error:invalid_utf8")
