@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -18,10 +19,13 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StageInputError
 from pipeline.io.shards import ShardSpec
+from pipeline.stage import INTERNAL
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 _STRING = (pa.types.is_string, pa.types.is_large_string)
+# Columns the readers and the runner add to a shard's table; a corpus column of that name would clash.
+RESERVED_COLUMNS = ("_raw", "_where", "_base", *INTERNAL)
 
 
 @dataclass(frozen=True)
@@ -138,9 +142,20 @@ def check_parquet_schema(schema: pa.Schema, columns: CorpusColumns, file: str) -
     }
     for canon, (what, tests) in expected.items():
         name = getattr(columns, canon)
+        if name in RESERVED_COLUMNS:
+            raise StageInputError(
+                f"ingest: `ingest.columns.{canon}` is {name!r}, a name fusegen uses internally; "
+                "rename that column in the corpus"
+            )
+        if names.count(name) > 1:
+            raise StageInputError(
+                f"ingest: column {name!r} appears {names.count(name)} times in {file}; keep one of them"
+            )
         if name in names:
             tp = schema.field(name).type
-            if not any(t(tp) for t in tests) and not pa.types.is_null(tp):
+            # A dictionary-encoded column (a pandas category) reads back as its values.
+            value_tp = tp.value_type if pa.types.is_dictionary(tp) else tp
+            if not any(t(value_tp) for t in tests) and not pa.types.is_null(value_tp):
                 raise StageInputError(f"ingest: column {name!r} in {file} must be {what}, but its type is {tp}")
 
 
@@ -150,8 +165,8 @@ def read_jsonl_shard(spec: ShardSpec, fs) -> pa.Table:
         data = f.read(spec.stop - spec.start)
     name = os.path.basename(spec.source)
     raws, wheres = [], []
-    if spec.start == 0 and data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # a UTF-8 byte order mark (Windows editors) is not part of the first record
+    # Blank lines are skipped by the same test the planner counts rows with, so a shard reads back
+    # exactly spec.rows records (a byte order mark is dropped when the line is parsed).
     for i, line in enumerate(data.split(b"\n")):
         if line.strip():
             raws.append(line.rstrip(b"\r"))
@@ -164,6 +179,8 @@ def read_parquet_corpus_shard(spec: ShardSpec, fs) -> pa.Table:
     from pipeline.io.shards import read_row_range
 
     table = read_row_range(spec.source, spec.start, spec.stop)
+    # Unmapped columns named like the internal ones would clash with them; ingest does not read them.
+    table = table.select([i for i, c in enumerate(table.column_names) if c not in RESERVED_COLUMNS])
     name = os.path.basename(spec.source)
     wheres = [f"{name}#row{spec.start + i}" for i in range(table.num_rows)]
     table = table.append_column("_where", pa.array(wheres, pa.string()))
@@ -179,37 +196,86 @@ def iter_records(table: pa.Table, columns: CorpusColumns):
             yield _parse_line(raw, mapping), where, base
         return
     present = {canon: src for canon, src in mapping.items() if src in table.column_names}
-    data = {canon: table[src].to_pylist() for canon, src in present.items()}
+    data = {canon: _column_values(table[src]) for canon, src in present.items()}
     for i, (where, base) in enumerate(zip(wheres, bases)):
-        yield {canon: values[i] for canon, values in data.items()}, where, base
+        record = {canon: values[i] for canon, values in data.items()}
+        if any(v is _INVALID_UTF8 for v in record.values()):
+            yield RecordError("error:invalid_utf8"), where, base
+        else:
+            yield record, where, base
+
+
+_INVALID_UTF8 = object()
+
+
+def _column_values(column: pa.ChunkedArray) -> list:
+    """A column as Python values; a string that is not UTF-8 becomes `_INVALID_UTF8`, not an exception.
+
+    Parquet readers do not check UTF-8, so a file from a lax writer fails only when a value is turned into
+    a Python string, and one bad value must cost its row, not the shard.
+    """
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        values = []
+        for chunk in column.chunks:
+            for i in range(len(chunk)):
+                try:
+                    values.append(chunk[i].as_py())
+                except UnicodeDecodeError:
+                    values.append(_INVALID_UTF8)
+        return values
 
 
 def _parse_line(raw: bytes, mapping: dict[str, str]):
     try:
-        text = raw.decode("utf-8")
+        # utf-8-sig: a byte order mark opening a line (a Windows editor's file, also mid-file after `cat`) is
+        # not data.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return RecordError("error:invalid_utf8")
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
+        # ValueError: bad JSON, or an integer over Python's 4300-digit limit; RecursionError: deep nesting.
         return RecordError("error:invalid_json")
     if not isinstance(obj, dict):
         return RecordError("error:not_an_object")
     return {canon: obj.get(src) for canon, src in mapping.items()}
 
 
-def load_local_image(base_dir: str, path: str) -> bytes:
-    """Image paths are relative to the corpus file's folder; a missing file is a reject, not a crash."""
+def load_local_image(base_dir: str, path: str, max_bytes: int) -> bytes:
+    """Read a local image; any problem is a reject (`error:image_*`), never a crash, a hang or an OOM.
+
+    Paths are relative to the corpus file's folder; absolute paths are allowed. Only a regular file is
+    opened (a directory, FIFO or device such as /dev/zero is `image_not_a_file`), its size is checked
+    before reading, and at most max_bytes + 1 bytes are read (a file that grew, or a /proc file that
+    reports size 0, cannot exhaust memory).
+    """
     from pipeline.stages.ingest import _Reject
 
     full = path if os.path.isabs(path) else os.path.join(base_dir, path)
     try:
-        with open(full, "rb") as f:
-            return f.read()
+        info = os.stat(full)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Reject("error:image_not_a_file")
+        if info.st_size > max_bytes:
+            raise _Reject("error:image_too_large")
+        # O_NONBLOCK: should the path become a FIFO after the check, open() must not wait for a writer.
+        with os.fdopen(os.open(full, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _Reject("error:image_not_a_file")
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise _Reject("error:image_missing") from None
+    except ValueError:
+        # os.stat refuses an embedded NUL; ingest checks paths first, this covers other callers.
+        raise _Reject("error:nul_byte") from None
     except OSError:
         raise _Reject("error:image_unreadable") from None
+    if len(data) > max_bytes:
+        raise _Reject("error:image_too_large")
+    return data
 
 
 # Corpora up to this size are identified by content hash with `identity: auto` (~1-2 s per GiB).

@@ -95,9 +95,7 @@ def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
         raise _Reject("error:missing_text")
     if not isinstance(text, str):
         raise _Reject("error:wrong_type:text")
-    if "\x00" in text:
-        raise _Reject("error:nul_byte")
-    text = normalise_text(text)
+    text = normalise_text(_check_str(text))
     if len(text) < cfg.min_chars:
         raise _Reject("error:empty_text")
     if len(text) > cfg.max_chars:
@@ -105,8 +103,8 @@ def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
     doc_id, derived = record.get("doc_id"), False
     if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int, type(None))):
         raise _Reject("error:wrong_type:doc_id")
-    if isinstance(doc_id, str) and "\x00" in doc_id:
-        raise _Reject("error:nul_byte")
+    if isinstance(doc_id, str):
+        _check_str(doc_id)
     doc_id = normalise_text(str(doc_id)) if doc_id is not None else ""
     if not doc_id:
         doc_id, derived = f"h{content_hash(text)[:16]}", True
@@ -115,9 +113,7 @@ def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
         value = record.get(key)
         if value is not None and not isinstance(value, str):
             raise _Reject(f"error:wrong_type:{key}")
-        if value is not None and "\x00" in value:
-            raise _Reject("error:nul_byte")
-        out[key] = normalise_text(value) or None if value is not None else None
+        out[key] = normalise_text(_check_str(value)) or None if value is not None else None
     if out["image_url"] and not re.match(r"^https?://[^\s/]+", out["image_url"], re.IGNORECASE):
         raise _Reject("error:bad_image_url")
     out["image"] = _image(record.get("image"), cfg, load_image)
@@ -125,22 +121,44 @@ def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
     return out
 
 
+def _check_str(value: str) -> str:
+    """Refuse what cannot be stored as text: NUL bytes, and lone surrogates (a JSON `\\ud800` escape
+    decodes to one; Arrow strings are UTF-8 and refuse it, which would fail the whole shard)."""
+    if "\x00" in value:
+        raise _Reject("error:nul_byte")
+    if not _is_utf8(value):
+        raise _Reject("error:invalid_unicode")
+    return value
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _image(value: Any, cfg: IngestConfig, load_image) -> dict | None:
     if value is None or value == "":
         return None
-    path = None
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
-        if data is None and path:
-            data = load_image(path)
     elif isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
+        data, path = value, None
     elif isinstance(value, str):
-        path, data = value, load_image(value)
+        data, path = None, value
     else:
         raise _Reject("error:wrong_type:image")
+    # An image struct is {bytes: binary or null, path: string or null}; anything else is a wrong type.
+    if not isinstance(data, (bytes, bytearray, type(None))) or not isinstance(path, (str, type(None))):
+        raise _Reject("error:wrong_type:image")
+    if path is not None:
+        _check_str(path)
+    if data is None and path:
+        data = load_image(path)
     try:
-        data, fmt = normalise_image(data, cfg.images)
+        data, fmt = normalise_image(bytes(data or b""), cfg.images)
     except ImageError as exc:
         raise _Reject(f"error:image_{exc.kind}") from None
     name = (path or "image").rsplit("/", 1)[-1]
@@ -190,17 +208,25 @@ def _ingest_record(record, where: str, base_dir: str, config: IngestConfig) -> t
 
     row = {k: None for k in OUTPUT_SCHEMA.names}
     row["source"], row["doc_id_derived"] = where, False
+    max_bytes = config.images.max_bytes
     try:
         if isinstance(record, RecordError):
             raise _Reject(record.reason)
-        row.update(validate_record(record, config, lambda p: load_local_image(base_dir, p)))
+        row.update(validate_record(record, config, lambda p: load_local_image(base_dir, p, max_bytes)))
         row["id"] = row["doc_id"]
         return row, OK, ""
     except _Reject as rej:
-        raw_id = record.get("doc_id") if isinstance(record, dict) else None
-        # A reject keeps the id it came with, else its file:line, so the user can find it.
-        row["id"] = str(raw_id) if isinstance(raw_id, (str, int)) and str(raw_id).strip() else where
+        row["id"] = _reject_id(record, where)
         return row, REJECTED, rej.reason
+
+
+def _reject_id(record, where: str) -> str:
+    """A reject keeps the id it came with, else its file:line, so the user can find it."""
+    raw_id = record.get("doc_id") if isinstance(record, dict) else None
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        return where
+    raw_id = str(raw_id)
+    return raw_id if raw_id.strip() and _is_utf8(raw_id) else where
 
 
 class Ingest(Stage):

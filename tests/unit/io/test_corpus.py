@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,10 +16,12 @@ from pipeline.io.corpus import (
     CorpusColumns,
     RecordError,
     iter_records,
+    load_local_image,
     plan_corpus,
     read_jsonl_shard,
     read_parquet_corpus_shard,
 )
+from pipeline.stages.ingest import _Reject
 
 COLS = CorpusColumns()
 
@@ -303,3 +306,137 @@ def test_iter_records_gives_missing_keys_as_none(tmp_path):
         "image_url": None,
         "domain": None,
     }
+
+
+def test_parse_turns_json_python_cannot_hold_into_invalid_json(tmp_path):
+    # An integer past Python's 4300-digit limit raises ValueError; deep nesting raises RecursionError.
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b'{"text": "a", "doc_id": ' + b"9" * 5000 + b"}\n" + b"[" * 100_000 + b"\n")
+    table = read_jsonl_shard(plan_corpus(str(path), COLS, 10)[0], None)
+    assert [rec.reason for rec, _, _ in iter_records(table, COLS)] == ["error:invalid_json"] * 2
+
+
+def test_byte_order_mark_at_the_start_of_a_later_line_is_not_data(tmp_path):
+    # `cat a.jsonl b.jsonl` of two files saved by a Windows editor puts b's BOM mid-file.
+    path = tmp_path / "cat.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
+    table = read_jsonl_shard(plan_corpus(str(path), COLS, 1)[1], None)
+    assert [rec["text"] for rec, _, _ in iter_records(table, COLS)] == ["b"]
+
+
+@pytest.mark.parametrize("first", [b"\xef\xbb\xbf", b"\xef\xbb\xbf  \r"], ids=["bom-only", "bom-blank"])
+def test_jsonl_shard_reads_back_as_many_rows_as_planned_after_a_bom_only_line(tmp_path, first):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(first + b'\n{"text": "a"}\n')
+    (spec,) = plan_corpus(str(path), COLS, 10)
+    assert read_jsonl_shard(spec, None).num_rows == spec.rows
+
+
+# --- Parquet odd columns ------------------------------------------------------------------------------
+
+
+def test_parquet_string_that_is_not_utf8_rejects_only_its_row(tmp_path):
+    # Parquet readers do not check UTF-8; a lax writer can leave such bytes in a string column.
+    text = pa.array([b"fine", b"caf\xe9", b"also fine"], pa.binary()).view(pa.string())
+    path = write_parquet(tmp_path / "lax.parquet", {"text": text})
+    table = read_parquet_corpus_shard(plan_corpus(str(path), COLS, 10)[0], None)
+    records = [rec for rec, _, _ in iter_records(table, COLS)]
+    assert [r.reason if isinstance(r, RecordError) else r["text"] for r in records] == [
+        "fine",
+        "error:invalid_utf8",
+        "also fine",
+    ]
+
+
+def test_parquet_image_path_that_is_not_utf8_rejects_its_row(tmp_path):
+    paths = pa.array([b"a.png", b"\xff.png"], pa.binary()).view(pa.string())
+    image = pa.StructArray.from_arrays([pa.array([None, None], pa.binary()), paths], ["bytes", "path"])
+    path = write_parquet(tmp_path / "img.parquet", {"text": ["a", "b"], "image": image})
+    table = read_parquet_corpus_shard(plan_corpus(str(path), COLS, 10)[0], None)
+    assert [isinstance(rec, RecordError) for rec, _, _ in iter_records(table, COLS)] == [False, True]
+
+
+def test_parquet_column_appearing_twice_raises_naming_it(tmp_path):
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), path)
+    with pytest.raises(StageInputError, match=r"column 'text' appears 2 times"):
+        plan_corpus(str(path), COLS, 10)
+
+
+def test_parquet_dictionary_encoded_strings_are_accepted(tmp_path):
+    path = write_parquet(tmp_path / "cat.parquet", {"text": pa.array(["a", "b", "a"]).dictionary_encode()})
+    table = read_parquet_corpus_shard(plan_corpus(str(path), COLS, 10)[0], None)
+    assert [rec["text"] for rec, _, _ in iter_records(table, COLS)] == ["a", "b", "a"]
+
+
+def test_parquet_unmapped_column_named_like_an_internal_one_is_ignored(tmp_path):
+    path = write_parquet(tmp_path / "p.parquet", {"text": ["a"], "_where": ["mine"], "_raw": [b"x"]})
+    table = read_parquet_corpus_shard(plan_corpus(str(path), COLS, 10)[0], None)
+    record, where, _ = next(iter_records(table, COLS))
+    assert (record["text"], where) == ("a", "p.parquet#row0")
+
+
+def test_mapping_a_column_to_an_internal_name_raises(tmp_path):
+    path = write_parquet(tmp_path / "p.parquet", {"_where": ["a"]})
+    with pytest.raises(StageInputError, match=r"`ingest.columns.text` is '_where'"):
+        plan_corpus(str(path), CorpusColumns(text="_where"), 10)
+
+
+# --- local images: bounded, regular files only ------------------------------------------------------------
+
+
+def reject_reason(base: Path, path: str, max_bytes: int = 1000) -> str:
+    with pytest.raises(_Reject) as err:
+        load_local_image(str(base), path, max_bytes)
+    return err.value.reason
+
+
+def test_local_image_reads_a_regular_file_of_exactly_max_bytes(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x" * 10)
+    assert load_local_image(str(tmp_path), "a.png", 10) == b"x" * 10
+
+
+def test_local_image_larger_than_max_bytes_is_too_large_before_reading(tmp_path):
+    # A sparse 1 TiB file: reading it whole would exhaust memory; its size alone decides.
+    with open(tmp_path / "huge.png", "wb") as f:
+        f.truncate(1 << 40)
+    assert reject_reason(tmp_path, "huge.png") == "error:image_too_large"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_local_image_that_reports_size_zero_is_read_bounded():
+    # /proc files are regular files of st_size 0 that still return data.
+    assert reject_reason(Path("/"), "/proc/self/status", max_bytes=10) == "error:image_too_large"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["directory", "fifo", "dev-zero", "dev-urandom", "link-to-dev-zero"])
+def test_local_image_that_is_not_a_regular_file_is_a_reject_not_a_hang(tmp_path, kind):
+    target = {"dev-zero": "/dev/zero", "dev-urandom": "/dev/urandom"}.get(kind, "x.png")
+    if kind == "directory":
+        (tmp_path / "x.png").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(tmp_path / "x.png")
+    elif kind == "link-to-dev-zero":
+        os.symlink("/dev/zero", tmp_path / "x.png")
+    assert reject_reason(tmp_path, target) == "error:image_not_a_file"
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("nope.png", "error:image_missing"),
+        ("a.png/inner.png", "error:image_unreadable"),
+        ("a\x00b", "error:nul_byte"),
+    ],
+    ids=["missing", "under-a-file", "nul"],
+)
+def test_local_image_path_problems_are_rejects(tmp_path, path, reason):
+    (tmp_path / "a.png").write_bytes(b"x")
+    assert reject_reason(tmp_path, path) == reason
+
+
+def test_local_image_relative_path_is_resolved_against_the_corpus_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.png").write_bytes(b"here")
+    assert load_local_image(str(tmp_path / "sub"), "a.png", 100) == b"here"

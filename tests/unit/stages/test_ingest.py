@@ -7,10 +7,13 @@ tagged with `_shard` / `_src` by `tag_rows`. No Ray.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import to_dict
@@ -29,6 +32,7 @@ from pipeline.stages.ingest import (
     normalise_text,
     validate_record,
 )
+from tests.support.ingest import commit_statuses
 
 MAX_CHARS = 60
 CONFIG = IngestConfig(path="unused", max_chars=MAX_CHARS)
@@ -96,6 +100,20 @@ def test_content_hash_differs_for_different_text():
         ({"text": "ok", "image_url": "ftp://example.org/a.png"}, "error:bad_image_url"),
         ({"text": "ok", "image_url": "https:///no-host"}, "error:bad_image_url"),
         ({"text": "ok", "image": 5}, "error:wrong_type:image"),
+        ({"text": "ok", "image": {"bytes": 5}}, "error:wrong_type:image"),
+        ({"text": "ok", "image": {"bytes": "abc"}}, "error:wrong_type:image"),
+        ({"text": "ok", "image": {"path": ["a"]}}, "error:wrong_type:image"),
+        ({"text": "ok", "image": {"bytes": b"x", "path": 3}}, "error:wrong_type:image"),
+        ({"text": "ok", "image": "a\x00.png"}, "error:nul_byte"),
+        ({"text": "ok", "image": {"path": "a\x00.png"}}, "error:nul_byte"),
+        # A JSON "\ud800" escape decodes to a lone surrogate, which no UTF-8 (so no Arrow string) can hold.
+        ({"text": "a\ud800b"}, "error:invalid_unicode"),
+        ({"text": "ok", "doc_id": "\udfff"}, "error:invalid_unicode"),
+        ({"text": "ok", "title": "t\udc80"}, "error:invalid_unicode"),
+        ({"text": "ok", "domain": "\ud83d"}, "error:invalid_unicode"),
+        ({"text": "ok", "image_url": "https://x.org/\ud800"}, "error:invalid_unicode"),
+        ({"text": "ok", "image": "\ud800.png"}, "error:invalid_unicode"),
+        ({"text": "ok", "image": {"bytes": b"x", "path": "\ud800.png"}}, "error:invalid_unicode"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -151,6 +169,7 @@ def corpus_dir(tmp_path_factory, noise_png, animated_gif) -> Path:
     (folder / "images" / "anim.gif").write_bytes(animated_gif)
     (folder / "images" / "cut.png").write_bytes(noise_png[: len(noise_png) // 2])
     (folder / "images" / "notes.png").write_text("I am text, not a PNG")
+    os.mkfifo(folder / "pipe.png")
     return folder
 
 
@@ -200,6 +219,13 @@ CASES = [
     ({"doc_id": "png", "text": "with image", "image": "images/ok.png"}, "ok", "", "png"),
     ({"doc_id": "gif", "text": "with gif", "image": "images/anim.gif"}, "ok", "", "gif"),
     ({"doc_id": "url", "text": "with url", "image_url": "https://example.org/a.jpg"}, "ok", "", "url"),
+    # json.dumps writes "\ud800" as an escape: the line is valid JSON and valid UTF-8.
+    ({"doc_id": "lone-surrogate", "text": "a\ud800b"}, "rejected", "error:invalid_unicode", "lone-surrogate"),
+    ({"doc_id": "id\udc00", "text": "t"}, "rejected", "error:invalid_unicode", "c.jsonl:21"),
+    ({"doc_id": "int-b", "text": "t", "image": {"bytes": 5}}, "rejected", "error:wrong_type:image", "int-b"),
+    ({"doc_id": "dir", "text": "t", "image": "images"}, "rejected", "error:image_not_a_file", "dir"),
+    ({"doc_id": "fifo", "text": "t", "image": "pipe.png"}, "rejected", "error:image_not_a_file", "fifo"),
+    ({"doc_id": "zero", "text": "t", "image": "/dev/zero"}, "rejected", "error:image_not_a_file", "zero"),
 ]
 
 
@@ -213,6 +239,11 @@ def test_ingest_batch_gives_each_record_its_status_reason_and_id(batch, case):
     _, status, reason, row_id = CASES[case]
     row = batch[case]
     assert (row[STATUS], row[REASON], row["id"]) == (status, reason, row_id)
+
+
+def test_ingest_batch_output_of_bad_records_writes_as_parquet(corpus_dir):
+    table = ingest(shard_table(corpus_dir, [c[0] for c in CASES]), corpus_dir)
+    pq.write_table(table, io.BytesIO())
 
 
 def test_ingest_batch_cites_file_and_line_as_source(batch):
@@ -290,13 +321,7 @@ def statuses(table: pa.Table) -> list[tuple[str, str]]:
 
 
 def committed(stage: Ingest, table: pa.Table, state: dict) -> list[tuple[str, str]]:
-    """What the committer makes of a shard: keys of the kept rows in, the hook's overrides applied."""
-    kept = [i for i, s in enumerate(table[STATUS].to_pylist()) if s == OK]
-    overrides = stage.commit_hook(stage.commit_keys(table.take(kept)), state)
-    out = statuses(table)
-    for position, decided in overrides.items():
-        out[kept[position]] = decided
-    return out
+    return commit_statuses(stage, table, state)
 
 
 DEDUP_RECORDS = [
