@@ -16,10 +16,27 @@ log = get_logger(__name__)
 IDLE_WORKERS = 4
 
 
+def quiet_ray() -> None:
+    """Silence Ray messages that are noise for a fusegen user (they stay in Ray's own log files).
+
+    - "The maximum number of concurrent tasks / minimum number of concurrent actors for ... only
+      received N input(s)": glue steps are capped at GLUE_TASKS and model stages keep a fixed actor
+      pool on purpose; a stage (or a resume) with fewer shards left than that is normal.
+    - "Progress bars disabled": fusegen turns Ray Data's bars off and prints one bar per stage.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks for ")
+    warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for ")
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 def init_ray(cfg) -> None:
     import ray
     import ray.data
 
+    quiet_ray()
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         common = {"log_to_driver": cfg.log_to_driver, "configure_logging": True, "logging_level": "WARNING"}
@@ -28,6 +45,10 @@ def init_ray(cfg) -> None:
             ray.init(address=address, **common)
         else:
             log.info("starting an embedded local Ray (num_cpus=%s)", cfg.num_cpus or "all")
+            # Ray 2.60 turns token auth on for a new local cluster and says so on every start; asking
+            # for it explicitly keeps the same protection without the notice (RAY_AUTH_MODE set by the
+            # user still wins).
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             # address="local": always a fresh instance. With None, ray.init() would attach to any
             # cluster `ray start` left running on this machine and then refuse num_cpus.
             cpus = cfg.num_cpus or os.cpu_count() or 1

@@ -1,0 +1,65 @@
+"""Every module imports on its own, and no module-level import chain leads back to where it started."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for p in (ROOT / "pipeline").rglob("*.py")
+)
+
+
+def module_imports(name: str) -> set[str]:
+    """`pipeline.*` modules imported at module level (function-level imports are deliberate and lazy)."""
+    path = ROOT / (name.replace(".", "/") + ".py")
+    if not path.exists():
+        path = ROOT / name.replace(".", "/") / "__init__.py"
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("pipeline"))
+    return {m for m in found if m in MODULES and m != name}
+
+
+def test_no_module_level_import_cycle():
+    graph = {m: module_imports(m) for m in MODULES}
+    # Package __init__ files import their children by design; a child importing its package is not a cycle.
+    for m, deps in graph.items():
+        graph[m] = {d for d in deps if not m.startswith(d + ".")}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for module in MODULES:
+        if module not in state:
+            visit(module, [module])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_alone(module):
+    saved = {k: v for k, v in sys.modules.items() if k == "pipeline" or k.startswith("pipeline.")}
+    for key in saved:
+        del sys.modules[key]
+    try:
+        importlib.import_module(module)
+    finally:
+        for key in [k for k in sys.modules if k == "pipeline" or k.startswith("pipeline.")]:
+            del sys.modules[key]
+        sys.modules.update(saved)
