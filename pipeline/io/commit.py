@@ -282,15 +282,18 @@ def committed_files(run_fs: RunFS, stage_dir: str) -> tuple[list[str], list[str]
     return parts, rejects
 
 
-def remove_garbage(run_fs: RunFS, stage_dir: str, parts_dir: str) -> int:
-    """Delete part and reject files (and temporaries) that no committed marker names; returns how many."""
+def remove_garbage(run_fs: RunFS, stage_dir: str, parts_dir: str, prefix: str = "part") -> int:
+    """Delete the part and reject files (and temporaries) that no committed marker names; returns how
+    many. Only names the writer gives are touched: other files in the folder (an index) are kept."""
     parts, rejects = committed_files(run_fs, stage_dir)
     named = set(parts) | set(rejects)
     removed = 0
-    for folder in {parts_dir, f"{stage_dir}/{REJECTS}"}:
+    for folder, stem in ((parts_dir, prefix), (f"{stage_dir}/{REJECTS}", "part")):
         for rel in run_fs.list_files(folder):
             name = rel.rsplit("/", 1)[-1]
-            if name.endswith((".parquet", ".tmp")) and rel not in named:
+            ours = name.startswith(f"{stem}-") and name.endswith(".parquet")
+            temporary = name.startswith(f".{stem}-") and name.endswith(".tmp")
+            if (ours or temporary) and rel not in named:
                 run_fs.delete_file(rel)
                 removed += 1
     return removed

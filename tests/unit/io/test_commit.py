@@ -230,7 +230,9 @@ def test_files_written_but_never_committed_are_garbage(run_fs):
     # A crash between the worker's write and the driver's marker: files exist, no marker names them.
     orphan = receipts(run_fs, stage, block("000001", [0], ["ok"])).to_pylist()[0]["parts"][0]
     run_fs.write_bytes("02_pass/.part-x.parquet.1234.tmp", b"half")
+    run_fs.write_bytes("02_pass/ids.parquet", b"not a part: an index file beside the parts")
     assert remove_garbage(run_fs, "02_pass", "02_pass") == 2
+    assert run_fs.exists("02_pass/ids.parquet")
     assert not run_fs.exists(orphan)
     assert committed_files(run_fs, "02_pass") == ([], ["02_pass/_rejects/part-000000-000000-000.parquet"])
     assert run_fs.exists("02_pass/_rejects/part-000000-000000-000.parquet")
