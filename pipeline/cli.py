@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set doc2query.queries_per_passage=2")
     run.add_argument("--force", action="store_true", help="reuse a run dir made by another pipeline or version")
-    run.add_argument("--push", metavar="OWNER/NAME", help="push the export to this Hub dataset repo after a successful run")
+    run.add_argument("--push", metavar="OWNER/NAME", help="then push the export to this Hub dataset repo")
     status = sub.add_parser("status", help="print the per-stage funnel of a run directory")
     status.add_argument("run_dir")
     status.add_argument("--json", action="store_true", help="print the manifests as JSON")
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("run_dir")
     push.add_argument("--repo", required=True, metavar="OWNER/NAME")
     push.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
-    push.add_argument("--revision", default="main", metavar="BRANCH", help="branch to commit to (created if needed)")
+    push.add_argument("--revision", default="main", metavar="BRANCH", help="branch to commit to")
     push.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
     _card_args(push)
     args = parser.parse_args(argv)
@@ -49,15 +49,15 @@ def _run(args) -> int:
     from pipeline.settings import build_stages, load_config
     from pipeline.status import format_status
 
-    config = load_config(args.config, args.overrides)
-    ctx = RunContext.create(config, args.run_dir, args.force)
-    stages = build_stages(config, ctx)
     if args.push:
         from pipeline.io.hub import check_repo_id, resolve_token
 
         # Fail before hours of work, not after: a bad name or a missing token is known now.
         check_repo_id(args.push)
         resolve_token()
+    config = load_config(args.config, args.overrides)
+    ctx = RunContext.create(config, args.run_dir, args.force)
+    stages = build_stages(config, ctx)
     results = run_pipeline(ctx, stages)
     print(format_status(ctx.run_fs))
     print(output_line(ctx.run_fs, stages, results))
@@ -67,7 +67,7 @@ def _run(args) -> int:
 
 
 def _card_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--license", default="other", help="license id of the source corpus (Hub id, e.g. cc-by-sa-4.0)")
+    p.add_argument("--license", default="other", help="Hub license id of the corpus, e.g. cc-by-sa-4.0")
     p.add_argument("--examples", type=int, default=4, help="example rows shown in the card")
     p.add_argument("--seed", type=int, default=0, help="seed that picks the example rows")
 
@@ -155,7 +155,8 @@ def _tiny(args) -> int:
 
 
 COMMANDS = {
-    "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny, "card": _card, "push": _push,
+    "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny,
+    "card": _card, "push": _push,
 }
 
 if __name__ == "__main__":

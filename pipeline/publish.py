@@ -53,8 +53,18 @@ class PushConfig:
     def __post_init__(self) -> None:
         check_repo_id(self.repo)
         check_revision(self.revision)
-        check(self.max_commit_bytes > 0, "push", "max_commit_bytes", f"must be > 0 (got {self.max_commit_bytes})")
-        check(self.max_commit_files > 0, "push", "max_commit_files", f"must be > 0 (got {self.max_commit_files})")
+        check(
+            self.max_commit_bytes > 0,
+            "push",
+            "max_commit_bytes",
+            f"must be > 0 (got {self.max_commit_bytes})",
+        )
+        check(
+            self.max_commit_files > 0,
+            "push",
+            "max_commit_files",
+            f"must be > 0 (got {self.max_commit_files})",
+        )
 
 
 @dataclass
@@ -127,7 +137,9 @@ def push_run(run_dir: str, cfg: PushConfig) -> PushReport:
 
     run_fs = RunFS.from_uri(run_dir)
     if "://" in run_dir:
-        raise PublishError(f"push: {run_dir} is not a local path; copy its export/ folder locally and push that run dir")
+        raise PublishError(
+            f"push: {run_dir} is not a local path; copy its export/ folder locally and push that run dir"
+        )
     token = _login_token() if cfg.dry_run else resolve_token()
     build_card(run_dir, cfg.card)
     export_dir = run_fs.path("export")
@@ -136,11 +148,17 @@ def push_run(run_dir: str, cfg: PushConfig) -> PushReport:
     api = HfApi(endpoint=cfg.endpoint, token=token)
     repo, rev = cfg.repo, cfg.revision
     if not cfg.dry_run:
-        with_retries("creating the repo", lambda: api.create_repo(
-            repo, repo_type="dataset", private=cfg.private, exist_ok=True), cfg.retry)
+        with_retries(
+            "creating the repo",
+            lambda: api.create_repo(repo, repo_type="dataset", private=cfg.private, exist_ok=True),
+            cfg.retry,
+        )
         if rev != "main":
-            with_retries("creating the branch", lambda: api.create_branch(
-                repo, branch=rev, repo_type="dataset", exist_ok=True), cfg.retry)
+            with_retries(
+                "creating the branch",
+                lambda: api.create_branch(repo, branch=rev, repo_type="dataset", exist_ok=True),
+                cfg.retry,
+            )
     # A dry run without a token cannot see the remote: it lists every file.
     remote = remote_files(api, repo, rev, cfg.retry) if token else {}
     report = PushReport()
@@ -158,8 +176,13 @@ def push_run(run_dir: str, cfg: PushConfig) -> PushReport:
         )
         report.uploaded += [f.path_in_repo for f in group]
         report.commits += committed
-        log.info("push: commit %d/%d: %d file(s), %d MiB", i, len(groups), len(group),
-                 sum(f.size for f in group) // (1 << 20))
+        log.info(
+            "push: commit %d/%d: %d file(s), %d MiB",
+            i,
+            len(groups),
+            len(group),
+            sum(f.size for f in group) // (1 << 20),
+        )
     return report
 
 
@@ -179,6 +202,11 @@ def _commit(api, cfg: PushConfig, group: list[LocalFile], n: int, total: int) ->
     if not missing:
         return False
     ops = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.local_path) for f in missing]
-    api.create_commit(cfg.repo, ops, commit_message=f"fusegen push ({n}/{total})", repo_type="dataset",
-                      revision=cfg.revision)
+    api.create_commit(
+        cfg.repo,
+        ops,
+        commit_message=f"fusegen push ({n}/{total})",
+        repo_type="dataset",
+        revision=cfg.revision,
+    )
     return True

@@ -117,7 +117,9 @@ def _prompts(run_yaml: dict, manifests: list[dict]) -> list[PromptFile]:
         folder = root / stage
         if str(run_yaml.get("prompts_dir", "")) and folder.is_dir():
             for path in sorted(p for p in folder.iterdir() if p.is_file()):
-                out.append(PromptFile(stage, f"{stage}/{path.name}", hashlib.sha256(path.read_bytes()).hexdigest()))
+                out.append(
+                    PromptFile(stage, f"{stage}/{path.name}", hashlib.sha256(path.read_bytes()).hexdigest())
+                )
     return out
 
 
@@ -144,6 +146,7 @@ def check_publishable(facts: RunFacts, data_rows: int) -> None:
         problems.append(f"export counted {out} rows out but {DATA} holds {data_rows}")
     if problems:
         raise PublishError(
-            f"{facts.run_fs.root}: refusing to publish: " + "; ".join(problems)
+            f"{facts.run_fs.root}: refusing to publish: "
+            + "; ".join(problems)
             + ". Re-run `fusegen run` on this run dir until `fusegen status` shows every stage complete."
         )

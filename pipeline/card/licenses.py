@@ -35,7 +35,9 @@ def _table() -> tuple[tuple[re.Pattern, ModelLicense], ...]:
         (
             re.compile(e["match"], re.IGNORECASE),
             ModelLicense(
-                name=e["name"], license=e["license"], url=e.get("url", ""),
+                name=e["name"],
+                license=e["license"],
+                url=e.get("url", ""),
                 non_commercial=bool(e.get("non_commercial", False)),
                 obligations=tuple(e.get("obligations") or ()),
             ),

@@ -22,8 +22,15 @@ from pipeline.config import check
 
 TEMPLATES = Path(__file__).with_name("templates")
 CARD = "export/README.md"
-_SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-          (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+_SIZES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+)
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+\-]*$")
 
 
@@ -38,8 +45,12 @@ class CardConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(bool(_LICENSE_ID.match(self.license)), "card", "license",
-              f"must be a Hub license id such as cc-by-sa-4.0 or other (got {self.license!r})")
+        check(
+            bool(_LICENSE_ID.match(self.license)),
+            "card",
+            "license",
+            f"must be a Hub license id such as cc-by-sa-4.0 or other (got {self.license!r})",
+        )
         check(0 <= self.examples <= 50, "card", "examples", f"must be within 0..50 (got {self.examples})")
 
 
@@ -78,8 +89,13 @@ def _context(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
     funnel = []
     for m in facts.manifests:
         reasons = sorted((m.get("reasons") or {}).items(), key=lambda kv: -kv[1])[:3]
-        funnel.append({"stage": m["stage"], "rows": m.get("rows") or {},
-                       "reasons": ", ".join(f"{r} ({n})" for r, n in reasons) or "—"})
+        funnel.append(
+            {
+                "stage": m["stage"],
+                "rows": m.get("rows") or {},
+                "reasons": ", ".join(f"{r} ({n})" for r, n in reasons) or "—",
+            }
+        )
     total = stats.rows or 1
     provenance_counts = sum((s.image_source for s in stats.splits.values()), start=type(stats.languages)())
     modalities = []
@@ -90,22 +106,43 @@ def _context(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
     models, identities = [], [m.identity for m in facts.models]
     for use in facts.models:
         lic = license_of(use.identity)
-        models.append({"stage": use.stage, "role": use.role, "model_id": use.model_id, "revision": use.revision,
-                       "license": lic.license, "url": lic.url})
+        models.append(
+            {
+                "stage": use.stage,
+                "role": use.role,
+                "model_id": use.model_id,
+                "revision": use.revision,
+                "license": lic.license,
+                "url": lic.url,
+            }
+        )
     return {
         "title": cfg.pretty_name or f"fusegen {facts.run_yaml.get('name', 'run')}",
-        "summary": (f"{stats.rows} rows of synthetic fused-modal retrieval training data "
-                    f"({', '.join(f'{k}: {v.rows}' for k, v in stats.splits.items())}), made by fusegen's "
-                    f"`{facts.pipeline}` pipeline."),
-        "repo": cfg.repo, "seed": cfg.seed, "version": facts.version, "pipeline": facts.pipeline,
-        "splits": {k: v.rows for k, v in stats.splits.items()}, "columns": stats.columns,
+        "summary": (
+            f"{stats.rows} rows of synthetic fused-modal retrieval training data "
+            f"({', '.join(f'{k}: {v.rows}' for k, v in stats.splits.items())}), made by fusegen's "
+            f"`{facts.pipeline}` pipeline."
+        ),
+        "repo": cfg.repo,
+        "seed": cfg.seed,
+        "version": facts.version,
+        "pipeline": facts.pipeline,
+        "splits": {k: v.rows for k, v in stats.splits.items()},
+        "columns": stats.columns,
         "swift": all(stats.has(c) for c in ("messages", "positive_messages", "negative_messages")),
-        "funnel": funnel, "tasks": sorted(tasks.items()), "modalities": modalities,
+        "funnel": funnel,
+        "tasks": sorted(tasks.items()),
+        "modalities": modalities,
         "provenance": [(k, n, f"{n / total:.1%}") for k, n in sorted(provenance_counts.items())],
-        "languages": stats.languages.most_common(), "language_sampled": stats.language_sampled,
-        "models": models, "prompts": facts.prompts, "license": cfg.license,
+        "languages": stats.languages.most_common(),
+        "language_sampled": stats.language_sampled,
+        "models": models,
+        "prompts": facts.prompts,
+        "license": cfg.license,
         "obligations": obligations(identities),
-        "non_commercial": ", ".join(sorted({license_of(i).name for i in identities if license_of(i).non_commercial})),
+        "non_commercial": ", ".join(
+            sorted({license_of(i).name for i in identities if license_of(i).non_commercial})
+        ),
         "unknown_models": sorted({i for i in identities if not license_of(i).known}),
         "config_yaml": yaml.safe_dump(facts.run_yaml, sort_keys=False, allow_unicode=True),
     }
@@ -117,11 +154,19 @@ def _cell(value: object) -> str:
 
 
 def render(facts: RunFacts, stats: ExportStats, cfg: CardConfig, examples: list, histograms: dict) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     env.filters["cell"] = _cell
     meta = yaml.safe_dump(metadata(facts, stats, cfg), sort_keys=False, allow_unicode=True)
-    ctx = {**_context(facts, stats, cfg), "metadata_yaml": meta, "examples": examples, "histograms": histograms}
+    ctx = {
+        **_context(facts, stats, cfg),
+        "metadata_yaml": meta,
+        "examples": examples,
+        "histograms": histograms,
+    }
     return env.get_template("dataset_card.md.j2").render(**ctx)
 
 

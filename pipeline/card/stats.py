@@ -60,7 +60,10 @@ class ExportStats:
 def _modality(text: pa.Array | None, image: pa.Array | None, n: int) -> list[str]:
     has_text = [bool(t) for t in text.to_pylist()] if text is not None else [False] * n
     has_img = image.is_valid().to_pylist() if image is not None else [False] * n
-    return ["+".join(k for k, on in (("text", t), ("image", i)) if on) or "empty" for t, i in zip(has_text, has_img)]
+    return [
+        "+".join(k for k, on in (("text", t), ("image", i)) if on) or "empty"
+        for t, i in zip(has_text, has_img)
+    ]
 
 
 def _score_values(batch: pa.RecordBatch) -> dict[str, list[float]]:
@@ -109,7 +112,11 @@ def export_stats(run_fs: RunFS, splits: dict[str, list[str]], seed: int = 0) -> 
                     _add_batch(stats, batch, scores, sample)
     languages = Counter(detect_language(t) for t in sample.items)
     return ExportStats(
-        columns, per_split, {k: np.concatenate(v) for k, v in scores.items() if v}, languages, len(sample.items)
+        columns,
+        per_split,
+        {k: np.concatenate(v) for k, v in scores.items() if v},
+        languages,
+        len(sample.items),
     )
 
 

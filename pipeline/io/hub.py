@@ -36,8 +36,12 @@ class RetryConfig:
 
     def __post_init__(self) -> None:
         check(self.max_attempts >= 1, "push", "retry.max_attempts", f"must be >= 1 (got {self.max_attempts})")
-        check(0 <= self.base_wait_s <= self.max_wait_s, "push", "retry.base_wait_s",
-              f"must be within 0..max_wait_s (got {self.base_wait_s})")
+        check(
+            0 <= self.base_wait_s <= self.max_wait_s,
+            "push",
+            "retry.base_wait_s",
+            f"must be within 0..max_wait_s (got {self.base_wait_s})",
+        )
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -54,7 +58,9 @@ def check_repo_id(repo_id: str) -> str:
 
 def check_revision(revision: str) -> str:
     if not _BRANCH.match(revision or ""):
-        raise PublishError(f"push: --revision {revision!r} is not a valid branch name (letters, digits, . _ - /)")
+        raise PublishError(
+            f"push: --revision {revision!r} is not a valid branch name (letters, digits, . _ - /)"
+        )
     return revision
 
 
@@ -117,8 +123,11 @@ def _describe(exc: BaseException) -> str:
 def with_retries(what: str, fn: Callable[[], T], cfg: RetryConfig) -> T:
     """Run `fn`, retrying transient Hub failures; a refusal becomes a PublishError."""
     retrying = Retrying(
-        stop=stop_after_attempt(cfg.max_attempts), wait=_wait(cfg), retry=retry_if_exception(is_transient),
-        before_sleep=_log_retry(what), reraise=True,
+        stop=stop_after_attempt(cfg.max_attempts),
+        wait=_wait(cfg),
+        retry=retry_if_exception(is_transient),
+        before_sleep=_log_retry(what),
+        reraise=True,
     )
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
+from typing_extensions import Self
 
 REPO = r"/api/datasets/(?P<repo>[^/]+/[^/]+)"
 ROUTES = [
@@ -61,7 +62,7 @@ def git_sha1(data: bytes) -> str:
 
 def validate_card_yaml(content: str) -> list[str]:
     """The checks of the Hub's validate-yaml that fusegen's card must pass."""
-    m = re.match(r"^---\n(.*?)\n---\n", content, re.S)
+    m = re.match(r"^---\n(.*?)\n---\n", content, re.DOTALL)
     if not m:
         return ["no YAML metadata block"]
     try:
@@ -74,7 +75,9 @@ def validate_card_yaml(content: str) -> list[str]:
         errors.append(f"license {meta.get('license')!r} is not a known license id")
     errors += [f"{k} must be a list" for k in LIST_KEYS if k in meta and not isinstance(meta[k], list)]
     for cfg in meta.get("configs") or []:
-        if not cfg.get("config_name") or not all({"split", "path"} <= set(d) for d in cfg.get("data_files", [])):
+        if not cfg.get("config_name") or not all(
+            {"split", "path"} <= set(d) for d in cfg.get("data_files", [])
+        ):
             errors.append(f"configs entry {cfg!r} needs config_name and data_files with split and path")
     return errors
 
@@ -105,7 +108,7 @@ class HubServer:
     def files(self, repo: str, rev: str = "main") -> dict[str, bytes]:
         return dict(self.repos[repo].branches[rev])
 
-    def __enter__(self) -> HubServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -128,7 +131,14 @@ class HubServer:
             return 401, {"error": "Invalid credentials in Authorization header"}, {}
         repo_id = f"{body['organization']}/{body['name']}"
         if repo_id in self.repos:
-            return 409, {"error": "You already created this dataset repo", "url": f"{self.endpoint}/datasets/{repo_id}"}, {}
+            return (
+                409,
+                {
+                    "error": "You already created this dataset repo",
+                    "url": f"{self.endpoint}/datasets/{repo_id}",
+                },
+                {},
+            )
         self.repos[repo_id] = Repo(private=body.get("visibility") == "private")
         return 200, {"url": f"{self.endpoint}/datasets/{repo_id}", "name": repo_id}, {}
 
@@ -140,11 +150,21 @@ class HubServer:
 
     def preupload(self, repo: Repo, rev: str, body: dict, **_: Any) -> tuple:
         files = repo.branches.get(rev, {})
-        return 200, {"files": [
-            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-             "oid": git_sha1(files[f["path"]]) if f["path"] in files else None}
-            for f in body["files"]
-        ]}, {}
+        return (
+            200,
+            {
+                "files": [
+                    {
+                        "path": f["path"],
+                        "uploadMode": "regular",
+                        "shouldIgnore": False,
+                        "oid": git_sha1(files[f["path"]]) if f["path"] in files else None,
+                    }
+                    for f in body["files"]
+                ]
+            },
+            {},
+        )
 
     def commit(self, repo: Repo, rev: str, raw: bytes, repo_id: str, **_: Any) -> tuple:
         lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
@@ -158,7 +178,15 @@ class HubServer:
         repo.commits += 1
         self.commits.append(paths)
         oid = hashlib.sha1(f"{repo_id}{repo.commits}".encode()).hexdigest()
-        return 200, {"success": True, "commitOid": oid, "commitUrl": f"{self.endpoint}/datasets/{repo_id}/commit/{oid}"}, {}
+        return (
+            200,
+            {
+                "success": True,
+                "commitOid": oid,
+                "commitUrl": f"{self.endpoint}/datasets/{repo_id}/commit/{oid}",
+            },
+            {},
+        )
 
     def tree(self, repo: Repo, rev: str, path: str | None, **_: Any) -> tuple:
         prefix = (unquote(path or "").strip("/") + "/") if path else ""
@@ -177,10 +205,23 @@ class HubServer:
     def info(self, repo: Repo, repo_id: str, rev: str | None, **_: Any) -> tuple:
         files = repo.branches.get(rev or "main", {})
         sha = hashlib.sha1(f"{repo_id}{repo.commits}".encode()).hexdigest()
-        return 200, {"id": repo_id, "sha": sha, "private": repo.private, "siblings": [{"rfilename": p} for p in files]}, {}
+        return (
+            200,
+            {
+                "id": repo_id,
+                "sha": sha,
+                "private": repo.private,
+                "siblings": [{"rfilename": p} for p in files],
+            },
+            {},
+        )
 
     def whoami(self, authed: bool, **_: Any) -> tuple:
-        return (200, {"name": "tester", "type": "user"}, {}) if authed else (401, {"error": "Invalid credentials in Authorization header"}, {})
+        return (
+            (200, {"name": "tester", "type": "user"}, {})
+            if authed
+            else (401, {"error": "Invalid credentials in Authorization header"}, {})
+        )
 
 
 def _entry(path: str, data: bytes) -> dict:
@@ -223,7 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
             if not match:
                 continue
             groups = match.groupdict()
-            kwargs: dict[str, Any] = {"authed": authed, "raw": raw, "rev": unquote(groups.get("rev") or "main")}
+            kwargs: dict[str, Any] = {
+                "authed": authed,
+                "raw": raw,
+                "rev": unquote(groups.get("rev") or "main"),
+            }
             kwargs["path"] = groups.get("path")
             ctype = headers.get("content-type", "")
             kwargs["body"] = json.loads(raw) if raw and "json" in ctype and "ndjson" not in ctype else {}
