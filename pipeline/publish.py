@@ -202,11 +202,17 @@ def _commit(api, cfg: PushConfig, group: list[LocalFile], n: int, total: int) ->
     if not missing:
         return False
     ops = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.local_path) for f in missing]
-    api.create_commit(
-        cfg.repo,
-        ops,
-        commit_message=f"fusegen push ({n}/{total})",
-        repo_type="dataset",
-        revision=cfg.revision,
-    )
+    try:
+        api.create_commit(
+            cfg.repo,
+            ops,
+            commit_message=f"fusegen push ({n}/{total})",
+            repo_type="dataset",
+            revision=cfg.revision,
+        )
+    except ValueError as exc:
+        # huggingface_hub checks README.md's metadata with the Hub before sending anything.
+        if "README.md" not in str(exc):
+            raise
+        raise PublishError(f"push: the Hub refused the card's metadata: {exc} (check --license)") from None
     return True

@@ -23,6 +23,17 @@ QUERY_IMAGE = ("query_image",)
 POS_TEXT = ("pos_text", "text")
 POS_IMAGE = ("pos_image", "image")
 TOP_LEVEL_SCORES = ("consistency_rank", "consistency_score", "clip_score", "gme_score")
+USED = {
+    *QUERY_TEXT,
+    *QUERY_IMAGE,
+    *POS_TEXT,
+    *POS_IMAGE,
+    *TOP_LEVEL_SCORES,
+    "task",
+    "image_source",
+    "neg_texts",
+    "scores",
+}
 LANGUAGE_SAMPLE = 400
 BATCH_ROWS = 512
 
@@ -108,7 +119,9 @@ def export_stats(run_fs: RunFS, splits: dict[str, list[str]], seed: int = 0) -> 
             with run_fs.fs.open_input_file(run_fs.path(rel)) as f:
                 pf = pq.ParquetFile(f)
                 columns = columns or pf.schema_arrow.names
-                for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+                # Only the columns the card counts: never neg_images or other payload columns.
+                wanted = [c for c in pf.schema_arrow.names if c in USED]
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
                     _add_batch(stats, batch, scores, sample)
     languages = Counter(detect_language(t) for t in sample.items)
     return ExportStats(

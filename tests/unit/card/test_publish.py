@@ -223,3 +223,12 @@ def test_run_with_push_checks_repo_and_token_before_any_work(
     rc = main(["run", "configs/does-not-exist.yaml", "--run-dir", str(tmp_path / "run"), "--push", repo])
     assert rc == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_card_metadata_the_hub_refuses_stops_the_push_before_the_card_lands(run_dir, hub):
+    from pipeline.card import CardConfig
+
+    cfg = PushConfig(repo="me/demo", endpoint=hub.endpoint, retry=FAST, card=CardConfig(license="made-up-license"))
+    with pytest.raises(PublishError, match="(?s)refused the card.s metadata.*made-up-license"):
+        push_run(str(run_dir), cfg)
+    assert "README.md" not in hub.files("me/demo")
