@@ -145,19 +145,17 @@ def make_run_dir(
             "ner": "acme/secret-ner",
         },
     }
-    n_in = rows + 3
+    total = rows + validation
+    n_in = total + 3
     counts = {
         "ingest": ({"in": n_in, "out": n_in, "filtered": 0, "rejected": 0}, {}),
         "doc2query": ({"in": n_in, "out": n_in, "filtered": 0, "rejected": 0}, {}),
         "consistency": (
-            {"in": n_in, "out": rows + 1, "filtered": 2, "rejected": 0},
+            {"in": n_in, "out": total + 1, "filtered": 2, "rejected": 0},
             {"filter:consistency": 2},
         ),
-        "entities": (
-            {"in": rows + 1, "out": rows + validation, "filtered": 1 - validation, "rejected": 0},
-            {"filter:no_entity": 1 - validation},
-        ),
-        "export": ({"in": rows + validation, "out": rows + validation, "filtered": 0, "rejected": 0}, {}),
+        "entities": ({"in": total + 1, "out": total, "filtered": 1, "rejected": 0}, {"filter:no_entity": 1}),
+        "export": ({"in": total, "out": total, "filtered": 0, "rejected": 0}, {}),
     }
     for i, stage in enumerate(stages, start=1):
         folder = run / ("export" if stage == "export" else f"{i:02d}_{stage}")
