@@ -94,7 +94,9 @@ def _push(args) -> int:
     verb = "would upload" if args.dry_run else "uploaded"
     for path in report.uploaded:
         print(f"{verb}: {path}")
-    print(f"push: {len(report.uploaded)} file(s) {verb}, {len(report.unchanged)} already on the Hub, "
+    seen = "" if report.remote_checked else " (remote not checked: no token)"
+    done = "to upload" if args.dry_run else "uploaded"
+    print(f"push: {len(report.uploaded)} file(s) {done}{seen}, {len(report.unchanged)} already on the Hub, "
           f"{report.commits} commit(s) to {args.repo}@{args.revision}")
     return 0
 

@@ -72,6 +72,7 @@ class PushReport:
     uploaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     commits: int = 0
+    remote_checked: bool = True
 
 
 def pack_images(export_dir: str, archive_bytes: int) -> None:
@@ -161,7 +162,7 @@ def push_run(run_dir: str, cfg: PushConfig) -> PushReport:
             )
     # A dry run without a token cannot see the remote: it lists every file.
     remote = remote_files(api, repo, rev, cfg.retry) if token else {}
-    report = PushReport()
+    report = PushReport(remote_checked=bool(token))
     todo = []
     for f in files:
         (report.unchanged if same_as_remote(f, remote.get(f.path_in_repo)) else todo).append(f)

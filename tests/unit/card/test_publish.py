@@ -275,3 +275,11 @@ def test_card_metadata_the_hub_refuses_stops_the_push_before_the_card_lands(run_
     with pytest.raises(PublishError, match="(?s)refused the card.s metadata.*made-up-license"):
         push_run(str(run_dir), cfg)
     assert "README.md" not in hub.files("me/demo")
+
+
+def test_dry_run_without_a_token_lists_every_file_and_sends_nothing(run_dir, hub, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN")
+    assert main(["push", str(run_dir), "--repo", "me/demo", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would upload: README.md" in out and "(remote not checked: no token)" in out
+    assert hub.requests == []
