@@ -12,6 +12,7 @@ tar archives, never one file per image (the Hub answers 429/504 on repos with ve
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 
@@ -79,6 +80,8 @@ def pack_images(export_dir: str, archive_bytes: int) -> None:
     """export/images/** -> export/_hub/images-NNNNN.tar, deterministic (sorted names, fixed metadata)
     so a re-run makes byte-identical archives and the resume check skips them."""
     root = os.path.join(export_dir, IMAGES_DIR)
+    # Archives of an earlier push (other images, other grouping) must not linger in the upload.
+    shutil.rmtree(os.path.join(export_dir, PACKS_DIR), ignore_errors=True)
     if not os.path.isdir(root):
         return
     names = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)

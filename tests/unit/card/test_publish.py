@@ -231,8 +231,10 @@ def test_loose_images_travel_in_a_few_deterministic_archives(run_dir):
     pack_images(str(run_dir / "export"), archive_bytes=12_000)
     again = {p.name: p.read_bytes() for p in (run_dir / "export" / "_hub").iterdir()}
     assert first == again and len(first) == 3
+    pack_images(str(run_dir / "export"), archive_bytes=40_000)
+    assert [p.name for p in (run_dir / "export" / "_hub").iterdir()] == ["images-00000.tar"]
     paths = [f.path_in_repo for f in local_files(str(run_dir / "export"))]
-    assert not any(p.startswith("images/") for p in paths) and "_hub/images-00002.tar" in paths
+    assert not any(p.startswith("images/") for p in paths) and "_hub/images-00000.tar" in paths
 
 
 def test_card_command_writes_the_card_and_a_missing_export_exits_2(run_dir, capsys):
