@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import yaml
 from typing_extensions import Self
 
+TEST_TOKEN = "hf_fusegenTESTtoken_7f3a9c1e55"
 REPO = r"/api/datasets/(?P<repo>[^/]+/[^/]+)"
 ROUTES = [
     ("POST", re.compile(r"^/api/repos/create$"), "create"),
