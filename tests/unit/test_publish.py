@@ -257,3 +257,11 @@ def test_dry_run_without_a_token_lists_every_file_and_sends_nothing(run_dir, hub
     out = capsys.readouterr().out
     assert "would upload: README.md" in out and "(remote not checked: no token)" in out
     assert hub.requests == []
+
+
+def test_the_push_after_a_run_uploads_the_export_to_the_default_endpoint(run_dir, hub, capsys):
+    from pipeline.cli import _push_to
+
+    assert _push_to(str(run_dir), "me/after-run") == 0
+    assert hub.files("me/after-run") == local_tree(run_dir)
+    assert 'load_dataset("me/after-run")' in hub.files("me/after-run")["README.md"].decode()
