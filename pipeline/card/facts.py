@@ -89,18 +89,33 @@ def read_run(run_dir: str) -> RunFacts:
         raise PublishError(f"{run_fs.root}: no run.yaml here; pass the run directory of a `fusegen run`")
     run_yaml = yaml.safe_load(run_fs.read_bytes("run.yaml")) or {}
     splits = split_files(run_fs)
+    manifests = collect_manifests(run_fs)
+    if not splits and _export_done_empty(manifests):
+        raise PublishError(
+            f"{run_fs.root}: the export holds no rows: no row got past the {_dry_stage(manifests)} stage "
+            "(see `fusegen status RUN_DIR` for its reasons); nothing to publish"
+        )
     if not splits:
         raise PublishError(
             f"{run_fs.root}: no export yet (no {DATA}/<split>-*.parquet); finish the run with "
             f"`fusegen run` (its last stage, export, writes them), then retry"
         )
-    manifests = collect_manifests(run_fs)
     models = [
         ModelUse(m["stage"], role, str(identity))
         for m in manifests
         for role, identity in (m.get("models") or {}).items()
     ]
     return RunFacts(run_fs, run_yaml, manifests, splits, models, _prompts(run_yaml, manifests))
+
+
+def _export_done_empty(manifests: list[dict]) -> bool:
+    export = next((m for m in manifests if m.get("stage") == "export"), {})
+    return export.get("status") == "complete" and (export.get("rows") or {}).get("out") == 0
+
+
+def _dry_stage(manifests: list[dict]) -> str:
+    """The first stage that emitted no row (where the funnel ran dry)."""
+    return next((m["stage"] for m in manifests if (m.get("rows") or {}).get("out") == 0), "export")
 
 
 def _prompts(run_yaml: dict, manifests: list[dict]) -> list[PromptFile]:

@@ -171,3 +171,18 @@ def test_a_run_without_export_is_a_clear_error(run_dir):
 )
 def test_size_category_follows_the_hub_buckets(rows, name):
     assert size_category(rows) == name
+
+
+def test_a_run_whose_export_is_empty_names_the_stage_where_rows_ran_out(run_dir):
+    for f in (run_dir / "export" / "data").iterdir():
+        f.unlink()
+    for folder, rows in (
+        ("04_entities", {"in": 11, "out": 0, "filtered": 11, "rejected": 0}),
+        ("export", {"in": 0, "out": 0, "filtered": 0, "rejected": 0}),
+    ):
+        path = run_dir / folder / "_manifest.json"
+        m = json.loads(path.read_text())
+        m["rows"] = rows
+        path.write_text(json.dumps(m))
+    with pytest.raises(PublishError, match="no row got past the entities stage"):
+        build_card(str(run_dir))
