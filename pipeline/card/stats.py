@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,8 @@ USED = {
     "scores",
 }
 LANGUAGE_SAMPLE = 400
+MIN_CONFIDENCE = 0.5
+UNDETERMINED = "und"
 BATCH_ROWS = 512
 
 
@@ -154,13 +157,22 @@ def _add_batch(stats: SplitStats, batch: pa.RecordBatch, scores: dict, sample: _
                     sample.add(text[:500])
 
 
-def detect_language(text: str) -> str:
-    """ISO 639-1 code by py3langid (a small n-gram model that ships with the package)."""
-    import py3langid
+@lru_cache(maxsize=1)
+def _identifier():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    return py3langid.classify(text)[0]
+    # Normalised probabilities and a floor: text in no language (a random model's output) is "und",
+    # not a confident-looking guess such as Welsh.
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True, min_confidence=MIN_CONFIDENCE)
+
+
+def detect_language(text: str) -> str:
+    """ISO 639-1 code by py3langid (a small n-gram model shipped in the package), or "und"."""
+    return _identifier().classify(text)[0]
 
 
 def card_languages(languages: Counter, sampled: int, min_share: float = 0.05) -> list[str]:
     """Languages that make up at least `min_share` of the sample (noise from odd texts stays out)."""
-    return sorted(lang for lang, n in languages.items() if sampled and n / sampled >= min_share)
+    return sorted(
+        lang for lang, n in languages.items() if lang != UNDETERMINED and sampled and n / sampled >= min_share
+    )
