@@ -152,17 +152,7 @@ def push_run(run_dir: str, cfg: PushConfig) -> PushReport:
     api = HfApi(endpoint=cfg.endpoint, token=token)
     repo, rev = cfg.repo, cfg.revision
     if not cfg.dry_run:
-        with_retries(
-            "creating the repo",
-            lambda: api.create_repo(repo, repo_type="dataset", private=cfg.private, exist_ok=True),
-            cfg.retry,
-        )
-        if rev != "main":
-            with_retries(
-                "creating the branch",
-                lambda: api.create_branch(repo, branch=rev, repo_type="dataset", exist_ok=True),
-                cfg.retry,
-            )
+        _ensure_repo(api, cfg)
     # A dry run without a token cannot see the remote: it lists every file.
     remote = remote_files(api, repo, rev, cfg.retry) if token else {}
     report = PushReport(remote_checked=bool(token))
@@ -180,14 +170,24 @@ def push_run(run_dir: str, cfg: PushConfig) -> PushReport:
         )
         report.uploaded += [f.path_in_repo for f in group]
         report.commits += committed
-        log.info(
-            "push: commit %d/%d: %d file(s), %d MiB",
-            i,
-            len(groups),
-            len(group),
-            sum(f.size for f in group) // (1 << 20),
-        )
+        mib = sum(f.size for f in group) // (1 << 20)
+        log.info("push: commit %d/%d: %d file(s), %d MiB", i, len(groups), len(group), mib)
     return report
+
+
+def _ensure_repo(api, cfg: PushConfig) -> None:
+    """Create the dataset repo and the branch when missing (neither call is retried by the client)."""
+    with_retries(
+        "creating the repo",
+        lambda: api.create_repo(cfg.repo, repo_type="dataset", private=cfg.private, exist_ok=True),
+        cfg.retry,
+    )
+    if cfg.revision != "main":
+        with_retries(
+            "creating the branch",
+            lambda: api.create_branch(cfg.repo, branch=cfg.revision, repo_type="dataset", exist_ok=True),
+            cfg.retry,
+        )
 
 
 def _login_token() -> str | None:

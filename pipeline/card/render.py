@@ -8,6 +8,7 @@ The body comes from `templates/dataset_card.md.j2` (STYLE R10: text lives in fil
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,28 +86,40 @@ def metadata(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def _context(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
-    funnel = []
+def _funnel(facts: RunFacts) -> list[dict]:
+    out = []
     for m in facts.manifests:
         reasons = sorted((m.get("reasons") or {}).items(), key=lambda kv: -kv[1])[:3]
-        funnel.append(
-            {
-                "stage": m["stage"],
-                "rows": m.get("rows") or {},
-                "reasons": ", ".join(f"{r} ({n})" for r, n in reasons) or "—",
-            }
-        )
+        top = ", ".join(f"{r} ({n})" for r, n in reasons) or "—"
+        out.append({"stage": m["stage"], "rows": m.get("rows") or {}, "reasons": top})
+    return out
+
+
+def _counts(stats: ExportStats) -> dict:
+    """Tasks, modalities and image provenance summed over the splits."""
+
+    def merged(attr: str) -> Counter:
+        return sum((getattr(s, attr) for s in stats.splits.values()), start=Counter())
+
     total = stats.rows or 1
-    provenance_counts = sum((s.image_source for s in stats.splits.values()), start=type(stats.languages)())
-    modalities = []
-    for side, attr in (("query", "query_modality"), ("positive", "pos_modality")):
-        merged = sum((getattr(s, attr) for s in stats.splits.values()), start=type(stats.languages)())
-        modalities += [(side, name, n) for name, n in sorted(merged.items())]
-    tasks = sum((s.tasks for s in stats.splits.values()), start=type(stats.languages)())
-    models, identities = [], [m.identity for m in facts.models]
+    return {
+        "tasks": sorted(merged("tasks").items()),
+        "modalities": [
+            (side, name, n)
+            for side, attr in (("query", "query_modality"), ("positive", "pos_modality"))
+            for name, n in sorted(merged(attr).items())
+        ],
+        "provenance": [(k, n, f"{n / total:.1%}") for k, n in sorted(merged("image_source").items())],
+    }
+
+
+def _models(facts: RunFacts) -> dict:
+    """Each model with its license, plus the obligations and flags of all of them."""
+    identities = [m.identity for m in facts.models]
+    rows = []
     for use in facts.models:
         lic = license_of(use.identity)
-        models.append(
+        rows.append(
             {
                 "stage": use.stage,
                 "role": use.role,
@@ -117,33 +130,38 @@ def _context(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
             }
         )
     return {
+        "models": rows,
+        "obligations": obligations(identities),
+        "non_commercial": ", ".join(
+            sorted({license_of(i).name for i in identities if license_of(i).non_commercial})
+        ),
+        "unknown_models": sorted({i for i in identities if not license_of(i).known}),
+    }
+
+
+def _context(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
+    split_rows = {k: v.rows for k, v in stats.splits.items()}
+    return {
         "title": cfg.pretty_name or f"fusegen {facts.run_yaml.get('name', 'run')}",
         "summary": (
             f"{stats.rows} rows of synthetic fused-modal retrieval training data "
-            f"({', '.join(f'{k}: {v.rows}' for k, v in stats.splits.items())}), made by fusegen's "
+            f"({', '.join(f'{k}: {n}' for k, n in split_rows.items())}), made by fusegen's "
             f"`{facts.pipeline}` pipeline."
         ),
         "repo": cfg.repo,
         "seed": cfg.seed,
         "version": facts.version,
         "pipeline": facts.pipeline,
-        "splits": {k: v.rows for k, v in stats.splits.items()},
+        "splits": split_rows,
         "columns": stats.columns,
         "swift": all(stats.has(c) for c in ("messages", "positive_messages", "negative_messages")),
-        "funnel": funnel,
-        "tasks": sorted(tasks.items()),
-        "modalities": modalities,
-        "provenance": [(k, n, f"{n / total:.1%}") for k, n in sorted(provenance_counts.items())],
+        "funnel": _funnel(facts),
+        **_counts(stats),
         "languages": stats.languages.most_common(),
         "language_sampled": stats.language_sampled,
-        "models": models,
+        **_models(facts),
         "prompts": facts.prompts,
         "license": cfg.license,
-        "obligations": obligations(identities),
-        "non_commercial": ", ".join(
-            sorted({license_of(i).name for i in identities if license_of(i).non_commercial})
-        ),
-        "unknown_models": sorted({i for i in identities if not license_of(i).known}),
         "config_yaml": yaml.safe_dump(facts.run_yaml, sort_keys=False, allow_unicode=True),
     }
 
