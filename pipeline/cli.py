@@ -1,4 +1,4 @@
-"""`fusegen` command line: run, status, stages, make-tiny-models."""
+"""`fusegen` command line: run, status, stages, make-tiny-models, card, push."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="override a config value, e.g. --set doc2query.queries_per_passage=2")
     run.add_argument("--force", action="store_true", help="reuse a run dir made by another pipeline or version")
     run.add_argument("--index-dir", help="shared folder (path or URI) for indexes, reused across runs")
+    run.add_argument("--push", metavar="OWNER/NAME", help="then push the export to this Hub dataset repo")
     status = sub.add_parser("status", help="print the per-stage funnel of a run directory")
     status.add_argument("run_dir")
     status.add_argument("--json", action="store_true", help="print the manifests as JSON")
@@ -26,6 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     stages.add_argument("--track", help="only this track (e.g. gme)")
     tiny = sub.add_parser("make-tiny-models", help="build the offline tiny models into DIR")
     tiny.add_argument("dir")
+    card = sub.add_parser("card", help="write the dataset card (export/README.md) of a finished run")
+    card.add_argument("run_dir")
+    _card_args(card)
+    push = sub.add_parser("push", help="upload a finished run's export and card to a Hub dataset repo")
+    push.add_argument("run_dir")
+    push.add_argument("--repo", required=True, metavar="OWNER/NAME")
+    push.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
+    push.add_argument("--revision", default="main", metavar="BRANCH", help="branch to commit to")
+    push.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    _card_args(push)
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
@@ -40,12 +51,64 @@ def _run(args) -> int:
     from pipeline.settings import build_stages, load_config
     from pipeline.status import format_status
 
+    if args.push:
+        from pipeline.io.hub import check_repo_id, resolve_token
+
+        # Fail before hours of work, not after: a bad name or a missing token is known now.
+        check_repo_id(args.push)
+        resolve_token()
     config = load_config(args.config, args.overrides)
     ctx = RunContext.create(config, args.run_dir, args.force, args.index_dir)
     stages = build_stages(config, ctx)
     results = run_pipeline(ctx, stages)
     print(format_status(ctx.run_fs))
     print(output_line(ctx.run_fs, stages, results))
+    if args.push:
+        return _push_to(ctx.run_uri, args.push)
+    return 0
+
+
+def _card_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--license", default="other", help="Hub license id of the corpus, e.g. cc-by-sa-4.0")
+    p.add_argument("--examples", type=int, default=4, help="example rows shown in the card")
+    p.add_argument("--seed", type=int, default=0, help="seed that picks the example rows")
+
+
+def _card_config(args, repo: str | None = None):
+    from pipeline.card import CardConfig
+
+    return CardConfig(license=args.license, examples=args.examples, seed=args.seed, repo=repo or "OWNER/NAME")
+
+
+def _card(args) -> int:
+    from pipeline.card import build_card
+
+    print(f"card: {build_card(args.run_dir, _card_config(args))}")
+    return 0
+
+
+def _push(args) -> int:
+    from pipeline.publish import PushConfig, push_run
+
+    cfg = PushConfig(repo=args.repo, revision=args.revision, private=args.private, dry_run=args.dry_run,
+                     card=_card_config(args, args.repo))
+    report = push_run(args.run_dir, cfg)
+    verb = "would upload" if args.dry_run else "uploaded"
+    for path in report.uploaded:
+        print(f"{verb}: {path}")
+    seen = "" if report.remote_checked else " (remote not checked: no token)"
+    done = "to upload" if args.dry_run else "uploaded"
+    print(f"push: {len(report.uploaded)} file(s) {done}{seen}, {len(report.unchanged)} already on the Hub, "
+          f"{report.commits} commit(s) to {args.repo}@{args.revision}")
+    return 0
+
+
+def _push_to(run_dir: str, repo: str) -> int:
+    from pipeline.card import CardConfig
+    from pipeline.publish import PushConfig, push_run
+
+    report = push_run(run_dir, PushConfig(repo=repo, card=CardConfig(repo=repo)))
+    print(f"push: {len(report.uploaded)} file(s) uploaded, {len(report.unchanged)} unchanged, to {repo}")
     return 0
 
 
@@ -100,7 +163,10 @@ def _tiny(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny}
+COMMANDS = {
+    "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny,
+    "card": _card, "push": _push,
+}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -29,3 +29,8 @@ class InferenceHungError(PipelineError):
 
 class StageStalledError(PipelineError):
     """A stage finished no block within `resources.stall_timeout_s` (hung actors, any backend)."""
+
+
+class PublishError(PipelineError):
+    """`fusegen card` / `fusegen push` cannot go on: no export yet, an unbalanced ledger, a bad repo
+    name, no Hub token, or the Hub refused the request."""

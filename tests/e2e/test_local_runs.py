@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray.cloudpickle
 import yaml
 
 from pipeline.errors import RunDirError, StageInputError, StageStalledError
@@ -19,6 +21,8 @@ from pipeline.settings import build_stages, load_config
 from pipeline.stage import Resources, Stage, StageConfig, glue_map, status_columns
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
+# The session cluster's workers cannot import this test module: its Stall stage travels by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def run(run_dir: Path, cache: Path, *overrides: str, force: bool = False):
