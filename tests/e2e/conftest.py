@@ -81,7 +81,10 @@ class Cluster:
 
     def ray(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         cmd = [str(BIN / "ray"), *args]
-        return subprocess.run(cmd, env=self.env, cwd=REPO, capture_output=True, text=True, check=check, timeout=timeout)
+        done = subprocess.run(cmd, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and done.returncode:
+            raise AssertionError(f"`ray {' '.join(args[:2])}` failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return done
 
     def submit(self, job_id: str, fusegen_args: list[str]) -> None:
         """`ray job submit --no-wait --working-dir . -- fusegen run ...`, exactly the README's form."""
@@ -89,6 +92,18 @@ class Cluster:
             "job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
             "--working-dir", ".", "--", "fusegen", "run", *fusegen_args,
         )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """`ray start` returns before the dashboard's job server answers (slowly on a loaded machine)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client().list_jobs()
+                return
+            except Exception:  # any failure here means "not up yet"
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def client(self):
         from ray.job_submission import JobSubmissionClient
@@ -134,7 +149,9 @@ def ray_cluster():
     try:
         subprocess.run(head, env=env, cwd=REPO, check=True, capture_output=True, text=True, timeout=180)
         subprocess.run(second, env=env, cwd=REPO, check=True, capture_output=True, text=True, timeout=180)
-        yield Cluster(f"http://127.0.0.1:{dash}", f"127.0.0.1:{port}", env)
+        cluster = Cluster(f"http://127.0.0.1:{dash}", f"127.0.0.1:{port}", env)
+        cluster.wait_ready()
+        yield cluster
     finally:
         import ray
 

@@ -18,12 +18,14 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
 from typing_extensions import Self
+
+from tests.support.json_handler import JSONHandler
 
 TEST_TOKEN = "hf_fusegenTESTtoken_7f3a9c1e55"
 REPO = r"/api/datasets/(?P<repo>[^/]+/[^/]+)"
@@ -229,7 +231,7 @@ def _entry(path: str, data: bytes) -> dict:
     return {"type": "file", "path": path, "size": len(data), "oid": git_sha1(data)}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
@@ -289,17 +291,4 @@ class _Handler(BaseHTTPRequestHandler):
         return 404, {"error": f"no route {method} {url.path}"}, {}
 
     def _send(self, code: int, body: Any, headers: dict[str, str]) -> None:
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the per-request stderr log."""
+        self.send_json(code, json.dumps(body).encode(), headers)

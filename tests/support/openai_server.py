@@ -18,8 +18,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
+
+from tests.support.json_handler import JSONHandler
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -187,7 +189,7 @@ def completion_body(request: RecordedRequest, reply: Reply, n: int) -> str:
     )
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     def do_POST(self) -> None:
         owner: OpenAIServer = self.server.owner
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -208,18 +210,4 @@ class _Handler(BaseHTTPRequestHandler):
             owner._leave()
 
     def _send(self, code: int, body: str, headers: dict[str, str]) -> None:
-        data = body.encode()
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            # The client gave up (its read timeout); nothing to answer.
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the per-request stderr log."""
+        self.send_json(code, body.encode(), headers)
