@@ -8,7 +8,8 @@ connect and read timeouts, a total deadline per attempt, `max_bytes` counted whi
 Content-Length over it is refused up front, a smaller one is not trusted), `max_redirects`, a
 content-type check and a magic-byte check before Pillow sees a byte. 429, 5xx, refused connections and
 dropped connections are retried `retries` times with exponential backoff, honouring Retry-After (capped);
-timeouts are not retried. At most `per_host_concurrency` requests run per host at once.
+timeouts are not retried. At most `per_host_concurrency` requests run per host at once. DNS lookups
+run in a small thread pool so a resolver that never answers costs `connect_timeout_s`, not a hang.
 `fetch` never raises for anything a URL or a server can do. `store_fetched` puts a result in the run's
 content-addressed ImageStore (same bytes, one file).
 """
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import email.utils
 import random
+import ssl
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -96,10 +99,15 @@ class Fetcher:
     Args:
         resolver: `(host, port) -> addresses`; tests map made-up names to private addresses.
         connector: `(address, port, timeout) -> stream`; tests count or refuse connections.
+        ssl_context: trust for https (default: httpcore's, certifi's CAs); a private CA, or a test's.
     """
 
     def __init__(
-        self, cfg: FetchConfig, resolver: Resolver = system_resolver, connector: Connector = socket_connector
+        self,
+        cfg: FetchConfig,
+        resolver: Resolver = system_resolver,
+        connector: Connector = socket_connector,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
         self.policy = cfg.policy()
@@ -107,12 +115,17 @@ class Fetcher:
         self.limits = ImageLimits(max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels, min_side=cfg.min_side)
         self.backend = PinnedBackend(connector)
         self._pool = httpcore.ConnectionPool(
-            max_connections=cfg.max_concurrency, network_backend=self.backend, retries=0
+            ssl_context=ssl_context,
+            max_connections=cfg.max_concurrency,
+            network_backend=self.backend,
+            retries=0,
         )
         self._slots: dict[str, threading.BoundedSemaphore] = defaultdict(
             lambda: threading.BoundedSemaphore(cfg.per_host_concurrency)
         )
         self._slots_lock = threading.Lock()
+        # getaddrinfo has no timeout: lookups run here so a fetch can stop waiting for a stuck one.
+        self._dns = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fusegen-dns")
         self._headers = [(b"User-Agent", cfg.user_agent.encode()), (b"Accept", b"image/*")]
 
     def __enter__(self) -> Self:
@@ -123,6 +136,7 @@ class Fetcher:
 
     def close(self) -> None:
         self._pool.close()
+        self._dns.shutdown(wait=False, cancel_futures=True)
 
     def fetch_many(self, urls: list[str]) -> list[FetchResult]:
         """Fetch in parallel (at most `max_concurrency`, and `per_host_concurrency` per host); input order."""
@@ -169,7 +183,7 @@ class Fetcher:
         for hop in range(self.cfg.max_redirects + 1):
             status: int | None = None
             try:
-                target = vet_url(current, self.policy, self.resolver)
+                target = vet_url(current, self.policy, self._resolve)
                 status, location, body = self._get(target, deadline)
                 if status not in REDIRECTS:
                     attempts.append(Attempt(current, status, "ok"))
@@ -188,6 +202,12 @@ class Fetcher:
             "too_many_redirects", f"more than {self.cfg.max_redirects} redirects from {url[:200]}"
         )
 
+    def _resolve(self, host: str, port: int) -> list[str]:
+        try:
+            return list(self._dns.submit(self.resolver, host, port).result(self.cfg.connect_timeout_s))
+        except FutureTimeout:
+            raise OSError(f"no answer within {self.cfg.connect_timeout_s:g} s") from None
+
     def _slot(self, host: str) -> threading.BoundedSemaphore:
         with self._slots_lock:
             return self._slots[host]
@@ -200,22 +220,25 @@ class Fetcher:
             "write": self.cfg.read_timeout_s,
             "pool": self.cfg.total_timeout_s,
         }
-        with self._slot(target.host):
-            self.backend.pin(target, deadline)
-            try:
-                with self._pool.stream(
-                    "GET", str(target.url), headers=self._headers, extensions={"timeout": timeouts}
-                ) as response:
-                    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
-                    try:
-                        return response.status, headers.get("location", ""), self._body(response, headers)
-                    except FetchError as exc:
-                        exc.status = response.status
-                        raise
-            except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-                raise _transport_error(exc, deadline) from None
-            finally:
-                self.backend.unpin()
+        slot = self._slot(target.host)
+        if not slot.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise FetchError("deadline", f"no free per-host slot for {target.host} before the deadline")
+        self.backend.pin(target, deadline)
+        try:
+            with self._pool.stream(
+                "GET", str(target.url), headers=self._headers, extensions={"timeout": timeouts}
+            ) as response:
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
+                try:
+                    return response.status, headers.get("location", ""), self._body(response, headers)
+                except FetchError as exc:
+                    exc.status = response.status
+                    raise
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise _transport_error(exc, deadline) from None
+        finally:
+            self.backend.unpin()
+            slot.release()
 
     def _body(self, response: httpcore.Response, headers: dict[str, str]) -> bytes:
         status = response.status

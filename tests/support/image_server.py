@@ -5,12 +5,13 @@ gets a default `Reply` (`server.route("/a.jpg", body(data))`) and optionally a s
 first, one per request (`server.script("/a.jpg", status(503), body(data))`). Replies: `body` (any status,
 content type, headers; `content_length` may lie or be left out), `status`, `redirect` (with or without
 Location), `trickle` (one chunk every `interval_s`, forever), `hang` (read the request, never answer)
-and `disconnect`. The server records every request (`requests`) and the most it had in progress at
+and `disconnect`. With `tls` (a server-side SSLContext) it speaks HTTPS. The server records every request (`requests`) and the most it had in progress at
 once, per path prefix (`max_in_flight`). Closing wakes every handler that waits or trickles.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import defaultdict, deque
@@ -79,7 +80,7 @@ class Seen:
 class ImageServer:
     """Context manager: `with ImageServer() as server: server.url("/a.jpg")`."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Reply] = {}
         self.requests: list[Seen] = []
         self.max_in_flight: dict[str, int] = defaultdict(int)
@@ -90,6 +91,9 @@ class ImageServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self
+        self.scheme = "https" if tls else "http"
+        if tls:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
 
     @property
@@ -97,7 +101,7 @@ class ImageServer:
         return self._httpd.server_address[1]
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def route(self, path: str, reply: Reply) -> None:
         with self._lock:
@@ -141,6 +145,9 @@ class ImageServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body's tail waits for the client's
+    # delayed ACK (~40 ms per request on loopback), which would swamp what the benchmark measures.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import socket
+import ssl
+import threading
 import time
 from dataclasses import replace
 
@@ -222,6 +224,17 @@ def test_nothing_listening_is_a_connect_error_after_retries(fetcher, connects):
     assert result.error == "error:fetch_connect" and len(connects.calls) == LOCAL.retries + 1
 
 
+def test_a_dns_lookup_that_never_returns_is_abandoned(server):
+    release = threading.Event()
+    cfg = replace(SHORT, connect_timeout_s=0.3)
+    with Fetcher(cfg, resolver=lambda host, port: release.wait(5) and []) as fetcher:
+        start = time.monotonic()
+        result = fetcher.fetch("http://stuck.test/a.jpg")
+        elapsed = time.monotonic() - start
+        release.set()
+    assert result.error == "error:fetch_dns" and elapsed < 1.5
+
+
 # --- retries ------------------------------------------------------------------------------------------------
 
 
@@ -366,3 +379,61 @@ def test_a_failed_fetch_stores_nothing(server, fetcher, tmp_path):
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(PipelineConfigError, match=field):
         FetchConfig(**{field: value})
+
+
+# --- https: dialled at the vetted address, verified against the host name ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """An HTTPS image server on 127.0.0.1 whose self-signed certificate names only `images.test`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "images.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("images.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    client_ctx = ssl.create_default_context(cafile=str(folder / "cert.pem"))
+    with ImageServer(tls=server_ctx) as srv:
+        srv.route("/tls/a.jpg", body(jpeg()))
+        yield srv, client_ctx
+
+
+def tls_fetch(tls_server, host: str):
+    srv, client_ctx = tls_server
+    cfg = replace(LOCAL, allow_hosts=(), allow_networks=("127.0.0.0/8",), retries=0)
+    connects = Connects()
+    resolver = {"images.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}
+    with Fetcher(cfg, resolver=lambda h, p: resolver[h], connector=connects, ssl_context=client_ctx) as f:
+        return f.fetch(srv.url("/tls/a.jpg", host=host)), connects.calls
+
+
+def test_https_dials_the_vetted_address_and_verifies_the_host_name(tls_server):
+    result, calls = tls_fetch(tls_server, "images.test")
+    assert result.ok and calls == [("127.0.0.1", tls_server[0].port)]
+
+
+def test_https_to_a_name_the_certificate_does_not_cover_fails(tls_server):
+    result, _ = tls_fetch(tls_server, "other.test")
+    assert result.error == "error:fetch_connect" and "certificate" in result.detail.lower()
