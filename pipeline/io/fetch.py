@@ -180,7 +180,7 @@ class Fetcher:
         """One attempt: follow redirects (each hop vetted) under one deadline; (final URL, body)."""
         deadline = time.monotonic() + self.cfg.total_timeout_s
         current = url
-        for hop in range(self.cfg.max_redirects + 1):
+        for _ in range(self.cfg.max_redirects + 1):
             status: int | None = None
             try:
                 target = vet_url(current, self.policy, self._resolve)
