@@ -165,6 +165,8 @@ def parse_url(url: str, policy: Policy) -> tuple[httpx.URL, str, int, IPAddress 
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
     except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
         raise FetchError("bad_url", str(exc)[:120]) from None
+    if parsed.scheme not in ("http", "https"):
+        raise FetchError("scheme", f"only http and https are fetched (parsed {parsed.scheme!r})")
     if parsed.userinfo:
         raise FetchError("credentials", "URLs with user:password are refused, not stripped")
     if not parsed.raw_host:

@@ -342,7 +342,7 @@ def test_an_idna_host_is_fetched_under_its_ascii_name(server):
 
 
 def test_per_host_concurrency_is_limited(server):
-    urls = [serve(server, f"/conc/{i}.jpg", body(jpeg(), delay_s=0.15)) for i in range(6)]
+    urls = [serve(server, f"/conc/{i}.jpg", body(jpeg(), delay_s=0.3)) for i in range(6)]
     cfg = FetchConfig(allow_hosts=("127.0.0.1",), per_host_concurrency=2, max_concurrency=6)
     with Fetcher(cfg) as fetcher:
         results = fetcher.fetch_many(urls)
