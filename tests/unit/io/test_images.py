@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.io.images import ImageError, ImageLimits, normalise_image
+from pipeline.io.images import FittedImage, ImageError, ImageLimits, fit_image, normalise_image, sniff_format
 
 LIMITS = ImageLimits()
 
@@ -165,3 +165,86 @@ def test_truncated_still_image_at_any_length_raises_only_image_error(encode_imag
         except Exception as exc:  # noqa: BLE001
             escaped.add(type(exc).__name__)
     assert escaped == set()
+
+
+# --- fit_image: what the URL fetcher stores ------------------------------------------------------------------
+
+
+def noise(size: tuple[int, int]) -> Image.Image:
+    return Image.fromarray(np.random.RandomState(2).randint(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def fit(data: bytes, max_side: int = 64, max_aspect: float = 20.0):
+    return fit_image(data, LIMITS, max_side, max_aspect)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_fit_keeps_the_bytes_of_a_small_plain_upright_image(encode_image, fmt):
+    data = encode_image(noise((40, 30)), fmt)
+    assert fit(data) == FittedImage(data, fmt.lower(), 40, 30)
+
+
+@pytest.mark.parametrize(("fmt", "out"), [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "jpeg"), ("BMP", "png")])
+def test_fit_shrinks_to_max_side_keeping_aspect(encode_image, fmt, out):
+    fitted = fit(encode_image(noise((1000, 500)), fmt), max_side=100)
+    img = decode(fitted.data)
+    assert (fitted.format, fitted.width, fitted.height, img.size, img.mode) == (
+        out,
+        100,
+        50,
+        (100, 50),
+        "RGB",
+    )
+
+
+def test_fit_applies_exif_orientation(encode_image):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display
+    fitted = fit(encode_image(noise((40, 20)), "JPEG", exif=exif.tobytes()))
+    assert (fitted.width, fitted.height) == (20, 40)
+    assert 0x0112 not in decode(fitted.data).getexif()
+
+
+def test_fit_refuses_an_extreme_aspect_ratio(encode_image):
+    with pytest.raises(ImageError) as err:
+        fit(encode_image(noise((1000, 20)), "PNG"), max_aspect=20.0)
+    assert err.value.kind == "aspect_ratio"
+
+
+def test_fit_decodes_only_the_fetchable_formats(encode_image):
+    with pytest.raises(ImageError) as err:
+        fit(encode_image(noise((40, 30)), "TIFF"))
+    assert err.value.kind == "not_an_image"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF"])
+def test_fit_on_a_truncated_image_at_any_length_raises_only_image_error(encode_image, fmt):
+    data = encode_image(noise((48, 40)), fmt)
+    escaped = set()
+    for cut in range(0, len(data), 11):
+        try:
+            fit(data[:cut])
+        except ImageError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - collecting what escapes is the point
+            escaped.add(type(exc).__name__)
+    assert escaped == set()
+
+
+@pytest.mark.parametrize(
+    ("head", "fmt"),
+    [
+        (b"\xff\xd8\xff\xe0", "JPEG"),
+        (b"\x89PNG\r\n\x1a\n", "PNG"),
+        (b"GIF89a", "GIF"),
+        (b"GIF87a", "GIF"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "WEBP"),
+        (b"BM", "BMP"),
+        (b"<html>", None),
+        (b"", None),
+        (b"RIFF\x00\x00\x00\x00WAVE", None),
+        (b"%!PS-Adobe", None),
+    ],
+)
+def test_sniff_format_reads_magic_bytes(head, fmt):
+    assert sniff_format(head) == fmt
