@@ -23,6 +23,8 @@ def quiet_ray() -> None:
       received N input(s)": glue steps are capped at GLUE_TASKS and model stages keep a fixed actor
       pool on purpose; a stage (or a resume) with fewer shards left than that is normal.
     - "Progress bars disabled": fusegen turns Ray Data's bars off and prints one bar per stage.
+    - "Token authentication is enabled for this Ray cluster": said on every start of the embedded
+      local Ray, which keeps Ray's default (token auth on); nothing for the user to do.
     """
     import logging
     import warnings
@@ -30,6 +32,7 @@ def quiet_ray() -> None:
     warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks for ")
     warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for ")
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def init_ray(cfg) -> None:
@@ -45,10 +48,6 @@ def init_ray(cfg) -> None:
             ray.init(address=address, **common)
         else:
             log.info("starting an embedded local Ray (num_cpus=%s)", cfg.num_cpus or "all")
-            # Ray 2.60 turns token auth on for a new local cluster and says so on every start; asking
-            # for it explicitly keeps the same protection without the notice (RAY_AUTH_MODE set by the
-            # user still wins).
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
             # address="local": always a fresh instance. With None, ray.init() would attach to any
             # cluster `ray start` left running on this machine and then refuse num_cpus.
             cpus = cfg.num_cpus or os.cpu_count() or 1
