@@ -29,3 +29,7 @@ class InferenceHungError(PipelineError):
 
 class StageStalledError(PipelineError):
     """A stage finished no block within `resources.stall_timeout_s` (hung actors, any backend)."""
+
+
+class StageUnschedulableError(PipelineError):
+    """A stage's actors ask for resources no node of the Ray cluster has (they would wait forever)."""

@@ -190,7 +190,9 @@ class Doc2Query(Stage):
     def apply(self, ds):
         cfg = to_dict(self.config)
         ds = glue_map(ds, prompt_batch, fn_kwargs={"sources": self.sources, "cfg": cfg})
-        ds = generate_json(ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources)
+        ds = generate_json(
+            ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources, self.name
+        )
         return glue_map(ds, explode_batch, fn_kwargs={"cfg": cfg})
 
     @staticmethod

@@ -252,7 +252,7 @@ class Entities(Stage):
         cfg = to_dict(self.config)
         ds = glue_map(ds, ner_prompt_batch, fn_kwargs={"sources": self.sources, "cfg": cfg})
         ds = generate_json(
-            ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources
+            ds, self.config.llm, self.model_path, output_schema(self.config), self.config.resources, self.name
         )
         return glue_map(ds, parse_batch, fn_kwargs={"cfg": cfg})
 
