@@ -20,9 +20,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, write_corpus
 
-COMMON = ["stages=[ingest, doc2query, export]", "doc2query.queries_per_passage=2", "doc2query.few_shot=1",
-          "doc2query.max_query_chars=60", "doc2query.max_answer_chars=40", "doc2query.llm.max_new_tokens=96",
-          "doc2query.resources.shard_rows=16", "doc2query.resources.batch_size=16"]
+COMMON = [
+    "stages=[ingest, doc2query, export]",
+    "doc2query.queries_per_passage=2",
+    "doc2query.few_shot=1",
+    "doc2query.max_query_chars=60",
+    "doc2query.max_answer_chars=40",
+    "doc2query.llm.max_new_tokens=96",
+    "doc2query.resources.shard_rows=16",
+    "doc2query.resources.batch_size=16",
+]
 BACKENDS = {
     "transformers": ("configs/demo.yaml", ["doc2query.resources.concurrency=2"]),
     "vllm": ("configs/vllm-cpu.yaml", ["doc2query.resources.concurrency=1"]),
@@ -56,7 +63,9 @@ def main() -> int:
         manifest = run(python, config, sets, tmp / name)
         rows, seconds = manifest["rows"], manifest["seconds"]
         result[name] = {"seconds": seconds, "passages_per_s": round(args.passages / seconds, 3), "rows": rows}
-    result["vllm_over_transformers"] = round(result["vllm"]["passages_per_s"] / result["transformers"]["passages_per_s"], 2)
+    result["vllm_over_transformers"] = round(
+        result["vllm"]["passages_per_s"] / result["transformers"]["passages_per_s"], 2
+    )
     print(json.dumps(result, indent=1))
     return 0
 

@@ -34,8 +34,14 @@ def conversations(n: int, tmp: Path):
     from pipeline.stages.doc2query import PROMPTS, Doc2QueryConfig, build_messages, output_schema
 
     rows = [json.loads(line) for line in write_corpus(tmp / "corpus.jsonl", n).read_text().splitlines()]
-    cfg = Doc2QueryConfig(queries_per_passage=2, max_query_chars=60, max_answer_chars=40, passage_max_chars=1200,
-                          few_shot=1, llm=LLMConfig(max_new_tokens=96))
+    cfg = Doc2QueryConfig(
+        queries_per_passage=2,
+        max_query_chars=60,
+        max_answer_chars=40,
+        passage_max_chars=1200,
+        few_shot=1,
+        llm=LLMConfig(max_new_tokens=96),
+    )
     sources = load_sources(REPO / "prompts", PROMPTS)
     return [build_messages(sources, cfg, r["title"], r["text"]) for r in rows], output_schema(cfg)
 
@@ -44,8 +50,17 @@ def engine_config(model: str):
     from pipeline.models.llm import LLMConfig
     from pipeline.stage import Resources
 
-    llm = LLMConfig(backend="vllm", model=model, vllm_device="cpu", gpu_memory_utilization=0.05, max_model_len=2048,
-                    enforce_eager=True, dtype="float32", max_new_tokens=96, schedule_grace_s=0)
+    llm = LLMConfig(
+        backend="vllm",
+        model=model,
+        vllm_device="cpu",
+        gpu_memory_utilization=0.05,
+        max_model_len=2048,
+        enforce_eager=True,
+        dtype="float32",
+        max_new_tokens=96,
+        schedule_grace_s=0,
+    )
     return llm, Resources(batch_size=16, concurrency=1, num_cpus=1)
 
 
@@ -80,11 +95,20 @@ def raw_path(model: str, convs: list, schema: dict) -> tuple[float, float]:
     llm_cfg, _ = engine_config(model)
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
     start = time.perf_counter()
-    engine = LLM(model, max_model_len=llm_cfg.max_model_len, gpu_memory_utilization=0.05, enforce_eager=True,
-                 dtype="float32", **GUIDED_ENGINE)
+    engine = LLM(
+        model,
+        max_model_len=llm_cfg.max_model_len,
+        gpu_memory_utilization=0.05,
+        enforce_eager=True,
+        dtype="float32",
+        **GUIDED_ENGINE,
+    )
     load = time.perf_counter() - start
-    params = SamplingParams(max_tokens=llm_cfg.max_new_tokens, temperature=0.0,
-                            structured_outputs=StructuredOutputsParams(json=json.dumps(schema)))
+    params = SamplingParams(
+        max_tokens=llm_cfg.max_new_tokens,
+        temperature=0.0,
+        structured_outputs=StructuredOutputsParams(json=json.dumps(schema)),
+    )
     start = time.perf_counter()
     out = engine.chat(convs, params, use_tqdm=False)
     assert len(out) == len(convs)
@@ -103,17 +127,33 @@ def main() -> int:
     load, gen = raw_path(args.model, convs, schema)
     n = len(convs)
     ray_rate, raw_rate = (n - 1) / (tn - t1), n / gen
-    print(json.dumps({
-        "machine": machine(), "model": args.model, "rows": n,
-        "ray_data_llm": {"one_row_s": round(t1, 1), "all_rows_s": round(tn, 1), "steady_rows_per_s": round(ray_rate, 2)},
-        "raw_vllm": {"load_s": round(load, 1), "generate_s": round(gen, 1), "rows_per_s": round(raw_rate, 2)},
-        "steady_ratio": round(ray_rate / raw_rate, 3), "target": TARGET,
-        "end_to_end_ratio": round((load + gen) / tn, 3),
-        "startup_gap_s": round(t1 - load, 1),
-        # 5-minute load average after each half: numbers from a shared machine are only comparable
-        # when these are close to the core count.
-        "loadavg_5min": {"after_ray": round(load_ray, 1), "after_raw": round(os.getloadavg()[1], 1)},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "machine": machine(),
+                "model": args.model,
+                "rows": n,
+                "ray_data_llm": {
+                    "one_row_s": round(t1, 1),
+                    "all_rows_s": round(tn, 1),
+                    "steady_rows_per_s": round(ray_rate, 2),
+                },
+                "raw_vllm": {
+                    "load_s": round(load, 1),
+                    "generate_s": round(gen, 1),
+                    "rows_per_s": round(raw_rate, 2),
+                },
+                "steady_ratio": round(ray_rate / raw_rate, 3),
+                "target": TARGET,
+                "end_to_end_ratio": round((load + gen) / tn, 3),
+                "startup_gap_s": round(t1 - load, 1),
+                # 5-minute load average after each half: numbers from a shared machine are only comparable
+                # when these are close to the core count.
+                "loadavg_5min": {"after_ray": round(load_ray, 1), "after_raw": round(os.getloadavg()[1], 1)},
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

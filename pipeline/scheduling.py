@@ -97,7 +97,9 @@ def _message(
     stage: str, bundles: list[dict], nodes: list[dict], why: str, grace_s: float, knob: str, hint: str
 ) -> str:
     shown = "; ".join(
-        f"{n.get('NodeManagerAddress', '?')} {_show(n.get('Resources', {}))}" for n in nodes if n.get("Alive", True)
+        f"{n.get('NodeManagerAddress', '?')} {_show(n.get('Resources', {}))}"
+        for n in nodes
+        if n.get("Alive", True)
     )
     request = " + ".join(_show(b) for b in bundles)
     return (

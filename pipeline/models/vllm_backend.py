@@ -25,7 +25,9 @@ from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
 
 CARRY = "_carry"
 PROMPT_TOO_LONG, TRUNCATED, INFERENCE_FAILED = (
-    "error:prompt_too_long", "error:truncated_output", "error:inference_failed",
+    "error:prompt_too_long",
+    "error:truncated_output",
+    "error:inference_failed",
 )
 # Per-row engine error text kept in `_raw` (the reject row), cut to this many characters.
 ERROR_TEXT_CHARS = 2000
@@ -156,7 +158,9 @@ def vllm_processor_config(cfg: LLMConfig, model_path: str, resources: Any, **ext
         concurrency=resources.concurrency,
         accelerator_type=cfg.accelerator_type,
         placement_group_config={"bundles": engine_bundles(cfg, resources)},
-        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": f"{cfg.vllm_cpu_kvcache_gib:g}"}} if cpu else None,
+        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": f"{cfg.vllm_cpu_kvcache_gib:g}"}}
+        if cpu
+        else None,
         # Engine metrics import ray.serve, which the CPU test stack (ray[data]) does not have.
         log_engine_metrics=not cpu,
         chat_template_stage=dict(stage),
@@ -167,24 +171,31 @@ def vllm_processor_config(cfg: LLMConfig, model_path: str, resources: Any, **ext
     )
 
 
-def row_map_kwargs() -> dict:
-    """Resources of the row maps around the processor: light, and never holding a whole CPU."""
+def row_map_kwargs(resources: Any) -> dict:
+    """Resources of the row maps around the processor: light, never holding a whole CPU, and at most
+    two tasks per engine replica at once (0.1-CPU tasks are otherwise started one per pending block)."""
     import ray.data
 
-    return {"num_cpus": CPU_HELPER_CPUS, "compute": ray.data.TaskPoolStrategy(size=2)}
+    return {"num_cpus": CPU_HELPER_CPUS, "compute": ray.data.TaskPoolStrategy(size=2 * resources.concurrency)}
 
 
 def check_engine_fits(cfg: LLMConfig, resources: Any, stage: str) -> None:
     """Fail within `llm.schedule_grace_s` when no node can hold one engine (see pipeline/scheduling.py)."""
     from pipeline.scheduling import wait_until_schedulable
 
-    hint = "for a CPU-only cluster with the vllm-cpu build set `llm.vllm_device: cpu`" if cfg.vllm_device == "cuda" else ""
+    hint = (
+        "for a CPU-only cluster with the vllm-cpu build set `llm.vllm_device: cpu`"
+        if cfg.vllm_device == "cuda"
+        else ""
+    )
     wait_until_schedulable(
         stage, engine_bundles(cfg, resources), cfg.schedule_grace_s, f"{stage}.llm.schedule_grace_s", hint
     )
 
 
-def vllm_generate(ds: Any, cfg: LLMConfig, model_path: str, schema: dict, resources: Any, stage: str = "llm") -> Any:
+def vllm_generate(
+    ds: Any, cfg: LLMConfig, model_path: str, schema: dict, resources: Any, stage: str = "llm"
+) -> Any:
     """Add `_raw` / `_llm_error` to every row of `ds` through a ray.data.llm vLLM processor."""
     from functools import partial
 
@@ -196,8 +207,10 @@ def vllm_generate(ds: Any, cfg: LLMConfig, model_path: str, schema: dict, resour
         vllm_processor_config(cfg, model_path, resources),
         preprocess=partial(vllm_preprocess_row, sampling=sampling),
         postprocess=vllm_postprocess_row,
-        preprocess_map_kwargs=row_map_kwargs(),
-        postprocess_map_kwargs=row_map_kwargs(),
+        preprocess_map_kwargs=row_map_kwargs(resources),
+        postprocess_map_kwargs=row_map_kwargs(resources),
     )
-    restore = partial(vllm_restore_row, max_new_tokens=cfg.max_new_tokens, max_input_tokens=cfg.max_input_tokens)
-    return processor(ds).map(restore, **row_map_kwargs())
+    restore = partial(
+        vllm_restore_row, max_new_tokens=cfg.max_new_tokens, max_input_tokens=cfg.max_input_tokens
+    )
+    return processor(ds).map(restore, **row_map_kwargs(resources))

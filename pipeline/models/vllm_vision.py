@@ -34,7 +34,13 @@ from pipeline.models.vllm_backend import (
 
 IMAGE_MISSING = "error:image_missing"
 HAS_IMAGE = "_has_image"
-_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp"}
+_MIME = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+}
 
 
 def image_bytes(value: Any) -> bytes | None:
@@ -88,8 +94,12 @@ def vlm_preprocess_row(row: dict, sampling: dict, image_column: str, load_image:
         messages = attach_image(json.loads(row[MESSAGES]), data_url(data)) if data else None
     except ValueError:
         messages = None
-    return {"messages": messages or [], "sampling_params": dict(sampling), CARRY: pickle.dumps(carry),
-            HAS_IMAGE: messages is not None}
+    return {
+        "messages": messages or [],
+        "sampling_params": dict(sampling),
+        CARRY: pickle.dumps(carry),
+        HAS_IMAGE: messages is not None,
+    }
 
 
 def missing_image_row(row: dict) -> dict:
@@ -119,19 +129,22 @@ def vllm_vision_generate(
     if schema is None:
         cfg = dataclasses.replace(cfg, guided=False)
     sampling = vllm_sampling_params(cfg, schema or {})
+    light = row_map_kwargs(resources)
     prepared = ds.map(
         partial(vlm_preprocess_row, sampling=sampling, image_column=image_column, load_image=load_image),
-        **row_map_kwargs(),
+        **light,
     )
     # Two branches of one lazy plan: rows without an image skip the engine and come back as rejects.
-    missing = prepared.filter(lambda r: not r[HAS_IMAGE], **row_map_kwargs()).map(missing_image_row, **row_map_kwargs())
-    ready = prepared.filter(lambda r: r[HAS_IMAGE], **row_map_kwargs())
+    missing = prepared.filter(lambda r: not r[HAS_IMAGE], **light).map(missing_image_row, **light)
+    ready = prepared.filter(lambda r: r[HAS_IMAGE], **light)
     processor = build_processor(
         vllm_processor_config(cfg, model_path, resources, prepare_multimodal_stage={"enabled": True}),
         preprocess=lambda r: {k: r[k] for k in ("messages", "sampling_params", CARRY)},
         postprocess=vllm_postprocess_row,
-        preprocess_map_kwargs=row_map_kwargs(),
-        postprocess_map_kwargs=row_map_kwargs(),
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
     )
-    restore = partial(vllm_restore_row, max_new_tokens=cfg.max_new_tokens, max_input_tokens=cfg.max_input_tokens)
-    return processor(ready).map(restore, **row_map_kwargs()).union(missing)
+    restore = partial(
+        vllm_restore_row, max_new_tokens=cfg.max_new_tokens, max_input_tokens=cfg.max_input_tokens
+    )
+    return processor(ready).map(restore, **light).union(missing)

@@ -26,7 +26,13 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed"),
 ]
 
-VLLM = ["backend=vllm", "max_model_len=2048", "gpu_memory_utilization=0.3", "enforce_eager=true", "max_new_tokens=200"]
+VLLM = [
+    "backend=vllm",
+    "max_model_len=2048",
+    "gpu_memory_utilization=0.3",
+    "enforce_eager=true",
+    "max_new_tokens=200",
+]
 
 
 def _gpus() -> int:
@@ -41,8 +47,12 @@ def _run(tmp_path: Path, tiny_cache: Path, llm: list[str]) -> tuple[Path, dict]:
     ray.init(address="local", include_dashboard=False)
     try:
         run_dir = tmp_path / "run"
-        sets = [f"cache_dir={tiny_cache}", "stages=[ingest, doc2query, export]",
-                "doc2query.max_query_chars=40", "doc2query.max_answer_chars=20"]
+        sets = [
+            f"cache_dir={tiny_cache}",
+            "stages=[ingest, doc2query, export]",
+            "doc2query.max_query_chars=40",
+            "doc2query.max_answer_chars=20",
+        ]
         sets += [f"doc2query.llm.{kv}" for kv in VLLM + llm]
         config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", sets)
         ctx = RunContext.create(config, str(run_dir))
@@ -61,7 +71,9 @@ def test_tensor_parallel_over_two_gpus_completes_with_json_output(tmp_path, tiny
     assert all(isinstance(json.loads(r["llm_raw"]), dict) for r in kept)
 
 
-@pytest.mark.skipif(not os.environ.get("FUSEGEN_GPU_MODEL"), reason="set FUSEGEN_GPU_MODEL to a local checkpoint")
+@pytest.mark.skipif(
+    not os.environ.get("FUSEGEN_GPU_MODEL"), reason="set FUSEGEN_GPU_MODEL to a local checkpoint"
+)
 def test_a_real_instruct_model_keeps_most_passages(tmp_path, tiny_cache):
     _, manifests = _run(tmp_path, tiny_cache, [f"model={os.environ['FUSEGEN_GPU_MODEL']}"])
     rows = manifests["doc2query"]["rows"]

@@ -10,7 +10,8 @@ from pipeline.errors import StageUnschedulableError
 from pipeline.scheduling import fits, unschedulable_reason, wait_until_schedulable
 
 CPU_NODE = {
-    "Alive": True, "NodeManagerAddress": "10.0.0.1",
+    "Alive": True,
+    "NodeManagerAddress": "10.0.0.1",
     "Resources": {"CPU": 2.0, "memory": 8e9, "object_store_memory": 1e9, "node:10.0.0.1": 1.0},
 }
 GPU_NODE = {"Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 8.0, "GPU": 1.0}}
@@ -31,7 +32,10 @@ class FakeClock:
 
 
 def test_bundle_fits_a_node_with_enough_of_every_resource():
-    assert (fits({"CPU": 1, "GPU": 1}, GPU_NODE["Resources"]), fits({"GPU": 1}, CPU_NODE["Resources"])) == (True, False)
+    assert (fits({"CPU": 1, "GPU": 1}, GPU_NODE["Resources"]), fits({"GPU": 1}, CPU_NODE["Resources"])) == (
+        True,
+        False,
+    )
 
 
 def test_zero_amounts_do_not_need_the_resource():
@@ -51,11 +55,19 @@ def test_gpu_request_on_a_cpu_cluster_fails_at_once_naming_stage_request_and_nod
     clock = FakeClock()
     with pytest.raises(StageUnschedulableError) as info:
         wait_until_schedulable(
-            "doc2query", [{"CPU": 1.0, "GPU": 1.0}], 0, "doc2query.llm.schedule_grace_s", "set vllm_device",
-            nodes=lambda: [CPU_NODE], clock=clock, sleep=clock.sleep,
+            "doc2query",
+            [{"CPU": 1.0, "GPU": 1.0}],
+            0,
+            "doc2query.llm.schedule_grace_s",
+            "set vllm_device",
+            nodes=lambda: [CPU_NODE],
+            clock=clock,
+            sleep=clock.sleep,
         )
     message = str(info.value)
-    assert message.startswith("doc2query: its actors ask for {CPU: 1, GPU: 1} but no node has {CPU: 1, GPU: 1}")
+    assert message.startswith(
+        "doc2query: its actors ask for {CPU: 1, GPU: 1} but no node has {CPU: 1, GPU: 1}"
+    )
     assert "10.0.0.1 {CPU: 2}" in message and "doc2query.llm.schedule_grace_s" in message
     assert "set vllm_device" in message and clock.sleeps == []
 
@@ -64,7 +76,14 @@ def test_unschedulable_request_waits_the_grace_period_then_fails():
     clock = FakeClock()
     with pytest.raises(StageUnschedulableError, match="waited 12 s"):
         wait_until_schedulable(
-            "entities", [{"GPU": 1.0}], 12, "k", nodes=lambda: [CPU_NODE], poll_s=5, clock=clock, sleep=clock.sleep
+            "entities",
+            [{"GPU": 1.0}],
+            12,
+            "k",
+            nodes=lambda: [CPU_NODE],
+            poll_s=5,
+            clock=clock,
+            sleep=clock.sleep,
         )
     assert clock.sleeps == [5, 5, 2]
 
@@ -73,12 +92,21 @@ def test_request_returns_once_an_autoscaler_adds_a_node_that_fits():
     clock = FakeClock()
     cluster = [[CPU_NODE], [CPU_NODE], [CPU_NODE, GPU_NODE]]
     wait_until_schedulable(
-        "doc2query", [{"GPU": 1.0}], 60, "k", nodes=lambda: cluster.pop(0), poll_s=5, clock=clock, sleep=clock.sleep
+        "doc2query",
+        [{"GPU": 1.0}],
+        60,
+        "k",
+        nodes=lambda: cluster.pop(0),
+        poll_s=5,
+        clock=clock,
+        sleep=clock.sleep,
     )
     assert (clock.sleeps, cluster) == ([5, 5], [])
 
 
 def test_request_that_fits_returns_without_sleeping():
     clock = FakeClock()
-    wait_until_schedulable("doc2query", [{"CPU": 1.0}], 0, "k", nodes=lambda: [CPU_NODE], clock=clock, sleep=clock.sleep)
+    wait_until_schedulable(
+        "doc2query", [{"CPU": 1.0}], 0, "k", nodes=lambda: [CPU_NODE], clock=clock, sleep=clock.sleep
+    )
     assert clock.sleeps == []

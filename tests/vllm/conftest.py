@@ -61,7 +61,12 @@ class Fusegen:
     def start(self, args: list[str], log: Path) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "pipeline.cli", *args]
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=REPO,
+            env=self.env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc

@@ -25,10 +25,26 @@ from pipeline.stages.doc2query import output_schema
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "vllm-cpu.yaml")
 PASSAGES = [
-    ("blue-whale", "Blue whale", "The blue whale is a marine mammal and the largest animal known to have ever existed."),
-    ("great-wall", "Great Wall", "The Great Wall of China is a series of fortifications built across northern China."),
-    ("frida-kahlo", "Frida Kahlo", "Frida Kahlo was a Mexican painter known for her portraits and self-portraits."),
-    ("dvorak", "Antonin Dvorak", "Antonin Dvorak was a Czech composer who wrote the New World Symphony in 1893."),
+    (
+        "blue-whale",
+        "Blue whale",
+        "The blue whale is a marine mammal and the largest animal known to have ever existed.",
+    ),
+    (
+        "great-wall",
+        "Great Wall",
+        "The Great Wall of China is a series of fortifications built across northern China.",
+    ),
+    (
+        "frida-kahlo",
+        "Frida Kahlo",
+        "Frida Kahlo was a Mexican painter known for her portraits and self-portraits.",
+    ),
+    (
+        "dvorak",
+        "Antonin Dvorak",
+        "Antonin Dvorak was a Czech composer who wrote the New World Symphony in 1893.",
+    ),
     ("long-river", "A long river", "The river runs through the old town and past the market square. " * 45),
 ]
 SETS = [
@@ -85,7 +101,9 @@ def test_doc2query_and_entities_run_on_vllm_with_a_balanced_ledger(clean_run):
     for stage, name in (("02_doc2query", "doc2query"), ("03_entities", "entities")):
         manifest = _manifest(clean_run, stage)
         rows = manifest["rows"]
-        assert (manifest["status"], manifest["models"]["llm"].endswith("via vllm")) == ("complete", True), name
+        assert (manifest["status"], manifest["models"]["llm"].endswith("via vllm")) == ("complete", True), (
+            name
+        )
         assert rows["in"] == rows["out"] + rows["filtered"] + rows["rejected"], name
     assert _manifest(clean_run, "02_doc2query")["rows"]["in"] == len(PASSAGES)
 
@@ -117,7 +135,9 @@ def test_every_llm_error_reason_is_one_of_the_fixed_kinds(clean_run):
         assert errors and errors <= FIXED_REASONS, stage
 
 
-def test_kill_after_the_first_doc2query_shard_then_resume_equals_the_clean_run(fusegen, clean_run, corpus, tiny_cache, tmp_path):
+def test_kill_after_the_first_doc2query_shard_then_resume_equals_the_clean_run(
+    fusegen, clean_run, corpus, tiny_cache, tmp_path
+):
     run_dir = tmp_path / "run"
     args = _args(run_dir, corpus, tiny_cache)
     proc = fusegen.start(args, tmp_path / "killed.txt")

@@ -24,7 +24,8 @@ def _torchvision_error() -> str:
         from torchvision.ops import nms  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any failure means vLLM cannot import its Qwen2-VL model
         return (
-            f"vLLM's Qwen2-VL model needs torchvision, which does not load here: {type(exc).__name__}: {exc}. "
+            f"vLLM's Qwen2-VL model needs torchvision, which does not load here: "
+            f"{type(exc).__name__}: {exc}. "
             "Only PyTorch's CPU index has torchvision==0.28.0+cpu (scripts/install_vllm.sh installs it "
             "where that index is reachable)"
         )
@@ -57,8 +58,14 @@ def vl_rows(tmp_path_factory):
         {"id": "none", MESSAGES: messages, "image": {"bytes": None, "path": None}},
     ]
     cfg = LLMConfig(
-        backend="vllm", vllm_device="cpu", gpu_memory_utilization=0.05, max_model_len=1024, enforce_eager=True,
-        dtype="float32", max_new_tokens=8, schedule_grace_s=0,
+        backend="vllm",
+        vllm_device="cpu",
+        gpu_memory_utilization=0.05,
+        max_model_len=1024,
+        enforce_eager=True,
+        dtype="float32",
+        max_new_tokens=8,
+        schedule_grace_s=0,
     )
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
     try:
@@ -70,8 +77,13 @@ def vl_rows(tmp_path_factory):
 
 
 def test_rows_with_images_get_text_from_the_vlm(vl_rows):
-    assert {k: (bool(r[RAW]), r[LLM_ERROR] in ("", "error:truncated_output")) for k, r in vl_rows.items() if k != "none"} == {
-        "red": (True, True), "blue": (True, True),
+    assert {
+        k: (bool(r[RAW]), r[LLM_ERROR] in ("", "error:truncated_output"))
+        for k, r in vl_rows.items()
+        if k != "none"
+    } == {
+        "red": (True, True),
+        "blue": (True, True),
     }
 
 

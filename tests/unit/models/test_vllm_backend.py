@@ -49,12 +49,20 @@ def test_preprocess_sends_messages_and_sampling_params():
 
 
 def test_preprocess_carries_every_other_column_pickled():
-    assert pickle.loads(vllm_preprocess_row(ROW, SAMPLING)[CARRY]) == {"id": "gg", "text": "A passage.", "_src": 3}
+    assert pickle.loads(vllm_preprocess_row(ROW, SAMPLING)[CARRY]) == {
+        "id": "gg",
+        "text": "A passage.",
+        "_src": 3,
+    }
 
 
 def test_round_trip_restores_columns_and_adds_raw_text():
     assert _restore(_output('{"pairs": []}')) == {
-        "id": "gg", "text": "A passage.", "_src": 3, RAW: '{"pairs": []}', LLM_ERROR: "",
+        "id": "gg",
+        "text": "A passage.",
+        "_src": 3,
+        RAW: '{"pairs": []}',
+        LLM_ERROR: "",
     }
 
 
@@ -64,7 +72,9 @@ def test_max_new_tokens_generated_is_truncated_output_keeping_the_raw_text():
 
 
 def test_prompt_over_max_input_tokens_is_prompt_too_long():
-    assert _restore(_output("{}", prompt_tokens=101), max_input_tokens=100)[LLM_ERROR] == "error:prompt_too_long"
+    assert (
+        _restore(_output("{}", prompt_tokens=101), max_input_tokens=100)[LLM_ERROR] == "error:prompt_too_long"
+    )
 
 
 def test_engine_refusing_a_long_prompt_is_prompt_too_long_with_the_message_as_raw():
@@ -77,10 +87,14 @@ def test_engine_refusing_a_long_prompt_is_prompt_too_long_with_the_message_as_ra
 
 
 def test_other_engine_errors_share_one_reason_and_keep_their_text_in_raw():
-    rows = [{**vllm_preprocess_row(ROW, SAMPLING), "__inference_error__": m} for m in ("boom 1", "RuntimeError: 2")]
+    rows = [
+        {**vllm_preprocess_row(ROW, SAMPLING), "__inference_error__": m}
+        for m in ("boom 1", "RuntimeError: 2")
+    ]
     restored = [_restore(r) for r in rows]
     assert [(r[RAW], r[LLM_ERROR]) for r in restored] == [
-        ("boom 1", "error:inference_failed"), ("RuntimeError: 2", "error:inference_failed"),
+        ("boom 1", "error:inference_failed"),
+        ("RuntimeError: 2", "error:inference_failed"),
     ]
 
 
@@ -156,7 +170,9 @@ def test_gpu_config_builds_a_ray_data_llm_processor_config_for_each_llm_stage(re
         built = vllm_processor_config(stage.llm, "/models/qwen", stage.resources)
         engine = built.engine_kwargs
         assert (built.model_source, built.batch_size, built.concurrency) == (
-            "/models/qwen", stage.resources.batch_size, stage.resources.concurrency
+            "/models/qwen",
+            stage.resources.batch_size,
+            stage.resources.concurrency,
         )
         assert (engine["tensor_parallel_size"], engine["max_model_len"]) == (4, 8192)
         assert built.should_continue_on_error is True
@@ -170,5 +186,7 @@ def test_vllm_cpu_config_builds_a_cpu_processor_config_for_each_llm_stage(repo_r
     for stage in (config.doc2query, config.entities):
         built = vllm_processor_config(stage.llm, "/m", stage.resources)
         assert (stage.llm.backend, built.log_engine_metrics, built.placement_group_config["bundles"]) == (
-            "vllm", False, [{"CPU": 1.0, "GPU": 0.0}]
+            "vllm",
+            False,
+            [{"CPU": 1.0, "GPU": 0.0}],
         )

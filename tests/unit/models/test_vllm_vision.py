@@ -20,10 +20,12 @@ from pipeline.models.vllm_vision import (
     vlm_preprocess_row,
 )
 
-MESSAGES_JSON = json.dumps([
-    {"role": "system", "content": "Describe."},
-    {"role": "user", "content": "What is this?"},
-])
+MESSAGES_JSON = json.dumps(
+    [
+        {"role": "system", "content": "Describe."},
+        {"role": "user", "content": "What is this?"},
+    ]
+)
 
 
 def test_image_bytes_reads_hf_structs_and_raw_bytes_and_nothing_else(encode_image):
@@ -31,7 +33,11 @@ def test_image_bytes_reads_hf_structs_and_raw_bytes_and_nothing_else(encode_imag
 
     png = encode_image(Image.new("RGB", (8, 8)), "PNG")
     assert [image_bytes(v) for v in ({"bytes": png, "path": None}, png, {"bytes": None}, None, b"")] == [
-        png, png, None, None, None,
+        png,
+        png,
+        None,
+        None,
+        None,
     ]
 
 
