@@ -34,3 +34,7 @@ class StageStalledError(PipelineError):
 class PublishError(PipelineError):
     """`fusegen card` / `fusegen push` cannot go on: no export yet, an unbalanced ledger, a bad repo
     name, no Hub token, or the Hub refused the request."""
+
+
+class StageUnschedulableError(PipelineError):
+    """A stage's actors ask for resources no node of the Ray cluster has (they would wait forever)."""

@@ -47,5 +47,5 @@ class LLMStage(Stage):
         cfg = to_dict(self.config)
         render, parse = type(self).render_batch, type(self).parse_batch
         ds = glue_map(ds, render, fn_kwargs={"sources": self.sources, "cfg": cfg})
-        ds = generate_json(ds, self.config.llm, self.model_path, self.schema(), self.config.resources)
+        ds = generate_json(ds, self.config.llm, self.model_path, self.schema(), self.config.resources, self.name)
         return glue_map(ds, parse, fn_kwargs={"cfg": cfg})

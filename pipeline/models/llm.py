@@ -15,7 +15,6 @@ a call that hangs gives `error:timeout` rows, and repeated hangs stop the stage.
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import threading
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ import pyarrow as pa
 from pipeline.config import check
 from pipeline.models.watchdog import Watchdog
 
-MESSAGES, RAW, LLM_ERROR, CARRY = "_messages", "_raw", "_llm_error", "_carry"
+MESSAGES, RAW, LLM_ERROR = "_messages", "_raw", "_llm_error"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -39,6 +38,7 @@ class LLMConfig:
         "timeout_s", "max_consecutive_timeouts", "tensor_parallel_size", "pipeline_parallel_size",
         "gpu_memory_utilization", "enforce_eager", "accelerator_type", "base_url", "api_key_env",
         "request_timeout_s", "max_retries", "max_concurrent_requests", "retry_backoff_s",
+        "vllm_device", "vllm_cpu_kvcache_gib", "vllm_helper_num_cpus", "schedule_grace_s",
     })
 
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
@@ -70,6 +70,22 @@ class LLMConfig:
     gpu_memory_utilization: float = 0.85
     enforce_eager: bool = False
     accelerator_type: str | None = None
+    # Where the vLLM engine runs: `cuda` (GPU nodes; the engine asks for 1 GPU per TP x PP worker) or
+    # `cpu` (the vllm-cpu build: CPU-only bundles, `gpu_memory_utilization` is then the share of RAM
+    # vLLM reserves, and the KV cache gets `vllm_cpu_kvcache_gib` GiB via VLLM_CPU_KVCACHE_SPACE).
+    vllm_device: Literal["cuda", "cpu"] = "cuda"
+    # vLLM weight/activation dtype (`auto`: the checkpoint's, bf16 on CPU). float32 keeps a greedy rerun
+    # on CPU identical whatever the batch; part of the fingerprint since it changes the output.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    vllm_cpu_kvcache_gib: float = 1.0
+    # CPUs per actor of ray.data.llm's chat-template / tokenize / detokenize helper stages. None: 1
+    # (Ray's default) on cuda, 0.1 on cpu, where three 1-CPU helpers beside the engine deadlock a
+    # small node (nothing is left for the engine's inputs).
+    vllm_helper_num_cpus: float | None = None
+    # Seconds a stage waits for resources that no node has (its engine bundle asks for more GPUs or
+    # CPUs than any node offers) before failing with the request and the cluster's nodes named. An
+    # autoscaler may add such nodes: give it this long; a fixed-size cluster can set 0 (fail at once).
+    schedule_grace_s: float = 300.0
     # openai only. The endpoint's base URL, e.g. http://host:8000/v1; unset: env OPENAI_BASE_URL.
     base_url: str | None = None
     # NAME of the environment variable holding the API key, read on the driver; the key itself never
@@ -90,6 +106,7 @@ class LLMConfig:
         check(0 < self.top_p <= 1, "llm", "top_p", f"must be in (0, 1] (got {self.top_p})")
         check(self.max_input_tokens > 0, "llm", "max_input_tokens", f"must be > 0 (got {self.max_input_tokens})")
         check(self.tensor_parallel_size >= 1, "llm", "tensor_parallel_size", "must be >= 1")
+        self._check_vllm()
         check(
             0 < self.gpu_memory_utilization <= 1,
             "llm",
@@ -104,6 +121,24 @@ class LLMConfig:
             f"must be >= 1 (got {self.max_consecutive_timeouts})",
         )
         self._check_openai()
+
+    def _check_vllm(self) -> None:
+        check(
+            self.vllm_device != "cpu" or self.gpu_memory_utilization <= 0.5,
+            "llm",
+            "gpu_memory_utilization",
+            f"is the share of RAM vLLM reserves when `llm.vllm_device` is cpu; {self.gpu_memory_utilization} "
+            "would take most of the machine's memory: set it to about 0.05 (the KV cache size is "
+            "`llm.vllm_cpu_kvcache_gib`)",
+        )
+        check(self.vllm_cpu_kvcache_gib > 0, "llm", "vllm_cpu_kvcache_gib", f"must be > 0 (got {self.vllm_cpu_kvcache_gib})")
+        check(
+            self.vllm_helper_num_cpus is None or self.vllm_helper_num_cpus >= 0,
+            "llm",
+            "vllm_helper_num_cpus",
+            f"must be >= 0 (got {self.vllm_helper_num_cpus})",
+        )
+        check(self.schedule_grace_s >= 0, "llm", "schedule_grace_s", f"must be >= 0 (got {self.schedule_grace_s})")
 
     def _check_openai(self) -> None:
         url = self.base_url
@@ -285,95 +320,31 @@ class HFGenerateFn:
         return table.append_column(LLM_ERROR, pa.array([e for _, e in results], pa.string()))
 
 
-def generate_json(ds, cfg: LLMConfig, model_path: str, schema: dict, resources) -> Any:
+def generate_json(ds, cfg: LLMConfig, model_path: str, schema: dict, resources, stage: str = "llm") -> Any:
     """Add `_raw` / `_llm_error` to every row of `ds` with the configured backend.
 
     `model_path` is what the stage resolved from `cfg.model` (models/sources.py); the openai backend
-    ignores it and sends `cfg.model`, the name the server knows, as is.
+    ignores it and sends `cfg.model`, the name the server knows, as is. `stage` names the stage in
+    errors.
 
     Raises:
         PipelineConfigError: openai backend with neither `llm.base_url` nor OPENAI_BASE_URL set.
+        StageUnschedulableError: no node can hold the model actor within `llm.schedule_grace_s`.
     """
 
     if cfg.backend == "vllm":
-        return _vllm_generate(ds, cfg, model_path, schema, resources)
+        from pipeline.models.vllm_backend import vllm_generate
+
+        return vllm_generate(ds, cfg, model_path, schema, resources, stage)
     if cfg.backend == "openai":
         from pipeline.models.openai_chat import openai_generate
 
         return openai_generate(ds, cfg, schema, resources)
+    from pipeline.scheduling import wait_until_schedulable
     from pipeline.stage import actor_map
 
+    bundle = {"CPU": float(resources.num_cpus), "GPU": float(resources.num_gpus)}
+    wait_until_schedulable(stage, [bundle], cfg.schedule_grace_s, f"{stage}.llm.schedule_grace_s")
     return actor_map(ds, HFGenerateFn, {
         "model_path": model_path, "cfg": asdict(cfg), "schema": schema, "batch_size": resources.batch_size,
     }, resources)
-
-
-# --- vLLM through ray.data.llm -------------------------------------------------------------------
-# The processor's postprocess sees only what its preprocess returned, and error rows bypass
-# postprocess, so every other column travels pickled in one `_carry` column and is restored after.
-
-
-def vllm_preprocess_row(row: dict, sampling: dict) -> dict:
-    carry = {k: v for k, v in row.items() if k != MESSAGES}
-    return {
-        "messages": json.loads(row[MESSAGES]),
-        "sampling_params": dict(sampling),
-        CARRY: pickle.dumps(carry),
-    }
-
-
-def vllm_postprocess_row(row: dict) -> dict:
-    return {CARRY: row[CARRY], RAW: row.get("generated_text") or "", LLM_ERROR: ""}
-
-
-def vllm_restore_row(row: dict) -> dict:
-    out = pickle.loads(row[CARRY])
-    error = row.get("__inference_error__") or row.get(LLM_ERROR) or ""
-    out[RAW] = "" if error else (row.get(RAW) or "")
-    out[LLM_ERROR] = f"error:inference:{str(error)[:200]}" if error else ""
-    return out
-
-
-def vllm_sampling_params(cfg: LLMConfig, schema: dict) -> dict:
-    params = {
-        "max_tokens": cfg.max_new_tokens,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-    }
-    if cfg.guided:
-        params["structured_outputs"] = {"json": schema}
-    if cfg.temperature > 0:
-        params["seed"] = cfg.seed
-    return params
-
-
-def vllm_processor_config(cfg: LLMConfig, model_path: str, resources) -> Any:
-    """The `ray.data.llm` processor config for the vllm backend (no engine starts here)."""
-    from ray.data.llm import vLLMEngineProcessorConfig
-
-    return vLLMEngineProcessorConfig(
-        model_source=model_path,
-        engine_kwargs={
-            "tensor_parallel_size": cfg.tensor_parallel_size,
-            "pipeline_parallel_size": cfg.pipeline_parallel_size,
-            "max_model_len": cfg.max_model_len,
-            "gpu_memory_utilization": cfg.gpu_memory_utilization,
-            "enforce_eager": cfg.enforce_eager,
-        },
-        batch_size=resources.batch_size,
-        concurrency=resources.concurrency,
-        accelerator_type=cfg.accelerator_type,
-        should_continue_on_error=True,
-    )
-
-
-def _vllm_generate(ds, cfg: LLMConfig, model_path: str, schema: dict, resources) -> Any:
-    from ray.data.llm import build_processor
-
-    sampling = vllm_sampling_params(cfg, schema)
-    processor = build_processor(
-        vllm_processor_config(cfg, model_path, resources),
-        preprocess=lambda row: vllm_preprocess_row(row, sampling),
-        postprocess=vllm_postprocess_row,
-    )
-    return processor(ds).map(vllm_restore_row)

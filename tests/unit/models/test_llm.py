@@ -9,7 +9,6 @@ engine's batch call for one that hangs.
 from __future__ import annotations
 
 import json
-import pickle
 import threading
 
 import jsonschema
@@ -18,18 +17,12 @@ import pytest
 
 from pipeline.errors import PipelineConfigError
 from pipeline.models.llm import (
-    CARRY,
     LLM_ERROR,
     MESSAGES,
     RAW,
     HFChatJSON,
     HFGenerateFn,
     LLMConfig,
-    vllm_postprocess_row,
-    vllm_preprocess_row,
-    vllm_processor_config,
-    vllm_restore_row,
-    vllm_sampling_params,
 )
 
 # Every string is capped and every other value is finite, so the grammar must close the object quickly.
@@ -218,83 +211,3 @@ def test_llm_config_defaults_for_the_new_fields():
         8,
         1.0,
     )
-
-
-# --- vLLM row helpers (pure functions; no vllm needed) --------------------------------------------------------
-
-ROW = {"id": "gg", "text": "A passage.", "_src": 3, MESSAGES: json.dumps([{"role": "user", "content": "hi"}])}
-SAMPLING = {"max_tokens": 10, "temperature": 0.0}
-
-
-def test_vllm_preprocess_sends_messages_and_sampling_params():
-    pre = vllm_preprocess_row(ROW, SAMPLING)
-    assert (pre["messages"], pre["sampling_params"]) == ([{"role": "user", "content": "hi"}], SAMPLING)
-
-
-def test_vllm_preprocess_carries_every_other_column_pickled():
-    assert pickle.loads(vllm_preprocess_row(ROW, SAMPLING)[CARRY]) == {
-        "id": "gg",
-        "text": "A passage.",
-        "_src": 3,
-    }
-
-
-def test_vllm_round_trip_restores_columns_and_adds_raw_text():
-    pre = vllm_preprocess_row(ROW, SAMPLING)
-    post = vllm_postprocess_row({**pre, "generated_text": '{"pairs": []}'})
-    assert vllm_restore_row(post) == {
-        "id": "gg",
-        "text": "A passage.",
-        "_src": 3,
-        RAW: '{"pairs": []}',
-        LLM_ERROR: "",
-    }
-
-
-def test_vllm_inference_error_becomes_llm_error_with_empty_raw():
-    pre = vllm_preprocess_row(ROW, SAMPLING)
-    restored = vllm_restore_row({**pre, "__inference_error__": "CUDA out of memory"})
-    assert (restored[RAW], restored[LLM_ERROR], restored["id"]) == (
-        "",
-        "error:inference:CUDA out of memory",
-        "gg",
-    )
-
-
-def test_vllm_inference_error_text_is_truncated():
-    restored = vllm_restore_row({**vllm_preprocess_row(ROW, SAMPLING), "__inference_error__": "x" * 1000})
-    assert len(restored[LLM_ERROR]) == len("error:inference:") + 200
-
-
-def test_vllm_missing_generated_text_becomes_empty_raw():
-    assert vllm_restore_row(vllm_postprocess_row(vllm_preprocess_row(ROW, SAMPLING)))[RAW] == ""
-
-
-def test_vllm_sampling_params_put_the_schema_under_structured_outputs_json():
-    params = vllm_sampling_params(LLMConfig(max_new_tokens=99), SCHEMA)
-    assert (params["structured_outputs"], params["max_tokens"]) == ({"json": SCHEMA}, 99)
-
-
-def test_vllm_sampling_params_omit_structured_outputs_when_not_guided():
-    assert "structured_outputs" not in vllm_sampling_params(LLMConfig(guided=False), SCHEMA)
-
-
-def test_vllm_sampling_params_seed_only_when_sampling():
-    greedy = vllm_sampling_params(LLMConfig(temperature=0.0, seed=5), SCHEMA)
-    sampled = vllm_sampling_params(LLMConfig(temperature=0.7, seed=5), SCHEMA)
-    assert ("seed" in greedy, sampled.get("seed")) == (False, 5)
-
-
-def test_gpu_config_builds_a_ray_data_llm_processor_config_for_each_llm_stage(repo_root):
-    """configs/gpu.yaml against the real `ray.data.llm` config class (no Ray, no vllm needed)."""
-    from pipeline.settings import load_config
-
-    config = load_config(repo_root / "configs" / "gpu.yaml")
-    for stage in (config.doc2query, config.entities):
-        built = vllm_processor_config(stage.llm, "/models/qwen", stage.resources)
-        engine = built.engine_kwargs
-        assert (built.model_source, built.batch_size, built.concurrency) == (
-            "/models/qwen", stage.resources.batch_size, stage.resources.concurrency
-        )
-        assert (engine["tensor_parallel_size"], engine["max_model_len"]) == (4, 8192)
-        assert built.should_continue_on_error is True

@@ -1,0 +1,150 @@
+"""Vision-language prompts through vLLM: text plus the row's image to a Qwen2-VL class model.
+
+Rows carry `_messages` (JSON chat messages, text only, as for the text backends) and an image column.
+The image goes into the last user message as an OpenAI-style `image_url` part holding a data URL,
+which `ray.data.llm`'s prepare-multimodal stage turns into the model's image input (raw bytes are
+not accepted there; a data URL travels through Arrow as a plain string, a PIL image would not). The
+image column may hold an HF image struct `{bytes, path}` or raw bytes; a reference into the run's
+image store is resolved by the `load_image` callable the caller passes (it runs in the worker).
+Output as for text: `_raw` / `_llm_error` with the fixed reasons of models/vllm_backend.py; a row
+without a usable image is `error:image_missing` and never reaches the engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import pickle
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.vllm_backend import (
+    CARRY,
+    check_engine_fits,
+    row_map_kwargs,
+    vllm_postprocess_row,
+    vllm_processor_config,
+    vllm_restore_row,
+    vllm_sampling_params,
+)
+
+IMAGE_MISSING = "error:image_missing"
+HAS_IMAGE = "_has_image"
+_MIME = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+}
+
+
+def image_bytes(value: Any) -> bytes | None:
+    """The encoded image in an image-column value (HF struct or raw bytes); None when there is none."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
+        return bytes(value)
+    return None
+
+
+def data_url(data: bytes) -> str:
+    """`data:<mime>;base64,...` for encoded image bytes (the format PIL reads decides the mime type).
+
+    Raises:
+        ValueError: the bytes are not an image PIL can identify.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        fmt = Image.open(io.BytesIO(data)).format
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"not an image: {exc}") from None
+    mime = _MIME.get(fmt or "", "image/png")
+    if fmt not in _MIME:
+        # Formats the model's processor may not decode from a URL are re-encoded as PNG.
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="PNG")
+        data = buf.getvalue()
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def attach_image(messages: list[dict], url: str) -> list[dict]:
+    """The messages with the image put before the text of the last user message."""
+    out = [dict(m) for m in messages]
+    last = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
+    if last is None:
+        raise ValueError("no user message to attach the image to")
+    content = out[last]["content"]
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+    out[last]["content"] = [{"type": "image_url", "image_url": {"url": url}}, *parts]
+    return out
+
+
+def vlm_preprocess_row(row: dict, sampling: dict, image_column: str, load_image: Callable | None) -> dict:
+    """The processor's input row: messages with the image, or a marker that skips the engine."""
+    carry = {k: v for k, v in row.items() if k != MESSAGES}
+    value = row.get(image_column)
+    data = load_image(value) if load_image is not None and value is not None else image_bytes(value)
+    try:
+        messages = attach_image(json.loads(row[MESSAGES]), data_url(data)) if data else None
+    except ValueError:
+        messages = None
+    return {
+        "messages": messages or [],
+        "sampling_params": dict(sampling),
+        CARRY: pickle.dumps(carry),
+        HAS_IMAGE: messages is not None,
+    }
+
+
+def missing_image_row(row: dict) -> dict:
+    """A row without an image, restored with `error:image_missing` (it never went to the engine)."""
+    out = pickle.loads(row[CARRY])
+    out[RAW], out[LLM_ERROR] = "", IMAGE_MISSING
+    return out
+
+
+def vllm_vision_generate(
+    ds: Any,
+    cfg: LLMConfig,
+    model_path: str,
+    schema: dict | None,
+    resources: Any,
+    stage: str,
+    image_column: str = "image",
+    load_image: Callable[[Any], bytes | None] | None = None,
+) -> Any:
+    """Add `_raw` / `_llm_error` to every row of `ds`, prompting a VLM with `_messages` and the image.
+
+    `schema`: JSON-schema structured output, or None for free text (captions, descriptions).
+    """
+    from ray.data.llm import build_processor
+
+    check_engine_fits(cfg, resources, stage)
+    if schema is None:
+        cfg = dataclasses.replace(cfg, guided=False)
+    sampling = vllm_sampling_params(cfg, schema or {})
+    light = row_map_kwargs(resources)
+    prepared = ds.map(
+        partial(vlm_preprocess_row, sampling=sampling, image_column=image_column, load_image=load_image),
+        **light,
+    )
+    # Two branches of one lazy plan: rows without an image skip the engine and come back as rejects.
+    missing = prepared.filter(lambda r: not r[HAS_IMAGE], **light).map(missing_image_row, **light)
+    ready = prepared.filter(lambda r: r[HAS_IMAGE], **light)
+    processor = build_processor(
+        vllm_processor_config(cfg, model_path, resources, prepare_multimodal_stage={"enabled": True}),
+        preprocess=lambda r: {k: r[k] for k in ("messages", "sampling_params", CARRY)},
+        postprocess=vllm_postprocess_row,
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
+    )
+    restore = partial(
+        vllm_restore_row, max_new_tokens=cfg.max_new_tokens, max_input_tokens=cfg.max_input_tokens
+    )
+    return processor(ready).map(restore, **light).union(missing)

@@ -1,0 +1,92 @@
+"""Vision-language prompts through the real multimodal path: `ray.data.llm`'s prepare-multimodal stage
+and the vLLM engine on a tiny local Qwen2-VL, images from the rows' image column as data URLs.
+
+vLLM 0.29's Qwen2-VL model imports torchvision, and only PyTorch's CPU index has a torchvision that
+loads beside torch 2.13.0+cpu (`torchvision==0.28.0+cpu`; PyPI's 0.28.0 is a CUDA build whose ops fail
+with "operator torchvision::nms does not exist"). scripts/install_vllm.sh installs it where that index
+is reachable; elsewhere these tests are skipped with the import error.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.stage import Resources
+
+
+def _torchvision_error() -> str:
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.ops import nms  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any failure means vLLM cannot import its Qwen2-VL model
+        return (
+            f"vLLM's Qwen2-VL model needs torchvision, which does not load here: "
+            f"{type(exc).__name__}: {exc}. "
+            "Only PyTorch's CPU index has torchvision==0.28.0+cpu (scripts/install_vllm.sh installs it "
+            "where that index is reachable)"
+        )
+    return ""
+
+
+pytestmark = pytest.mark.skipif(bool(_torchvision_error()), reason=_torchvision_error() or "-")
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 40), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def vl_rows(tmp_path_factory):
+    import ray
+
+    from pipeline.models.vllm_vision import vllm_vision_generate
+    from tests.vllm.tiny_vl import build_tiny_qwen2_vl
+
+    model = build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny") / "qwen2-vl")
+    messages = json.dumps([{"role": "user", "content": "What is shown?"}])
+    rows = [
+        {"id": "red", MESSAGES: messages, "image": {"bytes": _png((200, 30, 40)), "path": None}},
+        {"id": "blue", MESSAGES: messages, "image": {"bytes": _png((20, 30, 200)), "path": None}},
+        {"id": "none", MESSAGES: messages, "image": {"bytes": None, "path": None}},
+    ]
+    cfg = LLMConfig(
+        backend="vllm",
+        vllm_device="cpu",
+        gpu_memory_utilization=0.05,
+        max_model_len=1024,
+        enforce_eager=True,
+        dtype="float32",
+        max_new_tokens=8,
+        schedule_grace_s=0,
+    )
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
+    try:
+        ds = ray.data.from_items(rows)
+        out = vllm_vision_generate(ds, cfg, str(model), None, Resources(batch_size=4), "describe")
+        yield {r["id"]: r for r in out.take_all()}
+    finally:
+        ray.shutdown()
+
+
+def test_rows_with_images_get_text_from_the_vlm(vl_rows):
+    assert {
+        k: (bool(r[RAW]), r[LLM_ERROR] in ("", "error:truncated_output"))
+        for k, r in vl_rows.items()
+        if k != "none"
+    } == {
+        "red": (True, True),
+        "blue": (True, True),
+    }
+
+
+def test_row_without_an_image_is_image_missing_and_keeps_its_columns(vl_rows):
+    row = vl_rows["none"]
+    assert (row[LLM_ERROR], row[RAW], row[MESSAGES]) == ("error:image_missing", "", vl_rows["red"][MESSAGES])
