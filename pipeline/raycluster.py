@@ -23,6 +23,7 @@ def quiet_ray() -> None:
       received N input(s)": glue steps are capped at GLUE_TASKS and model stages keep a fixed actor
       pool on purpose; a stage (or a resume) with fewer shards left than that is normal.
     - "Progress bars disabled": fusegen turns Ray Data's bars off and prints one bar per stage.
+    - "Dataset ... execution finished": the runner logs one line per stage with its funnel instead.
     - "Token authentication is enabled for this Ray cluster": said on every start of the embedded
       local Ray, which keeps Ray's default (token auth on); nothing for the user to do.
     """
@@ -33,6 +34,9 @@ def quiet_ray() -> None:
     warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for ")
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # "Dataset ... execution finished in N seconds": one per stage and per shard read; the runner's
+    # own summary line says the same with the funnel.
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
 
 
 def init_ray(cfg) -> None:

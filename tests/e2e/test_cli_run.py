@@ -19,6 +19,7 @@ NOISE = (
     "The minimum number of concurrent actors",
     "Token authentication is",
     "is very large",
+    "execution finished in",
 )
 
 
