@@ -143,6 +143,33 @@ def du(path: Path, pattern: str = "**/*") -> int:
     return sum(p.stat().st_size for p in path.glob(pattern) if p.is_file())
 
 
+class TreeCPU:
+    """CPU seconds (user + system) the driver and its process tree spent in the block: less sensitive to
+    other people's load than wall time. Processes that exit inside the block are not counted."""
+
+    def __enter__(self):
+        self.before = self._times()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = self._times()
+        self.seconds = sum(t - self.before.get(pid, 0.0) for pid, t in after.items())
+
+    @staticmethod
+    def _times() -> dict[int, float]:
+        import psutil
+
+        me = psutil.Process()
+        out = {}
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+
 def run_fusegen(corpus: Path, run_dir: Path, cache: Path) -> dict:
     from pipeline.rundir import RunContext
     from pipeline.runner import run_pipeline
@@ -158,11 +185,11 @@ def run_fusegen(corpus: Path, run_dir: Path, cache: Path) -> dict:
     )
     config = load_config(config_file)
     ctx = RunContext.create(config, str(run_dir))
-    with TreeMemory(os.getpid()) as mem:
+    with TreeMemory(os.getpid()) as mem, TreeCPU() as cpu:
         start = time.perf_counter()
         results = run_pipeline(ctx, build_stages(config, ctx))
         wall = time.perf_counter() - start
-    return {"wall": wall, "mem": mem, "results": {r.name: r.manifest for r in results}}
+    return {"wall": wall, "mem": mem, "cpu": cpu.seconds, "results": {r.name: r.manifest for r in results}}
 
 
 def fanout_identity(batch: pa.Table) -> pa.Table:
@@ -174,13 +201,13 @@ def run_ray_data(corpus: Path, out: Path) -> dict:
     import ray.data
 
     shutil.rmtree(out, ignore_errors=True)
-    with TreeMemory(os.getpid()) as mem:
+    with TreeMemory(os.getpid()) as mem, TreeCPU() as cpu:
         start = time.perf_counter()
         ds = ray.data.read_parquet(str(corpus))
         ds = ds.map_batches(fanout_identity, batch_format="pyarrow", batch_size=None)
         ds.write_parquet(str(out))
         wall = time.perf_counter() - start
-    return {"wall": wall, "mem": mem}
+    return {"wall": wall, "mem": mem, "cpu": cpu.seconds}
 
 
 def _pipeline_file() -> str:
@@ -272,6 +299,8 @@ def main() -> int:
               f"{du(run_dir / '02_fanout', '*.parquet') / 2**20:.2f} MiB | "
               f"{du(run_dir / 'export' / 'data') / 2**30:.2f} GiB | {du(base_dir) / 2**30:.2f} GiB |", flush=True)
         print(f"  after both: {spilled()}", flush=True)
+        print(f"  CPU s (tree, user+sys): fusegen {fg['cpu']:.0f}, Ray Data {rd['cpu']:.0f}; "
+              f"CPU ratio (Ray Data / fusegen) {rd['cpu'] / fg['cpu']:.2f}", flush=True)
         stage_s = ", ".join(f"{k} {m['seconds']:.1f} s" for k, m in man.items())
         print(f"  stages: {stage_s}; driver receipts "
               f"{sum(m.get('driver_receipt_bytes', 0) for m in man.values()) / 1024:.0f} KiB", flush=True)

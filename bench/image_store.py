@@ -154,13 +154,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--work", default="/tmp/fg-bench-images")
+    ap.add_argument("--reads", type=int, default=READS, help="random references read back per layout")
     ap.add_argument("--layouts", nargs="+", default=["files", "packed/rg256", "packed/rg16", "packed/rg1"])
     args = ap.parse_args()
     work = Path(args.work)
     prepare(work, args.images)
     img = work / "img"
-    sample = random.Random(0).sample(range(args.images), READS)
-    print("| layout | load (start/end) | write s | MB/s | images/s | files (dirs) | on disk / input | "
+    sample = random.Random(0).sample(range(args.images), args.reads)
+    print(f"| layout ({args.reads:,} reads) | load (start/end) | write s | MB/s | images/s | files (dirs) | on disk / input | "
           "index load s | read p50 ms | read p99 ms | read mean ms | re-store s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for layout in args.layouts:
