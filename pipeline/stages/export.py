@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline.io.image_store import HF_IMAGE, ImageStore, is_image_ref, is_image_ref_list
+from pipeline.io.image_store import HF_IMAGE, ImageStore, file_name, is_image_ref, is_image_ref_list
 from pipeline.stage import Resources, Stage, StageConfig, mark_all_ok
 
 
@@ -53,16 +54,40 @@ def hf_features_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
     return {b"huggingface": json.dumps(info).encode()}
 
 
+def _hf_images(refs: pa.Array, store: ImageStore) -> pa.StructArray:
+    """Reference structs -> HF image structs. Each distinct image is read once per block and built
+    column-wise (a fan-out repeats references; Python dicts per row cost more than the reads)."""
+    refs = refs.combine_chunks() if isinstance(refs, pa.ChunkedArray) else refs
+    slot: dict[str, int] = {}
+    blobs, names, take = [], [], []
+    shas, formats = refs.field("sha256").to_pylist(), refs.field("format").to_pylist()
+    for valid, sha, fmt in zip(refs.is_valid().to_pylist(), shas, formats):
+        if not valid:
+            take.append(None)
+            continue
+        if sha not in slot:
+            ref = {"sha256": sha, "format": fmt}
+            slot[sha] = len(blobs)
+            blobs.append(store.get(ref))
+            names.append(file_name(ref))
+        take.append(slot[sha])
+    distinct = pa.StructArray.from_arrays(
+        [pa.array(blobs, pa.binary()), pa.array(names, pa.string())], fields=list(HF_IMAGE)
+    )
+    return distinct.take(pa.array(take, pa.int64()))
+
+
 def materialise_images(table: pa.Table, store: ImageStore) -> pa.Table:
     """Image reference columns -> HF image structs with the stored bytes (the only place bytes move)."""
     for i, field in enumerate(table.schema):
         if is_image_ref(field.type):
-            values = [store.hf_struct(ref) for ref in table[field.name].to_pylist()]
-            table = table.set_column(i, field.name, pa.array(values, HF_IMAGE))
+            table = table.set_column(i, field.name, _hf_images(table[field.name], store))
         elif is_image_ref_list(field.type):
-            values = [None if refs is None else [store.hf_struct(r) for r in refs]
-                      for refs in table[field.name].to_pylist()]
-            table = table.set_column(i, field.name, pa.array(values, pa.list_(HF_IMAGE)))
+            lists = table[field.name].combine_chunks()
+            offsets = pc.subtract(lists.offsets, lists.offsets[0])
+            values = _hf_images(lists.flatten(), store)
+            column = pa.ListArray.from_arrays(offsets, values, mask=lists.is_null())
+            table = table.set_column(i, field.name, column)
     return table
 
 

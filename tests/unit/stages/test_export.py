@@ -109,3 +109,16 @@ def test_export_batch_drops_llm_raw_when_asked(rows):
 
 def test_export_batch_keeps_llm_raw_when_not_asked(rows):
     assert export_batch(rows, drop_raw=False).column_names == rows.column_names
+
+
+def test_repeated_references_and_missing_lists_materialise_row_by_row(store, png):
+    ref = store.put(png, "png", 9, 8)
+    table = pa.table({
+        "id": ["a", "b", "c"],
+        "image": pa.array([ref, ref, None], IMAGE_REF),
+        "neg_images": pa.array([None, [ref, ref], [ref]], pa.list_(IMAGE_REF)),
+    })
+    out = export_batch(table, drop_raw=True, run_uri=store.run_fs.root).to_pylist()
+    assert [r["image"]["bytes"] if r["image"] else None for r in out] == [png, png, None]
+    assert [None if r["neg_images"] is None else len(r["neg_images"]) for r in out] == [None, 2, 1]
+    assert out[1]["neg_images"][1] == {"bytes": png, "path": out[0]["image"]["path"]}
