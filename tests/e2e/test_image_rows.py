@@ -101,6 +101,8 @@ def test_model_actors_ran_on_the_model_node(image_run, ray_cluster):
 
     model_nodes = {n.node_id for n in list_nodes(address=ray_cluster.address, detail=True)
                    if MODEL_NODE in (n.resources_total or {})}
+    # The cluster is shared by the session's e2e modules: only this job's actors count.
+    job_id = ray_cluster.client().get_job_info("images").job_id
     actors = [a for a in list_actors(address=ray_cluster.address, detail=True, limit=10000)
-              if "HFGenerateFn" in (a.class_name or "") or "HFGenerateFn" in (a.repr_name or "")]
+              if a.job_id == job_id and "HFGenerateFn" in (a.class_name or "")]
     assert actors and {a.node_id for a in actors} <= model_nodes
