@@ -18,14 +18,12 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
-from typing_extensions import Self
 
-from tests.support.json_handler import JSONHandler
+from tests.support.local_server import JSONHandler, LocalServer
 
 TEST_TOKEN = "hf_fusegenTESTtoken_7f3a9c1e55"
 REPO = r"/api/datasets/(?P<repo>[^/]+/[^/]+)"
@@ -85,7 +83,7 @@ def validate_card_yaml(content: str) -> list[str]:
     return errors
 
 
-class HubServer:
+class HubServer(LocalServer):
     """Context manager: `with HubServer(token) as hub: ... hub.endpoint ...`."""
 
     def __init__(self, token: str) -> None:
@@ -95,14 +93,11 @@ class HubServer:
         self.commits: list[list[str]] = []  # paths of each applied commit, in order
         self._faults: list[tuple[str, str, Fault]] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        super().__init__(_Handler)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def fault(self, method: str, path_part: str, *faults: Fault) -> None:
         with self._lock:
@@ -110,15 +105,6 @@ class HubServer:
 
     def files(self, repo: str, rev: str = "main") -> dict[str, bytes]:
         return dict(self.repos[repo].branches[rev])
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:

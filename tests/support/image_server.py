@@ -16,11 +16,9 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from http.server import BaseHTTPRequestHandler
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from tests.support.local_server import LocalServer
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ class Seen:
     at: float
 
 
-class ImageServer:
+class ImageServer(LocalServer):
     """Context manager: `with ImageServer() as server: server.url("/a.jpg")`."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
@@ -87,18 +85,8 @@ class ImageServer:
         self._in_flight: dict[str, int] = defaultdict(int)
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._lock = threading.Lock()
-        self.stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.owner = self
         self.scheme = "https" if tls else "http"
-        if tls:
-            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
+        super().__init__(_Handler, tls)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"{self.scheme}://{host}:{self.port}{path}"
@@ -113,19 +101,6 @@ class ImageServer:
 
     def hits(self, path: str) -> int:
         return sum(1 for r in self.requests if r.path == path)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
 
     def _arrive(self, path: str, headers: dict[str, str]) -> Reply:
         key = path.split("?")[0].rsplit("/", 1)[0] or "/"

@@ -18,13 +18,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tests.support.json_handler import JSONHandler
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from tests.support.local_server import JSONHandler, LocalServer
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -107,7 +103,7 @@ def placeholder(schema: dict) -> Any:
     return {"boolean": True, "null": None}.get(kind)
 
 
-class OpenAIServer:
+class OpenAIServer(LocalServer):
     """Context manager: `with OpenAIServer() as server: ... server.base_url ...`."""
 
     def __init__(self, default: Reply | Callable[[RecordedRequest], Reply] | None = None) -> None:
@@ -117,34 +113,16 @@ class OpenAIServer:
         self._in_flight = 0
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        super().__init__(_Handler)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def script(self, *replies: Reply) -> None:
         """Queue replies for the next requests, in arrival order."""
         with self._lock:
             self._script.extend(replies)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        # Wakes handlers sleeping in a slow reply so they finish now.
-        self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
 
     def _arrive(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[RecordedRequest, Reply]:
         try:
@@ -199,7 +177,7 @@ class _Handler(JSONHandler):
                 self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}), {})
                 return
             if reply.delay_s:
-                owner._stopping.wait(reply.delay_s)
+                owner.stopping.wait(reply.delay_s)
             if reply.kind == "disconnect":
                 self.close_connection = True
             elif reply.kind == "raw":
