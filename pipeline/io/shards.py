@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.columns import PARENT, SHARD, SRC
 from pipeline.io.fs import RunFS
@@ -40,8 +41,6 @@ def plan_parts(run_fs: RunFS, parts: tuple[str, ...], shard_rows: int) -> list[S
     specs: list[ShardSpec] = []
     for path in parts:
         with run_fs.fs.open_input_file(path) as f:
-            import pyarrow.parquet as pq
-
             n = pq.ParquetFile(f).metadata.num_rows
         for start in range(0, n, shard_rows):
             stop = min(n, start + shard_rows)
@@ -51,8 +50,6 @@ def plan_parts(run_fs: RunFS, parts: tuple[str, ...], shard_rows: int) -> list[S
 
 def read_row_range(source, start: int, stop: int) -> pa.Table:
     """Rows [start, stop) of a Parquet file, reading only the row groups that hold them."""
-    import pyarrow.parquet as pq
-
     pf = pq.ParquetFile(source)
     groups, first, offset = [], None, 0
     for g in range(pf.metadata.num_row_groups):
