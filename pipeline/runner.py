@@ -219,6 +219,9 @@ def build_index(ctx: RunContext, stage: Stage, spec: IndexSpec, outputs: dict[st
 
 
 def _inputs_for_index(stage: Stage, spec: IndexSpec, outputs: dict[str, StageOutput]) -> StageOutput:
+    if spec.source is None:
+        # The embed stage reads its own input (an image pool); its identity carries the files.
+        return StageOutput(spec.name, "", ())
     if spec.source not in outputs:
         raise StageInputError(
             f"{stage.name}: its index {spec.name!r} embeds the output of {spec.source}, which this run's stage "

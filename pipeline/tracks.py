@@ -9,10 +9,12 @@ its stages land.
 
 from __future__ import annotations
 
+from pipeline.stages.clip_filter import ClipFilter
 from pipeline.stages.consistency import Consistency
 from pipeline.stages.doc2query import Doc2Query
 from pipeline.stages.entities import Entities
 from pipeline.stages.export import Export
+from pipeline.stages.images import Images
 from pipeline.stages.ingest import Ingest
 
 TRACKS: dict[str, tuple[tuple[str, type], ...]] = {}
@@ -40,6 +42,8 @@ register_track(
         ("doc2query", Doc2Query),
         ("consistency", Consistency),
         ("entities", Entities),
+        ("images", Images),
+        ("clip_filter", ClipFilter),
         ("export", Export),
     ),
 )

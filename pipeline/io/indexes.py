@@ -32,8 +32,9 @@ DONE = "_index.json"
 class IndexSpec:
     # The stage's name for the index and the folder prefix (`text`, `image`, `gme`).
     name: str
-    # Config section whose committed output is embedded (`ingest`: the passage pool).
-    source: str
+    # Config section whose committed output is embedded (`ingest`: the passage pool), or None when the
+    # embed stage plans and reads its own input (the image pool); `identity` must then name that input.
+    source: str | None
     # A Stage whose rows are (id, embedding): the runner runs it over the source's parts.
     embed: Any
     # What makes the vectors (model id, embedder settings): with the source fingerprint, the key.

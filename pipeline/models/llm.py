@@ -220,14 +220,21 @@ class HFChatJSON:
         self, conversations: list[list[dict]], batch_size: int, watchdog: Watchdog | None = None
     ) -> list[tuple[str, str]]:
         """(raw text, error) per conversation; batches are formed in input order (deterministic).
+        A conversation that is None (a row that needs no answer) gets ("", "") without a model call.
 
         With a watchdog, each batch's `generate` runs under it: a hung batch gives `error:timeout` rows.
         """
-        prompts = [self.tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        lengths = [len(ids) for ids in self.tok(prompts, add_special_tokens=False)["input_ids"]]
+        asked = [i for i, c in enumerate(conversations) if c is not None]
+        prompts = [""] * len(conversations)
+        for i in asked:
+            prompts[i] = self.tok.apply_chat_template(conversations[i], tokenize=False, add_generation_prompt=True)
+        lengths = [0] * len(prompts)
+        if asked:
+            for i, ids in zip(asked, self.tok([prompts[i] for i in asked], add_special_tokens=False)["input_ids"]):
+                lengths[i] = len(ids)
         results: list[tuple[str, str]] = [("", "")] * len(prompts)
-        todo = [i for i, n in enumerate(lengths) if n <= self.cfg.max_input_tokens]
-        for i in set(range(len(prompts))) - set(todo):
+        todo = [i for i in asked if lengths[i] <= self.cfg.max_input_tokens]
+        for i in set(asked) - set(todo):
             results[i] = ("", "error:prompt_too_long")
         # Sort by length inside the shard so a batch pads little; the order is fixed by the input.
         todo.sort(key=lambda i: (lengths[i], i))
@@ -314,7 +321,7 @@ class HFGenerateFn:
         self.watchdog = Watchdog(cfg.timeout_s, cfg.max_consecutive_timeouts, cfg.model)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        conversations = [json.loads(m) for m in table[MESSAGES].to_pylist()]
+        conversations = [json.loads(m) if m is not None else None for m in table[MESSAGES].to_pylist()]
         results = self.engine.generate(conversations, self.batch_size, self.watchdog)
         table = table.append_column(RAW, pa.array([r for r, _ in results], pa.string()))
         return table.append_column(LLM_ERROR, pa.array([e for _, e in results], pa.string()))

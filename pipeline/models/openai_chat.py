@@ -193,7 +193,8 @@ class OpenAIChatFn:
         )
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        conversations = [json.loads(m) for m in table[MESSAGES].to_pylist()]
+        # A null `_messages` is a row that needs no answer: ("", "") without a request.
+        conversations = [json.loads(m) if m is not None else None for m in table[MESSAGES].to_pylist()]
         futures = [self._pool.submit(self._row, c) for c in conversations]
         try:
             results = [f.result() for f in futures]
@@ -209,7 +210,9 @@ class OpenAIChatFn:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
-    def _row(self, messages: list[dict]) -> tuple[str, str]:
+    def _row(self, messages: list[dict] | None) -> tuple[str, str]:
+        if messages is None:
+            return "", ""
         result = self.watchdog.run(partial(self._request, messages))
         return ("", TIMEOUT_ERROR) if result is TIMED_OUT else result
 

@@ -134,7 +134,88 @@ def _write_tiny_qwen2(out: Path, seed: int, vocab_size: int) -> None:
     (out / MARKER).write_text(json.dumps({"kind": "qwen2-causal-lm", "seed": seed}))
 
 
-TINY_BUILDERS = {"qwen2": build_tiny_qwen2}
+def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random open_clip model (32-pixel ViT, 1-layer text tower, 32-d embeddings) that
+    `open_clip.create_model_and_transforms("local-dir:<out_dir>")` loads. It keeps open_clip's real
+    tokenizer (the BPE vocabulary ships inside the open_clip package)."""
+    out = Path(out_dir)
+    if _complete(out):
+        return out
+    with _building(out) as tmp:
+        _write_tiny_clip(tmp, seed)
+    log.info("built tiny CLIP in %s", out)
+    return out
+
+
+_TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _write_tiny_clip(out: Path, seed: int) -> None:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**_TINY_CLIP_CFG)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "open_clip_model.safetensors"))
+    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": _TINY_CLIP_CFG, "preprocess_cfg": preprocess}))
+    (out / MARKER).write_text(json.dumps({"kind": "open-clip", "seed": seed}))
+
+
+def build_tiny_diffusion(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Stable Diffusion pipeline (UNet, VAE, CLIP text encoder, DDIM) that
+    `diffusers.DiffusionPipeline.from_pretrained` loads; it draws 64x64 images by default."""
+    out = Path(out_dir)
+    if _complete(out):
+        return out
+    with _building(out) as tmp:
+        _write_tiny_diffusion(tmp, seed)
+    log.info("built tiny diffusion pipeline in %s", out)
+    return out
+
+
+def _write_tiny_diffusion(out: Path, seed: int) -> None:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pipeline.logging import quiet_transformers
+
+    quiet_transformers()
+    tok = _train_tokenizer(600)
+    tok.model_max_length = 77
+    tok.chat_template = None
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=4, attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=0,
+    ))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tok, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+    (out / MARKER).write_text(json.dumps({"kind": "stable-diffusion", "seed": seed}))
+
+
+TINY_BUILDERS = {"qwen2": build_tiny_qwen2, "clip": build_tiny_clip, "diffusion": build_tiny_diffusion}
 
 
 def build_all(root: str | Path, seed: int = 0) -> dict[str, Path]:

@@ -47,8 +47,19 @@ CPU_HELPER_CPUS = 0.1
 # postprocess, so every other column travels pickled in one `_carry` column and is restored after.
 
 
+# A row with a null `_messages` needs no answer: the engine sees a one-token request and the row
+# leaves with ("", "") (the processor has no way to let a row bypass the engine).
+SKIP = "_skip"
+
+
 def vllm_preprocess_row(row: dict, sampling: dict) -> dict:
     carry = {k: v for k, v in row.items() if k != MESSAGES}
+    if row.get(MESSAGES) is None:
+        carry[SKIP] = True
+        params = {**sampling, "max_tokens": 1}
+        if "structured_outputs" in params:
+            params["structured_outputs"] = None
+        return {"messages": [{"role": "user", "content": "."}], "sampling_params": params, CARRY: pickle.dumps(carry)}
     return {
         "messages": json.loads(row[MESSAGES]),
         "sampling_params": dict(sampling),
@@ -68,7 +79,7 @@ def vllm_postprocess_row(row: dict) -> dict:
 def vllm_restore_row(row: dict, max_new_tokens: int, max_input_tokens: int) -> dict:
     """The input row back, plus `_raw` and `_llm_error` (one of the fixed reasons, or "")."""
     out = pickle.loads(row[CARRY])
-    raw, error = row_outcome(row, max_new_tokens, max_input_tokens)
+    raw, error = ("", "") if out.pop(SKIP, False) else row_outcome(row, max_new_tokens, max_input_tokens)
     out[RAW], out[LLM_ERROR] = raw, error
     return out
 

@@ -170,7 +170,7 @@ def test_bool_is_not_accepted_for_an_integer_key(parent_child):
         ("ingest", "doc2query"),
         ("ingest", "export", "doc2query"),
         ("ingest", "ingest", "export"),
-        ("ingest", "images", "export"),
+        ("ingest", "pictures", "export"),
         (),
     ],
     ids=["no-ingest-first", "no-export-last", "out-of-order", "repeated", "unknown-stage", "empty"],

@@ -22,7 +22,7 @@ def two_tags(tmp_path):
 
 
 def test_gme_track_lists_its_sections_in_order():
-    assert list(sections("gme")) == ["ingest", "doc2query", "consistency", "entities", "export"]
+    assert list(sections("gme")) == ["ingest", "doc2query", "consistency", "entities", "images", "clip_filter", "export"]
 
 
 def test_one_stage_class_under_two_sections_gets_two_configs(two_tags):
