@@ -1,4 +1,4 @@
-"""`fusegen` command line: run, status, stages, make-tiny-models, card, push."""
+"""`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     stages.add_argument("--track", help="only this track (e.g. gme)")
     tiny = sub.add_parser("make-tiny-models", help="build the offline tiny models into DIR")
     tiny.add_argument("dir")
+    index = sub.add_parser("index-images", help="build an image pool index once, for runs to reuse (--index-dir)")
+    index.add_argument("pool", help="a folder of images, or a JSONL/Parquet table of path | URL | bytes (+ caption, license)")
+    index.add_argument("--out", required=True, help="the shared index folder (path or URI); pass it to runs as --index-dir")
+    index.add_argument("--config", default="configs/base.yaml",
+                       help="config naming the retriever, models and fetch limits (the run's own config)")
+    index.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set images.retrieval.retriever=clip")
     card = sub.add_parser("card", help="write the dataset card (export/README.md) of a finished run")
     card.add_argument("run_dir")
     _card_args(card)
@@ -65,6 +72,25 @@ def _run(args) -> int:
     print(output_line(ctx.run_fs, stages, results))
     if args.push:
         return _push_to(ctx.run_uri, args.push)
+    return 0
+
+
+def _index_images(args) -> int:
+    from pipeline.rundir import RunContext
+    from pipeline.runner import build_index
+    from pipeline.settings import load_config
+    from pipeline.stages.images import Images
+
+    config = load_config(args.config, [*args.overrides, f"images.pool.path={args.pool}"])
+    ctx = RunContext.create(config, args.out, index_dir=args.out)
+    stage = Images(config.sections["images"], ctx, "images")
+    stage.prepare()
+    specs = stage.indexes()
+    if not specs:
+        raise PipelineConfigError("index-images: the config's images.sources does not include `retrieval`")
+    handle = build_index(ctx, stage, specs[0], {})
+    print(f"image index: {handle.count} images in {ctx.index_uri}/{handle.folder}")
+    print(f"reuse it: fusegen run CONFIG --index-dir {args.out} (same pool, retriever and models)")
     return 0
 
 
@@ -164,7 +190,7 @@ def _tiny(args) -> int:
 
 
 COMMANDS = {
-    "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny,
+    "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny, "index-images": _index_images,
     "card": _card, "push": _push,
 }
 

@@ -26,6 +26,9 @@ from pipeline.io.fetch_config import FetchConfig
 from pipeline.io.image_store import IMAGE_REF, ImageStore
 from pipeline.io.images import ImageError, ImageLimits, fit_image
 from pipeline.io.shards import ShardSpec
+from pipeline.logging import get_logger
+
+log = get_logger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 TABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
@@ -82,9 +85,9 @@ def pool_files(path: str) -> tuple[str, list[str]]:
         return "table", tables
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     if not images:
-        raise StageInputError(
-            f"images: the pool {path!r} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no JSONL/Parquet table"
-        )
+        # An empty pool is not an error: retrieval then fails over with `retrieval:empty_pool`.
+        log.warning("images: the pool %r holds no images (%s) and no JSONL/Parquet table", path,
+                    ", ".join(IMAGE_SUFFIXES))
     return "images", images
 
 
@@ -93,7 +96,7 @@ def pool_identity(cfg: PoolConfig) -> dict:
     import hashlib
 
     kind, files = pool_files(cfg.path)
-    root = os.path.commonpath([os.path.dirname(f) for f in files])
+    root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
     stats = [os.stat(f) for f in files]
     use_hash = cfg.identity == "hash" or (cfg.identity == "auto" and sum(s.st_size for s in stats) <= 2 * 1024**3)
     out = []
@@ -133,7 +136,7 @@ def plan_pool(cfg: PoolConfig) -> list[ShardSpec]:
         else:
             specs += [dataclasses.replace(s, kind="pool_jsonl") for s in _plan_jsonl(file, n, len(specs))]
     if not specs:
-        raise StageInputError(f"images: the pool {cfg.path!r} holds no rows")
+        log.warning("images: the pool %r holds no rows", cfg.path)
     return specs
 
 

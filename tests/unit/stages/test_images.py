@@ -345,3 +345,44 @@ def test_clip_filter_scores_every_row_and_filters_only_weak_retrieved_ones(tmp_p
     lenient = ClipScoreFn(models["clip"], to_dict(ClipFilterConfig(threshold=-1.0)), sources, run_uri)(table)
     assert lenient[STATUS].to_pylist() == ["ok", "ok", "rejected"]
     assert np.isfinite(scores[0])
+
+
+@pytest.mark.parametrize("kind", ["empty-file", "empty-folder", "all-broken"])
+def test_an_empty_or_all_broken_pool_fails_over_with_a_reason(tmp_path, models, kind):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    if kind == "empty-file":
+        (pool / "pool.jsonl").write_text("")
+        path = str(pool / "pool.jsonl")
+    elif kind == "empty-folder":
+        path = str(pool)
+    else:
+        (pool / "a.png").write_bytes(b"")
+        (pool / "b.png").write_bytes(b"<html></html>")
+        path = str(pool)
+    cfg = config(sources=("retrieval",), pool=PoolConfig(path=path))
+    handle, batches = build_pool_index(str(tmp_path / "_index"), cfg, models["text"])
+    assert handle.count == 0
+    out = images_fn(cfg, str(tmp_path / "run"), handle, models["text"])(
+        shard_of([{"id": "x", "doc_id": "x", "entity": "bridge", "entity_type": "bridge"}]))
+    assert out["image_attempts"].to_pylist() == [[{"source": "retrieval", "reason": "retrieval:empty_pool"}]]
+    assert out[REASON].to_pylist() == ["filter:no_image"]
+
+
+def test_a_folder_pool_takes_captions_from_sidecar_files(tmp_path, models, image_bytes):
+    pool = tmp_path / "pool"
+    (pool / "sub").mkdir(parents=True)
+    (pool / "bus.png").write_bytes(image_bytes("PNG", size=(30, 20), color=(200, 0, 0)))
+    (pool / "bus.txt").write_text("a red double-decker bus")
+    (pool / "sub" / "field.jpg").write_bytes(image_bytes("JPEG", size=(30, 20), color=(250, 220, 0)))
+    (pool / "sub" / "field.txt").write_text("a field of sunflowers")
+    (pool / "nocap.png").write_bytes(image_bytes("PNG", size=(30, 20), color=(0, 0, 200)))
+    cfg = config(sources=("retrieval",), pool=PoolConfig(path=str(pool), default_license="CC-BY-4.0"))
+    handle, batches = build_pool_index(str(tmp_path / "_index"), cfg, models["text"])
+    batch = pa.concat_tables(batches)
+    assert dict(zip(batch["id"].to_pylist(), batch[REASON].to_pylist())) == {
+        "bus.png": "", "nocap.png": "filter:no_caption", "sub/field.jpg": ""}
+    out = images_fn(cfg, str(tmp_path / "run"), handle, models["text"])(
+        shard_of([{"id": "x", "doc_id": "x", "entity": "sunflowers", "entity_type": "plant"}]))
+    assert out["image_origin"].to_pylist() == ["pool:sub/field.jpg"]
+    assert out["image_license"].to_pylist() == ["CC-BY-4.0"]
