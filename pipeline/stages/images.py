@@ -561,6 +561,12 @@ class Images(Stage):
         render(self.sources[PROMPTS[1]], PROMPTS[1], entity="e", entity_type="t", title=None)
         describe_messages(self.sources, cfg.generation, row)
 
+    def input_identity(self) -> dict:
+        """The pool's files: an edited pool re-runs this stage (and rebuilds the index)."""
+        if "retrieval" in self.config.sources and self.config.pool.path:
+            return pool_identity(self.config.pool)
+        return {}
+
     def models(self) -> dict[str, str]:
         out = {}
         if self.retriever_id:

