@@ -4,6 +4,7 @@ sections, a variable fan-out with its ledger, input identity, and indexes shared
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -117,3 +118,37 @@ def test_a_shared_index_dir_serves_a_second_run_without_rebuilding(tiny_cache, t
     (index,) = shared.glob("text-*")
     assert json.loads((index / "_manifest.json").read_text())["decision"].startswith("skipped")
     assert (index / "index.faiss").exists() and not (tmp_path / "second" / "_index").exists()
+
+
+def test_index_images_builds_the_pool_index_a_run_then_reuses(tiny_cache, tmp_path, repo_root, capsys):
+    """`fusegen index-images` ahead of time, then the images stage's index with the same pool and
+    retriever is found in the shared dir and not rebuilt; an edited pool is a new index."""
+    from pipeline.cli import main as cli
+    from pipeline.runner import build_index
+    from pipeline.stages.images import Images
+
+    shared = tmp_path / "indexes"
+    pool = tmp_path / "pool"
+    shutil.copytree(repo_root / "samples" / "pool", pool)
+    sets = [f"cache_dir={tiny_cache}", f"images.pool.path={pool / 'pool.jsonl'}"]
+    config_file = str(repo_root / "configs" / "demo.yaml")
+    assert cli(["index-images", str(pool), "--out", str(shared), "--config", config_file,
+                "--set", f"cache_dir={tiny_cache}"]) == 0
+    assert "image index: 27 images" in capsys.readouterr().out
+    (built,) = shared.glob("image-*")
+
+    def index_for(run: str):
+        config = load_config(config_file, sets)
+        ctx = RunContext.create(config, str(tmp_path / run), index_dir=str(shared))
+        stage = Images(config.sections["images"], ctx, "images")
+        stage.prepare()
+        (spec,) = stage.indexes()
+        return build_index(ctx, stage, spec, {})
+
+    handle = index_for("run1")
+    assert handle.folder == built.name and handle.count == 27
+    assert json.loads((built / "_manifest.json").read_text())["decision"].startswith("skipped")
+    with open(pool / "pool.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "extra", "image": "images/pizza.png", "caption": "another pizza"}) + "\n")
+    edited = index_for("run2")
+    assert edited.folder != built.name and edited.count == 28
