@@ -204,6 +204,9 @@ def _write_tiny_gme(out: Path, seed: int, vocab_size: int) -> None:
         [AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS], special_tokens=True
     )
     tok.chat_template = QWEN2VL_CHAT_TEMPLATE
+    # Left, so an embedder that forgets the GME recipe's right padding fails its batch tests; an init kwarg
+    # is what save_pretrained writes to tokenizer_config.json.
+    tok.padding_side = tok.init_kwargs["padding_side"] = "left"
     ids = {t: tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
     head_dim = 32
     # Flat, as the released config.json (transformers 4.4x era) is: current transformers nests it on load.
