@@ -231,13 +231,13 @@ class GmeEmbedder:
         # Only the vision tower and the language model are used: the conditional-generation wrapper and
         # its LM head (1 GiB of random weights for the 7B) are dropped with it.
         self.model = load_gme(model_path, resolve_dtype(cfg.dtype, self.device)).model.to(self.device)
-        self.processor = AutoProcessor.from_pretrained(
-            model_path,
-            size={
-                "shortest_edge": cfg.min_image_tokens * FACTOR**2,
-                "longest_edge": cfg.max_image_tokens * FACTOR**2,
-            },
-        )
+        self.processor = AutoProcessor.from_pretrained(model_path)
+        # Set after loading: a released preprocessor_config.json's min/max_pixels override a `size` passed
+        # to from_pretrained, and passing min/max_pixels instead warns on every call.
+        self.processor.image_processor.size = {
+            "shortest_edge": cfg.min_image_tokens * FACTOR**2,
+            "longest_edge": cfg.max_image_tokens * FACTOR**2,
+        }
         self.processor.tokenizer.padding_side = "right"
         self.dim = int(self.model.config.text_config.hidden_size)
         log.info("loaded GME %s on %s (%s, dim %d)", model_path, self.device, self.model.dtype, self.dim)

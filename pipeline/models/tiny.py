@@ -54,6 +54,19 @@ QWEN2VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Qwen2-VL-Instruct's preprocessor_config.json (CLIP normalisation, 4..16384 image tokens of 28 x 28 pixels).
+QWEN2VL_PREPROCESSOR = {
+    "min_pixels": 4 * 28 * 28,
+    "max_pixels": 16384 * 28 * 28,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2VLProcessor",
+}
+
 # Training text for the byte-level BPE: enough English and JSON shapes that encodings are short.
 _TOKENIZER_CORPUS = [
     '{"pairs": [{"query": "What is the name of this bridge?", "answer": "It is the Golden Gate."}]}',
@@ -162,7 +175,8 @@ def build_tiny_gme(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) ->
 
     The folder holds what the real checkpoint does: a flat Qwen2-VL `config.json` (text settings at the
     top level, `rope_scaling` of type mrope), `model.safetensors` with top-level `visual.*` and
-    `model.*` keys and no `lm_head`, the tokenizer, and a saved `Qwen2VLProcessor`.
+    `model.*` keys and no `lm_head`, the tokenizer with its chat template, and a Qwen2-VL
+    `preprocessor_config.json`, from which `AutoProcessor` builds a `Qwen2VLProcessor`.
     """
     out = Path(out_dir)
     if _complete(out):
@@ -188,13 +202,7 @@ def _write_tiny_gme(out: Path, seed: int, vocab_size: int) -> None:
     import torch
     from safetensors.torch import save_file
     from tokenizers import AddedToken
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     from pipeline.logging import quiet_transformers
 
@@ -261,13 +269,10 @@ def _write_tiny_gme(out: Path, seed: int, vocab_size: int) -> None:
         if (name := released_gme_key(key)) is not None:
             weights[name] = tensor.contiguous()
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(),
-        video_processor=Qwen2VLVideoProcessor(),
-        tokenizer=tok,
-        chat_template=QWEN2VL_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out)
+    tok.save_pretrained(out)
+    # Written as the released checkpoint has it, not through Qwen2VLProcessor.save_pretrained: that needs
+    # torchvision (for the video processor), which the vLLM test venv, building every tiny model, lacks.
+    (out / "preprocessor_config.json").write_text(json.dumps(QWEN2VL_PREPROCESSOR, indent=2))
     (out / MARKER).write_text(json.dumps({"kind": "gme-qwen2-vl", "layout": "released", "seed": seed}))
 
 

@@ -176,6 +176,11 @@ def test_an_image_the_processor_would_refuse_raises_with_its_reject_reason(embed
     assert err.value.reason == "error:image_aspect_ratio"
 
 
+def test_the_processor_bounds_images_by_the_config_not_the_checkpoint(embedder):
+    grid = embedder.processor.image_processor(images=[Image.new("RGB", (2000, 1500))])["image_grid_thw"]
+    assert int(grid.prod()) // 4 <= CFG.max_image_tokens  # the checkpoint's own bound is 16384 tokens
+
+
 def test_config_rejects_a_max_length_that_would_cut_into_images():
     with pytest.raises(PipelineConfigError, match="max_length"):
         GmeConfig(max_length=1000, max_image_tokens=1024)

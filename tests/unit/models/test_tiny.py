@@ -54,6 +54,7 @@ def test_gme_checkpoint_is_saved_in_the_released_layout(tiny_cache):
     assert config["hidden_size"] == config["vision_config"]["hidden_size"]
     assert config["rope_scaling"] == {"type": "mrope", "mrope_section": [4, 6, 6]}
     assert "text_config" not in config
+    assert json.loads((path / "preprocessor_config.json").read_text())["max_pixels"] == 16384 * 28 * 28
 
 
 def test_gme_processor_knows_the_vision_tokens_and_renders_qwen2vl_chat(tiny_cache):
