@@ -4,6 +4,11 @@ Model hubs are unreachable on CI and on a laptop demo, so tests and the demo bui
 Each builder writes a real checkpoint directory (config, weights, tokenizer) that the backends load
 with the same `from_pretrained` code they use for real models. Builders are deterministic: the same
 seed gives byte-identical weights, so fingerprints and outputs are reproducible.
+
+- `qwen2`: a causal LM with a ChatML tokenizer (the LLM backends).
+- `gme`: a Qwen2-VL saved the way the released gme-Qwen2-VL checkpoints are (flat config.json,
+  top-level `visual.*` / `model.*` weights, no LM head) plus its processor, so the GME embedder's
+  load path (transformers converting the old layout) runs on every test machine.
 """
 
 from __future__ import annotations
@@ -30,6 +35,37 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2-VL's vision markers, in the order (and so with the relative ids) the real tokenizer has them.
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+# Qwen2-VL's chat template, images and text only: a content list puts an image placeholder where an
+# image item is; the processor expands each placeholder to the image's token count.
+QWEN2VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Qwen2-VL-Instruct's preprocessor_config.json (CLIP normalisation, 4..16384 image tokens of 28 x 28 pixels).
+QWEN2VL_PREPROCESSOR = {
+    "min_pixels": 4 * 28 * 28,
+    "max_pixels": 16384 * 28 * 28,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2VLProcessor",
+}
 
 # Training text for the byte-level BPE: enough English and JSON shapes that encodings are short.
 _TOKENIZER_CORPUS = [
@@ -134,6 +170,112 @@ def _write_tiny_qwen2(out: Path, seed: int, vocab_size: int) -> None:
     (out / MARKER).write_text(json.dumps({"kind": "qwen2-causal-lm", "seed": seed}))
 
 
+def build_tiny_gme(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) -> Path:
+    """Write a random 2-layer Qwen2-VL (1 vision block) in the released gme-Qwen2-VL layout to `out_dir`.
+
+    The folder holds what the real checkpoint does: a flat Qwen2-VL `config.json` (text settings at the
+    top level, `rope_scaling` of type mrope), `model.safetensors` with top-level `visual.*` and
+    `model.*` keys and no `lm_head`, the tokenizer with its chat template, and a Qwen2-VL
+    `preprocessor_config.json`, from which `AutoProcessor` builds a `Qwen2VLProcessor`.
+    """
+    out = Path(out_dir)
+    if _complete(out):
+        return out
+    with _building(out) as tmp:
+        _write_tiny_gme(tmp, seed, vocab_size)
+    log.info("built tiny GME (Qwen2-VL) in %s", out)
+    return out
+
+
+def released_gme_key(key: str) -> str | None:
+    """Map a current transformers Qwen2-VL weight name to the released GME layout (None: not saved)."""
+    if key.startswith("model.visual."):
+        return "visual." + key.removeprefix("model.visual.")
+    if key.startswith("model.language_model."):
+        return "model." + key.removeprefix("model.language_model.")
+    if key.startswith("lm_head."):
+        return None  # GME ships no LM head: it embeds, it never decodes
+    raise ValueError(f"unexpected Qwen2-VL weight {key!r}")
+
+
+def _write_tiny_gme(out: Path, seed: int, vocab_size: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import AddedToken
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from pipeline.logging import quiet_transformers
+
+    quiet_transformers()
+    tok = _train_tokenizer(vocab_size)
+    tok.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS], special_tokens=True
+    )
+    tok.chat_template = QWEN2VL_CHAT_TEMPLATE
+    # Left, so an embedder that forgets the GME recipe's right padding fails its batch tests; an init kwarg
+    # is what save_pretrained writes to tokenizer_config.json.
+    tok.padding_side = tok.init_kwargs["padding_side"] = "left"
+    ids = {t: tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    head_dim = 32
+    # Flat, as the released config.json (transformers 4.4x era) is: current transformers nests it on load.
+    config = {
+        "architectures": ["Qwen2VLForConditionalGeneration"],
+        "model_type": "qwen2_vl",
+        "vocab_size": len(tok),
+        "hidden_size": 2 * head_dim,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        # Temporal/height/width sections of the rotary half-dimension, as [16, 24, 24] is for head_dim 128.
+        "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "max_window_layers": 2,
+        # As gme-Qwen2-VL-7B: an untied LM head, absent from the checkpoint, reported missing on load.
+        "tie_word_embeddings": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": None,
+        "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tok.pad_token_id,
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "vision_token_id": ids["<|vision_pad|>"],
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "torch_dtype": "float32",
+        "vision_config": {
+            "depth": 1,
+            "embed_dim": 32,
+            "mlp_ratio": 2,
+            "num_heads": 2,
+            "in_chans": 3,
+            "hidden_size": 2 * head_dim,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "spatial_patch_size": 14,
+            "temporal_patch_size": 2,
+        },
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(Qwen2VLConfig.from_pretrained(out))
+    weights = {}
+    for key, tensor in model.state_dict().items():
+        if (name := released_gme_key(key)) is not None:
+            weights[name] = tensor.contiguous()
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    tok.save_pretrained(out)
+    # Written as the released checkpoint has it, not through Qwen2VLProcessor.save_pretrained: that needs
+    # torchvision (for the video processor), which the vLLM test venv, building every tiny model, lacks.
+    (out / "preprocessor_config.json").write_text(json.dumps(QWEN2VL_PREPROCESSOR, indent=2))
+    (out / MARKER).write_text(json.dumps({"kind": "gme-qwen2-vl", "layout": "released", "seed": seed}))
+
+
 def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random open_clip model (32-pixel ViT, 1-layer text tower, 32-d embeddings) that
     `open_clip.create_model_and_transforms("local-dir:<out_dir>")` loads. It keeps open_clip's real
@@ -215,10 +357,25 @@ def _write_tiny_diffusion(out: Path, seed: int) -> None:
     (out / MARKER).write_text(json.dumps({"kind": "stable-diffusion", "seed": seed}))
 
 
-TINY_BUILDERS = {"qwen2": build_tiny_qwen2, "clip": build_tiny_clip, "diffusion": build_tiny_diffusion}
+TINY_BUILDERS = {
+    "qwen2": build_tiny_qwen2, "gme": build_tiny_gme, "clip": build_tiny_clip, "diffusion": build_tiny_diffusion,
+}
 
 
-def build_all(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Build every tiny model under `root/<name>`; existing checkpoints are reused."""
+# The package a builder needs beyond torch and transformers (the vLLM test venv has neither).
+REQUIRES = {"clip": "open_clip", "diffusion": "diffusers"}
+
+
+def build_all(root: str | Path, seed: int = 0, skip_unavailable: bool = False) -> dict[str, Path]:
+    """Build every tiny model under `root/<name>`; existing checkpoints are reused. With
+    `skip_unavailable`, models whose library is not installed are left out instead of failing."""
+    import importlib.util
+
     root = Path(root)
-    return {name: fn(root / name, seed=seed) for name, fn in TINY_BUILDERS.items()}
+    out = {}
+    for name, fn in TINY_BUILDERS.items():
+        if skip_unavailable and name in REQUIRES and importlib.util.find_spec(REQUIRES[name]) is None:
+            log.info("tiny %s skipped: %s is not installed", name, REQUIRES[name])
+            continue
+        out[name] = fn(root / name, seed=seed)
+    return out
