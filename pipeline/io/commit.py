@@ -22,6 +22,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -88,14 +89,35 @@ def write_pieces(table: pa.Table, run_uri: str, stage, stage_dir: str, parts_dir
     if table.num_rows == 0:
         return RECEIPT.empty_table()
     for shard in pc.unique(table[SHARD]).to_pylist():
-        piece = table.filter(pc.equal(table[SHARD], shard))
+        piece = select(table, pc.equal(table[SHARD], shard))
         receipts.append(_write_piece(piece, shard, run_fs, stage, stage_dir, parts_dir))
     return pa.Table.from_pylist(receipts, schema=RECEIPT)
 
 
+def select(table: pa.Table, mask) -> pa.Table:
+    """`table.filter(mask)`, without the copy when the mask keeps every row or none (image rows make
+    each copy cost as much as the images)."""
+    kept = pc.sum(mask).as_py() or 0
+    if kept == table.num_rows:
+        return table
+    return table.slice(0, 0) if kept == 0 else table.filter(mask)
+
+
+def _in_order(piece: pa.Table, has_slot: bool) -> pa.Table:
+    keys = [(SRC, "ascending")] + ([(SLOT, "ascending")] if has_slot else [])
+    src = piece[SRC].to_numpy()
+    steps = np.diff(src)
+    if has_slot:
+        slot = piece[SLOT].to_numpy()
+        ordered = bool(np.all((steps > 0) | ((steps == 0) & (np.diff(slot) > 0))))
+    else:
+        ordered = bool(np.all(steps >= 0))
+    return piece if ordered else piece.sort_by(keys)
+
+
 def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: str, parts_dir: str) -> dict:
     has_slot = SLOT in piece.column_names
-    piece = piece.sort_by([(SRC, "ascending")] + ([(SLOT, "ascending")] if has_slot else []))
+    piece = _in_order(piece, has_slot)
     first_src = piece[SRC][0].as_py()
     first_slot = piece[SLOT][0].as_py() if has_slot else 0
     name = f"{shard}-{first_src:06d}-{first_slot:03d}"
@@ -103,8 +125,8 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
     unknown = set(pc.unique(status).to_pylist()) - {OK, FILTERED, REJECTED}
     if unknown:
         raise LedgerError(f"{stage.name}: unknown row status {sorted(map(str, unknown))} in shard {shard}")
-    kept = piece.filter(pc.equal(status, OK))
-    dropped = piece.filter(pc.not_equal(status, OK))
+    ok = pc.equal(status, OK)
+    kept, dropped = select(piece, ok), select(piece, pc.invert(ok))
     parts, part_rows, rejects, found = [], [], [], None
     for prefix, rows in _splits(kept, stage, shard):
         public = rows.drop_columns([c for c in rows.column_names if c in INTERNAL])
@@ -145,7 +167,7 @@ def _splits(kept: pa.Table, stage, shard: str) -> list[tuple[str, pa.Table]]:
             f"{stage.name}: rows of shard {shard} name split(s) {sorted(map(str, unknown))}; "
             f"the stage declares {list(prefixes)} (Stage.part_prefixes)"
         )
-    out = [(p, kept.filter(pc.equal(kept[SPLIT], p))) for p in prefixes]
+    out = [(p, select(kept, pc.equal(kept[SPLIT], p))) for p in prefixes]
     return [(p, rows) for p, rows in out if rows.num_rows]
 
 

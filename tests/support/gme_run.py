@@ -100,7 +100,7 @@ def make_gme_run(root: Path, rows: int = 8, negatives: int = 3, validation_ratio
     table = upstream if upstream is not None else upstream_rows(store, rows, negatives)
     config = ExportConfig(task=task, validation_ratio=validation_ratio, split_seed=1)
     stage = Export(config, SimpleNamespace(run_uri=str(run)))
-    out = gme_batch(tag_rows(table, "000000"), config, None, str(run))
+    out = gme_batch(tag_rows(table, "000000"), config)
     progress = SimpleNamespace(update=lambda n, counts: None)
     committer = ShardCommitter(run_fs, stage, "export", [SimpleNamespace(shard="000000", rows=table.num_rows)],
                                {}, progress)
