@@ -1,9 +1,10 @@
-"""`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push."""
+"""`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push, export, validate."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from pipeline.errors import PipelineConfigError, PipelineError
@@ -44,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--revision", default="main", metavar="BRANCH", help="branch to commit to")
     push.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
     _card_args(push)
+    export = sub.add_parser("export", help="write a finished run's GME triplets in a training format")
+    export.add_argument("run_dir")
+    export.add_argument("--format", required=True, choices=["ms-swift", "mmeb", "mbeir", "gme"])
+    export.add_argument("--out", required=True, metavar="DIR", help="folder to write (images go to DIR/images/)")
+    export.add_argument("--force", action="store_true", help="write over a folder holding other files")
+    export.add_argument("--ms-swift-legacy", action="store_true",
+                        help="ms-swift before v3.9: query / response / rejected_response")
+    export.add_argument("--negatives", type=int, metavar="N",
+                        help="keep each row's N hardest negatives; rows with fewer are dropped")
+    validate = sub.add_parser("validate", help="check an export (any format) or a run's export folder")
+    validate.add_argument("dir")
+    validate.add_argument("--max-problems", type=int, default=20, metavar="N", help="violations listed (default 20)")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
@@ -189,9 +202,38 @@ def _tiny(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from pipeline.exporters import export_run
+
+    marker = export_run(args.run_dir, args.format, args.out, force=args.force, legacy=args.ms_swift_legacy,
+                        negatives=args.negatives)
+    rows = ", ".join(f"{split} {n}" for split, n in marker["splits"].items())
+    kept = marker["options"]["negatives_kept"]
+    negatives = "as the run wrote them" if kept is None else f"{kept} per row"
+    print(f"export: {args.format} to {os.path.abspath(args.out)}: {rows} rows; negatives {negatives}; "
+          f"{marker['dropped']['fewer_negatives']} row(s) dropped for fewer negatives; {marker['images']} image file(s)")
+    return 0
+
+
+def _validate(args) -> int:
+    from pipeline.exporters.validate import validate
+
+    report = validate(args.dir, cap=args.max_problems)
+    rows = ", ".join(f"{split} {n}" for split, n in sorted(report.rows.items())) or "no rows"
+    if report.ok:
+        print(f"valid: {report.format} export at {report.path}: {rows}; {report.images} image(s) decoded")
+        return 0
+    print(f"invalid: {report.format} export at {report.path}: {report.problems.count} problem(s) ({rows})")
+    for line in report.problems.first:
+        print(f"  {line}")
+    if report.problems.count > len(report.problems.first):
+        print(f"  ... and {report.problems.count - len(report.problems.first)} more")
+    return 1
+
+
 COMMANDS = {
     "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny, "index-images": _index_images,
-    "card": _card, "push": _push,
+    "card": _card, "push": _push, "export": _export, "validate": _validate,
 }
 
 if __name__ == "__main__":

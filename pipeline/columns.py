@@ -17,7 +17,10 @@ SLOT, NROWS = "_k", "_n"
 STATUS, REASON = "_status", "_reason"
 OK, FILTERED, REJECTED = "ok", "filtered", "rejected"
 STATUSES = (OK, FILTERED, REJECTED)
-INTERNAL = (SHARD, SRC, PARENT, NROWS, SLOT, STATUS, REASON)
+# Set by a stage that writes its kept rows to several splits (export: train / validation): the split
+# becomes the part file's name prefix, one file per (shard piece, split).
+SPLIT = "_split"
+INTERNAL = (SHARD, SRC, PARENT, NROWS, SLOT, STATUS, REASON, SPLIT)
 
 
 def status_columns(n: int, status: str = OK, reason: str = "") -> dict[str, list]:

@@ -38,3 +38,8 @@ class PublishError(PipelineError):
 
 class StageUnschedulableError(PipelineError):
     """A stage's actors ask for resources no node of the Ray cluster has (they would wait forever)."""
+
+
+class ExportError(PipelineError):
+    """`fusegen export` / `fusegen validate` cannot go on: the run is not finished or has no GME export,
+    the out dir holds another run's files, or the folder is no export fusegen knows."""

@@ -155,7 +155,7 @@ def _run_stage(ctx: RunContext, stage: Stage, target: Target, upstream: StageOut
         manifest["seconds"] = round(time.monotonic() - started, 3)
         run_fs.write_json(f"{target.stage_dir}/{MANIFEST}", manifest)
         raise
-    remove_garbage(run_fs, target.stage_dir, target.parts_dir, stage.part_prefix)
+    remove_garbage(run_fs, target.stage_dir, target.parts_dir, stage.part_prefixes())
     rows, reasons, markers = aggregate_markers(run_fs, target.stage_dir)
     fixed = stage.fanout
     check_ledger(stage.name, rows, manifest["input_rows"] * fixed if fixed is not None else None)
@@ -238,7 +238,7 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
 
     run_fs = target.fs
     _, _, markers = aggregate_markers(run_fs, target.stage_dir)
-    removed = remove_garbage(run_fs, target.stage_dir, target.parts_dir, stage.part_prefix)
+    removed = remove_garbage(run_fs, target.stage_dir, target.parts_dir, stage.part_prefixes())
     if removed:
         log.info("%s: removed %d uncommitted file(s) of an interrupted attempt", stage.name, removed)
     pending = [s for s in specs if s.shard not in markers]

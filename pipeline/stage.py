@@ -25,6 +25,7 @@ from pipeline.columns import (  # noqa: F401 - re-exported: stages import these 
     REJECTED,
     SHARD,
     SLOT,
+    SPLIT,
     SRC,
     STATUS,
     mark_all_ok,
@@ -226,6 +227,15 @@ class Stage(abc.ABC):
     def finish_part(self, table: pa.Table) -> pa.Table:
         """Worker side, on the kept rows of a shard just before they are written (schema metadata)."""
         return table
+
+    def part_prefixes(self) -> tuple[str, ...]:
+        """Every name prefix the stage's part files may have: `part_prefix`, or the splits it puts in
+        `_split` (one file per shard piece and split, named `<split>-...parquet`)."""
+        return (self.part_prefix,)
+
+    def row_group_bytes(self) -> int | None:
+        """Cap on a written row group's binary payload (image bytes), or None for pyarrow's default."""
+        return None
 
     def commit_keys(self, kept: pa.Table) -> dict[str, list] | None:
         """Worker side: the keys a stateful `commit_hook` needs from a shard's kept rows (never rows)."""

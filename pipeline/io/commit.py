@@ -1,7 +1,8 @@
 """Workers write, the driver commits (DESIGN §2b).
 
 The last step of every stage's Ray Data pipeline is `write_pieces`, run by the worker that holds
-the block: it splits the block by shard, writes each shard piece's kept rows and rejects as Parquet
+the block: it splits the block by shard, writes each shard piece's kept rows (one file per split
+when the stage sets `_split`, named `<split>-<shard>-<src>-<slot>.parquet`) and rejects as Parquet
 files under their final names in the run dir (each file itself written to a temporary name and
 renamed), and returns one small *receipt* per piece: shard id, the input rows it covers with their
 unit counts, status counts, reason counts, file names and, for stages with a stateful commit hook,
@@ -21,10 +22,24 @@ import json
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.columns import FILTERED, INTERNAL, NROWS, OK, PARENT, REASON, REJECTED, SHARD, SLOT, SRC, STATUS
+from pipeline.columns import (
+    FILTERED,
+    INTERNAL,
+    NROWS,
+    OK,
+    PARENT,
+    REASON,
+    REJECTED,
+    SHARD,
+    SLOT,
+    SPLIT,
+    SRC,
+    STATUS,
+)
 from pipeline.errors import LedgerError, StageInputError
 from pipeline.io.fs import RunFS
 from pipeline.io.manifest import PARTS_MARK, REJECTS, check_ledger
@@ -74,14 +89,35 @@ def write_pieces(table: pa.Table, run_uri: str, stage, stage_dir: str, parts_dir
     if table.num_rows == 0:
         return RECEIPT.empty_table()
     for shard in pc.unique(table[SHARD]).to_pylist():
-        piece = table.filter(pc.equal(table[SHARD], shard))
+        piece = select(table, pc.equal(table[SHARD], shard))
         receipts.append(_write_piece(piece, shard, run_fs, stage, stage_dir, parts_dir))
     return pa.Table.from_pylist(receipts, schema=RECEIPT)
 
 
+def select(table: pa.Table, mask) -> pa.Table:
+    """`table.filter(mask)`, without the copy when the mask keeps every row or none (image rows make
+    each copy cost as much as the images)."""
+    kept = pc.sum(mask).as_py() or 0
+    if kept == table.num_rows:
+        return table
+    return table.slice(0, 0) if kept == 0 else table.filter(mask)
+
+
+def _in_order(piece: pa.Table, has_slot: bool) -> pa.Table:
+    keys = [(SRC, "ascending")] + ([(SLOT, "ascending")] if has_slot else [])
+    src = piece[SRC].to_numpy()
+    steps = np.diff(src)
+    if has_slot:
+        slot = piece[SLOT].to_numpy()
+        ordered = bool(np.all((steps > 0) | ((steps == 0) & (np.diff(slot) > 0))))
+    else:
+        ordered = bool(np.all(steps >= 0))
+    return piece if ordered else piece.sort_by(keys)
+
+
 def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: str, parts_dir: str) -> dict:
     has_slot = SLOT in piece.column_names
-    piece = piece.sort_by([(SRC, "ascending")] + ([(SLOT, "ascending")] if has_slot else []))
+    piece = _in_order(piece, has_slot)
     first_src = piece[SRC][0].as_py()
     first_slot = piece[SLOT][0].as_py() if has_slot else 0
     name = f"{shard}-{first_src:06d}-{first_slot:03d}"
@@ -89,16 +125,20 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
     unknown = set(pc.unique(status).to_pylist()) - {OK, FILTERED, REJECTED}
     if unknown:
         raise LedgerError(f"{stage.name}: unknown row status {sorted(map(str, unknown))} in shard {shard}")
-    kept = piece.filter(pc.equal(status, OK))
-    dropped = piece.filter(pc.not_equal(status, OK))
-    parts, part_rows, rejects, keys = [], [], [], None
-    if kept.num_rows:
-        public = kept.drop_columns([c for c in kept.column_names if c in INTERNAL])
-        rel = f"{parts_dir}/{stage.part_prefix}-{name}.parquet"
-        run_fs.write_parquet(rel, stage.finish_part(public))
-        parts, part_rows = [rel], [kept.num_rows]
-        found = stage.commit_keys(public)
-        keys = json.dumps(found) if found is not None else None
+    ok = pc.equal(status, OK)
+    kept, dropped = select(piece, ok), select(piece, pc.invert(ok))
+    parts, part_rows, rejects, found = [], [], [], None
+    for prefix, rows in _splits(kept, stage, shard):
+        public = rows.drop_columns([c for c in rows.column_names if c in INTERNAL])
+        rel = f"{parts_dir}/{prefix}-{name}.parquet"
+        run_fs.write_parquet(rel, stage.finish_part(public), stage.row_group_bytes())
+        parts.append(rel)
+        part_rows.append(rows.num_rows)
+        # Keys follow the parts' row order: a commit hook's positions index the parts concatenated.
+        more = stage.commit_keys(public)
+        if more is not None:
+            found = {k: (found or {}).get(k, []) + list(v) for k, v in more.items()}
+    keys = json.dumps(found) if found is not None else None
     if dropped.num_rows:
         rel = f"{stage_dir}/{REJECTS}/part-{name}.parquet"
         run_fs.write_parquet(rel, reject_table(dropped))
@@ -111,6 +151,24 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
         "reasons": json.dumps(dict(Counter(dropped[REASON].to_pylist()))),
         "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys,
     }
+
+
+def _splits(kept: pa.Table, stage, shard: str) -> list[tuple[str, pa.Table]]:
+    """(file prefix, rows) per split of the kept rows, in `stage.part_prefixes()` order; without a
+    `_split` column every kept row goes under the stage's `part_prefix`."""
+    if not kept.num_rows:
+        return []
+    if SPLIT not in kept.column_names:
+        return [(stage.part_prefix, kept)]
+    prefixes = stage.part_prefixes()
+    unknown = set(pc.unique(kept[SPLIT]).to_pylist()) - set(prefixes)
+    if unknown:
+        raise LedgerError(
+            f"{stage.name}: rows of shard {shard} name split(s) {sorted(map(str, unknown))}; "
+            f"the stage declares {list(prefixes)} (Stage.part_prefixes)"
+        )
+    out = [(p, select(kept, pc.equal(kept[SPLIT], p))) for p in prefixes]
+    return [(p, rows) for p, rows in out if rows.num_rows]
 
 
 def _coverage(piece: pa.Table, fanout: int | None) -> tuple[list[int], list[int], list[int]]:
@@ -189,8 +247,9 @@ class ShardCommitter:
 
     def _commit(self, shard: str) -> None:
         spec = self.specs[shard]
-        # Pieces sort by their first (input row, unit): the file order a clean run has.
-        pieces = sorted(self.pieces.pop(shard), key=lambda r: (r["parts"] + r["rejects"])[0])
+        # Pieces sort by their first (input row, unit): the file order a clean run has. The name after
+        # the prefix carries it (`<prefix>-<shard>-<src>-<slot>`; a piece may hold only validation rows).
+        pieces = sorted(self.pieces.pop(shard), key=lambda r: _piece_key((r["parts"] + r["rejects"])[0]))
         self.units.pop(shard, None)
         rows = {"in": 0, "out": 0, "filtered": 0, "rejected": 0}
         reasons: Counter = Counter()
@@ -242,6 +301,10 @@ class ShardCommitter:
             )
 
 
+def _piece_key(rel: str) -> str:
+    return rel.rsplit("/", 1)[-1].split("-", 1)[1]
+
+
 def rewrite_parts(run_uri: str, stage_dir: str, parts: list[str], part_rows: list[int],
                   overrides: dict[int, tuple[str, str]]) -> tuple[list[str], list[int], list[str]]:
     """Move the rows a commit hook turned away from written parts into rejects (new file names; the old
@@ -282,17 +345,20 @@ def committed_files(run_fs: RunFS, stage_dir: str) -> tuple[list[str], list[str]
     return parts, rejects
 
 
-def remove_garbage(run_fs: RunFS, stage_dir: str, parts_dir: str, prefix: str = "part") -> int:
+def remove_garbage(run_fs: RunFS, stage_dir: str, parts_dir: str,
+                   prefixes: str | tuple[str, ...] = "part") -> int:
     """Delete the part and reject files (and temporaries) that no committed marker names; returns how
-    many. Only names the writer gives are touched: other files in the folder (an index) are kept."""
+    many. Only names the writer gives (`<prefix>-*.parquet` for each of the stage's part prefixes)
+    are touched: other files in the folder (an index) are kept."""
     parts, rejects = committed_files(run_fs, stage_dir)
     named = set(parts) | set(rejects)
+    stems = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
     removed = 0
-    for folder, stem in ((parts_dir, prefix), (f"{stage_dir}/{REJECTS}", "part")):
+    for folder, folder_stems in ((parts_dir, stems), (f"{stage_dir}/{REJECTS}", ("part",))):
         for rel in run_fs.list_files(folder):
             name = rel.rsplit("/", 1)[-1]
-            ours = name.startswith(f"{stem}-") and name.endswith(".parquet")
-            temporary = name.startswith(f".{stem}-") and name.endswith(".tmp")
+            ours = any(name.startswith(f"{s}-") and name.endswith(".parquet") for s in folder_stems)
+            temporary = any(name.startswith(f".{s}-") and name.endswith(".tmp") for s in folder_stems)
             if (ours or temporary) and rel not in named:
                 run_fs.delete_file(rel)
                 removed += 1

@@ -11,7 +11,9 @@ import json
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -102,8 +104,21 @@ class RunFS:
             return None
         return json.loads(self.read_bytes(rel))
 
-    def write_parquet(self, rel: str, table: pa.Table) -> None:
-        self._atomic(rel, lambda tmp: pq.write_table(table, tmp, filesystem=self.fs, compression="zstd"))
+    def write_parquet(self, rel: str, table: pa.Table, max_row_group_bytes: int | None = None) -> None:
+        """Write `table` atomically; with `max_row_group_bytes`, cut row groups so that none holds more
+        binary payload than that (a single larger row gets a group of its own)."""
+        if not max_row_group_bytes:
+            self._atomic(rel, lambda tmp: pq.write_table(table, tmp, filesystem=self.fs, compression="zstd"))
+            return
+
+        def write(tmp: str) -> None:
+            with pq.ParquetWriter(tmp, table.schema, filesystem=self.fs, compression="zstd") as writer:
+                start = 0
+                for n in row_group_sizes(table, max_row_group_bytes):
+                    writer.write_table(table.slice(start, n), row_group_size=n)
+                    start += n
+
+        self._atomic(rel, write)
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path(rel), filesystem=self.fs, columns=columns)
@@ -111,3 +126,46 @@ class RunFS:
     def parquet_rows(self, rel: str) -> int:
         with self.fs.open_input_file(self.path(rel)) as f:
             return pq.ParquetFile(f).metadata.num_rows
+
+
+def row_bytes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Binary and string payload bytes per row, through structs and lists (image bytes dominate)."""
+    if isinstance(array, pa.ChunkedArray):
+        chunks = [row_bytes(c) for c in array.chunks]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    tp = array.type
+    if pa.types.is_binary(tp) or pa.types.is_large_binary(tp) or pa.types.is_string(tp) or pa.types.is_large_string(tp):
+        return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_struct(tp):
+        total = np.zeros(len(array), np.int64)
+        for child in array.flatten():
+            total += row_bytes(child)
+        return total
+    if pa.types.is_list(tp) or pa.types.is_large_list(tp):
+        inner = np.concatenate([[0], np.cumsum(row_bytes(array.values))])
+        offsets = array.offsets.to_numpy()
+        return inner[offsets[1:]] - inner[offsets[:-1]]
+    return np.zeros(len(array), np.int64)
+
+
+def row_group_sizes(table: pa.Table, max_bytes: int) -> list[int]:
+    """Rows per row group, greedy in row order, each group's binary payload <= `max_bytes`.
+
+    Arrow binary arrays index their bytes with int32 offsets, so a reader that loads a row group with
+    more than 2 GiB in one binary column overflows; image-heavy rows would get there in a few
+    thousand rows. A row larger than the cap alone gets a group of its own.
+    """
+    if table.num_rows == 0:
+        return [0]
+    sizes = np.zeros(table.num_rows, np.int64)
+    for column in table.columns:
+        sizes += row_bytes(column)
+    groups, current, count = [], 0, 0
+    for size in sizes.tolist():
+        if count and current + size > max_bytes:
+            groups.append(count)
+            current, count = 0, 0
+        current += size
+        count += 1
+    groups.append(count)
+    return groups

@@ -36,7 +36,7 @@ def run_track(run_dir: Path, corpus: Path, cache: Path, *sets: str) -> dict[str,
     config_file = run_dir.parent / "track.yaml"
     config_file.write_text(
         f"pipeline: {test_tracks.TRACK}\ncache_dir: {cache}\ningest: {{path: {corpus}}}\n"
-        "tag_a: {column: a, value: one}\ntag_b: {column: b, fanout: 2}\n"
+        "tag_a: {column: a, value: one}\ntag_b: {column: b, fanout: 2}\nexport: {schema: passthrough}\n"
     )
     config = load_config(config_file, list(sets))
     ctx = RunContext.create(config, str(run_dir))

@@ -18,7 +18,11 @@ def write(path, text: str):
 
 @pytest.fixture
 def two_tags(tmp_path):
-    return write(tmp_path / "t.yaml", f"pipeline: {TRACK}\ntag_a: {{column: a, value: one}}\ntag_b: {{column: b, fanout: 2}}\n")
+    return write(
+        tmp_path / "t.yaml",
+        f"pipeline: {TRACK}\ntag_a: {{column: a, value: one}}\ntag_b: {{column: b, fanout: 2}}\n"
+        "export: {schema: passthrough}\n",
+    )
 
 
 def test_gme_track_lists_its_sections_in_order():

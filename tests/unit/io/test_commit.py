@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.columns import NROWS, PARENT, REASON, SHARD, SLOT, SRC, STATUS
+from pipeline.columns import NROWS, PARENT, REASON, SHARD, SLOT, SPLIT, SRC, STATUS
 from pipeline.errors import LedgerError
 from pipeline.io.commit import (
     RECEIPT,
@@ -250,3 +250,79 @@ def test_rejects_keep_image_references_and_drop_image_bytes():
 def test_written_parts_are_plain_parquet_without_internal_columns(run_fs):
     (r,) = receipts(run_fs, Pass(), block("000000", [0])).to_pylist()
     assert pq.read_schema(run_fs.path(r["parts"][0])).names == ["id", "text"]
+
+
+class Split(Pass):
+    """Sends rows whose text ends in "v" to validation, the rest to train (as export does by doc_id)."""
+
+    part_prefix = "train"
+
+    def part_prefixes(self) -> tuple[str, ...]:
+        return ("train", "validation")
+
+
+def split_block(shard: str, srcs: list[int], splits: list[str], statuses: list[str] | None = None) -> pa.Table:
+    table = block(shard, srcs, statuses)
+    return table.append_column(SPLIT, pa.array(splits, pa.string()))
+
+
+def test_a_piece_with_a_split_column_writes_one_file_per_split_named_by_the_split(run_fs):
+    (r,) = receipts(run_fs, Split(), split_block("000000", [0, 1, 2], ["validation", "train", "validation"])).to_pylist()
+    names = [p.rsplit("/", 1)[1] for p in r["parts"]]
+    assert (names, r["part_rows"]) == (
+        ["train-000000-000000-000.parquet", "validation-000000-000000-000.parquet"], [1, 2]
+    )
+    assert run_fs.read_parquet(r["parts"][1])["id"].to_pylist() == ["000000-0-0", "000000-2-0"]
+
+
+def test_split_files_hold_no_internal_split_column(run_fs):
+    (r,) = receipts(run_fs, Split(), split_block("000000", [0], ["validation"])).to_pylist()
+    assert pq.read_schema(run_fs.path(r["parts"][0])).names == ["id", "text"]
+
+
+def test_a_split_the_stage_does_not_declare_is_an_error(run_fs):
+    with pytest.raises(LedgerError, match=r"split\(s\) \['test'\]"):
+        receipts(run_fs, Split(), split_block("000000", [0], ["test"]))
+
+
+def test_filtered_rows_of_a_split_stage_go_to_rejects_not_to_a_split_file(run_fs):
+    (r,) = receipts(run_fs, Split(), split_block("000000", [0, 1], ["train", "validation"], ["ok", "filtered"])).to_pylist()
+    assert ([p.rsplit("/", 1)[1] for p in r["parts"]], len(r["rejects"])) == (["train-000000-000000-000.parquet"], 1)
+
+
+def test_the_marker_lists_the_files_of_every_split_in_row_order(run_fs):
+    stage = Split()
+    c = committer(run_fs, stage, {"000000": 4})
+    # The later piece arrives first and holds train rows only; the earlier piece only validation rows.
+    c.add(receipts(run_fs, stage, split_block("000000", [2, 3], ["train", "train"])))
+    c.add(receipts(run_fs, stage, split_block("000000", [0, 1], ["validation", "validation"])))
+    assert [p.rsplit("/", 1)[1] for p in markers(run_fs)["000000"]["files"]["parts"]] == [
+        "validation-000000-000000-000.parquet", "train-000000-000002-000.parquet",
+    ]
+
+
+def test_uncommitted_files_of_every_split_prefix_are_garbage(run_fs):
+    stage = Split()
+    c = committer(run_fs, stage, {"000000": 1, "000001": 2})
+    c.add(receipts(run_fs, stage, split_block("000000", [0], ["validation"])))
+    orphans = receipts(run_fs, stage, split_block("000001", [0, 1], ["train", "validation"])).to_pylist()[0]["parts"]
+    run_fs.write_bytes("02_pass/.validation-x.parquet.1234.tmp", b"half")
+    assert remove_garbage(run_fs, "02_pass", "02_pass", stage.part_prefixes()) == 3
+    assert not any(run_fs.exists(p) for p in orphans)
+    assert run_fs.exists("02_pass/validation-000000-000000-000.parquet")
+
+
+def test_a_single_prefix_garbage_sweep_leaves_other_prefixes_alone(run_fs):
+    run_fs.write_bytes("02_pass/validation-000009-000000-000.parquet", b"not this sweep's name")
+    assert remove_garbage(run_fs, "02_pass", "02_pass", "train") == 0
+
+
+def test_a_stage_with_a_row_group_cap_writes_groups_under_the_cap(run_fs):
+    class Capped(Pass):
+        def row_group_bytes(self) -> int:
+            return 250
+
+    table = block("000000", [0, 1, 2, 3, 4], texts=["x" * 100] * 5)
+    (r,) = receipts(run_fs, Capped(), table).to_pylist()
+    meta = pq.ParquetFile(run_fs.path(r["parts"][0])).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [2, 2, 1]

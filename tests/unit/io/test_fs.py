@@ -7,7 +7,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from pipeline.io.fs import RunFS
+from pipeline.io.fs import RunFS, row_bytes, row_group_sizes
 
 
 @pytest.fixture
@@ -99,3 +99,39 @@ def test_delete_dir_removes_the_folder_and_tolerates_absence(run_fs):
     run_fs.delete_dir("stage")
     run_fs.delete_dir("stage")
     assert not run_fs.exists("stage")
+
+
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def image_rows() -> pa.Table:
+    """Row payloads: 10+1 bytes, 0 (nulls), 30+60+2 bytes (a list of two images)."""
+    return pa.table({
+        "image": pa.array([{"bytes": b"x" * 10, "path": "a"}, None, None], IMAGE),
+        "negs": pa.array([[], None, [{"bytes": b"y" * 30, "path": "b"}, {"bytes": b"z" * 60, "path": "c"}]],
+                         pa.list_(IMAGE)),
+    })
+
+
+def test_row_bytes_counts_binary_payload_through_structs_and_lists():
+    table = image_rows()
+    sizes = [int(row_bytes(table["image"])[i] + row_bytes(table["negs"])[i]) for i in range(3)]
+    assert sizes == [11, 0, 92]
+
+
+def test_row_bytes_of_a_sliced_list_column_counts_only_its_own_rows():
+    assert row_bytes(image_rows()["negs"].slice(2, 1)).tolist() == [92]
+
+
+def test_row_group_sizes_keeps_every_group_under_the_cap_and_a_big_row_alone():
+    table = pa.table({"b": pa.array([b"a" * 40, b"b" * 40, b"c" * 200, b"d" * 10, b"e" * 10], pa.binary())})
+    assert row_group_sizes(table, 100) == [2, 1, 2]
+
+
+def test_write_parquet_with_a_byte_cap_writes_the_computed_row_groups(run_fs):
+    import pyarrow.parquet as pq
+
+    table = pa.table({"b": pa.array([b"a" * 40] * 5, pa.binary())})
+    run_fs.write_parquet("x.parquet", table, max_row_group_bytes=100)
+    meta = pq.ParquetFile(run_fs.path("x.parquet")).metadata
+    assert ([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], meta.num_rows) == ([2, 2, 1], 5)

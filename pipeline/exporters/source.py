@@ -1,0 +1,129 @@
+"""The finished run an exporter reads: its manifests, its GME triplet files, and the negatives policy.
+
+`open_run` refuses a run that is not finished (naming the first stage whose manifest is not
+`complete`) and an export that does not hold GME triplets (`export.schema: passthrough`). Rows are
+read a record batch at a time, so an exporter's memory does not grow with the run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from pipeline.errors import ExportError
+from pipeline.io.fs import RunFS
+from pipeline.status import collect_manifests
+from pipeline.triplets import GME_COLUMNS, SPLITS
+
+DATA = "export/data"
+BATCH_ROWS = 256
+_SPLIT_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-[^/]*\.parquet$")
+
+
+@dataclass(frozen=True)
+class RunSource:
+    run_fs: RunFS
+    # split -> part files (relative to the run dir), train first.
+    splits: dict[str, list[str]]
+    export_manifest: dict = field(default_factory=dict)
+
+    @property
+    def root(self) -> str:
+        return self.run_fs.root
+
+    def rows(self, split: str, columns: list[str] | None = None) -> Iterator[dict]:
+        """The split's triplet rows (image columns as HF structs with bytes), in file order."""
+        for rel in self.splits.get(split, []):
+            with self.run_fs.fs.open_input_file(self.run_fs.path(rel)) as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+                    yield from batch.to_pylist()
+
+    def negative_counts(self) -> list[int]:
+        """Negatives per row over every split (reads the `neg_doc_ids` column only)."""
+        counts: list[int] = []
+        for files in self.splits.values():
+            for rel in files:
+                column = self.run_fs.read_parquet(rel, columns=["neg_doc_ids"])["neg_doc_ids"]
+                counts += pc.list_value_length(column).fill_null(0).to_pylist()
+        return counts
+
+
+def split_files(run_fs: RunFS, folder: str = DATA) -> dict[str, list[str]]:
+    """`<folder>/<split>-*.parquet` grouped by split, in SPLITS order, then any other split by name."""
+    out: dict[str, list[str]] = {}
+    for name in run_fs.listdir(folder, ".parquet"):
+        m = _SPLIT_FILE.match(name)
+        if m:
+            out.setdefault(m.group("split"), []).append(f"{folder}/{name}")
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def open_run(run_dir: str) -> RunSource:
+    """The run's GME export, or ExportError saying why it cannot be exported yet."""
+    run_fs = RunFS.from_uri(run_dir)
+    if not run_fs.exists("run.yaml"):
+        raise ExportError(f"{run_fs.root}: no run.yaml here; pass the run directory of a `fusegen run`")
+    manifests = collect_manifests(run_fs)
+    for m in manifests:
+        if m.get("status") != "complete":
+            raise ExportError(
+                f"{run_fs.root}: the run is not finished: stage {m['stage']} is {m.get('status')!r}, not "
+                f"complete (see `fusegen status {run_fs.root}`); finish it with `fusegen run`, then export"
+            )
+    splits = split_files(run_fs)
+    if not splits:
+        raise ExportError(f"{run_fs.root}: the export stage wrote no rows ({DATA}/ holds no <split>-*.parquet)")
+    first = run_fs.path(next(iter(splits.values()))[0])
+    names = pq.read_schema(first, filesystem=run_fs.fs).names
+    missing = [c for c in GME_COLUMNS if c not in names]
+    if missing:
+        schema = (yaml.safe_load(run_fs.read_bytes("run.yaml")) or {}).get("export", {}).get("schema", "?")
+        raise ExportError(
+            f"{run_fs.root}: its export holds no GME triplets (missing {', '.join(missing)}; export.schema was "
+            f"{schema!r}); re-run the export stage with `--set export.schema=gme` after the negatives stage"
+        )
+    export = next((m for m in manifests if m.get("stage") == "export"), {})
+    return RunSource(run_fs, splits, export)
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """Which negatives an exported row keeps: its `keep` hardest (None: all), and rows with fewer than
+    `at_least` are dropped (counted in the export marker)."""
+
+    keep: int | None
+    at_least: int = 0
+
+    def take(self, row: dict) -> tuple[list[str], list[str], list[dict | None]] | None:
+        """(doc ids, texts, images) of the negatives kept, hardest first; None drops the row."""
+        ids, texts = row["neg_doc_ids"] or [], row["neg_texts"] or []
+        images = row["neg_images"] or [None] * len(ids)
+        if len(ids) < self.at_least:
+            return None
+        end = len(ids) if self.keep is None else self.keep
+        return ids[:end], texts[:end], images[:end]
+
+
+def negatives_policy(source: RunSource, requested: int | None, default: str, cap: int | None = None) -> Negatives:
+    """`requested` (the --negatives flag): every row keeps its N hardest, rows with fewer are dropped.
+    Else the format's `default`: "min" (N = the smallest count in the run: every row has as many and
+    none is dropped), "all" (as they are) or "one" (the hardest one where there is one)."""
+    if requested is not None:
+        if requested < 0:
+            raise ExportError(f"--negatives must be >= 0 (got {requested})")
+        if cap is not None and requested > cap:
+            raise ExportError(f"--negatives {requested}: this format holds at most {cap} negative(s) per row")
+        return Negatives(requested, requested)
+    if default == "all":
+        return Negatives(None)
+    if default == "one":
+        return Negatives(1)
+    counts = source.negative_counts()
+    least = min(counts) if counts else 0
+    return Negatives(least, least)
