@@ -113,7 +113,7 @@ def test_missing_gme_columns_fail_naming_them_and_the_present_ones(upstream):
 
 
 def test_the_chain_check_refuses_a_gme_export_after_the_text_only_stages():
-    config = load_config(REPO / "configs" / "base.yaml", ["export.schema=gme"])
+    config = load_config(REPO / "configs" / "base.yaml", ["export.schema=gme", "stages=[ingest, doc2query, consistency, entities, export]"])
     with pytest.raises(StageInputError, match="export: input is missing column.*query_image.*neg_doc_ids"):
         build_stages(config, None)
 
