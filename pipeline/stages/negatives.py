@@ -30,7 +30,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -124,9 +124,8 @@ class NegativesConfig(StageConfig):
         check(self.ivf_nprobe >= 1, "negatives", "ivf_nprobe", "must be >= 1")
 
 
-@dataclass(frozen=True)
-class PoolKeys:
-    """What the exclusions compare for one passage."""
+class PoolKeys(NamedTuple):
+    """What the exclusions compare for one passage (a tuple: built for every hit of every query)."""
 
     id: str
     doc_id: str | None = None
@@ -134,11 +133,6 @@ class PoolKeys:
     hashes: tuple[str, ...] = ()
     # Same-source key (doc_id or title); None never matches.
     source: str | None = None
-
-
-def pool_keys(row: dict, source_key: str) -> PoolKeys:
-    hashes = tuple(h for h in (row.get("content_hash"), row.get("text_hash")) if h)
-    return PoolKeys(row["id"], row.get("doc_id"), hashes, row.get(source_key) or None)
 
 
 def mine(
@@ -282,8 +276,15 @@ class NegativesFn:
             cols["num_negatives"][i] = len(rows)
 
     def _keys(self, rows: np.ndarray) -> list[PoolKeys]:
-        meta = self.pool.rows_at(rows, KEY_COLUMNS).to_pylist()
-        return [pool_keys(m, self.cfg.source_key) for m in meta]
+        meta = self.pool.rows_at(rows, KEY_COLUMNS)
+        ids, doc_ids, exact, loose = (
+            meta[c].to_pylist() for c in ("id", "doc_id", "content_hash", "text_hash")
+        )
+        sources = meta[self.cfg.source_key].to_pylist()
+        return [
+            PoolKeys(i, d, tuple(h for h in (c, t) if h), s or None)
+            for i, d, c, t, s in zip(ids, doc_ids, exact, loose, sources)
+        ]
 
 
 class Negatives(Stage):

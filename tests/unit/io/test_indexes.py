@@ -20,9 +20,9 @@ def write_parts(uri: str, extra: bool, sizes=(3, 0, 4)) -> list[str]:
     vectors = np.eye(7, dtype=np.float32)
     parts, start = [], 0
     for k, size in enumerate(sizes):
-        cols = {"id": IDS[start:start + size], "embedding": embedding_array(vectors[start:start + size])}
+        cols = {"id": IDS[start : start + size], "embedding": embedding_array(vectors[start : start + size])}
         if extra:
-            cols["text"] = [f"text of {i}" for i in IDS[start:start + size]]
+            cols["text"] = [f"text of {i}" for i in IDS[start : start + size]]
             cols["n"] = pa.array(range(start, start + size), pa.int32())
         rel = f"pool-x/part-{k:06d}.parquet"
         run_fs.write_parquet(rel, pa.table(cols))
@@ -40,7 +40,12 @@ def finished(tmp_path, extra: bool):
 def test_metadata_rows_come_back_in_the_order_asked_across_parts(tmp_path):
     index, done = finished(tmp_path, extra=True)
     got = index.rows_at([6, 0, 3, 0], ["id", "n"])
-    assert got.to_pylist() == [{"id": "p6", "n": 6}, {"id": "p0", "n": 0}, {"id": "p3", "n": 3}, {"id": "p0", "n": 0}]
+    assert got.to_pylist() == [
+        {"id": "p6", "n": 6},
+        {"id": "p0", "n": 0},
+        {"id": "p3", "n": 3},
+        {"id": "p0", "n": 0},
+    ]
     assert done["meta"] == ["id", "text", "n"] and index.meta_columns == ("id", "text", "n")
 
 
