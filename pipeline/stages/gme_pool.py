@@ -9,8 +9,9 @@ image, content_hash, text_hash (a looser hash: case, punctuation and spacing ign
 (false when GME could not take the passage's image and the passage was embedded as text alone; the
 one fallback here, counted per pool in that column rather than dropped).
 
-Both stages declare the same IndexSpec when their GME candidate settings agree, so the runner embeds
-the pool once (build_index reuses a finished index with the same key). Each stage names its own side
+Both stages declare the same IndexSpec when their model, candidate-side GME settings, passage_images
+and index kind/nlist agree (query_instruction and batch_size do not count), so the runner embeds the
+pool once (build_index reuses a finished index with the same key). Each stage names its own side
 stage (`gme_score:pool`, `negatives:pool`): a stage that builds a pool under another model (negatives
 re-mined with a fine-tuned checkpoint) prunes only its own stale pools, never the other stage's.
 

@@ -46,7 +46,9 @@ class GmeScoreConfig(StageConfig):
     threshold: float = 0.3
     # 0 = off; k > 0 also requires the positive within the top k of a search over the whole pool.
     top_k: int = 0
-    # Candidates (positive and pool) carry the passage's own image when it has one; false: text only.
+    # Candidates (positive and pool) carry the passage's own image when it has one; false: text only,
+    # the IT->T task. With an image_source `doc` row the query's image is that same image, which lifts
+    # its score: compare thresholds per image_source, or turn this off for IT->T data.
     passage_images: bool = True
     # `flat` is exact; `ivf` is approximate and faster on big pools (only used when top_k > 0).
     index: Literal["flat", "ivf"] = "flat"

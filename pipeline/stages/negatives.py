@@ -66,6 +66,7 @@ class NegativesConfig(StageConfig):
     gme: GmeConfig = dataclasses.field(default_factory=GmeConfig)
     # None reads prompts/gme_score/instruction.txt: the query is encoded as gme_score encodes it.
     instruction: str | None = None
+    # As in gme_score; must match it for the two stages to share one pool.
     passage_images: bool = True
     num_negatives: int = 8
     # Rows with fewer survivors are filtered (`filter:too_few_negatives`); 0 keeps every row.
