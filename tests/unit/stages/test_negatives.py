@@ -3,6 +3,7 @@ the actor on a GME pool built by the real pool side stage with a fake embedder."
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -342,3 +343,39 @@ def test_actor_keeps_every_input_column_and_row_order(world):
     out = actor(world)(table)
     assert set(table.column_names) < set(out.column_names)
     assert out["id"].to_pylist() == table["id"].to_pylist()
+
+
+def test_actor_skips_the_empty_slots_of_an_ivf_search(tmp_path, monkeypatch):
+    from pipeline.io.fs import RunFS
+    from pipeline.io.indexes import IndexHandle, embedding_array, finish_index
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((4000, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"d{i}" for i in range(4000)]
+    uri = str(tmp_path / "run" / "_index")
+    RunFS.from_uri(uri).write_parquet(
+        "gme-x/part-000000.parquet",
+        pa.table(
+            {
+                "id": ids,
+                "doc_id": ids,
+                "title": [None] * 4000,
+                "text": ids,
+                "image": pa.nulls(4000, IMAGE_REF),
+                "content_hash": ids,
+                "text_hash": ids,
+                "embedding": embedding_array(vectors),
+            }
+        ),
+    )
+    done = finish_index(uri, "gme-x", ["gme-x/part-000000.parquet"], "ivf", 16)
+    assert done["kind"] == "ivf"
+    index = IndexHandle(uri, "gme-x", done["count"], done["dim"], done["kind"])
+    monkeypatch.setattr(gme_pool, "load_embedder", lambda path, gme_cfg: FakeGme({"Q": vectors[0].tolist()}))
+    # One probed list holds ~250 vectors: most of the 1000 slots asked for come back empty (-1).
+    config = NegativesConfig(search_k=1000, ivf_nprobe=1, relative_margin=None, index="ivf", ivf_nlist=16)
+    fn = NegativesFn("unused", to_dict(config), str(tmp_path / "run"), "Find.", index)
+    got = row(fn(queries((str(tmp_path / "run"), index, None), ["d0"])))
+    assert got["num_negatives"] == 8 and "d0" not in got["neg_ids"]
+    assert got["neg_ranks"] == list(range(2, 10))
