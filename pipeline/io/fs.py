@@ -92,6 +92,15 @@ class RunFS:
 
         self._atomic(rel, write)
 
+    def write_stream(self, rel: str, write) -> None:
+        """Write a file through `write(output_stream)`, atomically (streamed: a big file needs no buffer)."""
+
+        def run(tmp: str) -> None:
+            with self.fs.open_output_stream(tmp) as out:
+                write(out)
+
+        self._atomic(rel, run)
+
     def write_json(self, rel: str, obj: object) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 

@@ -5,9 +5,16 @@ the vectors). The runner builds it once per identity under `<index root>/<name>-
 root is the run's `_index/` or a shared `index_dir` two runs can reuse:
   part-*.parquet, _parts/, _manifest.json   the embedding side stage (resumable shard by shard)
   ids.parquet, index.faiss [, vectors.npy]  the finished index, written by one Ray task
+  [rows.arrow]                              the embed parts' other columns, when they have any
   _index.json                               written last: the index is complete
 Each actor opens the index memory-mapped (`faiss.IO_FLAG_MMAP`; an index on an object store is
 copied to the node's cache once), so nothing is rebuilt, retrained or held twice per actor.
+
+`rows.arrow` carries what a stage needs to know about a hit besides its vector (the GME pool: doc_id,
+content hashes, and the passage's text, title and image reference for hard negatives). It is an
+uncompressed Arrow IPC file, memory-mapped like the faiss file: `OpenIndex.rows_at` reads only the
+pages of the rows asked for, so a 1M-passage pool costs no per-actor heap and actors on a node share
+the page cache. An embed stage with only (id, embedding), like consistency's, writes no such file.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from pipeline.io.fs import RunFS
 
 INDEX_ROOT = "_index"
 DONE = "_index.json"
+ROWS = "rows.arrow"
+# Columns of the embed parts that are not pool metadata.
+_NOT_META = ("embedding",)
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class IndexHandle:
 
 
 class OpenIndex:
-    """An index opened in an actor: `search`, `ids`, `row_of`, `vector(i)`."""
+    """An index opened in an actor: `search`, `ids`, `row_of`, `vector(i)`, `rows_at(rows)`."""
 
     def __init__(self, local_dir: str, handle: IndexHandle) -> None:
         import faiss
@@ -75,6 +85,35 @@ class OpenIndex:
         self.row_of = {doc_id: i for i, doc_id in enumerate(self.ids)}
         self.index = faiss.read_index(f"{local_dir}/index.faiss", faiss.IO_FLAG_MMAP) if self.ids else None
         self.vectors = np.load(f"{local_dir}/vectors.npy", mmap_mode="r") if handle.kind != "flat" else None
+        self._rows = _open_rows(f"{local_dir}/{ROWS}")
+
+    @property
+    def meta_columns(self) -> tuple[str, ...]:
+        """The per-row metadata columns the index carries (empty for an (id, embedding)-only pool)."""
+        return tuple(self._rows[0].schema.names) if self._rows else ()
+
+    def rows_at(self, rows, columns: list[str] | None = None) -> pa.Table:
+        """Metadata of pool rows `rows` (in that order, repeats allowed), reading only their pages."""
+        if not self._rows:
+            raise KeyError("this index carries no row metadata (its embed stage wrote only id and embedding)")
+        reader, starts = self._rows
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= starts[-1]):
+            raise IndexError(f"pool rows out of range 0..{starts[-1] - 1}")
+        schema = reader.schema if columns is None else pa.schema([reader.schema.field(c) for c in columns])
+        batch_of = np.searchsorted(starts, rows, side="right") - 1
+        pieces, order = [], []
+        for b in np.unique(batch_of):
+            where = np.flatnonzero(batch_of == b)
+            batch = reader.get_batch(int(b))
+            batch = batch.select(schema.names) if columns is not None else batch
+            pieces.append(batch.take(pa.array(rows[where] - starts[b])))
+            order.append(where)
+        if not pieces:
+            return schema.empty_table()
+        table = pa.Table.from_batches(pieces, schema)
+        # Back to the caller's order: position k of the concatenation holds request order[k].
+        return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
     def vector(self, row: int) -> np.ndarray:
         if self.vectors is not None:
@@ -89,6 +128,15 @@ class OpenIndex:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
 
 
+def _open_rows(path: str):
+    """(memory-mapped IPC reader, first pool row of each record batch + total) or None."""
+    if not os.path.exists(path):
+        return None
+    reader = pa.ipc.open_file(pa.memory_map(path))
+    sizes = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+    return reader, np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+
+
 def _local_copy(run_fs: RunFS, folder: str, cache_dir: str) -> str:
     """The folder on local disk: itself on a local filesystem, else a copy in the node's cache."""
     import pyarrow.fs as pafs
@@ -99,7 +147,7 @@ def _local_copy(run_fs: RunFS, folder: str, cache_dir: str) -> str:
     if not os.path.exists(os.path.join(target, DONE)):
         tmp = f"{target}.{os.getpid()}.tmp"
         os.makedirs(tmp, exist_ok=True)
-        for name in ("ids.parquet", "index.faiss", "vectors.npy", DONE):
+        for name in ("ids.parquet", "index.faiss", "vectors.npy", ROWS, DONE):
             if run_fs.exists(f"{folder}/{name}"):
                 with open(os.path.join(tmp, name), "wb") as out:
                     out.write(run_fs.read_bytes(f"{folder}/{name}"))
@@ -153,8 +201,32 @@ def build_faiss(matrix: np.ndarray, kind: str = "flat", nlist: int = 0):
     return index
 
 
+def write_rows(run_fs: RunFS, folder: str, parts: list[str]) -> list[str]:
+    """The parts' columns other than the embedding -> `rows.arrow`, one record batch per part,
+    streamed (never the whole pool in memory). Returns the columns written ([] = no file)."""
+    import pyarrow.parquet as pq
+
+    if not parts:
+        return []
+    schema = pq.read_schema(run_fs.path(parts[0]), filesystem=run_fs.fs)
+    names = [n for n in schema.names if n not in _NOT_META]
+    if names == ["id"]:
+        return []
+    meta = pa.schema([schema.field(n) for n in names])
+
+    def write(sink) -> None:
+        with pa.ipc.new_file(sink, meta) as writer:
+            for rel in parts:
+                for batch in run_fs.read_parquet(rel, columns=names).cast(meta).to_batches():
+                    writer.write_batch(batch)
+
+    run_fs.write_stream(f"{folder}/{ROWS}", write)
+    return names
+
+
 def finish_index(uri: str, folder: str, parts: list[str], kind: str, nlist: int) -> dict:
-    """Ray task: embedding parts -> ids.parquet, index.faiss (and vectors.npy for IVF), then _index.json."""
+    """Ray task: embedding parts -> ids.parquet, index.faiss (and vectors.npy for IVF), rows.arrow
+    when the parts carry metadata columns, then _index.json."""
     import tempfile
 
     import faiss
@@ -163,6 +235,7 @@ def finish_index(uri: str, folder: str, parts: list[str], kind: str, nlist: int)
     run_fs = RunFS.from_uri(uri)
     ids, matrix = read_embeddings(run_fs, parts)
     run_fs.write_parquet(f"{folder}/ids.parquet", pa.table({"id": pa.array(ids, pa.string())}))
+    meta = write_rows(run_fs, folder, parts)
     dim = int(matrix.shape[1]) if len(ids) else 0
     built = "flat"
     if ids:
@@ -176,6 +249,7 @@ def finish_index(uri: str, folder: str, parts: list[str], kind: str, nlist: int)
                 np.save(f"{tmp}/vectors.npy", matrix)
                 with open(f"{tmp}/vectors.npy", "rb") as f:
                     run_fs.write_bytes(f"{folder}/vectors.npy", f.read())
-    done = {"count": len(ids), "dim": dim, "kind": built, "seconds": round(time.monotonic() - started, 3)}
+    seconds = round(time.monotonic() - started, 3)
+    done = {"count": len(ids), "dim": dim, "kind": built, "meta": meta, "seconds": seconds}
     run_fs.write_json(f"{folder}/{DONE}", done)
     return done

@@ -1,0 +1,238 @@
+"""gme_score: score each fused query against its positive passage with GME and keep the pairs GME
+itself finds related (GME §1a row 7). The fused query is the entity-masked rewrite plus the entity's
+image under the task instruction; the positive is the passage (title + text, and its own image when it
+has one), encoded as a GME candidate. With `top_k` > 0 the positive must also rank within the top k
+when the query searches the whole GME passage pool (the `gme` index, shared with negatives).
+
+Input columns: id, doc_id, text, title, image, rewritten_query, query_image. Output: every input
+column plus `instruction` (the task instruction the query was encoded under), `gme_pos_score`
+(float32 cosine of query and positive; null when the query could not be encoded) and `gme_pos_rank`
+(int32 1-based rank of the positive in the pool search; null when `top_k` is 0 or it is not in the
+top k). Dropped rows: `error:no_query_image`, `error:image_unreadable`, GME image errors
+(`error:image_too_small`...), `error:source_not_in_pool` (with `top_k`: the doc_id is no pooled
+passage), `filter:empty_query`, `filter:gme_score` (below `threshold`), `filter:gme_rank` (not in the
+top k).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import check, to_dict
+from pipeline.errors import PipelineConfigError
+from pipeline.io.indexes import IndexHandle, IndexSpec
+from pipeline.models.gme import GmeConfig
+from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, actor_map, set_status
+from pipeline.stages import gme_pool
+from pipeline.stages.consistency import source_ranks
+
+INSTRUCTION_FILE = "gme_score/instruction.txt"
+
+
+@dataclass(frozen=True)
+class GmeScoreConfig(StageConfig):
+    gme: GmeConfig = dataclasses.field(default_factory=GmeConfig)
+    # The query's task instruction; None reads prompts/gme_score/instruction.txt (in the fingerprint).
+    instruction: str | None = None
+    # Cosine floor for (fused query, positive). Real GME (gme-Qwen2-VL 2B/7B) puts matching
+    # query-passage pairs mostly around 0.35-0.6 and unrelated ones below ~0.2, so 0.3 drops pairs
+    # whose image or rewrite lost the link to the passage. Random tiny models score near 0: the demo
+    # config lowers it.
+    threshold: float = 0.3
+    # 0 = off; k > 0 also requires the positive within the top k of a search over the whole pool.
+    top_k: int = 0
+    # Candidates (positive and pool) carry the passage's own image when it has one; false: text only,
+    # the IT->T task. With an image_source `doc` row the query's image is that same image, which lifts
+    # its score: compare thresholds per image_source, or turn this off for IT->T data.
+    passage_images: bool = True
+    # `flat` is exact; `ivf` is approximate and faster on big pools (only used when top_k > 0).
+    index: Literal["flat", "ivf"] = "flat"
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 16
+    resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=256))
+
+    def __post_init__(self) -> None:
+        check(
+            -1.0 <= self.threshold <= 1.0,
+            "gme_score",
+            "threshold",
+            f"must be in [-1, 1] (got {self.threshold})",
+        )
+        check(self.top_k >= 0, "gme_score", "top_k", f"must be >= 0, 0 = off (got {self.top_k})")
+        check(
+            self.instruction is None or bool(self.instruction.strip()),
+            "gme_score",
+            "instruction",
+            "must not be empty (null reads prompts/gme_score/instruction.txt)",
+        )
+        check(self.ivf_nlist >= 0, "gme_score", "ivf_nlist", "must be >= 0 (0 = automatic)")
+        check(self.ivf_nprobe >= 1, "gme_score", "ivf_nprobe", "must be >= 1")
+
+
+def decide(
+    query: str,
+    image_reason: str,
+    in_pool: bool,
+    score: float | None,
+    rank: int | None,
+    threshold: float,
+    top_k: int,
+) -> tuple[str, str]:
+    """(status, reason) of one row; `in_pool` is True when no pool is used (top_k 0)."""
+    if not query.strip():
+        return FILTERED, "filter:empty_query"
+    if image_reason:
+        return REJECTED, image_reason
+    if not in_pool:
+        return REJECTED, "error:source_not_in_pool"
+    if score is None or score < threshold:
+        return FILTERED, "filter:gme_score"
+    if top_k and rank is None:
+        return FILTERED, "filter:gme_rank"
+    return OK, ""
+
+
+def load_instruction(prompts_dir, configured: str | None, stage: str) -> str:
+    """The configured instruction, else the text of prompts/gme_score/instruction.txt."""
+    from pipeline.prompts import load_sources
+
+    if configured is not None:
+        return configured.strip()
+    text = load_sources(prompts_dir, (INSTRUCTION_FILE,))[INSTRUCTION_FILE].strip()
+    if not text:
+        raise PipelineConfigError(
+            f"{stage}: prompts/{INSTRUCTION_FILE} is empty; write the task instruction there"
+        )
+    return text
+
+
+class GmeScoreFn:
+    """Ray actor: encodes each shard's fused queries (and positives, without a pool) and scores them."""
+
+    def __init__(
+        self, model_path: str, cfg: dict, run_uri: str, instruction: str, index: IndexHandle | None
+    ) -> None:
+        self.cfg = GmeScoreConfig.from_dict(cfg)
+        self.instruction = instruction
+        self.embedder = gme_pool.load_embedder(model_path, self.cfg.gme)
+        self.loader = gme_pool.ImageLoader(run_uri, self.cfg.gme)
+        self.pool = index.open() if index is not None else None
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        n = table.num_rows
+        queries = [q or "" for q in table["rewritten_query"].to_pylist()]
+        vectors, reasons = gme_pool.encode_queries(
+            self.embedder,
+            self.loader,
+            queries,
+            table["query_image"].to_pylist(),
+            self.instruction,
+            self.cfg.resources.batch_size,
+        )
+        if self.pool is not None:
+            sources = [self.pool.row_of.get(d) for d in table["doc_id"].to_pylist()]
+        else:
+            sources = [0] * n
+        live = [i for i in range(n) if queries[i].strip() and not reasons[i] and sources[i] is not None]
+        scores: list[float | None] = [None] * n
+        ranks: list[int | None] = [None] * n
+        if live:
+            positives = self._positives(table, live, sources)
+            for i, s in zip(live, np.einsum("ij,ij->i", vectors[live], positives)):
+                scores[i] = float(s)
+            if self.cfg.top_k:
+                _, hits = self.pool.search(vectors[live], self.cfg.top_k, self.cfg.ivf_nprobe)
+                for i, r in zip(live, source_ranks(hits, [sources[i] for i in live])):
+                    ranks[i] = r
+        decided = [
+            decide(
+                queries[i],
+                reasons[i],
+                sources[i] is not None,
+                scores[i],
+                ranks[i],
+                self.cfg.threshold,
+                self.cfg.top_k,
+            )
+            for i in range(n)
+        ]
+        table = table.append_column("instruction", pa.array([self.instruction] * n, pa.string()))
+        table = table.append_column("gme_pos_score", pa.array(scores, pa.float32()))
+        table = table.append_column("gme_pos_rank", pa.array(ranks, pa.int32()))
+        return set_status(table, [d[0] for d in decided], [d[1] for d in decided])
+
+    def _positives(self, table: pa.Table, live: list[int], sources: list) -> np.ndarray:
+        """The positives' vectors: from the pool when there is one (same inputs, already embedded),
+        else encoded here."""
+        if self.pool is not None:
+            return np.stack([self.pool.vector(sources[i]) for i in live]).astype(np.float32)
+        rows = table.take(pa.array(live, pa.int64()))
+        loader = self.loader if self.cfg.passage_images else None
+        step, out = self.cfg.resources.batch_size, []
+        titles, texts, refs = (rows[c].to_pylist() for c in ("title", "text", "image"))
+        for s in range(0, len(live), step):
+            chunk = slice(s, s + step)
+            inputs, _ = gme_pool.passage_inputs(loader, titles[chunk], texts[chunk], refs[chunk])
+            out.append(self.embedder.encode(inputs))
+        return np.concatenate(out).astype(np.float32)
+
+
+class GmeScore(Stage):
+    name: ClassVar[str] = "gme_score"
+    config_cls: ClassVar[type] = GmeScoreConfig
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "id",
+        "doc_id",
+        "text",
+        "title",
+        "image",
+        "rewritten_query",
+        "query_image",
+    )
+    output_columns: ClassVar[tuple[str, ...]] = ("instruction", "gme_pos_score", "gme_pos_rank")
+    prompt_files: ClassVar[tuple[str, ...]] = (INSTRUCTION_FILE,)
+
+    def prepare(self) -> None:
+        from pipeline.models.sources import resolve_model
+
+        self.model_path, self.model_id = resolve_model(
+            self.config.gme.model, self.context.cache_dir, None, f"{self.name}.gme"
+        )
+        self.instruction = load_instruction(self.context.prompts_dir, self.config.instruction, self.name)
+
+    def models(self) -> dict[str, str]:
+        return {"gme": self.model_id}
+
+    def indexes(self) -> tuple[IndexSpec, ...]:
+        """The GME passage pool, only when the rank check is on."""
+        if not self.config.top_k:
+            return ()
+        cfg = self.config
+        return (
+            gme_pool.pool_spec(
+                self.name,
+                cfg.gme,
+                self.model_path,
+                self.model_id,
+                cfg.passage_images,
+                cfg.index,
+                cfg.ivf_nlist,
+                cfg.resources,
+                self.context,
+            ),
+        )
+
+    def apply(self, ds):
+        kwargs = {
+            "model_path": self.model_path,
+            "cfg": to_dict(self.config),
+            "run_uri": self.context.run_uri,
+            "instruction": self.instruction,
+            "index": self.bound_indexes.get("gme"),
+        }
+        return actor_map(ds, GmeScoreFn, kwargs, self.config.resources)

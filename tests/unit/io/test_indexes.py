@@ -1,0 +1,74 @@
+"""pipeline/io/indexes.py: per-row metadata kept beside the vectors (rows.arrow) and read by pool row."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.io.fs import RunFS
+from pipeline.io.indexes import ROWS, IndexHandle, embedding_array, finish_index
+
+IDS = [f"p{i}" for i in range(7)]
+
+
+def write_parts(uri: str, extra: bool, sizes=(3, 0, 4)) -> list[str]:
+    """Embedding parts as an embed side stage writes them (an empty part included)."""
+    run_fs = RunFS.from_uri(uri)
+    vectors = np.eye(7, dtype=np.float32)
+    parts, start = [], 0
+    for k, size in enumerate(sizes):
+        cols = {"id": IDS[start : start + size], "embedding": embedding_array(vectors[start : start + size])}
+        if extra:
+            cols["text"] = [f"text of {i}" for i in IDS[start : start + size]]
+            cols["n"] = pa.array(range(start, start + size), pa.int32())
+        rel = f"pool-x/part-{k:06d}.parquet"
+        run_fs.write_parquet(rel, pa.table(cols))
+        parts.append(rel)
+        start += size
+    return parts
+
+
+def finished(tmp_path, extra: bool):
+    uri = str(tmp_path / "_index")
+    done = finish_index(uri, "pool-x", write_parts(uri, extra), "flat", 0)
+    return IndexHandle(uri, "pool-x", done["count"], done["dim"], done["kind"]).open(), done
+
+
+def test_metadata_rows_come_back_in_the_order_asked_across_parts(tmp_path):
+    index, done = finished(tmp_path, extra=True)
+    got = index.rows_at([6, 0, 3, 0], ["id", "n"])
+    assert got.to_pylist() == [
+        {"id": "p6", "n": 6},
+        {"id": "p0", "n": 0},
+        {"id": "p3", "n": 3},
+        {"id": "p0", "n": 0},
+    ]
+    assert done["meta"] == ["id", "text", "n"] and index.meta_columns == ("id", "text", "n")
+
+
+def test_metadata_rows_match_the_faiss_rows(tmp_path):
+    index, _ = finished(tmp_path, extra=True)
+    _, hits = index.search(np.eye(7, dtype=np.float32)[[5]], 1)
+    assert index.rows_at(hits[0], ["text"]).column("text").to_pylist() == ["text of p5"]
+
+
+def test_no_rows_asked_is_an_empty_table_with_the_columns(tmp_path):
+    index, _ = finished(tmp_path, extra=True)
+    assert index.rows_at([], ["text"]).schema.names == ["text"]
+
+
+def test_a_row_outside_the_pool_is_an_index_error(tmp_path):
+    index, _ = finished(tmp_path, extra=True)
+    with pytest.raises(IndexError):
+        index.rows_at([7])
+
+
+def test_an_id_and_embedding_pool_writes_no_metadata_file(tmp_path):
+    index, done = finished(tmp_path, extra=False)
+    assert not os.path.exists(tmp_path / "_index" / "pool-x" / ROWS)
+    assert (done["meta"], index.meta_columns, index.ids) == ([], (), IDS)
+    with pytest.raises(KeyError):
+        index.rows_at([0])
