@@ -43,6 +43,11 @@ class FakeGme:
         return np.stack([unit(self.vectors[i.text]) for i in inputs])
 
 
+# What the stages hand the embedder for a 64x48 stored image: resized as the GME recipe does (the default
+# 256..1024 image tokens of 28x28 pixels lift it to 448x448).
+GME_SIZE = (448, 448)
+
+
 def png(size: tuple[int, int] = (64, 48), color=(200, 30, 40)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")

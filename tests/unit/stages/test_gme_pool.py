@@ -9,7 +9,7 @@ import pytest
 from pipeline.config import to_dict
 from pipeline.stage import Resources
 from pipeline.stages import gme_pool
-from tests.support.gme import FakeGme, ingest_rows, put_image
+from tests.support.gme import GME_SIZE, FakeGme, ingest_rows, put_image
 
 TEXT = "Coit Tower stands on Telegraph Hill."
 
@@ -32,7 +32,7 @@ def test_pool_side_stage_embeds_candidates_with_title_and_own_image(world):
         ingest_rows([{"doc_id": "tower", "text": TEXT, "title": "T", "image": put_image(run_uri)}])
     )
     (cand,) = fake.seen
-    assert (cand.text, cand.title, cand.instruction, cand.image.size) == (TEXT, "T", None, (64, 48))
+    assert (cand.text, cand.title, cand.instruction, cand.image.size) == (TEXT, "T", None, GME_SIZE)
 
 
 def test_pool_side_stage_embeds_text_only_when_passage_images_are_off(world):

@@ -13,7 +13,7 @@ from pipeline.prompts import default_prompts_dir
 from pipeline.stage import REASON, SHARD, SRC, STATUS
 from pipeline.stages import gme_pool
 from pipeline.stages.gme_score import GmeScore, GmeScoreConfig, GmeScoreFn, decide, load_instruction
-from tests.support.gme import FakeGme, build_pool, put_image, scored
+from tests.support.gme import GME_SIZE, FakeGme, build_pool, put_image, scored
 
 # Query "Q" is e0; each passage's cosine with it is the number given.
 PASSAGES = [
@@ -131,11 +131,11 @@ def test_actor_encodes_query_with_instruction_and_positive_as_candidate(world):
     run_uri, fake = world
     actor(world)(rows(world, ["bridge"], passage_image=put_image(run_uri, size=(50, 30))))
     query, positive = fake.seen
-    assert (query.text, query.instruction, query.image.size) == ("Q", "Find the passage.", (64, 48))
+    assert (query.text, query.instruction, query.image.size) == ("Q", "Find the passage.", GME_SIZE)
     assert (positive.title, positive.instruction, positive.image.size) == (
         "Golden Gate Bridge",
         None,
-        (50, 30),
+        (560, 392),  # 50x30 resized as the GME recipe does: multiples of 28, at least 256 image tokens
     )
 
 

@@ -15,7 +15,7 @@ from pipeline.io.image_store import IMAGE_REF
 from pipeline.stage import REASON, SHARD, SRC, STATUS
 from pipeline.stages import gme_pool
 from pipeline.stages.negatives import NegativesConfig, NegativesFn, PoolKeys, decide, mine
-from tests.support.gme import FakeGme, build_pool, put_image, scored
+from tests.support.gme import GME_SIZE, FakeGme, build_pool, put_image, scored
 
 POSITIVE = PoolKeys("pos", "pos", ("c-pos", "t-pos"), "src-pos")
 
@@ -335,7 +335,7 @@ def test_actor_encodes_the_fused_query_with_instruction_and_image(world):
     fake.seen.clear()
     actor(world)(queries(world, ["bridge"]))
     (query,) = fake.seen
-    assert (query.text, query.instruction, query.image.size) == ("Q", "Find the passage.", (64, 48))
+    assert (query.text, query.instruction, query.image.size) == ("Q", "Find the passage.", GME_SIZE)
 
 
 def test_actor_keeps_every_input_column_and_row_order(world):
