@@ -111,7 +111,7 @@ def main() -> int:
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     corpus = write_corpus(work / f"corpus-{args.passages}.jsonl", args.passages, seed=2, words=(30, 60))
-    fusegen("run", "configs/base.yaml", "--run-dir", str(run_dir), "--set", "stages=[ingest, export]",
+    fusegen("run", "configs/base.yaml", "--run-dir", str(run_dir), "--set", "stages=[ingest, export]", "--set", "export.schema=passthrough",
             "--set", f"ingest.path={corpus}", "--set", "ray.num_cpus=2")
     write_queries(run_dir, args.queries)
     pool_s, stage_s, mem, _ = ray_run(run_dir, args.set)

@@ -22,6 +22,7 @@ from common import REPO, machine, write_corpus
 
 COMMON = [
     "stages=[ingest, doc2query, export]",
+    "export.schema=passthrough",
     "doc2query.queries_per_passage=2",
     "doc2query.few_shot=1",
     "doc2query.max_query_chars=60",

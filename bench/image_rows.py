@@ -181,7 +181,7 @@ def run_fusegen(corpus: Path, run_dir: Path, cache: Path) -> dict:
     # The ingest and export resources are configs/base.yaml's (and the classes' defaults).
     config_file.write_text(
         f"pipeline: {TRACK}\ncache_dir: {cache}\nray: {{num_cpus: 2}}\n"
-        f"ingest: {{path: {corpus}, resources: {{shard_rows: 2000, num_cpus: 1}}}}\n"
+        f"ingest: {{path: {corpus}, resources: {{shard_rows: 2000, num_cpus: 1}}}}\nexport: {{schema: passthrough}}\n"
     )
     config = load_config(config_file)
     ctx = RunContext.create(config, str(run_dir))

@@ -40,7 +40,7 @@ def main() -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         wall, mem, _ = fusegen(
             "run", "configs/base.yaml", "--run-dir", str(run_dir),
-            "--set", "stages=[ingest, export]", "--set", f"ingest.path={corpus}",
+            "--set", "stages=[ingest, export]", "--set", "export.schema=passthrough", "--set", f"ingest.path={corpus}",
             "--set", "ray.num_cpus=2", *shard_rows,
             memory=True,
         )

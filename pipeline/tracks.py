@@ -14,8 +14,10 @@ from pipeline.stages.consistency import Consistency
 from pipeline.stages.doc2query import Doc2Query
 from pipeline.stages.entities import Entities
 from pipeline.stages.export import Export
+from pipeline.stages.gme_score import GmeScore
 from pipeline.stages.images import Images
 from pipeline.stages.ingest import Ingest
+from pipeline.stages.negatives import Negatives
 
 TRACKS: dict[str, tuple[tuple[str, type], ...]] = {}
 
@@ -44,6 +46,8 @@ register_track(
         ("entities", Entities),
         ("images", Images),
         ("clip_filter", ClipFilter),
+        ("gme_score", GmeScore),
+        ("negatives", Negatives),
         ("export", Export),
     ),
 )

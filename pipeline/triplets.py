@@ -4,8 +4,11 @@
 passage and its mined negatives) into one triplet row each:
 
     id, task, instruction, query_text, query_image, pos_text, pos_title, pos_image,
-    neg_texts, neg_images, neg_doc_ids, doc_id, entity, entity_type, image_source,
-    scores {consistency_rank int32, clip float32, gme_pos float32, gme_negs list<float32>}
+    neg_texts, neg_images, neg_doc_ids, doc_id, entity, entity_type, image_source, image_origin,
+    image_license, scores {consistency_rank int32, clip float32, gme_pos float32, gme_negs list<float32>}
+
+`image_origin` (URL, `pool:<id>`, `doc:<doc_id>` or the generator's model id) and `image_license` keep
+the query image's provenance with the row, so a published dataset can honour per-image licenses.
 
 `query_text` is the entity-masked rewrite (the original query names the entity the image shows).
 Candidate texts are what GME encodes for a passage: `title + " " + text` when it has a title (GME's
@@ -37,7 +40,8 @@ SCORES = pa.struct([
 ])
 GME_COLUMNS = (
     "id", "task", "instruction", "query_text", "query_image", "pos_text", "pos_title", "pos_image",
-    "neg_texts", "neg_images", "neg_doc_ids", "doc_id", "entity", "entity_type", "image_source", "scores",
+    "neg_texts", "neg_images", "neg_doc_ids", "doc_id", "entity", "entity_type", "image_source", "image_origin",
+    "image_license", "scores",
 )
 # Image columns of a triplet row: one image, or a list of them.
 IMAGE_COLUMNS, IMAGE_LIST_COLUMNS = ("query_image", "pos_image"), ("neg_images",)
@@ -127,6 +131,8 @@ def to_gme_rows(table: pa.Table, task: str = "it2t", instruction: str = "") -> p
         "entity": _column(table, "entity", pa.string()),
         "entity_type": _column(table, "entity_type", pa.string()),
         "image_source": _column(table, "image_source", pa.string()),
+        "image_origin": _column(table, "image_origin", pa.string()),
+        "image_license": _column(table, "image_license", pa.string()),
         "scores": scores,
     }
     internal = {c: table[c] for c in names if c.startswith("_")}

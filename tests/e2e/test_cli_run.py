@@ -32,7 +32,7 @@ def cli_run(tmp_path_factory, repo_root):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     done = subprocess.run(
-        ["fusegen", "run", "configs/demo.yaml", "--run-dir", str(root / "run"), "--set", "stages=[ingest, export]",
+        ["fusegen", "run", "configs/demo.yaml", "--run-dir", str(root / "run"), "--set", "stages=[ingest, export]", "--set", "export.schema=passthrough",
          "--set", f"ingest.path={corpus}", "--set", "ingest.resources.shard_rows=2"],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False,
     )

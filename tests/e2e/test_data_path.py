@@ -108,7 +108,7 @@ def test_a_shared_index_dir_serves_a_second_run_without_rebuilding(tiny_cache, t
     corpus = write_corpus(tmp_path / "corpus", TEXTS[:4])
     shared = tmp_path / "indexes"
     sets = [f"cache_dir={tiny_cache}", f"ingest.path={corpus}", f"index_dir={shared}",
-            "stages=[ingest, doc2query, consistency, export]", "doc2query.llm.model=tiny:qwen2",
+            "stages=[ingest, doc2query, consistency, export]", "export.schema=passthrough", "doc2query.llm.model=tiny:qwen2",
             "doc2query.queries_per_passage=1", "doc2query.llm.max_new_tokens=120",
             "doc2query.max_query_chars=40", "doc2query.max_answer_chars=20", "consistency.top_k=4"]
     config = load_config(repo_root / "configs" / "demo.yaml", sets)

@@ -44,7 +44,7 @@ def image_run(ray_cluster, tmp_path_factory, tiny_cache):
                                 "image": f"img/{name}"}) + "\n")
     run_dir = root / "run"
     ray_cluster.submit("images", [
-        "configs/demo.yaml", "--run-dir", str(run_dir), "--set", "stages=[ingest, doc2query, export]",
+        "configs/demo.yaml", "--run-dir", str(run_dir), "--set", "stages=[ingest, doc2query, export]", "--set", "export.schema=passthrough",
         "--set", f"ingest.path={root / 'corpus.jsonl'}", "--set", f"cache_dir={tiny_cache}",
         "--set", "doc2query.llm.model=tiny:qwen2", "--set", "doc2query.queries_per_passage=2",
         "--set", "doc2query.llm.max_new_tokens=300", "--set", "doc2query.max_query_chars=40",

@@ -30,7 +30,7 @@ def job_args(run_dir: Path, cache: Path, *extra: str) -> list[str]:
     return [
         "configs/demo.yaml", "--run-dir", str(run_dir),
         # entities runs in test_openai_backend.py, where a server gives it answers that make sense.
-        "--set", "stages=[ingest, doc2query, consistency, export]",
+        "--set", "stages=[ingest, doc2query, consistency, export]", "--set", "export.schema=passthrough",
         "--set", "doc2query.llm.model=tiny:qwen2",
         "--set", f"cache_dir={cache}",
         "--set", "doc2query.resources.shard_rows=2",

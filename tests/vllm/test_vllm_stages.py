@@ -49,6 +49,7 @@ PASSAGES = [
 ]
 SETS = [
     "stages=[ingest, doc2query, entities, export]",
+    "export.schema=passthrough",
     "doc2query.queries_per_passage=1",
     "doc2query.few_shot=0",
     "doc2query.max_query_chars=40",
