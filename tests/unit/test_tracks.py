@@ -26,7 +26,9 @@ def two_tags(tmp_path):
 
 
 def test_gme_track_lists_its_sections_in_order():
-    assert list(sections("gme")) == ["ingest", "doc2query", "consistency", "entities", "images", "clip_filter", "export"]
+    assert list(sections("gme")) == [
+        "ingest", "doc2query", "consistency", "entities", "images", "clip_filter", "gme_score", "negatives", "export",
+    ]
 
 
 def test_one_stage_class_under_two_sections_gets_two_configs(two_tags):

@@ -118,8 +118,10 @@ def test_the_chain_check_refuses_a_gme_export_after_the_text_only_stages():
         build_stages(config, None)
 
 
-def test_the_base_config_builds_with_its_passthrough_export():
-    assert build_stages(load_config(REPO / "configs" / "base.yaml"), None)[-1].input_columns == ("id",)
+def test_the_base_config_builds_the_whole_gme_track_into_triplets():
+    stages = build_stages(load_config(REPO / "configs" / "base.yaml"), None)
+    assert [s.name for s in stages][-3:] == ["gme_score", "negatives", "export"]
+    assert "neg_doc_ids" in stages[-1].input_columns
 
 
 def test_a_passthrough_export_asks_only_for_an_id():
