@@ -285,9 +285,16 @@ HASH_LIMIT = 2 * 1024**3
 def files_identity(path: str, mode: str = "auto") -> dict:
     """The input files' identity for the fingerprint: path relative to their common folder, size, and
     the SHA-256 of the contents (`hash`) or the modification time (`stat`); `auto` picks by total size."""
+    return {"files": file_entries(find_files(path), mode)}
+
+
+def file_entries(files: list[str], mode: str = "auto") -> list[dict]:
+    """Per file: its path relative to the files' common folder, its size, and the SHA-256 of its
+    contents (`hash`) or its modification time (`stat`); `auto` hashes up to HASH_LIMIT in all."""
     import hashlib
 
-    files = find_files(path)
+    if not files:
+        return []
     root = os.path.commonpath([os.path.dirname(f) for f in files])
     stats = [os.stat(f) for f in files]
     use_hash = mode == "hash" or (mode == "auto" and sum(s.st_size for s in stats) <= HASH_LIMIT)
@@ -303,4 +310,4 @@ def files_identity(path: str, mode: str = "auto") -> dict:
         else:
             entry["mtime_ns"] = st.st_mtime_ns
         out.append(entry)
-    return {"files": out}
+    return out

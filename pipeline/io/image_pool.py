@@ -93,25 +93,10 @@ def pool_files(path: str) -> tuple[str, list[str]]:
 
 def pool_identity(cfg: PoolConfig) -> dict:
     """The pool's files (names, sizes, hashes or mtimes) for the pool index's identity."""
-    import hashlib
+    from pipeline.io.corpus import file_entries
 
     kind, files = pool_files(cfg.path)
-    root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
-    stats = [os.stat(f) for f in files]
-    use_hash = cfg.identity == "hash" or (cfg.identity == "auto" and sum(s.st_size for s in stats) <= 2 * 1024**3)
-    out = []
-    for file, st in zip(files, stats):
-        entry: dict[str, Any] = {"path": os.path.relpath(file, root), "size": st.st_size}
-        if use_hash:
-            digest = hashlib.sha256()
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            entry["sha256"] = digest.hexdigest()
-        else:
-            entry["mtime_ns"] = st.st_mtime_ns
-        out.append(entry)
-    return {"kind": kind, "files": out, "columns": dataclasses.asdict(cfg.columns),
+    return {"kind": kind, "files": file_entries(files, cfg.identity), "columns": dataclasses.asdict(cfg.columns),
             "default_license": cfg.default_license}
 
 

@@ -111,20 +111,23 @@ def load_instruction(prompts_dir, configured: str | None, stage: str) -> str:
     return text
 
 
-class GmeScoreFn:
-    """Ray actor: encodes each shard's fused queries (and positives, without a pool) and scores them."""
+class GmeQueryFn:
+    """Ray actor base of gme_score and negatives: the GME model loaded once, the shard's fused queries
+    (rewrite + image, under the instruction) encoded as both stages must encode them."""
+
+    config_cls: ClassVar[type]
 
     def __init__(
         self, model_path: str, cfg: dict, run_uri: str, instruction: str, index: IndexHandle | None
     ) -> None:
-        self.cfg = GmeScoreConfig.from_dict(cfg)
+        self.cfg = self.config_cls.from_dict(cfg)
         self.instruction = instruction
         self.embedder = gme_pool.load_embedder(model_path, self.cfg.gme)
         self.loader = gme_pool.ImageLoader(run_uri, self.cfg.gme)
         self.pool = index.open() if index is not None else None
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        n = table.num_rows
+    def encode_queries(self, table: pa.Table) -> tuple[list[str], np.ndarray, list[str]]:
+        """(query texts, vectors, per-row image reason or "")."""
         queries = [q or "" for q in table["rewritten_query"].to_pylist()]
         vectors, reasons = gme_pool.encode_queries(
             self.embedder,
@@ -134,6 +137,17 @@ class GmeScoreFn:
             self.instruction,
             self.cfg.resources.batch_size,
         )
+        return queries, vectors, reasons
+
+
+class GmeScoreFn(GmeQueryFn):
+    """Ray actor: encodes each shard's fused queries (and positives, without a pool) and scores them."""
+
+    config_cls: ClassVar[type] = GmeScoreConfig
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        n = table.num_rows
+        queries, vectors, reasons = self.encode_queries(table)
         if self.pool is not None:
             sources = [self.pool.row_of.get(d) for d in table["doc_id"].to_pylist()]
         else:
@@ -182,20 +196,12 @@ class GmeScoreFn:
         return np.concatenate(out).astype(np.float32)
 
 
-class GmeScore(Stage):
-    name: ClassVar[str] = "gme_score"
-    config_cls: ClassVar[type] = GmeScoreConfig
-    input_columns: ClassVar[tuple[str, ...]] = (
-        "id",
-        "doc_id",
-        "text",
-        "title",
-        "image",
-        "rewritten_query",
-        "query_image",
-    )
-    output_columns: ClassVar[tuple[str, ...]] = ("instruction", "gme_pos_score", "gme_pos_rank")
+class GmeStage(Stage):
+    """What gme_score and negatives share: the GME model, the query instruction and the GME pool."""
+
     prompt_files: ClassVar[tuple[str, ...]] = (INSTRUCTION_FILE,)
+    # The stage's actor class: (model_path, cfg, run_uri, instruction, index) -> table in, table out.
+    actor: ClassVar[type]
 
     def prepare(self) -> None:
         from pipeline.models.sources import resolve_model
@@ -208,22 +214,13 @@ class GmeScore(Stage):
     def models(self) -> dict[str, str]:
         return {"gme": self.model_id}
 
-    def indexes(self) -> tuple[IndexSpec, ...]:
-        """The GME passage pool, only when the rank check is on."""
-        if not self.config.top_k:
-            return ()
+    def pool_index(self) -> tuple[IndexSpec, ...]:
+        """The GME passage pool: one index for both stages when their GME candidate settings agree."""
         cfg = self.config
         return (
             gme_pool.pool_spec(
-                self.name,
-                cfg.gme,
-                self.model_path,
-                self.model_id,
-                cfg.passage_images,
-                cfg.index,
-                cfg.ivf_nlist,
-                cfg.resources,
-                self.context,
+                self.name, cfg.gme, self.model_path, self.model_id, cfg.passage_images, cfg.index,
+                cfg.ivf_nlist, cfg.resources, self.context,
             ),
         )
 
@@ -235,4 +232,24 @@ class GmeScore(Stage):
             "instruction": self.instruction,
             "index": self.bound_indexes.get("gme"),
         }
-        return actor_map(ds, GmeScoreFn, kwargs, self.config.resources)
+        return actor_map(ds, type(self).actor, kwargs, self.config.resources)
+
+
+class GmeScore(GmeStage):
+    name: ClassVar[str] = "gme_score"
+    config_cls: ClassVar[type] = GmeScoreConfig
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "id",
+        "doc_id",
+        "text",
+        "title",
+        "image",
+        "rewritten_query",
+        "query_image",
+    )
+    output_columns: ClassVar[tuple[str, ...]] = ("instruction", "gme_pos_score", "gme_pos_rank")
+    actor: ClassVar[type] = GmeScoreFn
+
+    def indexes(self) -> tuple[IndexSpec, ...]:
+        """The GME passage pool, only when the rank check is on."""
+        return self.pool_index() if self.config.top_k else ()

@@ -35,13 +35,12 @@ from typing import ClassVar, Literal, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import check, to_dict
+from pipeline.config import check
 from pipeline.io.image_store import IMAGE_REF
-from pipeline.io.indexes import IndexHandle, IndexSpec
+from pipeline.io.indexes import IndexSpec
 from pipeline.models.gme import GmeConfig
-from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, actor_map, set_status
-from pipeline.stages import gme_pool
-from pipeline.stages.gme_score import INSTRUCTION_FILE, load_instruction
+from pipeline.stage import FILTERED, OK, REJECTED, Resources, StageConfig, set_status
+from pipeline.stages.gme_score import GmeQueryFn, GmeStage
 
 OUTPUT_TYPES = {
     "neg_ids": pa.list_(pa.string()),
@@ -194,29 +193,14 @@ def decide(query: str, image_reason: str, in_pool: bool, found: int, min_negativ
     return OK, ""
 
 
-class NegativesFn:
+class NegativesFn(GmeQueryFn):
     """Ray actor: encodes each shard's fused queries, searches the pool, mines, attaches the negatives."""
 
-    def __init__(
-        self, model_path: str, cfg: dict, run_uri: str, instruction: str, index: IndexHandle
-    ) -> None:
-        self.cfg = NegativesConfig.from_dict(cfg)
-        self.instruction = instruction
-        self.embedder = gme_pool.load_embedder(model_path, self.cfg.gme)
-        self.loader = gme_pool.ImageLoader(run_uri, self.cfg.gme)
-        self.pool = index.open()
+    config_cls: ClassVar[type] = NegativesConfig
 
     def __call__(self, table: pa.Table) -> pa.Table:
         n = table.num_rows
-        queries = [q or "" for q in table["rewritten_query"].to_pylist()]
-        vectors, reasons = gme_pool.encode_queries(
-            self.embedder,
-            self.loader,
-            queries,
-            table["query_image"].to_pylist(),
-            self.instruction,
-            self.cfg.resources.batch_size,
-        )
+        queries, vectors, reasons = self.encode_queries(table)
         sources = [self.pool.row_of.get(d) for d in table["doc_id"].to_pylist()]
         live = [i for i in range(n) if queries[i].strip() and not reasons[i] and sources[i] is not None]
         cols: dict[str, list] = {name: [[] for _ in range(n)] for name in OUTPUT_TYPES}
@@ -288,47 +272,13 @@ class NegativesFn:
         ]
 
 
-class Negatives(Stage):
+class Negatives(GmeStage):
     name: ClassVar[str] = "negatives"
     config_cls: ClassVar[type] = NegativesConfig
     input_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "rewritten_query", "query_image")
     output_columns: ClassVar[tuple[str, ...]] = tuple(OUTPUT_TYPES)
-    prompt_files: ClassVar[tuple[str, ...]] = (INSTRUCTION_FILE,)
-
-    def prepare(self) -> None:
-        from pipeline.models.sources import resolve_model
-
-        self.model_path, self.model_id = resolve_model(
-            self.config.gme.model, self.context.cache_dir, None, f"{self.name}.gme"
-        )
-        self.instruction = load_instruction(self.context.prompts_dir, self.config.instruction, self.name)
-
-    def models(self) -> dict[str, str]:
-        return {"gme": self.model_id}
+    actor: ClassVar[type] = NegativesFn
 
     def indexes(self) -> tuple[IndexSpec, ...]:
         """The GME passage pool (the same index as gme_score's when the GME candidate settings agree)."""
-        cfg = self.config
-        return (
-            gme_pool.pool_spec(
-                self.name,
-                cfg.gme,
-                self.model_path,
-                self.model_id,
-                cfg.passage_images,
-                cfg.index,
-                cfg.ivf_nlist,
-                cfg.resources,
-                self.context,
-            ),
-        )
-
-    def apply(self, ds):
-        kwargs = {
-            "model_path": self.model_path,
-            "cfg": to_dict(self.config),
-            "run_uri": self.context.run_uri,
-            "instruction": self.instruction,
-            "index": self.bound_indexes["gme"],
-        }
-        return actor_map(ds, NegativesFn, kwargs, self.config.resources)
+        return self.pool_index()
