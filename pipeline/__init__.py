@@ -1,5 +1,5 @@
 """fusegen: fused-modal retrieval training data (GME- and MegaPairs-style) on Ray Data."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["__version__"]

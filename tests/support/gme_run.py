@@ -19,6 +19,7 @@ import pyarrow as pa
 import yaml
 from PIL import Image
 
+from pipeline import __version__
 from pipeline.io.commit import ShardCommitter, write_pieces
 from pipeline.io.fs import RunFS
 from pipeline.io.image_store import IMAGE_REF, ImageStore
@@ -108,7 +109,7 @@ def make_gme_run(root: Path, rows: int = 8, negatives: int = 3, validation_ratio
     committer.finish()
     counts, reasons, _ = aggregate_markers(run_fs, "export")
     run_fs.write_bytes("run.yaml", yaml.safe_dump({
-        "fusegen_version": "0.2.0", "name": "gme-test", "pipeline": "gme", "stages": STAGES,
+        "fusegen_version": __version__, "name": "gme-test", "pipeline": "gme", "stages": STAGES,
         "export": {"schema": "gme", "task": task, "validation_ratio": validation_ratio},
     }).encode())
     n_in = table.num_rows
