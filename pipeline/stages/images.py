@@ -275,7 +275,8 @@ def retriever_model(cfg: ImagesConfig, cache_dir) -> tuple[str, str]:
 
 def pool_spec(cfg: ImagesConfig, context, model_path: str, model_id: str) -> IndexSpec:
     r = cfg.retrieval
-    identity = {"pool": pool_identity(cfg.pool), "retriever": r.retriever, "model": model_id,
+    # layout 2: the index carries its rows' metadata in rows.arrow (older pool indexes do not).
+    identity = {"layout": 2, "pool": pool_identity(cfg.pool), "retriever": r.retriever, "model": model_id,
                 "embedder": to_dict(cfg.embedder) if r.retriever == "caption" else to_dict(cfg.clip),
                 "fetch": {k: v for k, v in to_dict(cfg.fetch).items() if k in ("max_side", "max_pixels", "min_side",
                                                                                 "max_aspect", "jpeg_quality")}}
@@ -381,6 +382,7 @@ class ImagesFn:
             return out
         pool = self.pool()
         scores, hits = pool.index.search(self.encode_queries([texts[i] for i in asked]), r.search_k, r.ivf_nprobe)
+        pool.load(hits[hits >= 0])
         for j, i in enumerate(asked):
             pairs = [(int(h), float(s)) for h, s in zip(hits[j], scores[j]) if h >= 0]
             chosen, reason = choose_retrieved(pairs, [pool.sha(h) for h, _ in pairs], r.top_k, r.min_score)
@@ -432,27 +434,29 @@ def _set(table: pa.Table, name: str, column) -> pa.Table:
 
 
 class _OpenPool:
-    """The image pool index opened in an actor, with its rows' metadata (Arrow, not Python objects):
-    a 1M-image pool's ids, references, captions and licenses are ~150 MB per actor."""
+    """The image pool index opened in an actor. Its rows' metadata (id, image reference, license,
+    origin) is the index's memory-mapped `rows.arrow`: only the rows a shard hits are read."""
 
     def __init__(self, handle: IndexHandle) -> None:
-        from pipeline.io.commit import committed_files
         from pipeline.io.fs import RunFS
 
         self.index = handle.open()
-        run_fs = RunFS.from_uri(handle.uri)
-        parts, _ = committed_files(run_fs, handle.folder)
-        cols = ["id", "image", "license", "origin"]
-        tables = [run_fs.read_parquet(p, columns=cols) for p in parts]
-        self.meta = pa.concat_tables(tables) if tables else None
-        self.shas = self.meta["image"].combine_chunks().field("sha256") if self.meta is not None else None
-        self.pool_store = ImageStore(run_fs)
+        self.pool_store = ImageStore(RunFS.from_uri(handle.uri))
+        self.meta: dict[int, dict] = {}
+
+    def load(self, rows) -> None:
+        """Fetch the metadata of these pool rows (a shard's hits) in one read; it replaces the last
+        shard's, so an actor holds only what its current shard hit."""
+        wanted = sorted({int(r) for r in rows})
+        table = self.index.rows_at(wanted, ["id", "image", "license", "origin"]) if wanted else None
+        self.meta = dict(zip(wanted, table.to_pylist())) if wanted else {}
 
     def sha(self, row: int) -> str | None:
-        return self.shas[row].as_py()
+        image = self.meta[row]["image"]
+        return image["sha256"] if image else None
 
     def image_row(self, row: int, score: float, rank: int, run_store: ImageStore) -> dict:
-        meta = self.meta.slice(row, 1).to_pylist()[0]
+        meta = self.meta[row]
         ref = meta["image"]
         if not run_store.exists(ref):
             # The pool's store may be a shared index dir: the run keeps its own copy of what it uses.
