@@ -96,7 +96,34 @@ def run_pipeline(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
         parts, _ = committed_files(ctx.run_fs, stage_dir)
         upstream = StageOutput(stage.name, fp, tuple(ctx.run_fs.path(p) for p in parts))
         outputs[stage.name] = upstream
+    if not ctx.shared_indexes:
+        prune_indexes(ctx, live_indexes(stages, fingerprints))
     return results
+
+
+def live_indexes(stages: list[Stage], fingerprints: list[str]) -> set[str]:
+    """The index folders this run's stages declare with their current identities (skipped stages too:
+    a later re-run of theirs must find their index)."""
+    fp_of = {stage.name: fp for stage, fp in zip(stages, fingerprints)}
+    live = set()
+    for stage in stages:
+        for spec in stage.indexes():
+            source = "" if spec.source is None else fp_of.get(spec.source)
+            if source is not None:
+                live.add(f"{spec.name}-{spec.key(source)}")
+    return live
+
+
+def prune_indexes(ctx: RunContext, live: set[str]) -> None:
+    """Remove the run's own index folders no stage declares any more (another model, pool or corpus).
+
+    Done once the whole run has finished, not when one stage builds a new index: two stages may share
+    an index (gme_score and negatives), and one of them changing model must not delete the other's."""
+    index_fs = RunFS.from_uri(ctx.index_uri)
+    for folder in index_fs.list_dirs(""):
+        if folder not in live and index_fs.exists(f"{folder}/{MANIFEST}"):
+            log.info("index %s: no stage of this run uses it any more; removed", folder)
+            index_fs.delete_dir(folder)
 
 
 def _decide(run_fs: RunFS, stage: Stage, stage_dir: str, fp: str, identity: dict) -> tuple[str, bool]:
@@ -190,7 +217,7 @@ def _inputs(stage: Stage, outputs: dict[str, StageOutput]) -> dict[str, StageOut
 
 
 def build_index(ctx: RunContext, stage: Stage, spec: IndexSpec, outputs: dict[str, StageOutput]) -> IndexHandle:
-    """Build the declared index once per identity (resumable), or reuse a finished one; drop stale ones."""
+    """Build the declared index once per identity (resumable), or reuse a finished one."""
     import ray
 
     from pipeline.raycluster import init_ray
@@ -208,13 +235,6 @@ def build_index(ctx: RunContext, stage: Stage, spec: IndexSpec, outputs: dict[st
         task = ray.remote(num_cpus=0)(finish_index)
         done = ray.get(task.remote(ctx.index_uri, folder, parts, spec.kind, spec.nlist))
         log.info("%s: index %s built (%d vectors, %s)", stage.name, folder, done["count"], done["kind"])
-    if not ctx.shared_indexes:
-        # Indexes of this run made for this stage under another identity are stale: remove them.
-        for other in index_fs.list_dirs(""):
-            if other.startswith(f"{spec.name}-") and other != folder:
-                old = index_fs.read_json(f"{other}/{MANIFEST}") or {}
-                if old.get("stage") == spec.embed.name:
-                    index_fs.delete_dir(other)
     return IndexHandle(ctx.index_uri, folder, done["count"], done["dim"], done["kind"])
 
 
