@@ -110,6 +110,7 @@ def _counts(stats: ExportStats) -> dict:
             for name, n in sorted(merged(attr).items())
         ],
         "provenance": [(k, n, f"{n / total:.1%}") for k, n in sorted(merged("image_source").items())],
+        "image_licenses": sorted(merged("image_license").items(), key=lambda kv: (-kv[1], kv[0])),
     }
 
 

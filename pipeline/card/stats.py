@@ -32,6 +32,7 @@ USED = {
     *TOP_LEVEL_SCORES,
     "task",
     "image_source",
+    "image_license",
     "neg_texts",
     "scores",
 }
@@ -52,6 +53,8 @@ class SplitStats:
     query_modality: Counter = field(default_factory=Counter)
     pos_modality: Counter = field(default_factory=Counter)
     image_source: Counter = field(default_factory=Counter)
+    # Query-image license -> rows ("unknown" where the row has an image but no license).
+    image_license: Counter = field(default_factory=Counter)
     negatives: Counter = field(default_factory=Counter)  # negatives per row -> rows
 
 
@@ -145,7 +148,11 @@ def _add_batch(stats: SplitStats, batch: pa.RecordBatch, scores: dict, sample: _
     stats.query_modality.update(_modality(col(QUERY_TEXT), col(QUERY_IMAGE), n))
     stats.pos_modality.update(_modality(col(POS_TEXT), col(POS_IMAGE), n))
     if "image_source" in names:
-        stats.image_source.update(str(s) for s in batch.column("image_source").to_pylist() if s is not None)
+        sources = batch.column("image_source").to_pylist()
+        stats.image_source.update(str(s) for s in sources if s is not None)
+        if "image_license" in names:
+            licenses = batch.column("image_license").to_pylist()
+            stats.image_license.update(lic or "unknown" for lic, s in zip(licenses, sources) if s is not None)
     if "neg_texts" in names:
         stats.negatives.update(len(v or []) for v in batch.column("neg_texts").to_pylist())
     for name, values in _score_values(batch).items():

@@ -83,6 +83,7 @@ def _rows(n: int, triplets: bool, offset: int = 0) -> pa.Table:
                     "neg_images": [None, None],
                     "doc_id": f"d{i}",
                     "image_source": ("doc", "retrieved", "generated")[i % 3],
+                    "image_license": "CC0-1.0" if i % 3 == 1 else None,
                     "scores": {
                         "consistency_rank": 1 + i % 3,
                         "clip": 0.2 + 0.01 * i,

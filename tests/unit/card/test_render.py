@@ -100,6 +100,7 @@ def test_triplet_export_counts_tasks_provenance_and_score_fields(tmp_path):
     card = Path(build_card(str(run))).read_text()
     assert "| it2t | 6 |" in card and "| t2it | 3 |" in card
     assert "| generated | 3 | 33.3% |" in card
+    assert "| unknown | 6 |" in card and "| CC0-1.0 | 3 |" in card
     for name in ("scores.clip", "scores.gme_pos", "scores.gme_negs", "scores.consistency_rank"):
         assert f"](assets/score_{name.replace('.', '_')}.png)" in card
     assert "hard-negatives" in front_matter(card)["tags"]
