@@ -211,3 +211,14 @@ def test_llm_config_defaults_for_the_new_fields():
         8,
         1.0,
     )
+
+
+def test_a_null_conversation_gets_an_empty_answer_without_a_model_call(engine, outputs, monkeypatch):
+    """Rows that need no answer (the images stage asks only for rows that reach generation) cost nothing."""
+    batches = []
+    real = engine._generate_batch
+    monkeypatch.setattr(engine, "_generate_batch", lambda prompts, cancel=None: batches.append(prompts) or real(prompts))
+    results = engine.generate([None, CONVERSATIONS[0], None], batch_size=4)
+    assert results[0] == results[2] == ("", "")
+    assert results[1] == outputs[0]
+    assert [len(b) for b in batches] == [1]

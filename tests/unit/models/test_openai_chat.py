@@ -103,6 +103,14 @@ def test_success_gives_the_completion_content_and_no_error(server, make_fn):
     assert error == ""
 
 
+def test_a_null_messages_row_is_answered_empty_without_a_request(server, make_fn):
+    table = table_of("Name a city.")
+    table = pa.table({"id": ["skip", "ask"], MESSAGES: [None, table[MESSAGES][0].as_py()]})
+    out = make_fn()(table)
+    assert (out[RAW][0].as_py(), out[LLM_ERROR][0].as_py()) == ("", "")
+    assert out[RAW][1].as_py() and len(server.requests) == 1
+
+
 def test_output_table_keeps_input_columns_and_adds_raw_and_error(server, make_fn):
     assert make_fn()(table_of("a", "b")).column_names == ["id", MESSAGES, RAW, LLM_ERROR]
 

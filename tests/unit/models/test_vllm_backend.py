@@ -190,3 +190,12 @@ def test_vllm_cpu_config_builds_a_cpu_processor_config_for_each_llm_stage(repo_r
             False,
             [{"CPU": 1.0, "GPU": 0.0}],
         )
+
+
+def test_a_null_messages_row_asks_for_one_token_and_leaves_with_an_empty_answer():
+    row = {**ROW, MESSAGES: None}
+    pre = vllm_preprocess_row(row, {**SAMPLING, "structured_outputs": {"json": "{}"}})
+    assert pre["sampling_params"]["max_tokens"] == 1 and pre["sampling_params"]["structured_outputs"] is None
+    out = _restore(vllm_postprocess_row({**pre, "generated_text": "x", "num_input_tokens": 3, "num_generated_tokens": 1}))
+    assert (out[RAW], out[LLM_ERROR]) == ("", "")
+    assert {k: out[k] for k in ("id", "text", "_src")} == {"id": "gg", "text": "A passage.", "_src": 3}
