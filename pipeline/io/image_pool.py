@@ -201,6 +201,8 @@ def pool_record(raw: bytes, cfg: PoolConfig) -> dict:
             raise PoolRowError(f"error:wrong_type:{key}")
     if out["id"] is not None and (isinstance(out["id"], bool) or not isinstance(out["id"], (str, int))):
         raise PoolRowError("error:wrong_type:id")
+    if out["image"] is not None and not isinstance(out["image"], (str, bytes, bytearray, dict)):
+        raise PoolRowError("error:wrong_type:image")
     return out
 
 

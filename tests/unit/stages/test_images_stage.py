@@ -388,3 +388,35 @@ def test_a_folder_pool_takes_captions_from_sidecar_files(tmp_path, models, image
         shard_of([{"id": "x", "doc_id": "x", "entity": "sunflowers", "entity_type": "plant"}]))
     assert out["image_origin"].to_pylist() == ["pool:sub/field.jpg"]
     assert out["image_license"].to_pylist() == ["CC-BY-4.0"]
+
+
+def test_pool_records_of_the_wrong_shape_are_rejected_with_reasons():
+    from pipeline.io.image_pool import PoolRowError, pool_record
+
+    cfg = PoolConfig(path="unused")
+    for raw, reason in [(b"not json", "error:invalid_json"), (b"[1, 2]", "error:not_an_object"),
+                        (b'{"image": 123}', "error:wrong_type:image"), (b'{"caption": 5}', "error:wrong_type:caption"),
+                        (b'{"id": true, "image": "a.png"}', "error:wrong_type:id"), (b"\xff\xfe", "error:invalid_json")]:
+        with pytest.raises(PoolRowError) as err:
+            pool_record(raw, cfg)
+        assert err.value.reason == reason, raw
+    assert pool_record(b'{"id": 7, "image_url": "https://x/a.jpg", "caption": "c"}', cfg)["id"] == 7
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(
+        st.sampled_from(["id", "image", "image_url", "caption", "license", "x"]), inner, max_size=5)),
+    max_leaves=10,
+).map(lambda v: json.dumps(v).encode())))
+def test_any_pool_line_gives_a_record_or_a_reason(raw):
+    from pipeline.io.image_pool import PoolRowError, pool_record
+
+    try:
+        rec = pool_record(raw, PoolConfig(path="unused"))
+    except PoolRowError as exc:
+        assert exc.reason.startswith("error:")
+    else:
+        assert set(rec) == {"id", "image", "image_url", "caption", "license"}
+        assert all(rec[k] is None or isinstance(rec[k], str) for k in ("caption", "license", "image_url"))
