@@ -179,12 +179,21 @@ def _export_block(table: pa.Table, drop_raw: bool) -> pa.Table:
     return mark_all_ok(export_batch(table, drop_raw))
 
 
+# A worker process deserialises the evaluation set once, not once per block (it may hold millions of
+# n-grams): object ref -> set.
+_EVAL_SETS: dict[str, EvalNgrams] = {}
+
+
 def _gme_block(table: pa.Table, cfg: dict, eval_ref) -> pa.Table:
     eval_set = None
     if eval_ref is not None:
         import ray
 
-        eval_set = ray.get(eval_ref)
+        key = eval_ref.hex()
+        if key not in _EVAL_SETS:
+            _EVAL_SETS.clear()
+            _EVAL_SETS[key] = ray.get(eval_ref)
+        eval_set = _EVAL_SETS[key]
     return gme_batch(table, ExportConfig.from_dict(cfg), eval_set)
 
 
