@@ -69,8 +69,26 @@ def answer_entity(request: RecordedRequest) -> Reply:
     return ok(json.dumps({"entity": entity, "entity_type": "thing", "aliases": [], "query": rewritten}))
 
 
-def run(run_dir: Path, server: OpenAIServer, cache: Path):
+# Evaluation texts the export's contamination check must keep out: three sample passages, verbatim.
+CONTAMINATED = ("eiffel-tower", "giant-panda", "golden-gate-bridge")
+
+
+def write_eval_file(path: Path, repo: Path) -> Path:
+    texts = {}
+    for line in (repo / "samples" / "corpus" / "passages.jsonl").read_bytes().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("doc_id") in CONTAMINATED and row["doc_id"] not in texts:
+            texts[row["doc_id"]] = row["text"]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts.values()))
+    return path
+
+
+def run(run_dir: Path, server: OpenAIServer, cache: Path, eval_file: Path):
     sets = [
+        f"export.contamination.eval_files=[{eval_file}]", "export.validation_ratio=0.3",
         f"cache_dir={cache}", "doc2query.llm.backend=openai", "doc2query.llm.model=served-qwen",
         f"doc2query.llm.base_url={server.base_url}", "doc2query.llm.api_key_env=FUSEGEN_TEST_KEY",
         "doc2query.llm.retry_backoff_s=0.01", "doc2query.llm.max_retries=3", "consistency.top_k=10",
@@ -87,9 +105,11 @@ def run(run_dir: Path, server: OpenAIServer, cache: Path):
 def served(tmp_path_factory, tiny_cache):
     mp = pytest.MonkeyPatch()
     mp.setenv("FUSEGEN_TEST_KEY", SECRET)
-    run_dir = tmp_path_factory.mktemp("openai") / "run"
+    root = tmp_path_factory.mktemp("openai")
+    run_dir = root / "run"
+    eval_file = write_eval_file(root / "eval.jsonl", Path(__file__).resolve().parents[2])
     with OpenAIServer(default=FlakyServer()) as server:
-        run(run_dir, server, tiny_cache)
+        run(run_dir, server, tiny_cache, eval_file)
     mp.undo()
     return run_dir, server
 
@@ -196,3 +216,17 @@ def test_the_export_passes_the_validator(served):
 
     run_dir, _ = served
     assert cli(["validate", str(run_dir)]) == 0
+
+
+def test_export_drops_contaminated_rows_and_splits_by_doc_id(served):
+    run_dir, _ = served
+    m = json.loads((run_dir / "export" / "_manifest.json").read_text())
+    assert m["reasons"].get("filter:contamination", 0) >= 1
+    train = pq.read_table(run_dir / "export" / "data", columns=["doc_id"]).to_pylist()
+    names = sorted(p.name.split("-")[0] for p in (run_dir / "export" / "data").glob("*.parquet"))
+    assert set(names) == {"train", "validation"}
+    by_split: dict[str, set] = {}
+    for p in (run_dir / "export" / "data").glob("*.parquet"):
+        by_split.setdefault(p.name.split("-")[0], set()).update(pq.read_table(p)["doc_id"].to_pylist())
+    assert not by_split["train"] & by_split["validation"]
+    assert not {r["doc_id"] for r in train} & set(CONTAMINATED)
