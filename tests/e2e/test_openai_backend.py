@@ -37,8 +37,12 @@ class FlakyServer:
         self.attempts: dict[str, int] = {}
 
     def __call__(self, request: RecordedRequest) -> Reply:
-        if "entity" in request.body["response_format"]["json_schema"]["schema"]["properties"]:
+        properties = request.body["response_format"]["json_schema"]["schema"]["properties"]
+        if "entity" in properties:
             return answer_entity(request)
+        if "description" in properties:
+            entity = request.last_user_text.split("Entity:", 1)[-1].split("(", 1)[0].strip()
+            return ok(json.dumps({"description": f"a photograph of {entity} in daylight"}))
         passage = request.last_user_text.split("Passage:", 1)[-1].split("\n\nWrite", 1)[0].strip()
         n = self.attempts[passage] = self.attempts.get(passage, 0) + 1
         if "Sagrada" in passage:
@@ -95,6 +99,10 @@ def run(run_dir: Path, server: OpenAIServer, cache: Path, eval_file: Path):
         "entities.llm.backend=openai", "entities.llm.model=served-qwen", f"entities.llm.base_url={server.base_url}",
         # The server's answers are the only rewrites: its unchanged and leaking ones must be rejected.
         "entities.llm.api_key_env=FUSEGEN_TEST_KEY", "entities.repair=none",
+        # Rows that reach generation get their image prompt from the served LLM (the others ask nothing).
+        "images.generation.describe=llm", "images.generation.llm.backend=openai",
+        "images.generation.llm.model=served-qwen", f"images.generation.llm.base_url={server.base_url}",
+        "images.generation.llm.api_key_env=FUSEGEN_TEST_KEY",
     ]
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", sets)
     ctx = RunContext.create(config, str(run_dir))
@@ -145,6 +153,16 @@ def test_openai_requests_carry_the_key_and_the_json_schema(served):
     assert request.headers.get("authorization") == f"Bearer {SECRET}"
     assert request.body["model"] == "served-qwen"
     assert request.body["response_format"]["type"] == "json_schema"
+
+
+def test_only_rows_that_reach_generation_ask_for_a_description(served):
+    run_dir, server = served
+    schema_of = lambda r: r.body["response_format"]["json_schema"]["schema"]["properties"]
+    asked = [r for r in server.requests if "description" in schema_of(r)]
+    images = pq.read_table(run_dir / "05_images").to_pylist()
+    drawn = [r for r in images if r["image_source"] == "generated"]
+    # Every description the server gave was drawn; rows served by their own or a pool image asked nothing.
+    assert len(asked) == len(drawn) < len(images)
 
 
 def test_openai_key_is_written_nowhere_in_the_run_dir(served):
@@ -203,7 +221,8 @@ def test_every_triplet_has_a_decodable_query_image_with_provenance_and_negatives
         assert r["doc_id"] not in r["neg_doc_ids"] and r["pos_text"] not in r["neg_texts"]
     images = pq.read_table(run_dir / "05_images").to_pylist()
     generated = [r for r in images if r["image_source"] == "generated"]
-    assert all(r["image_seed"] is not None and r["image_prompt"] for r in generated)
+    assert generated, "no row reached generation: the LLM describer path went untested"
+    assert all(r["image_seed"] is not None and r["image_prompt"].startswith("a photograph of ") for r in generated)
     assert all([a["source"] for a in r["image_attempts"]] == ["doc", "retrieval"] for r in generated)
     for folder in ("05_images", "06_clip_filter", "07_gme_score", "08_negatives", "export"):
         m = json.loads((run_dir / folder / "_manifest.json").read_text())
