@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
+from pipeline.columns import set_column
 from pipeline.config import check, to_dict
 from pipeline.io.fetch_config import FetchConfig
 from pipeline.io.image_pool import POOL_READERS, PoolConfig, load_pool_batch, plan_pool, pool_identity
@@ -416,21 +417,15 @@ class ImagesFn:
                 slots.append(k)
                 counts.append(len(units))
         out = table.take(pa.array(take, pa.int64()))
-        out = _set(out, "id", pa.array([e["id"] for e in extra], pa.string()))
+        out = set_column(out, "id", pa.array([e["id"] for e in extra], pa.string()))
         for name, tp in OUT_FIELDS:
-            out = _set(out, name, pa.array([e.get(name) for e in extra], tp))
-        out = _set(out, GEN, pa.array([bool(e.get(GEN)) for e in extra], pa.bool_()))
+            out = set_column(out, name, pa.array([e.get(name) for e in extra], tp))
+        out = set_column(out, GEN, pa.array([bool(e.get(GEN)) for e in extra], pa.bool_()))
         if self.cfg.generation.describe == "llm" and "generation" in self.cfg.sources:
-            out = _set(out, MESSAGES, pa.array([e.get(MESSAGES) for e in extra], pa.string()))
-        out = _set(out, SLOT, pa.array(slots, pa.int32()))
-        out = _set(out, NROWS, pa.array(counts, pa.int32()))
+            out = set_column(out, MESSAGES, pa.array([e.get(MESSAGES) for e in extra], pa.string()))
+        out = set_column(out, SLOT, pa.array(slots, pa.int32()))
+        out = set_column(out, NROWS, pa.array(counts, pa.int32()))
         return set_status(out, statuses, reasons)
-
-
-def _set(table: pa.Table, name: str, column) -> pa.Table:
-    from pipeline.columns import set_column
-
-    return set_column(table, name, column)
 
 
 class _OpenPool:
@@ -512,7 +507,7 @@ class DrawFn:
                 cols["image_model"][i] = self.model_id
                 statuses[i], reasons[i] = OK, ""
         for name, tp in OUT_FIELDS:
-            table = _set(table, name, pa.array(cols[name], tp))
+            table = set_column(table, name, pa.array(cols[name], tp))
         drop = [c for c in (GEN, MESSAGES, RAW, LLM_ERROR) if c in table.column_names]
         return set_status(table.drop_columns(drop), statuses, reasons)
 
