@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import _WORDS, TreeMemory, bench_env, gib, machine
 
 from pipeline.columns import SLOT, mark_all_ok
-from pipeline.stage import Stage, StageConfig, glue_map
+from pipeline.stage import BlockStep, Stage, StageConfig
 from pipeline.stages.export import Export
 from pipeline.stages.ingest import Ingest
 from pipeline.tracks import register_track
@@ -70,8 +70,8 @@ class Fanout(Stage):
     def fanout(self) -> int:
         return self.config.queries_per_passage
 
-    def apply(self, ds):
-        return glue_map(ds, fanout_block, fn_kwargs={"k": self.config.queries_per_passage})
+    def task_steps(self) -> list[BlockStep]:
+        return [BlockStep(fanout_block, {"k": self.config.queries_per_passage})]
 
 
 register_track(TRACK, (("ingest", Ingest), ("fanout", Fanout), ("export", Export)))
@@ -170,7 +170,7 @@ class TreeCPU:
         return out
 
 
-def run_fusegen(corpus: Path, run_dir: Path, cache: Path) -> dict:
+def run_fusegen(corpus: Path, run_dir: Path, cache: Path, image_check: str = "decode") -> dict:
     from pipeline.rundir import RunContext
     from pipeline.runner import run_pipeline
     from pipeline.settings import build_stages, load_config
@@ -181,7 +181,8 @@ def run_fusegen(corpus: Path, run_dir: Path, cache: Path) -> dict:
     # The ingest and export resources are configs/base.yaml's (and the classes' defaults).
     config_file.write_text(
         f"pipeline: {TRACK}\ncache_dir: {cache}\nray: {{num_cpus: 2}}\n"
-        f"ingest: {{path: {corpus}, resources: {{shard_rows: 2000, num_cpus: 1}}}}\nexport: {{schema: passthrough}}\n"
+        f"ingest: {{path: {corpus}, images: {{check: {image_check}}}, resources: {{shard_rows: 2000, num_cpus: 1}}}}\n"
+        "export: {schema: passthrough}\n"
     )
     config = load_config(config_file)
     ctx = RunContext.create(config, str(run_dir))
@@ -230,6 +231,28 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def report(work: Path, rows: int, check: str, fg: dict, rd: dict, run_dir: Path, base_dir: Path, loads: str) -> bool:
+    """Print one table row (and its detail lines) for a fusegen run against the Ray Data run."""
+    man = fg["results"]
+    assert man["export"]["rows"]["out"] == FANOUT * rows, man["export"]["rows"]
+    images, inputs = du(run_dir / "_images"), input_image_bytes(work, rows)
+    stored = sum(1 for p in (run_dir / "_images").rglob("*.jpg"))
+    assert stored == rows, stored
+    ratio = (rows / fg["wall"]) / (rows / rd["wall"])
+    print(f"| {rows:,} | {check} | {loads} | {fg['wall']:.1f} | {rd['wall']:.1f} | {rows / fg['wall']:,.0f} | "
+          f"{rows / rd['wall']:,.0f} | **{ratio:.2f}** | {rd['cpu'] / fg['cpu']:.2f} | {gib(fg['mem'].peak_rss)} | "
+          f"{gib(fg['mem'].peak_pss)} / {gib(rd['mem'].peak_pss)} | "
+          f"{images / 2**20:,.0f} MiB / {inputs / 2**20:,.0f} MiB = {images / inputs:.3f} | "
+          f"{du(run_dir / '01_ingest', '*.parquet') / 2**20:.2f} MiB | "
+          f"{du(run_dir / '02_fanout', '*.parquet') / 2**20:.2f} MiB | "
+          f"{du(run_dir / 'export' / 'data') / 2**30:.2f} GiB | {du(base_dir) / 2**30:.2f} GiB |", flush=True)
+    print(f"  CPU s (tree, user+sys): fusegen {fg['cpu']:.0f}, Ray Data {rd['cpu']:.0f}; {spilled()}", flush=True)
+    stage_s = ", ".join(f"{k} {m['seconds']:.1f} s" for k, m in man.items())
+    print(f"  stages: {stage_s}; driver receipts "
+          f"{sum(m.get('driver_receipt_bytes', 0) for m in man.values()) / 1024:.0f} KiB", flush=True)
+    return fg["mem"].peak_rss <= DRIVER_LIMIT and ratio >= RATIO_TARGET
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[5000, 20000])
@@ -239,6 +262,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=200, help="rows of an untimed run of both first (0: none)")
     ap.add_argument("--keep", action="store_true", help="keep the run dirs (default: removed after measuring)")
     ap.add_argument("--order", choices=["fusegen-first", "ray-first"], default="fusegen-first")
+    ap.add_argument("--image-check", nargs="+", choices=["decode", "structure"], default=["decode", "structure"],
+                    help="ingest.images.check of the fusegen runs (one run each)")
     args = ap.parse_args()
     work = Path(args.work)
     corpora = {rows: prepare(work, rows) for rows in sorted(args.rows)}
@@ -262,11 +287,12 @@ def main() -> int:
     ray.data.DataContext.get_current().use_datasource_v2 = False
     where = ray.get(ray.remote(num_cpus=0)(_pipeline_file).remote())
     print(f"machine: {machine()}; ray object store {args.object_store_mb} MB; workers import {where}")
-    head = ("| rows | load avg (1/5/15) | fusegen s | Ray Data s | fusegen rows/s | Ray Data rows/s | ratio | "
-            "driver peak RSS | tree peak PSS (fusegen / Ray Data) | _images / input images | "
+    head = ("| rows | ingest image check | load avg (1/5/15) | fusegen s | Ray Data s | fusegen rows/s | Ray Data rows/s | "
+            "ratio | CPU ratio | driver peak RSS | tree peak PSS (fusegen / Ray Data) | _images / input images | "
             "ingest parts | fanout parts | export | Ray Data output |")
     print(head)
     print("|" + "---:|" * head.count(" | ") + "---:|")
+    print("(ratio: rows/s fusegen / Ray Data; CPU ratio: CPU s Ray Data / fusegen)")
     if warm:
         # Worker processes start once per cluster (seconds each on a loaded 2-core machine): both sides
         # are timed on a cluster that has run them once already.
@@ -276,37 +302,23 @@ def main() -> int:
     ok = True
     for rows, corpus in corpora.items():
         before = load()
-        run_dir, base_dir = work / f"run-{rows}", work / f"ray-{rows}"
+        base_dir = work / f"ray-{rows}"
+        fgs = {}
+        if args.order == "ray-first":
+            rd = run_ray_data(corpus, base_dir)
+        for check in args.image_check:
+            fgs[check] = run_fusegen(corpus, work / f"run-{rows}-{check}", work / "cache", check)
         if args.order == "fusegen-first":
-            fg = run_fusegen(corpus, run_dir, work / "cache")
             rd = run_ray_data(corpus, base_dir)
-        else:
-            rd = run_ray_data(corpus, base_dir)
-            fg = run_fusegen(corpus, run_dir, work / "cache")
-        man = fg["results"]
-        assert man["export"]["rows"]["out"] == FANOUT * rows, man["export"]["rows"]
+        after = load()
         ray_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in base_dir.glob("*.parquet"))
         assert ray_rows == FANOUT * rows, ray_rows
-        images, inputs = du(run_dir / "_images"), input_image_bytes(work, rows)
-        stored = sum(1 for p in (run_dir / "_images").rglob("*.jpg"))
-        assert stored == rows, stored
-        ratio = (rows / fg["wall"]) / (rows / rd["wall"])
-        print(f"| {rows:,} | {before} → {load()} | {fg['wall']:.1f} | {rd['wall']:.1f} | {rows / fg['wall']:,.0f} | "
-              f"{rows / rd['wall']:,.0f} | **{ratio:.2f}** | {gib(fg['mem'].peak_rss)} | "
-              f"{gib(fg['mem'].peak_pss)} / {gib(rd['mem'].peak_pss)} | "
-              f"{images / 2**20:,.0f} MiB / {inputs / 2**20:,.0f} MiB = {images / inputs:.3f} | "
-              f"{du(run_dir / '01_ingest', '*.parquet') / 2**20:.2f} MiB | "
-              f"{du(run_dir / '02_fanout', '*.parquet') / 2**20:.2f} MiB | "
-              f"{du(run_dir / 'export' / 'data') / 2**30:.2f} GiB | {du(base_dir) / 2**30:.2f} GiB |", flush=True)
-        print(f"  after both: {spilled()}", flush=True)
-        print(f"  CPU s (tree, user+sys): fusegen {fg['cpu']:.0f}, Ray Data {rd['cpu']:.0f}; "
-              f"CPU ratio (Ray Data / fusegen) {rd['cpu'] / fg['cpu']:.2f}", flush=True)
-        stage_s = ", ".join(f"{k} {m['seconds']:.1f} s" for k, m in man.items())
-        print(f"  stages: {stage_s}; driver receipts "
-              f"{sum(m.get('driver_receipt_bytes', 0) for m in man.values()) / 1024:.0f} KiB", flush=True)
-        ok &= fg["mem"].peak_rss <= DRIVER_LIMIT and ratio >= RATIO_TARGET
+        for check, fg in fgs.items():
+            run_dir = work / f"run-{rows}-{check}"
+            ok &= report(work, rows, check, fg, rd, run_dir, base_dir, f"{before} → {after}")
+            if not args.keep:
+                shutil.rmtree(run_dir, ignore_errors=True)
         if not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
             shutil.rmtree(base_dir, ignore_errors=True)
     ray.shutdown()
     return 0 if ok else 1

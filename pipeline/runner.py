@@ -33,7 +33,7 @@ from pipeline.io.shards import ShardSpec, tag_rows
 from pipeline.logging import get_logger
 from pipeline.progress import StageProgress
 from pipeline.rundir import RunContext, check_run_dir, stage_dirs
-from pipeline.stage import Stage, StageOutput, glue_map
+from pipeline.stage import Stage, StageOutput, glue_map, run_steps
 from pipeline.stallguard import guarded
 
 log = get_logger(__name__)
@@ -67,6 +67,12 @@ def read_shards(batch: dict, source_uri: str, readers: dict) -> pa.Table:
         spec = ShardSpec(**{k: _py(batch[k][i]) for k in ShardSpec.__dataclass_fields__})
         tables.append(tag_rows(readers[spec.kind](spec, run_fs.fs), spec.shard))
     return pa.concat_tables(tables, promote_options="default")
+
+
+def run_shard_task(batch: dict, read: dict, steps: list, write: dict) -> pa.Table:
+    """Ray Data task of a task stage (`Stage.task_steps`): read one shard, run the steps, write its
+    pieces; only the receipts leave the task."""
+    return write_pieces(run_steps(read_shards(batch, **read), steps), **write)
 
 
 def _py(value):
@@ -273,12 +279,18 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
     committer = ShardCommitter(run_fs, stage, target.stage_dir, pending, state, progress,
                                rewrite=_remote_rewrite(target.uri, target.stage_dir))
     ds = ray.data.from_items([s.to_item() for s in pending], override_num_blocks=len(pending))
-    ds = glue_map(ds, read_shards, batch_size=1, batch_format="numpy",
-                  fn_kwargs={"source_uri": ctx.run_uri, "readers": stage.readers()})
-    ds = stage.apply(ds)
-    ds = glue_map(ds, write_pieces, fn_kwargs={
-        "run_uri": target.uri, "stage": stage, "stage_dir": target.stage_dir, "parts_dir": target.parts_dir,
-    })
+    read = {"source_uri": ctx.run_uri, "readers": stage.readers()}
+    write = {"run_uri": target.uri, "stage": stage, "stage_dir": target.stage_dir, "parts_dir": target.parts_dir}
+    steps = stage.task_steps()
+    if steps is not None:
+        resources = stage.config.resources
+        ds = ds.map_batches(run_shard_task, fn_kwargs={"read": read, "steps": steps, "write": write},
+                            batch_size=1, batch_format="numpy", num_cpus=resources.num_cpus,
+                            **resources.remote_args())
+    else:
+        ds = glue_map(ds, read_shards, batch_size=1, batch_format="numpy", fn_kwargs=read)
+        ds = stage.apply(ds)
+        ds = glue_map(ds, write_pieces, fn_kwargs=write)
     try:
         receipts = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
         for block in guarded(receipts, stage.config.resources.stall_timeout_s, stage.name):

@@ -70,7 +70,7 @@ def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: fl
         compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus if num_gpus is None else num_gpus,
-        **({"resources": dict(resources.custom)} if resources.custom else {}),
+        **resources.remote_args(),
     )
 
 
@@ -112,6 +112,10 @@ class Resources:
         bad = {k: v for k, v in self.custom.items() if not isinstance(v, (int, float)) or v <= 0}
         check(not bad, "resources", "custom", f"values must be numbers > 0 (got {bad})")
 
+    def remote_args(self) -> dict:
+        """Ray remote arguments beyond CPUs and GPUs: the custom resources, if any."""
+        return {"resources": dict(self.custom)} if self.custom else {}
+
 
 @dataclass(frozen=True)
 class StageConfig:
@@ -151,8 +155,17 @@ class StageOutput:
     parts: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class BlockStep:
+    """One per-block function of a task stage: `fn(table, **kwargs) -> table`, run inside a Ray task."""
+
+    fn: Any
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
 class Stage(abc.ABC):
-    """Base class. Subclasses set the class attributes and implement `apply`.
+    """Base class. Subclasses set the class attributes and implement `apply`, or `task_steps` for a
+    stage that is plain functions over blocks (no model actor).
 
     Every hook the runner calls is declared here with its default (R33): the runner never probes a
     stage with hasattr/getattr. `name` is the config section the stage runs under (the class's own
@@ -220,9 +233,23 @@ class Stage(abc.ABC):
     def before_execute(self, ctx: Any) -> None:
         """Driver-side work once the stage is known to run, after `bind`, before its shards."""
 
-    @abc.abstractmethod
+    def task_steps(self) -> list[BlockStep] | None:
+        """A stage with no model actor returns its per-block functions here, in order. The runner then
+        reads a shard, runs these steps and writes the shard's pieces in ONE Ray task at
+        `resources.num_cpus`: the rows (image bytes included) never pass through the object store
+        between reading, the stage and writing. None (the default): `apply` describes the operators."""
+        return None
+
     def apply(self, ds: Any) -> Any:
-        """Describe the transform over a dataset of shard blocks; never materialise it."""
+        """Describe the transform over a dataset of shard blocks; never materialise it. The default
+        maps `task_steps` (the runner fuses them with the read and write steps instead)."""
+        steps = self.task_steps()
+        if steps is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither apply nor task_steps")
+        return ds.map_batches(
+            run_steps, fn_kwargs={"steps": steps}, batch_size=None, batch_format="pyarrow",
+            num_cpus=self.config.resources.num_cpus, **self.config.resources.remote_args(),
+        )
 
     def finish_part(self, table: pa.Table) -> pa.Table:
         """Worker side, on the kept rows of a shard just before they are written (schema metadata)."""
@@ -254,6 +281,12 @@ class Stage(abc.ABC):
     def render_row(prompts_dir: Any, cfg: Any, row: dict) -> list[dict] | None:
         """The chat messages the stage would send for one row (`python -m pipeline.prompts render`)."""
         return None
+
+
+def run_steps(table: pa.Table, steps: list[BlockStep]) -> pa.Table:
+    for step in steps:
+        table = step.fn(table, **step.kwargs)
+    return table
 
 
 def check_columns(stage: str, required: tuple[str, ...], present: list[str] | tuple[str, ...]) -> None:

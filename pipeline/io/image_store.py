@@ -67,6 +67,10 @@ class ImageStore:
             self.run_fs.write_bytes(rel, data)
         return ref
 
+    def put_fitted(self, image) -> dict:
+        """`put` for an `io/images.FittedImage` (what validation returns)."""
+        return self.put(image.data, image.format, image.width, image.height)
+
     def get(self, ref: dict) -> bytes:
         return self.run_fs.read_bytes(self.rel(ref))
 

@@ -35,6 +35,7 @@ from pipeline.stage import (
     OK,
     REJECTED,
     SPLIT,
+    BlockStep,
     Resources,
     Stage,
     StageConfig,
@@ -67,8 +68,9 @@ class ExportConfig(StageConfig):
     row_group_mb: int = 128
     # Drop the LLM's raw text from the published rows (passthrough; it stays in the stage folders).
     drop_raw: bool = True
-    # A GME row carries ~10 images (query + negatives); 1000 rows keep a part file near 1-2 GB.
-    resources: Resources = dataclasses.field(default_factory=lambda: Resources(shard_rows=1000, num_cpus=0.25))
+    # A GME row carries ~10 images (query + negatives); 1000 rows keep a part file near 1-2 GB. A whole CPU:
+    # the task reads the shard, materialises its images from the store and writes Parquet.
+    resources: Resources = dataclasses.field(default_factory=lambda: Resources(shard_rows=1000, num_cpus=1.0))
 
     def __post_init__(self) -> None:
         check(self.schema in SCHEMAS, "export", "schema", f"must be one of {', '.join(SCHEMAS)} (got {self.schema!r})")
@@ -234,26 +236,14 @@ class Export(Stage):
     def row_group_bytes(self) -> int | None:
         return self.config.row_group_mb * 2**20
 
-    def apply(self, ds):
+    def task_steps(self) -> list[BlockStep]:
         if self.config.schema == "passthrough":
-            return ds.map_batches(
-                _export_block,
-                fn_kwargs={"drop_raw": self.config.drop_raw},
-                batch_size=None,
-                batch_format="pyarrow",
-                num_cpus=self.config.resources.num_cpus,
-            )
+            return [BlockStep(_export_block, {"drop_raw": self.config.drop_raw})]
         if self._eval_set is not None and self._eval_ref is None:
             import ray
 
             self._eval_ref = ray.put(self._eval_set)
-        return ds.map_batches(
-            _gme_block,
-            fn_kwargs={"cfg": to_dict(self.config), "eval_ref": self._eval_ref},
-            batch_size=None,
-            batch_format="pyarrow",
-            num_cpus=self.config.resources.num_cpus,
-        )
+        return [BlockStep(_gme_block, {"cfg": to_dict(self.config), "eval_ref": self._eval_ref})]
 
     def finish_part(self, table: pa.Table) -> pa.Table:
         """Image references -> HF image structs with the stored bytes, then the `datasets` features.

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -27,8 +28,8 @@ from pipeline.io.corpus import (
     read_parquet_corpus_shard,
 )
 from pipeline.io.image_store import IMAGE_REF, ImageStore
-from pipeline.io.images import ImageError, ImageLimits, normalise_image
-from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, set_status
+from pipeline.io.images import FittedImage, ImageError, ImageLimits, normalise_image
+from pipeline.stage import FILTERED, OK, REJECTED, BlockStep, Resources, Stage, StageConfig, set_status
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -139,7 +140,7 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
-def _image(value: Any, cfg: IngestConfig, load_image) -> dict | None:
+def _image(value: Any, cfg: IngestConfig, load_image) -> FittedImage | None:
     if value is None or value == "":
         return None
     if isinstance(value, dict):
@@ -158,13 +159,9 @@ def _image(value: Any, cfg: IngestConfig, load_image) -> dict | None:
     if data is None and path:
         data = load_image(path)
     try:
-        data, fmt = normalise_image(bytes(data or b""), cfg.images)
+        return normalise_image(bytes(data or b""), cfg.images)
     except ImageError as exc:
         raise _Reject(f"error:image_{exc.kind}") from None
-    name = (path or "image").rsplit("/", 1)[-1]
-    if not name.lower().endswith(f".{fmt}") and not (fmt == "jpeg" and name.lower().endswith(".jpg")):
-        name = f"{name.rsplit('.', 1)[0]}.{fmt}"
-    return {"bytes": data, "path": name}
 
 
 def ingest_batch(table: pa.Table, cfg: dict, run_uri: str) -> pa.Table:
@@ -178,11 +175,7 @@ def ingest_batch(table: pa.Table, cfg: dict, run_uri: str) -> pa.Table:
     store = ImageStore.from_uri(run_uri)
     rows, statuses, reasons = [], [], []
     for record, where, base_dir in iter_records(table, config.columns):
-        row, status, reason = _ingest_record(record, where, base_dir, config)
-        if status == OK and row.get("image") is not None:
-            row["image"] = _store(store, row["image"])
-        elif status != OK:
-            row["image"] = None
+        row, status, reason = _ingest_record(record, where, base_dir, config, store.put_fitted)
         rows.append(row)
         statuses.append(status)
         reasons.append(reason)
@@ -192,18 +185,10 @@ def ingest_batch(table: pa.Table, cfg: dict, run_uri: str) -> pa.Table:
     return set_status(out, statuses, reasons)
 
 
-def _store(store: ImageStore, image: dict) -> dict:
-    """Normalised image bytes (as validated) -> their reference in the run's image store."""
-    import io
-
-    from PIL import Image
-
-    data = image["bytes"]
-    with Image.open(io.BytesIO(data)) as img:
-        return store.put(data, (img.format or "png").lower(), *img.size)
-
-
-def _ingest_record(record, where: str, base_dir: str, config: IngestConfig) -> tuple[dict, str, str]:
+def _ingest_record(record, where: str, base_dir: str, config: IngestConfig,
+                   put_image: Callable[[FittedImage], dict]) -> tuple[dict, str, str]:
+    """One record -> (output row, status, reason); a kept row's image is stored by `put_image`, which
+    returns its reference."""
     from pipeline.io.corpus import load_local_image
 
     row = {k: None for k in OUTPUT_SCHEMA.names}
@@ -213,6 +198,8 @@ def _ingest_record(record, where: str, base_dir: str, config: IngestConfig) -> t
         if isinstance(record, RecordError):
             raise _Reject(record.reason)
         row.update(validate_record(record, config, lambda p: load_local_image(base_dir, p, max_bytes)))
+        if row["image"] is not None:
+            row["image"] = put_image(row["image"])
         row["id"] = row["doc_id"]
         return row, OK, ""
     except _Reject as rej:
@@ -248,16 +235,10 @@ class Ingest(Stage):
     def readers(self) -> dict:
         return {"jsonl": read_jsonl_shard, "parquet_corpus": read_parquet_corpus_shard}
 
-    def apply(self, ds):
+    def task_steps(self) -> list[BlockStep]:
         from pipeline.config import to_dict
 
-        return ds.map_batches(
-            ingest_batch,
-            fn_kwargs={"cfg": to_dict(self.config), "run_uri": self.context.run_uri},
-            batch_size=None,
-            batch_format="pyarrow",
-            num_cpus=self.config.resources.num_cpus,
-        )
+        return [BlockStep(ingest_batch, {"cfg": to_dict(self.config), "run_uri": self.context.run_uri})]
 
     def commit_keys(self, kept: pa.Table) -> dict[str, list]:
         """Only what dedup needs reaches the driver: each kept row's content hash and doc_id."""

@@ -8,8 +8,11 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from pipeline.errors import PipelineConfigError
 from pipeline.io.images import FittedImage, ImageError, ImageLimits, fit_image, normalise_image, sniff_format
 
 LIMITS = ImageLimits()
@@ -48,7 +51,7 @@ def kind_of(data: bytes, limits: ImageLimits = LIMITS) -> str:
 )
 def test_plain_rgb_or_grey_png_and_jpeg_pass_through_byte_identical(image_bytes, fmt, mode, expected_fmt):
     data = image_bytes(fmt, mode)
-    assert normalise_image(data, LIMITS) == (data, expected_fmt)
+    assert normalise_image(data, LIMITS) == FittedImage(data, expected_fmt, *Image.open(io.BytesIO(data)).size)
 
 
 # --- odd modes become an RGB PNG -------------------------------------------------------------------------
@@ -59,7 +62,8 @@ def test_plain_rgb_or_grey_png_and_jpeg_pass_through_byte_identical(image_bytes,
     [("JPEG", "CMYK"), ("PNG", "P"), ("PNG", "RGBA"), ("PNG", "LA"), ("GIF", "P"), ("WEBP", "RGB")],
 )
 def test_odd_mode_or_format_is_converted_to_rgb_png(image_bytes, fmt, mode):
-    out, out_fmt = normalise_image(image_bytes(fmt, mode, size=(20, 10)), LIMITS)
+    fitted = normalise_image(image_bytes(fmt, mode, size=(20, 10)), LIMITS)
+    out, out_fmt = fitted.data, fitted.format
     img = decode(out)
     assert (out_fmt, img.format, img.mode, img.size) == ("png", "PNG", "RGB", (20, 10))
 
@@ -67,32 +71,32 @@ def test_odd_mode_or_format_is_converted_to_rgb_png(image_bytes, fmt, mode):
 def test_sixteen_bit_grey_png_is_converted_to_rgb_png(encode_image):
     data = encode_image(Image.fromarray(np.full((10, 20), 1000, dtype=np.uint16)), "PNG")
     assert decode(data).mode == "I;16"
-    img = decode(normalise_image(data, LIMITS)[0])
+    img = decode(normalise_image(data, LIMITS).data)
     assert (img.format, img.mode, img.size) == ("PNG", "RGB", (20, 10))
 
 
 def test_sixteen_bit_grey_is_scaled_to_eight_bits_not_clipped(encode_image):
     # 32896 = 128 * 257, the 16-bit value of 8-bit 128.
     pixels = np.array([[0, 32896, 65535] * 4] * 8, dtype=np.uint16)
-    img = decode(normalise_image(encode_image(Image.fromarray(pixels), "PNG"), LIMITS)[0])
+    img = decode(normalise_image(encode_image(Image.fromarray(pixels), "PNG"), LIMITS).data)
     assert [img.getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
 
 
 def test_transparent_pixels_are_composited_on_white(image_bytes):
-    img = decode(normalise_image(image_bytes("PNG", "RGBA", color=(255, 0, 0, 0)), LIMITS)[0])
+    img = decode(normalise_image(image_bytes("PNG", "RGBA", color=(255, 0, 0, 0)), LIMITS).data)
     assert img.getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_cmyk_colour_is_preserved_approximately(image_bytes):
     # CMYK (0, 255, 255, 0) is red.
     r, g, b = decode(
-        normalise_image(image_bytes("JPEG", "CMYK", color=(0, 255, 255, 0)), LIMITS)[0]
+        normalise_image(image_bytes("JPEG", "CMYK", color=(0, 255, 255, 0)), LIMITS).data
     ).getpixel((5, 5))
     assert r > 200 and g < 60 and b < 60
 
 
 def test_animated_gif_becomes_a_still_png_of_frame_zero(animated_gif):
-    img = decode(normalise_image(animated_gif, LIMITS)[0])
+    img = decode(normalise_image(animated_gif, LIMITS).data)
     assert (img.format, getattr(img, "n_frames", 1), img.mode, img.size, img.getpixel((0, 0))) == (
         "PNG",
         1,
@@ -132,7 +136,7 @@ def test_more_bytes_than_max_bytes_is_too_large(noise_png):
 
 
 def test_exactly_max_bytes_is_accepted(noise_png):
-    assert normalise_image(noise_png, ImageLimits(max_bytes=len(noise_png)))[1] == "png"
+    assert normalise_image(noise_png, ImageLimits(max_bytes=len(noise_png))).format == "png"
 
 
 def test_side_below_min_side_is_too_small(image_bytes):
@@ -248,3 +252,84 @@ def test_fit_on_a_truncated_image_at_any_length_raises_only_image_error(encode_i
 )
 def test_sniff_format_reads_magic_bytes(head, fmt):
     assert sniff_format(head) == fmt
+
+
+def test_kept_jpeg_reports_its_full_size_not_the_draft_scale(encode_image):
+    # The check decodes at 1/8 scale; the reference stored for the image must still say 800x600.
+    data = encode_image(Image.new("RGB", (800, 600), (10, 200, 30)), "JPEG")
+    fitted = normalise_image(data, LIMITS)
+    assert (fitted.data, fitted.width, fitted.height) == (data, 800, 600)
+
+
+# --- check: structure (header and file structure, no pixel decoding) ---------------------------------------
+
+STRUCTURE = ImageLimits(check="structure")
+
+
+def noise_image(seed: int, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> Image.Image:
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 255, shape, dtype=np.uint8), mode)
+
+
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["JPEG", "PNG"]), mode=st.sampled_from(["RGB", "L"]),
+       progressive=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_structure_check_keeps_what_decoding_keeps(seed, fmt, mode, progressive):
+    img = noise_image(seed, (8 + seed % 90, 8 + seed % 57), mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"progressive": progressive} if fmt == "JPEG" else {}))
+    data = buf.getvalue()
+    assert normalise_image(data, STRUCTURE) == normalise_image(data, LIMITS)
+
+
+@pytest.mark.parametrize(("fmt", "options"), [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {})])
+def test_structure_check_rejects_a_file_cut_anywhere(fmt, options):
+    buf = io.BytesIO()
+    noise_image(3).save(buf, format=fmt, **options)
+    data = buf.getvalue()
+    # A PNG that lost only the 4-byte CRC of its closing IEND chunk still holds every pixel.
+    keep = len(data) - (4 if fmt == "PNG" else 0)
+    accepted = [cut for cut in range(1, keep) if _accepts(data[:cut], STRUCTURE)]
+    assert accepted == []
+
+
+def test_structure_check_is_not_fooled_by_a_thumbnail_end_marker():
+    # An APP1 segment holding a whole small JPEG (as an EXIF thumbnail does) puts a scan and an
+    # end-of-image marker before the main image's scan; cutting the main scan must still be caught.
+    thumb = io.BytesIO()
+    noise_image(4, (16, 16)).save(thumb, format="JPEG")
+    main = io.BytesIO()
+    noise_image(5, (64, 64)).save(main, format="JPEG")
+    payload = b"Exif\x00\x00" + thumb.getvalue()
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    whole = main.getvalue()[:2] + app1 + main.getvalue()[2:]
+    assert normalise_image(whole, STRUCTURE).data == whole
+    cut = whole[: len(whole) - 200]
+    assert cut.rfind(b"\xff\xd9") > 0  # the thumbnail's end marker is still there
+    assert kind_of(cut, STRUCTURE) == "truncated"
+
+
+def test_structure_check_catches_a_png_chunk_whose_crc_fails():
+    buf = io.BytesIO()
+    noise_image(6).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[len(data) // 2] ^= 0x10
+    assert kind_of(bytes(data), STRUCTURE) == "truncated"
+
+
+def test_structure_check_still_converts_what_is_not_plain_jpeg_or_png(image_bytes):
+    fitted = normalise_image(image_bytes("PNG", "RGBA", size=(20, 10)), STRUCTURE)
+    assert (fitted.format, decode(fitted.data).mode) == ("png", "RGB")
+
+
+def test_unknown_check_is_a_config_error():
+    with pytest.raises(PipelineConfigError, match="check"):
+        ImageLimits(check="pixels")
+
+
+def _accepts(data: bytes, limits: ImageLimits) -> bool:
+    try:
+        normalise_image(data, limits)
+    except ImageError:
+        return False
+    return True

@@ -25,6 +25,7 @@ from PIL import Image
 from pipeline.config import to_dict
 from pipeline.errors import StageInputError
 from pipeline.io.corpus import plan_corpus, read_jsonl_shard
+from pipeline.io.image_store import image_ref
 from pipeline.io.images import ImageLimits
 from pipeline.io.shards import tag_rows
 from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS
@@ -190,10 +191,15 @@ ARROW_VALUES = st.recursive(
 
 @pytest.mark.timeout(120)
 @FUZZ
+def _ref(image) -> dict:
+    """The reference a run's image store would return, without a store."""
+    return image_ref(image.data, image.format, image.width, image.height)
+
+
 @given(record=st.fixed_dictionaries({}, optional={f: ARROW_VALUES | STRINGS for f in FIELDS}))
 @example(record={"text": "t", "image": {"bytes": "abc"}})
 @example(record={"text": "t", "image": {"bytes": b"\x89PNG", "path": 7}})
 def test_ingest_record_gives_a_row_arrow_can_store_for_any_python_values(corpus_dir, record):
-    row, status, reason = _ingest_record(record, "c.parquet#row0", str(corpus_dir), CONFIG)
+    row, status, reason = _ingest_record(record, "c.parquet#row0", str(corpus_dir), CONFIG, _ref)
     assert reason == "" if status == OK else (status, reason in INGEST_REASONS) == (REJECTED, True)
     pa.Table.from_pylist([row], schema=OUTPUT_SCHEMA)
