@@ -21,6 +21,7 @@ from pipeline.errors import LedgerError, StageInputError
 from pipeline.io.commit import ShardCommitter, committed_files, remove_garbage, rewrite_parts, write_pieces
 from pipeline.io.fs import RunFS
 from pipeline.io.indexes import DONE, IndexHandle, IndexSpec, finish_index
+from pipeline.io.locks import index_lock
 from pipeline.io.manifest import (
     MANIFEST,
     aggregate_markers,
@@ -233,14 +234,16 @@ def build_index(ctx: RunContext, stage: Stage, spec: IndexSpec, outputs: dict[st
     folder = f"{spec.name}-{key}"
     target = Target(ctx.index_uri, folder, folder)
     index_fs = target.fs
-    result = _run_stage(ctx, spec.embed, target, source, key, {}, {})
-    done = index_fs.read_json(f"{folder}/{DONE}")
-    if done is None or not result.decision.startswith("skipped"):
-        init_ray(ctx.config.ray)
-        parts, _ = committed_files(index_fs, folder)
-        task = ray.remote(num_cpus=0)(finish_index)
-        done = ray.get(task.remote(ctx.index_uri, folder, parts, spec.kind, spec.nlist))
-        log.info("%s: index %s built (%d vectors, %s)", stage.name, folder, done["count"], done["kind"])
+    # Another run sharing the index dir may be building the same index: wait for it, then reuse.
+    with index_lock(index_fs, folder):
+        result = _run_stage(ctx, spec.embed, target, source, key, {}, {})
+        done = index_fs.read_json(f"{folder}/{DONE}")
+        if done is None or not result.decision.startswith("skipped"):
+            init_ray(ctx.config.ray)
+            parts, _ = committed_files(index_fs, folder)
+            task = ray.remote(num_cpus=0)(finish_index)
+            done = ray.get(task.remote(ctx.index_uri, folder, parts, spec.kind, spec.nlist))
+            log.info("%s: index %s built (%d vectors, %s)", stage.name, folder, done["count"], done["kind"])
     return IndexHandle(ctx.index_uri, folder, done["count"], done["dim"], done["kind"])
 
 
