@@ -144,14 +144,21 @@ def helper_num_cpus(cfg: LLMConfig) -> float | None:
 def vllm_processor_config(cfg: LLMConfig, model_path: str, resources: Any, **extra: Any) -> Any:
     """The `ray.data.llm` processor config for the vllm backend (no engine starts here).
 
-    `extra` goes to `vLLMEngineProcessorConfig` as is (task_type, prepare_multimodal_stage, ...).
+    `extra` goes to `vLLMEngineProcessorConfig` as is (task_type, prepare_multimodal_stage, ...); its
+    `engine_kwargs` are merged into the engine's, and a helper stage's config given there (e.g.
+    `chat_template_stage={"enabled": False}`) replaces the default one.
     """
     from ray.data.llm import vLLMEngineProcessorConfig
 
     cpu = cfg.vllm_device == "cpu"
     helpers = helper_num_cpus(cfg)
     stage = {"num_cpus": helpers} if helpers is not None else {}
-    extra = {**extra}
+    extra = {
+        "chat_template_stage": dict(stage),
+        "tokenize_stage": dict(stage),
+        "detokenize_stage": dict(stage),
+        **extra,
+    }
     engine_extra = extra.pop("engine_kwargs", {})
     return vLLMEngineProcessorConfig(
         model_source=model_path,
@@ -174,9 +181,6 @@ def vllm_processor_config(cfg: LLMConfig, model_path: str, resources: Any, **ext
         else None,
         # Engine metrics import ray.serve, which the CPU test stack (ray[data]) does not have.
         log_engine_metrics=not cpu,
-        chat_template_stage=dict(stage),
-        tokenize_stage=dict(stage),
-        detokenize_stage=dict(stage),
         should_continue_on_error=True,
         **extra,
     )

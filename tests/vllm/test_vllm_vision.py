@@ -4,7 +4,7 @@ and the vLLM engine on a tiny local Qwen2-VL, images from the rows' image column
 vLLM 0.29's Qwen2-VL model imports torchvision, and only PyTorch's CPU index has a torchvision that
 loads beside torch 2.13.0+cpu (`torchvision==0.28.0+cpu`; PyPI's 0.28.0 is a CUDA build whose ops fail
 with "operator torchvision::nms does not exist"). scripts/install_vllm.sh installs it where that index
-is reachable; elsewhere these tests are skipped with the import error.
+is reachable; elsewhere these tests are skipped with the import error (tiny_vl.torchvision_error).
 """
 
 from __future__ import annotations
@@ -16,23 +16,9 @@ import pytest
 
 from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.stage import Resources
+from tests.vllm.tiny_vl import torchvision_error
 
-
-def _torchvision_error() -> str:
-    try:
-        import torchvision  # noqa: F401
-        from torchvision.ops import nms  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any failure means vLLM cannot import its Qwen2-VL model
-        return (
-            f"vLLM's Qwen2-VL model needs torchvision, which does not load here: "
-            f"{type(exc).__name__}: {exc}. "
-            "Only PyTorch's CPU index has torchvision==0.28.0+cpu (scripts/install_vllm.sh installs it "
-            "where that index is reachable)"
-        )
-    return ""
-
-
-pytestmark = pytest.mark.skipif(bool(_torchvision_error()), reason=_torchvision_error() or "-")
+pytestmark = pytest.mark.skipif(bool(torchvision_error()), reason=torchvision_error() or "-")
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:

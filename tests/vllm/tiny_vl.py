@@ -40,6 +40,21 @@ CORPUS = [
 MIN_PIXELS, MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 16
 
 
+def torchvision_error() -> str:
+    """Why vLLM cannot run Qwen2-VL here ("" when it can): the skip reason of the Qwen2-VL tests."""
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.ops import nms  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any failure means vLLM cannot import its Qwen2-VL model
+        return (
+            f"vLLM's Qwen2-VL model needs torchvision, which does not load here: "
+            f"{type(exc).__name__}: {exc}. "
+            "Only PyTorch's CPU index has torchvision==0.28.0+cpu (scripts/install_vllm.sh installs it "
+            "where that index is reachable)"
+        )
+    return ""
+
+
 def build_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
     out = Path(out)
     if (out / "fusegen_tiny.json").exists():

@@ -156,6 +156,11 @@ def test_cuda_processor_config_keeps_ray_defaults_for_helpers_and_metrics():
     assert built.placement_group_config["bundles"] == [{"CPU": 1.0, "GPU": 1.0}]
 
 
+def test_a_helper_stage_config_given_by_the_caller_replaces_the_default():
+    built = vllm_processor_config(LLMConfig(**CPU), "/m", Resources(), chat_template_stage={"enabled": False})
+    assert (built.chat_template_stage, built.tokenize_stage) == ({"enabled": False}, {"num_cpus": 0.1})
+
+
 def test_cpu_device_with_a_gpu_sized_memory_share_is_a_config_error():
     with pytest.raises(PipelineConfigError, match="share of RAM"):
         LLMConfig(backend="vllm", vllm_device="cpu", gpu_memory_utilization=0.85)

@@ -1,0 +1,268 @@
+"""GME embeddings through vLLM: `ray.data.llm`'s vLLM engine processor with `task_type="embed"`.
+
+The GPU counterpart of the transformers `GmeEmbedder` (models/gme.py), with the same recipe: the prompt
+is exactly `gme.render_text` of the row's input (instruction, image placeholder, text, the assistant turn
+opened and `<|endoftext|>`), images are sized by `gme.resize_for_gme` before the engine sees them, the
+pooler takes the last token's hidden state and L2-normalises it (vLLM `pooler_config` LAST with
+`use_activation`, set engine-wide), and prompts are cut at `gme.max_length` tokens. Ray's chat-template,
+tokenize and detokenize stages are off: vLLM tokenises the prompt string itself, so both backends see the
+same tokens. Images travel as data-URL parts through the prepare-multimodal stage (models/vllm_vision.py);
+it only runs when the rows have an image column.
+
+Positions differ for images: `GmeEmbedder` runs the language model with plain sequential positions, as
+the released GME script did, while vLLM's Qwen2-VL applies M-RoPE (3D positions for image tokens, and
+text after an image shifted by the image's extent). For text-only inputs M-RoPE equals sequential
+positions, so text embeddings agree; image-only and fused embeddings may differ between the backends
+(tests/vllm/test_vllm_embed.py measures the worst cosine where vLLM can run Qwen2-VL).
+
+Input columns (names set by `EmbedColumns`): text, optionally title, image and instruction (null: the
+candidate default). Output: every input column plus `_embedding` (float32 list of unit length; null for a
+reject) and `_embed_error` ("" or one fixed reason): `error:empty_input` (no text, title or image),
+`error:image_unreadable`, `resize_for_gme`'s reasons (`error:image_too_small`, `error:image_aspect_ratio`)
+-- these never reach the engine -- and `error:prompt_too_long` / `error:inference_failed` for rows the
+engine failed on, whose message goes into `_embed_detail`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineConfigError
+from pipeline.models.gme import FACTOR, GmeConfig, GmeImageError, GmeInput, render_text, resize_for_gme
+from pipeline.models.llm import LLMConfig
+from pipeline.models.vllm_backend import (
+    CARRY,
+    ERROR_TEXT_CHARS,
+    check_engine_fits,
+    error_kind,
+    helper_num_cpus,
+    row_map_kwargs,
+    vllm_processor_config,
+)
+from pipeline.models.vllm_vision import data_url, image_bytes
+
+EMBEDDING, EMBED_ERROR, EMBED_DETAIL = "_embedding", "_embed_error", "_embed_detail"
+EMPTY_INPUT, IMAGE_UNREADABLE = "error:empty_input", "error:image_unreadable"
+# vLLM's pooler for GME: the last token's hidden state, normalised (for `embed`, the pooler's
+# "activation" is the L2 normalisation). vLLM 0.29 takes it as `pooler_config`; Ray 2.60's own
+# `override_pooler_config` conversion targets the older name, which 0.29 no longer accepts.
+POOLER = {"pooling_type": "LAST", "use_activation": True}
+# Set on rows that never go to the engine: their reason.
+_SKIP_REASON = "_skip_reason"
+
+
+@dataclass(frozen=True)
+class EmbedColumns:
+    """Where a row's GME input lives; None: the row has no such column."""
+
+    text: str = "text"
+    title: str | None = None
+    image: str | None = None
+    # Per-row instruction (queries); None or a null value: the candidate default instruction.
+    instruction: str | None = None
+
+
+# --- row helpers (run inside Ray Data tasks) -------------------------------------------------------
+
+
+def row_input(row: dict, columns: EmbedColumns, image: Any = None) -> GmeInput:
+    """The GmeInput a row stands for (the image already loaded and sized)."""
+
+    def get(name: str | None) -> Any:
+        return row.get(name) if name is not None else None
+
+    return GmeInput(
+        text=get(columns.text), title=get(columns.title), image=image, instruction=get(columns.instruction)
+    )
+
+
+def load_row_image(
+    value: Any, gme: GmeConfig, load_image: Callable[[Any], bytes | None] | None
+) -> tuple[Any, str]:
+    """(the sized RGB PIL image, "") / (None, "") for no image / (None, reason) for one GME cannot take."""
+    from PIL import Image
+
+    if value is None:
+        return None, ""
+    try:
+        data = load_image(value) if load_image is not None else image_bytes(value)
+        if data is None:
+            return None, ""
+        with Image.open(io.BytesIO(data)) as img:
+            rgb = img.convert("RGB")
+    except Exception:  # noqa: BLE001 - a missing file, a cut file or not an image: all unreadable
+        return None, IMAGE_UNREADABLE
+    try:
+        return resize_for_gme(rgb, gme.min_image_tokens, gme.max_image_tokens), ""
+    except GmeImageError as exc:
+        return None, exc.reason
+
+
+def image_part(image: Any) -> dict:
+    """The sized image as an OpenAI-style `image_url` part (lossless PNG data URL)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return {"type": "image_url", "image_url": {"url": data_url(buf.getvalue())}}
+
+
+def prompt_max_tokens(gme: GmeConfig, image: Any) -> int:
+    """Tokens to cut the prompt at, as vLLM counts them: before the image placeholder is expanded.
+
+    `GmeEmbedder` truncates after expansion (one `<|image_pad|>` becomes one token per 28 x 28 pixels), so
+    an image row keeps `max_length - (image tokens - 1)` tokens here; `max_length` leaves room for the
+    largest image (GmeConfig), so only text is ever cut.
+    """
+    if image is None:
+        return gme.max_length
+    return gme.max_length - (image.width * image.height // FACTOR**2 - 1)
+
+
+def embed_request(row: dict, columns: EmbedColumns, gme: GmeConfig, load_image: Callable | None) -> dict:
+    """The processor's input row: the GME prompt string (and image) or the reason it has none."""
+    carry = dict(row)
+    image, reason = load_row_image(row.get(columns.image) if columns.image else None, gme, load_image)
+    inp = row_input(row, columns, image)
+    if not reason and image is None and not (inp.text or "").strip() and not (inp.title or "").strip():
+        reason = EMPTY_INPUT
+    request = {
+        "prompt": render_text(inp) if not reason else "",
+        "tokenization_kwargs": {
+            "truncation": True,
+            "max_length": prompt_max_tokens(gme, image),
+            "truncation_side": "right",
+        },
+        CARRY: pickle.dumps(carry),
+        _SKIP_REASON: reason,
+    }
+    if columns.image is not None:
+        # The prepare-multimodal stage reads every row's `messages`; text rows carry one empty text part.
+        part = image_part(image) if image is not None else {"type": "text", "text": ""}
+        request["messages"] = [{"role": "user", "content": [part]}]
+    return request
+
+
+def unit_vector(values: Any) -> list[float]:
+    """float32, L2-normalised again (the engine's vector may be bf16-rounded or unnormalised)."""
+    vec = np.asarray(values, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(vec))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError(f"embedding has norm {norm}")
+    return (vec / norm).astype(np.float32).tolist()
+
+
+def embed_postprocess_row(row: dict) -> dict:
+    """A processor success row -> the carried columns and the embedding (error rows bypass this)."""
+    return {CARRY: row[CARRY], "embeddings": row.get("embeddings")}
+
+
+def embed_restore_row(row: dict) -> dict:
+    """The input row back, plus `_embedding`, `_embed_error` and `_embed_detail`."""
+    out = pickle.loads(row[CARRY])
+    vector, reason, detail = None, str(row.get(_SKIP_REASON) or ""), ""
+    message = str(row.get("__inference_error__") or "")
+    if message:
+        reason, detail = error_kind(message), message[:ERROR_TEXT_CHARS]
+    elif not reason:
+        try:
+            vector = unit_vector(row.get("embeddings"))
+        except (TypeError, ValueError) as exc:
+            reason, detail = error_kind(str(exc)), f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_CHARS]
+    out[EMBEDDING], out[EMBED_ERROR], out[EMBED_DETAIL] = vector, reason, detail
+    return out
+
+
+def typed_batch(table: Any) -> Any:
+    """`_embedding` as list<float32> (rows came back as Python floats, or all null in a reject block)."""
+    import pyarrow as pa
+
+    from pipeline.columns import set_column
+
+    return set_column(table, EMBEDDING, table[EMBEDDING].cast(pa.list_(pa.float32())))
+
+
+# --- processor config ----------------------------------------------------------------------------
+
+
+def check_lengths(cfg: LLMConfig, gme: GmeConfig, stage: str) -> None:
+    """Every GME prompt, cut at `gme.max_length`, must fit the engine (vLLM refuses the cut otherwise).
+
+    Raises:
+        PipelineConfigError: `max_model_len` is below `gme.max_length`.
+    """
+    if cfg.max_model_len < gme.max_length:
+        raise PipelineConfigError(
+            f"{stage}: `llm.max_model_len` must be >= `gme.max_length` (got {cfg.max_model_len} < "
+            f"{gme.max_length}); raise max_model_len or lower max_length in the stage's config"
+        )
+
+
+def embed_processor_config(cfg: LLMConfig, model_path: str, resources: Any, multimodal: bool) -> Any:
+    """The `ray.data.llm` config for embeddings (no engine starts here): the vllm backend's engine,
+    bundles and CPU settings, `task_type="embed"` with GME's pooler, the prompt taken as given."""
+    helpers = helper_num_cpus(cfg)
+    mm = {"enabled": multimodal, **({"num_cpus": helpers} if helpers is not None and multimodal else {})}
+    return vllm_processor_config(
+        # No JSON grammar: nothing is generated.
+        dataclasses.replace(cfg, guided=False),
+        model_path,
+        resources,
+        task_type="embed",
+        engine_kwargs={"pooler_config": dict(POOLER)},
+        prepare_multimodal_stage=mm,
+        chat_template_stage={"enabled": False},
+        tokenize_stage={"enabled": False},
+        detokenize_stage={"enabled": False},
+    )
+
+
+def vllm_embed(
+    ds: Any,
+    cfg: LLMConfig,
+    model_path: str,
+    gme: GmeConfig,
+    resources: Any,
+    stage: str,
+    columns: EmbedColumns = EmbedColumns(),
+    load_image: Callable[[Any], bytes | None] | None = None,
+) -> Any:
+    """Add `_embedding` / `_embed_error` / `_embed_detail` to every row of `ds` through vLLM (lazily).
+
+    Args:
+        cfg: the engine settings (the vllm backend's fields of LLMConfig: device, dtype, max_model_len,
+            memory share ...); generation fields are unused. `max_model_len` must hold `gme.max_length`.
+        gme: the GME recipe (instructions are per row; `max_length` and the image token bounds are used).
+        columns: which columns hold the text, title, image and instruction.
+        load_image: resolves an image-column value (a reference into the run's image store) to encoded
+            bytes in the worker; None reads HF image structs or raw bytes.
+
+    Raises:
+        PipelineConfigError: `cfg.max_model_len` is below `gme.max_length`, or no node can hold the engine.
+    """
+    from ray.data.llm import build_processor
+
+    check_lengths(cfg, gme, stage)
+    check_engine_fits(cfg, resources, stage)
+    light = row_map_kwargs(resources)
+    prepared = ds.map(partial(embed_request, columns=columns, gme=gme, load_image=load_image), **light)
+    # Two branches of one lazy plan: rows that cannot be embedded skip the engine.
+    skipped = prepared.filter(lambda r: bool(r[_SKIP_REASON]), **light)
+    ready = prepared.filter(lambda r: not r[_SKIP_REASON], **light)
+    keys = ["prompt", "tokenization_kwargs", CARRY] + (["messages"] if columns.image else [])
+    processor = build_processor(
+        embed_processor_config(cfg, model_path, resources, multimodal=columns.image is not None),
+        preprocess=lambda r: {k: r[k] for k in keys},
+        postprocess=embed_postprocess_row,
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
+    )
+    embedded = processor(ready).map(embed_restore_row, **light)
+    restored = embedded.union(skipped.map(embed_restore_row, **light))
+    return restored.map_batches(typed_batch, batch_format="pyarrow", **light)
