@@ -24,7 +24,9 @@ def vllm_unavailable() -> str:
     reason = os.environ.get("FUSEGEN_VLLM_UNAVAILABLE", "")
     if reason:
         return f"vLLM venv unavailable: {reason}"
-    if importlib.util.find_spec("vllm") is None:
+    spec = importlib.util.find_spec("vllm")
+    # Under pytest `tests/` is on sys.path, so this very folder is found as a `vllm` namespace package.
+    if spec is None or spec.origin is None or Path(spec.origin).parent == Path(__file__).parent:
         return (
             f"vllm is not installed in {sys.executable}; `bash scripts/test.sh` runs tests/vllm/ in the venv "
             "scripts/install_vllm.sh builds"
