@@ -1,4 +1,4 @@
-"""`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push, export, validate."""
+"""`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push, export, validate, gc."""
 
 from __future__ import annotations
 
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="ms-swift before v3.9: query / response / rejected_response")
     export.add_argument("--negatives", type=int, metavar="N",
                         help="keep each row's N hardest negatives; rows with fewer are dropped")
+    gc = sub.add_parser("gc", help="remove stored images no stage output of a run refers to any more")
+    gc.add_argument("run_dir")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     validate = sub.add_parser("validate", help="check an export (any format) or a run's export folder")
     validate.add_argument("dir")
     validate.add_argument("--max-problems", type=int, default=20, metavar="N", help="violations listed (default 20)")
@@ -164,6 +167,24 @@ def output_line(run_fs, stages, results) -> str:
     return f"output: {run_fs.path('export/data')}"
 
 
+def _gc(args) -> int:
+    """Runs also collect this garbage when they finish; this is for a run dir left as it is."""
+    from pipeline.io.fs import RunFS
+    from pipeline.io.image_store import collect_store_garbage, store_garbage
+
+    run_fs = RunFS.from_uri(args.run_dir)
+    if not run_fs.exists("run.yaml"):
+        raise PipelineConfigError(f"{args.run_dir} is not a fusegen run directory (no run.yaml)")
+    garbage = store_garbage(run_fs) if args.dry_run else collect_store_garbage(run_fs)
+    for rel in garbage.files[:20]:
+        print(f"  {rel}")
+    if len(garbage.files) > 20:
+        print(f"  ... and {len(garbage.files) - 20} more")
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"image store: {verb} {len(garbage.files)} file(s), {garbage.bytes / 2**20:.1f} MiB")
+    return 0
+
+
 def _status(args) -> int:
     from pipeline.io.fs import RunFS
     from pipeline.status import collect_manifests, format_status
@@ -233,6 +254,7 @@ def _validate(args) -> int:
 
 COMMANDS = {
     "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny, "index-images": _index_images,
+    "gc": _gc,
     "card": _card, "push": _push, "export": _export, "validate": _validate,
 }
 

@@ -20,6 +20,7 @@ from pipeline import __version__
 from pipeline.errors import LedgerError, StageInputError
 from pipeline.io.commit import ShardCommitter, committed_files, remove_garbage, rewrite_parts, write_pieces
 from pipeline.io.fs import RunFS
+from pipeline.io.image_store import collect_store_garbage
 from pipeline.io.indexes import DONE, IndexHandle, IndexSpec, finish_index
 from pipeline.io.locks import index_lock
 from pipeline.io.manifest import (
@@ -105,6 +106,11 @@ def run_pipeline(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
         outputs[stage.name] = upstream
     if not ctx.shared_indexes:
         prune_indexes(ctx, live_indexes(stages, fingerprints))
+    if any(not r.decision.startswith("skipped") for r in results):
+        garbage = collect_store_garbage(ctx.run_fs)
+        if garbage.files:
+            log.info("image store: removed %d file(s) no stage output refers to (%.1f MiB)",
+                     len(garbage.files), garbage.bytes / 2**20)
     return results
 
 

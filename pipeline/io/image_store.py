@@ -94,3 +94,60 @@ class ImageStore:
             for i in infos
             if i.type == pafs.FileType.File and not i.base_name.startswith(".")
         }
+
+
+@dataclass(frozen=True)
+class StoreGarbage:
+    files: list[str]  # paths relative to the run dir
+    bytes: int
+
+
+def referenced_images(run_fs: RunFS) -> set[str]:
+    """SHA-256 of every image a Parquet file of the run refers to: stage parts, rejects and index parts,
+    committed or not (a folder an earlier, longer stage list left keeps its images)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    shas: set[str] = set()
+    infos = run_fs.fs.get_file_info(pafs.FileSelector(run_fs.root, recursive=True))
+    for info in infos:
+        rel = info.path[len(run_fs.root) + 1 :]
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet") or rel.startswith(f"{STORE_DIR}/"):
+            continue
+        schema = pq.read_schema(info.path, filesystem=run_fs.fs)
+        columns = [f.name for f in schema if is_image_ref(f.type) or is_image_ref_list(f.type)]
+        if not columns:
+            continue
+        table = pq.read_table(info.path, columns=columns, filesystem=run_fs.fs)
+        for name in columns:
+            column = table[name]
+            if is_image_ref_list(column.type):
+                column = pc.list_flatten(column)
+            shas.update(s for s in pc.struct_field(column, "sha256").to_pylist() if s is not None)
+    return shas
+
+
+def store_garbage(run_fs: RunFS) -> StoreGarbage:
+    """Stored images no Parquet file of the run refers to (an ingest row that dedup dropped, a stage
+    re-run that made other images), and temporaries of writes that never finished."""
+    root = run_fs.path(STORE_DIR)
+    if not run_fs.exists(STORE_DIR):
+        return StoreGarbage([], 0)
+    live = referenced_images(run_fs)
+    files, size = [], 0
+    for info in run_fs.fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        if info.base_name.startswith(".") or info.base_name.split(".")[0] not in live:
+            files.append(info.path[len(run_fs.root) + 1 :])
+            size += info.size or 0
+    return StoreGarbage(sorted(files), size)
+
+
+def collect_store_garbage(run_fs: RunFS) -> StoreGarbage:
+    """Delete `store_garbage`. Only while no run writes to this run dir (the runner calls it once a run
+    has finished every stage; `fusegen gc` on a run dir nothing else uses)."""
+    garbage = store_garbage(run_fs)
+    for rel in garbage.files:
+        run_fs.delete_file(rel)
+    return garbage
