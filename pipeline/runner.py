@@ -311,12 +311,14 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
 
 
 def _remote_rewrite(uri: str, stage_dir: str):
-    """A commit hook's decisions are applied to the written files by a Ray task, not on the driver."""
+    """A commit hook's decisions are applied to the written files by a Ray task, not on the driver; the
+    committer gets a future and goes on taking receipts while it runs."""
 
-    def rewrite(parts: list[str], part_rows: list[int], overrides: dict) -> tuple:
-        import ray
+    import ray
 
-        task = ray.remote(num_cpus=0)(rewrite_parts)
-        return ray.get(task.remote(uri, stage_dir, parts, part_rows, overrides))
+    task = ray.remote(num_cpus=0)(rewrite_parts)
+
+    def rewrite(parts: list[str], part_rows: list[int], overrides: dict):
+        return task.remote(uri, stage_dir, parts, part_rows, overrides).future()
 
     return rewrite

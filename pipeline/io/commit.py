@@ -19,8 +19,9 @@ Ray Data splits a shard into several blocks or merges shards into one: pieces ar
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import numpy as np
 import pyarrow as pa
@@ -188,9 +189,14 @@ def _coverage(piece: pa.Table, fanout: int | None) -> tuple[list[int], list[int]
 class ShardCommitter:
     """Driver side: receipts in, one marker per finished shard out (ledger checked, marker last).
 
-    `rewrite(pieces, overrides)` applies a commit hook's decisions to files already written (a Ray
-    task in the runner, so rows stay off the driver); it returns the new (parts, part_rows, rejects).
+    `rewrite(parts, part_rows, overrides)` applies a commit hook's decisions to files already written
+    (a Ray task in the runner, so rows stay off the driver); it returns the new (parts, part_rows,
+    rejects), or a `concurrent.futures.Future` of them. Rewrites run while later receipts are taken in
+    (the hook itself runs in shard order, on the driver); markers are still written in the order the
+    shards were decided, each once its rewrite has finished, at most MAX_REWRITES waiting at once.
     """
+
+    MAX_REWRITES = 8
 
     def __init__(self, run_fs: RunFS, stage, stage_dir: str, pending, state: dict, progress,
                  rewrite: Callable | None = None) -> None:
@@ -203,12 +209,15 @@ class ShardCommitter:
         self.committed: set[str] = set()
         self.state, self.progress, self.rewrite = state, progress, rewrite
         self.receipt_bytes = 0
+        # Decided shards whose marker is not written yet, in decision order: (shard, marker, future).
+        self.waiting: deque[tuple[str, dict, Future | None]] = deque()
 
     def add(self, receipts: pa.Table) -> None:
         self.receipt_bytes += receipts.nbytes
         for receipt in receipts.to_pylist():
             self._accept(receipt)
         self._flush()
+        self._write_markers(block=False)
 
     def _accept(self, receipt: dict) -> None:
         shard = receipt["shard"]
@@ -265,9 +274,9 @@ class ShardCommitter:
         if self.stage.fanout is not None and rows["in"] != spec.rows * self.stage.fanout:
             raise LedgerError(f"{self.stage.name} shard {shard}: {rows['in']} units for {spec.rows} rows")
         overrides = self._overrides(pieces)
+        future = None
         if overrides:
-            parts, part_rows, new_rejects = self.rewrite(parts, part_rows, overrides)
-            rejects += new_rejects
+            future = _as_future(self.rewrite(parts, part_rows, overrides))
             for status, reason in overrides.values():
                 rows["out"] -= 1
                 rows[status] += 1
@@ -277,8 +286,26 @@ class ShardCommitter:
             "shard": shard, "input_rows": spec.rows, "rows": rows, "reasons": dict(reasons),
             "files": {"parts": parts, "part_rows": part_rows, "rejects": rejects},
         }
-        self.run_fs.write_json(f"{self.stage_dir}/{PARTS_MARK}/{shard}.json", marker)
-        self.progress.update(spec.rows, rows)
+        self.waiting.append((shard, marker, future))
+        if sum(f is not None for _, _, f in self.waiting) > self.MAX_REWRITES:
+            self._write_markers(block=True, keep=self.MAX_REWRITES)
+
+    def _write_markers(self, block: bool, keep: int | None = None) -> None:
+        """Write the markers of decided shards, oldest first: up to one whose rewrite is still running
+        (block=False), else waiting for rewrites until at most `keep` are left (None: all written)."""
+        while self.waiting:
+            shard, marker, future = self.waiting[0]
+            if future is not None and not future.done() and not block:
+                return
+            if keep is not None and sum(f is not None for _, _, f in self.waiting) <= keep:
+                return
+            if future is not None:
+                parts, part_rows, new_rejects = future.result()
+                marker["files"] = {"parts": parts, "part_rows": part_rows,
+                                   "rejects": marker["files"]["rejects"] + new_rejects}
+            self.waiting.popleft()
+            self.run_fs.write_json(f"{self.stage_dir}/{PARTS_MARK}/{shard}.json", marker)
+            self.progress.update(marker["input_rows"], marker["rows"])
 
     def _overrides(self, pieces: list[dict]) -> dict[int, tuple[str, str]]:
         keys: dict[str, list] = {}
@@ -294,11 +321,20 @@ class ShardCommitter:
         return overrides
 
     def finish(self) -> None:
+        self._write_markers(block=True)
         if self.order:
             raise LedgerError(
                 f"{self.stage.name}: the stream ended but {len(self.order)} shard(s) never came back "
                 f"complete (first: {self.order[0]}); rerun to resume"
             )
+
+
+def _as_future(value) -> Future:
+    if isinstance(value, Future):
+        return value
+    done: Future = Future()
+    done.set_result(value)
+    return done
 
 
 def _piece_key(rel: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -74,13 +75,18 @@ def find_files(path: str) -> list[str]:
     return files
 
 
-def plan_corpus(path: str, columns: CorpusColumns, shard_rows: int) -> list[ShardSpec]:
+def plan_corpus(path: str, columns: CorpusColumns, shard_rows: int, shard_bytes: int | None = None) -> list[ShardSpec]:
+    """Shards of `shard_rows` records, ended early once a shard holds `shard_bytes` of input (a Parquet
+    corpus with images inline: a task holds its whole shard, so rows alone would let 2,000 5-MB images
+    make one 10-GB task). Bytes are the file's own (JSONL) or the row groups' uncompressed sizes spread
+    evenly over their rows (Parquet; a single row group larger than the cap is still read whole)."""
     specs: list[ShardSpec] = []
+    cap = shard_bytes or float("inf")
     for file in find_files(path):
         if file.endswith(PARQUET_SUFFIXES):
-            specs += _plan_parquet(file, columns, shard_rows, len(specs))
+            specs += _plan_parquet(file, columns, shard_rows, cap, len(specs))
         elif file.endswith(JSONL_SUFFIXES):
-            specs += _plan_jsonl(file, shard_rows, len(specs))
+            specs += _plan_jsonl(file, shard_rows, cap, len(specs))
         else:
             raise StageInputError(f"ingest: unsupported file type {file!r} (use .jsonl, .json or .parquet)")
     if not specs:
@@ -88,7 +94,7 @@ def plan_corpus(path: str, columns: CorpusColumns, shard_rows: int) -> list[Shar
     return specs
 
 
-def _plan_jsonl(file: str, shard_rows: int, first_index: int) -> list[ShardSpec]:
+def _plan_jsonl(file: str, shard_rows: int, cap: float, first_index: int) -> list[ShardSpec]:
     specs: list[ShardSpec] = []
     try:
         with open(file, "rb") as f:
@@ -99,7 +105,7 @@ def _plan_jsonl(file: str, shard_rows: int, first_index: int) -> list[ShardSpec]
                 offset += len(line)
                 if line.strip():
                     count += 1
-                if count == shard_rows:
+                if count == shard_rows or (count and offset - start >= cap):
                     specs.append(_jsonl_spec(first_index + len(specs), file, start, offset, count, first_line))
                     count = 0
             if count:
@@ -113,17 +119,32 @@ def _jsonl_spec(index: int, file: str, start: int, stop: int, rows: int, first_l
     return ShardSpec(f"{index:06d}", file, start, stop, rows, kind="jsonl", first_line=first_line)
 
 
-def _plan_parquet(file: str, columns: CorpusColumns, shard_rows: int, first_index: int) -> list[ShardSpec]:
+def _plan_parquet(file: str, columns: CorpusColumns, shard_rows: int, cap: float, first_index: int) -> list[ShardSpec]:
     try:
         meta = pq.ParquetFile(file)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError or ArrowInvalid for junk files
         raise StageInputError(f"ingest: cannot read Parquet file {file}: {exc}") from None
     check_parquet_schema(meta.schema_arrow, columns, file)
-    n = meta.metadata.num_rows
-    return [
-        ShardSpec(f"{first_index + i:06d}", file, s, min(n, s + shard_rows), min(n, s + shard_rows) - s, "parquet_corpus")
-        for i, s in enumerate(range(0, n, shard_rows))
-    ]
+    specs: list[ShardSpec] = []
+    start, count, size = 0, 0, 0.0
+    for g in range(meta.metadata.num_row_groups):
+        group = meta.metadata.row_group(g)
+        per_row, left = group.total_byte_size / max(1, group.num_rows), group.num_rows
+        while left:
+            # Rows this shard still takes from the group: up to shard_rows, or until it reaches the cap.
+            by_bytes = max(1, math.ceil((cap - size) / per_row)) if per_row and cap != math.inf else left
+            take = min(left, shard_rows - count, by_bytes)
+            count, size, left = count + take, size + take * per_row, left - take
+            if count == shard_rows or size >= cap:
+                specs.append(_parquet_spec(first_index + len(specs), file, start, count))
+                start, count, size = start + count, 0, 0.0
+    if count:
+        specs.append(_parquet_spec(first_index + len(specs), file, start, count))
+    return specs
+
+
+def _parquet_spec(index: int, file: str, start: int, rows: int) -> ShardSpec:
+    return ShardSpec(f"{index:06d}", file, start, start + rows, rows, "parquet_corpus")
 
 
 def check_parquet_schema(schema: pa.Schema, columns: CorpusColumns, file: str) -> None:

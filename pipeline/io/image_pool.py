@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -119,7 +120,7 @@ def plan_pool(cfg: PoolConfig) -> list[ShardSpec]:
             specs += [ShardSpec(f"{len(specs) + i:06d}", file, s, min(rows, s + n), min(rows, s + n) - s, "pool_parquet")
                       for i, s in enumerate(range(0, rows, n))]
         else:
-            specs += [dataclasses.replace(s, kind="pool_jsonl") for s in _plan_jsonl(file, n, len(specs))]
+            specs += [dataclasses.replace(s, kind="pool_jsonl") for s in _plan_jsonl(file, n, math.inf, len(specs))]
     if not specs:
         log.warning("images: the pool %r holds no rows", cfg.path)
     return specs

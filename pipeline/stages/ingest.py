@@ -67,12 +67,16 @@ class IngestConfig(StageConfig):
     # the same file, e.g. a `--working-dir` upload on a restarted cluster, counts as changed), or
     # `auto` (hash up to 2 GiB in all, stat beyond).
     identity: Literal["auto", "hash", "stat"] = "auto"
+    # A shard also ends once it holds this many MB of input (JSONL bytes, or Parquet row groups'
+    # uncompressed size): one task holds its whole shard, so with images inline rows alone are no cap.
+    shard_mb: int = 512
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(shard_rows=2000, num_cpus=0.5))
 
     def __post_init__(self) -> None:
         check(bool(self.path), "ingest", "path", "must name a file, folder or glob")
         check(self.max_chars > 0, "ingest", "max_chars", f"must be > 0 (got {self.max_chars})")
         check(0 < self.min_chars <= self.max_chars, "ingest", "min_chars", "must be in 1..max_chars")
+        check(self.shard_mb > 0, "ingest", "shard_mb", f"must be > 0 (got {self.shard_mb})")
 
 
 def normalise_text(text: str) -> str:
@@ -230,7 +234,8 @@ class Ingest(Stage):
         return files_identity(self.config.path, self.config.identity)
 
     def plan(self, ctx, upstream):
-        return plan_corpus(self.config.path, self.config.columns, self.config.resources.shard_rows)
+        cfg = self.config
+        return plan_corpus(cfg.path, cfg.columns, cfg.resources.shard_rows, cfg.shard_mb * 2**20)
 
     def readers(self) -> dict:
         return {"jsonl": read_jsonl_shard, "parquet_corpus": read_parquet_corpus_shard}

@@ -7,6 +7,7 @@ way the runner streams them, in any order, split or merged.
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -221,6 +222,68 @@ def test_commit_hook_overrides_move_rows_to_rejects_without_rows_on_the_driver(r
     assert run_fs.read_parquet(marker["files"]["parts"][0])["text"].to_pylist() == ["c"]
     (gone,) = run_fs.read_parquet(marker["files"]["rejects"][0]).to_pylist()
     assert (gone["text"], gone["reason"]) == ("b", "filter:duplicate_text")
+
+
+def test_markers_wait_for_a_running_rewrite_and_keep_their_order(run_fs):
+    # Shard 0 has a duplicate (its rewrite runs "in Ray": a future we finish by hand); shard 1 has none.
+    # Shard 1's marker must not appear before shard 0's: a resume rebuilds dedup state from committed
+    # shards, so a later shard committed without an earlier one would change what counts as first.
+    stage = Dedup()
+    pending: list[tuple[Future, tuple]] = []
+
+    def rewrite(parts, part_rows, overrides):
+        future: Future = Future()
+        pending.append((future, (parts, part_rows, overrides)))
+        return future
+
+    c = committer(run_fs, stage, {"000000": 2, "000001": 1}, rewrite)
+    c.add(receipts(run_fs, stage, block("000000", [0, 1], texts=["a", "a"])))
+    c.add(receipts(run_fs, stage, block("000001", [0], texts=["b"])))
+    assert markers(run_fs) == {} and len(pending) == 1
+    future, (parts, part_rows, overrides) = pending[0]
+    future.set_result(rewrite_parts(run_fs.root, "02_pass", parts, part_rows, overrides))
+    c.finish()
+    got = markers(run_fs)
+    assert sorted(got) == ["000000", "000001"]
+    assert got["000000"]["rows"] == {"in": 2, "out": 1, "filtered": 1, "rejected": 0}
+    assert run_fs.read_parquet(got["000000"]["files"]["parts"][0])["text"].to_pylist() == ["a"]
+    assert len(got["000000"]["files"]["rejects"]) == 1
+
+
+def test_a_failed_rewrite_fails_the_stage_and_writes_no_marker_for_it(run_fs):
+    stage = Dedup()
+
+    def rewrite(parts, part_rows, overrides):
+        future: Future = Future()
+        future.set_exception(OSError("disk full"))
+        return future
+
+    c = committer(run_fs, stage, {"000000": 2}, rewrite)
+    with pytest.raises(OSError, match="disk full"):  # as soon as the driver sees it has finished
+        c.add(receipts(run_fs, stage, block("000000", [0, 1], texts=["a", "a"])))
+        c.finish()
+    assert markers(run_fs) == {}
+
+
+def test_at_most_max_rewrites_wait_at_once(run_fs):
+    stage = Dedup()
+    futures: list[Future] = []
+
+    def rewrite(parts, part_rows, overrides):
+        future: Future = Future()
+        futures.append(future)
+        # Finish it at once, so that a blocking wait on it returns.
+        future.set_result(rewrite_parts(run_fs.root, "02_pass", parts, part_rows, overrides))
+        return future
+
+    n = ShardCommitter.MAX_REWRITES + 3
+    c = committer(run_fs, stage, {f"{i:06d}": 2 for i in range(n)}, rewrite)
+    waiting = []
+    for i in range(n):
+        c.add(receipts(run_fs, stage, block(f"{i:06d}", [0, 1], texts=[f"t{i}", f"t{i}"])))
+        waiting.append(len(c.waiting))
+    c.finish()
+    assert max(waiting) <= ShardCommitter.MAX_REWRITES and len(markers(run_fs)) == n
 
 
 def test_files_written_but_never_committed_are_garbage(run_fs):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import StageInputError
 from pipeline.io.corpus import (
@@ -440,3 +442,36 @@ def test_local_image_relative_path_is_resolved_against_the_corpus_folder(tmp_pat
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.png").write_bytes(b"here")
     assert load_local_image(str(tmp_path / "sub"), "a.png", 100) == b"here"
+
+
+# --- shards capped by bytes as well as rows ------------------------------------------------------------
+
+
+@given(sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=40), group=st.integers(1, 12),
+       shard_rows=st.integers(1, 50), cap=st.integers(1, 20_000))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_parquet_shards_stop_at_rows_or_bytes_and_cover_every_row_once(tmp_path, sizes, group, shard_rows, cap):
+    path = tmp_path / "c.parquet"
+    table = pa.table({"text": [f"t{i}" for i in range(len(sizes))], "image": [b"x" * n for n in sizes]})
+    pq.write_table(table, path, row_group_size=group)
+    specs = plan_corpus(str(path), COLS, shard_rows, cap)
+    assert [(s.start, s.stop) for s in specs] == list(zip([0] + [s.stop for s in specs[:-1]], [s.stop for s in specs]))
+    assert specs[-1].stop == len(sizes) and all(0 < s.rows <= shard_rows for s in specs)
+    meta = pq.ParquetFile(path).metadata
+    per_row = [meta.row_group(g).total_byte_size / meta.row_group(g).num_rows
+               for g in range(meta.num_row_groups) for _ in range(meta.row_group(g).num_rows)]
+    for s in specs:
+        # Under the cap, except by its last row (a shard ends once it reaches the cap).
+        assert sum(per_row[s.start : s.stop - 1]) < cap
+        assert [r["text"] for r in read_parquet_corpus_shard(s, None).to_pylist()] == [
+            f"t{i}" for i in range(s.start, s.stop)]
+
+
+# The lines are 37 bytes with their newline (a, b, c), 36 (d); the blank ones 1 and 4. A shard starts at its
+# first record (blank lines before it are not counted) and ends on the line that reaches the cap.
+@pytest.mark.parametrize(("cap", "rows"), [(1, [1, 1, 1, 1]), (38, [1, 1, 2]), (40, [2, 2]), (10_000, [4])])
+def test_jsonl_shards_stop_once_they_reach_the_byte_cap(jsonl, cap, rows):
+    specs = plan_corpus(str(jsonl), COLS, 100, cap)
+    assert [s.rows for s in specs] == rows
+    raws = [r for t in read_all(specs) for r in t["_raw"].to_pylist()]
+    assert raws == [line.encode() for line in LINES if line.strip()]
