@@ -22,24 +22,15 @@ import numpy as np
 import pytest
 
 from pipeline.models.gme import GmeConfig, GmeInput, render_text
-from pipeline.models.llm import LLMConfig
 from pipeline.models.vllm_embed import EMBED_ERROR, EMBEDDING, EmbedColumns, vllm_embed
 from pipeline.stage import Resources
-from tests.vllm.tiny_vl import torchvision_error
+from tests.vllm.tiny_vl import cpu_engine, torchvision_error
 
 PARITY = 0.999
 INSTRUCTION = "Find a Wikipedia passage that answers the question about the image."
 # Image bounds small enough for the tiny models; max_length is the smallest GmeConfig allows with them.
 GME = GmeConfig(min_image_tokens=4, max_image_tokens=16, max_length=80, dtype="float32")
-ENGINE = LLMConfig(
-    backend="vllm",
-    vllm_device="cpu",
-    gpu_memory_utilization=0.05,
-    max_model_len=256,
-    enforce_eager=True,
-    dtype="float32",
-    schedule_grace_s=0,
-)
+ENGINE = cpu_engine(max_model_len=256)
 COLUMNS = EmbedColumns(text="text", title="title", image="image", instruction="instruction")
 TEXT_ROWS = [
     {"id": "query", "text": "Who painted this painting?", "instruction": INSTRUCTION},

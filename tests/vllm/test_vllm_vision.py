@@ -14,9 +14,9 @@ import json
 
 import pytest
 
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW
 from pipeline.stage import Resources
-from tests.vllm.tiny_vl import torchvision_error
+from tests.vllm.tiny_vl import cpu_engine, torchvision_error
 
 pytestmark = pytest.mark.skipif(bool(torchvision_error()), reason=torchvision_error() or "-")
 
@@ -43,16 +43,7 @@ def vl_rows(tmp_path_factory):
         {"id": "blue", MESSAGES: messages, "image": {"bytes": _png((20, 30, 200)), "path": None}},
         {"id": "none", MESSAGES: messages, "image": {"bytes": None, "path": None}},
     ]
-    cfg = LLMConfig(
-        backend="vllm",
-        vllm_device="cpu",
-        gpu_memory_utilization=0.05,
-        max_model_len=1024,
-        enforce_eager=True,
-        dtype="float32",
-        max_new_tokens=8,
-        schedule_grace_s=0,
-    )
+    cfg = cpu_engine(max_model_len=1024, max_new_tokens=8)
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
     try:
         ds = ray.data.from_items(rows)

@@ -127,3 +127,12 @@ def build_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
     (out / "chat_template.jinja").write_text(TEMPLATE)
     (out / "fusegen_tiny.json").write_text(json.dumps({"kind": "qwen2-vl", "seed": seed}))
     return out
+
+
+def cpu_engine(**overrides):
+    """The vLLM engine settings the tiny models run with on the CPU build (the tests' shared base)."""
+    from pipeline.models.llm import LLMConfig
+
+    base = {"backend": "vllm", "vllm_device": "cpu", "gpu_memory_utilization": 0.05, "enforce_eager": True,
+            "dtype": "float32", "schedule_grace_s": 0}
+    return LLMConfig(**{**base, **overrides})
