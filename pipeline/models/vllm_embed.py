@@ -19,8 +19,8 @@ Input columns (names set by `EmbedColumns`): text, optionally title, image and i
 candidate default). Output: every input column plus `_embedding` (float32 list of unit length; null for a
 reject) and `_embed_error` ("" or one fixed reason): `error:empty_input` (no text, title or image),
 `error:image_unreadable`, `resize_for_gme`'s reasons (`error:image_too_small`, `error:image_aspect_ratio`)
--- these never reach the engine -- and `error:prompt_too_long` / `error:inference_failed` for rows the
-engine failed on, whose message goes into `_embed_detail`.
+-- these send only a one-token stand-in to the engine -- and `error:prompt_too_long` /
+`error:inference_failed` for rows the engine failed on, whose message goes into `_embed_detail`.
 """
 
 from __future__ import annotations
@@ -55,8 +55,11 @@ EMPTY_INPUT, IMAGE_UNREADABLE = "error:empty_input", "error:image_unreadable"
 # "activation" is the L2 normalisation). vLLM 0.29 takes it as `pooler_config`; Ray 2.60's own
 # `override_pooler_config` conversion targets the older name, which 0.29 no longer accepts.
 POOLER = {"pooling_type": "LAST", "use_activation": True}
-# Set on rows that never go to the engine: their reason.
+# Set on rows GME cannot embed: their reason. The processor has no way to let a row bypass the engine
+# (and two branches of one lazy plan would run the preparation twice), so such a row sends a one-token
+# stand-in prompt and its answer is dropped, as the vllm backend does for rows with nothing to ask.
 _SKIP_REASON = "_skip_reason"
+STAND_IN = "."
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def embed_request(row: dict, columns: EmbedColumns, gme: GmeConfig, load_image: 
     if not reason and image is None and not (inp.text or "").strip() and not (inp.title or "").strip():
         reason = EMPTY_INPUT
     request = {
-        "prompt": render_text(inp) if not reason else "",
+        "prompt": render_text(inp) if not reason else STAND_IN,
         "tokenization_kwargs": {
             "truncation": True,
             "max_length": prompt_max_tokens(gme, image),
@@ -159,8 +162,9 @@ def unit_vector(values: Any) -> list[float]:
 
 
 def embed_postprocess_row(row: dict) -> dict:
-    """A processor success row -> the carried columns and the embedding (error rows bypass this)."""
-    return {CARRY: row[CARRY], "embeddings": row.get("embeddings")}
+    """A processor success row -> the carried columns, the skip reason and the embedding (error rows
+    bypass this)."""
+    return {CARRY: row[CARRY], _SKIP_REASON: row.get(_SKIP_REASON, ""), "embeddings": row.get("embeddings")}
 
 
 def embed_restore_row(row: dict) -> dict:
@@ -168,9 +172,11 @@ def embed_restore_row(row: dict) -> dict:
     out = pickle.loads(row[CARRY])
     vector, reason, detail = None, str(row.get(_SKIP_REASON) or ""), ""
     message = str(row.get("__inference_error__") or "")
-    if message:
+    if reason:
+        pass  # the stand-in's answer (or error) is dropped
+    elif message:
         reason, detail = error_kind(message), message[:ERROR_TEXT_CHARS]
-    elif not reason:
+    else:
         try:
             vector = unit_vector(row.get("embeddings"))
         except (TypeError, ValueError) as exc:
@@ -252,10 +258,7 @@ def vllm_embed(
     check_engine_fits(cfg, resources, stage)
     light = row_map_kwargs(resources)
     prepared = ds.map(partial(embed_request, columns=columns, gme=gme, load_image=load_image), **light)
-    # Two branches of one lazy plan: rows that cannot be embedded skip the engine.
-    skipped = prepared.filter(lambda r: bool(r[_SKIP_REASON]), **light)
-    ready = prepared.filter(lambda r: not r[_SKIP_REASON], **light)
-    keys = ["prompt", "tokenization_kwargs", CARRY] + (["messages"] if columns.image else [])
+    keys = ["prompt", "tokenization_kwargs", CARRY, _SKIP_REASON] + (["messages"] if columns.image else [])
     processor = build_processor(
         embed_processor_config(cfg, model_path, resources, multimodal=columns.image is not None),
         preprocess=lambda r: {k: r[k] for k in keys},
@@ -263,6 +266,5 @@ def vllm_embed(
         preprocess_map_kwargs=light,
         postprocess_map_kwargs=light,
     )
-    embedded = processor(ready).map(embed_restore_row, **light)
-    restored = embedded.union(skipped.map(embed_restore_row, **light))
-    return restored.map_batches(typed_batch, batch_format="pyarrow", **light)
+    embedded = processor(prepared).map(embed_restore_row, **light)
+    return embedded.map_batches(typed_batch, batch_format="pyarrow", **light)

@@ -23,6 +23,7 @@ from pipeline.models.vllm_embed import (
     EMBED_ERROR,
     EMBEDDING,
     POOLER,
+    STAND_IN,
     EmbedColumns,
     check_lengths,
     embed_postprocess_row,
@@ -123,9 +124,16 @@ def test_image_rows_are_cut_before_the_placeholder_expands_so_both_backends_keep
         ({"text": "x", "image": _png((4000, 4))}, "error:image_aspect_ratio"),
     ],
 )
-def test_rows_gme_cannot_embed_are_marked_to_skip_the_engine(row, reason):
+def test_rows_gme_cannot_embed_are_marked_and_send_only_a_stand_in(row, reason):
     request = _request({"id": "r", **row})
-    assert (request["_skip_reason"], request["prompt"]) == (reason, "")
+    assert (request["_skip_reason"], request["prompt"]) == (reason, STAND_IN)
+
+
+def test_a_skipped_rows_stand_in_answer_or_error_is_dropped_for_its_reason():
+    row = {"id": "e", "text": " "}
+    assert _done(row, embeddings=np.array([1.0, 0.0], np.float32))[EMBEDDING] is None
+    out = _done(row, __inference_error__="RuntimeError: boom")
+    assert (out[EMBEDDING], out[EMBED_ERROR], out[EMBED_DETAIL]) == (None, "error:empty_input", "")
 
 
 # --- restored rows -------------------------------------------------------------------------------
