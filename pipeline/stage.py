@@ -243,17 +243,13 @@ class Stage(abc.ABC):
     def apply(self, ds: Any) -> Any:
         """Describe the transform over a dataset of shard blocks; never materialise it. The default
         maps `task_steps` (the runner fuses them with the read and write steps instead)."""
+        steps = self.task_steps()
+        if steps is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither apply nor task_steps")
         return ds.map_batches(
-            run_steps, fn_kwargs={"steps": self.task_steps()}, batch_size=None, batch_format="pyarrow",
+            run_steps, fn_kwargs={"steps": steps}, batch_size=None, batch_format="pyarrow",
             num_cpus=self.config.resources.num_cpus, **self.config.resources.remote_args(),
         )
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A stage class must override `apply` or `task_steps`: refused where it is defined, not when
-        a run reaches it."""
-        super().__init_subclass__(**kwargs)
-        if cls.apply is Stage.apply and cls.task_steps is Stage.task_steps:
-            raise TypeError(f"stage class {cls.__name__} must implement apply or task_steps")
 
     def finish_part(self, table: pa.Table) -> pa.Table:
         """Worker side, on the kept rows of a shard just before they are written (schema metadata)."""

@@ -36,6 +36,11 @@ class Shout(Stage):
         return [BlockStep(shout, {"suffix": self.config.suffix})]
 
 
+class Neither(Stage):
+    name = "neither"
+    config_cls = StageConfig
+
+
 def _upstream(tmp_path) -> str:
     path = tmp_path / "up.parquet"
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(10)], "text": [f"row {i}" for i in range(10)]}), path)
@@ -91,9 +96,6 @@ def test_apply_of_a_task_stage_maps_its_steps_with_its_resources():
     assert (call["num_cpus"], call["resources"], call["fn_kwargs"]["steps"][0].kwargs) == (0.5, {"io_node": 1}, {"suffix": "?"})
 
 
-def test_a_stage_class_without_apply_or_task_steps_is_refused_where_it_is_defined():
-    with pytest.raises(TypeError, match="stage class Neither must implement apply or task_steps"):
-
-        class Neither(Stage):
-            name = "neither"
-            config_cls = StageConfig
+def test_a_stage_without_apply_or_task_steps_says_so():
+    with pytest.raises(NotImplementedError, match="Neither implements neither apply nor task_steps"):
+        Neither(StageConfig(), None).apply(RecordingDataset())
