@@ -135,3 +135,24 @@ def test_write_parquet_with_a_byte_cap_writes_the_computed_row_groups(run_fs):
     run_fs.write_parquet("x.parquet", table, max_row_group_bytes=100)
     meta = pq.ParquetFile(run_fs.path("x.parquet")).metadata
     assert ([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], meta.num_rows) == ([2, 2, 1], 5)
+
+
+@pytest.mark.parametrize("cap", [None, 100])
+def test_write_parquet_leaves_binary_leaves_uncompressed_and_zstds_the_rest(run_fs, cap):
+    """Image bytes (binary leaves, in structs, lists of structs and maps) are written uncompressed;
+    strings and numbers keep zstd. Checked on the file's own column chunks, so a path the writer does
+    not recognise (and would silently compress) fails."""
+    import pyarrow.parquet as pq
+
+    table = image_rows().append_column("text", pa.array(["a", "b", "c"])).append_column(
+        "tags", pa.array([{"k": b"v"}, None, {}], pa.map_(pa.string(), pa.binary())))
+    run_fs.write_parquet("x.parquet", table, max_row_group_bytes=cap)
+    meta = pq.ParquetFile(run_fs.path("x.parquet")).metadata
+    chunks = [meta.row_group(0).column(i) for i in range(meta.num_columns)]
+    got = {c.path_in_schema: c.compression for c in chunks}
+    assert got == {
+        "image.bytes": "UNCOMPRESSED", "image.path": "ZSTD",
+        "negs.list.element.bytes": "UNCOMPRESSED", "negs.list.element.path": "ZSTD",
+        "text": "ZSTD", "tags.key_value.key": "ZSTD", "tags.key_value.value": "UNCOMPRESSED",
+    }
+    assert run_fs.read_parquet("x.parquet").equals(table)
