@@ -48,14 +48,14 @@ class ImageLimits:
     # Pillow's own bomb limit is ~89M pixels; a training image never needs more than this.
     max_pixels: int = 40_000_000
     min_side: int = 8
-    # How a JPEG/PNG kept as it is gets checked: `decode` runs the decoder over the whole stream
-    # (a corrupt or cut file is a reject here); `structure` reads the header and the file's
-    # structure without decoding pixels (JPEG: an end-of-image marker after the last scan; PNG:
-    # every chunk's CRC up to IEND), far cheaper on large corpora. Both catch every cut file and
-    # every damaged PNG; garbage inside a JPEG scan that libjpeg would stop on passes `structure`
-    # (a later stage that decodes the image rejects that row; `fusegen validate` decodes every
-    # exported image). README has the measured comparison.
-    check: Literal["decode", "structure"] = "decode"
+    # How a JPEG/PNG kept as it is gets checked: `structure` (the default) reads the header and the
+    # file's structure without decoding pixels (JPEG: an end-of-image marker after the last scan; PNG:
+    # every chunk's CRC up to IEND); `decode` also runs the decoder over the whole stream, at twice
+    # ingest's CPU on image-heavy corpora. Both catch every cut file and every damaged PNG; garbage
+    # inside a JPEG scan that libjpeg would stop on passes `structure` (a later stage that decodes the
+    # image rejects that row; `fusegen validate` decodes every exported image). README has the
+    # measured comparison.
+    check: Literal["decode", "structure"] = "structure"
 
     def __post_init__(self) -> None:
         check(self.max_bytes > 0, "images", "max_bytes", "must be > 0")
