@@ -7,8 +7,12 @@ WORK/img/ (2 processes) and packed, bytes inline, into WORK/pq-N/ (the corpus bo
 A bench track (ingest -> fanout -> export, fanout a doc2query-shaped pass-through emitting 3 units
 per row with `_k`) runs in-process through `pipeline.runner.run_pipeline` on an embedded local Ray
 (2 CPUs); then, on the same Ray, `ray.data.read_parquet -> map_batches(same x3 fan-out) ->
-write_parquet` over the same Parquet. Reported: driver peak RSS and tree peak PSS, the image store's
-bytes vs the distinct input images, the stage parts' bytes, the export's bytes, and rows/s of both.
+write_parquet` over the same Parquet; then (`--same-work`, default on) Ray Data doing fusegen's two
+passes by hand, without the runner (store each image once and keep a reference; then fan out and
+materialise from the store). Before each timed half the page cache is settled (`--cache warm`: dirty
+pages flushed and the corpus read once; `cold`: dropped, needs root). Reported: driver peak RSS and
+tree peak PSS, the image store's bytes vs the distinct input images, the stage parts' bytes, the
+export's bytes, and rows/s and CPU s of every half.
 Targets: driver peak <= 1 GiB (and flat in rows), store/input ~= 1.0, stage parts tiny, ratio >= 0.8.
 """
 
@@ -170,7 +174,7 @@ class TreeCPU:
         return out
 
 
-def run_fusegen(corpus: Path, run_dir: Path, cache: Path, image_check: str = "decode") -> dict:
+def run_fusegen(corpus: Path, run_dir: Path, cache: Path, image_check: str = "structure") -> dict:
     from pipeline.rundir import RunContext
     from pipeline.runner import run_pipeline
     from pipeline.settings import build_stages, load_config
@@ -211,6 +215,69 @@ def run_ray_data(corpus: Path, out: Path) -> dict:
     return {"wall": wall, "mem": mem, "cpu": cpu.seconds}
 
 
+REF = pa.struct([("sha256", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string())])
+
+
+def store_images_by_hand(batch: pa.Table, store: str) -> pa.Table:
+    """Pass 1 of the same-work baseline: each image stored once under its SHA-256 (temp + rename),
+    its header read for the size, the column replaced by a reference, as ingest does."""
+    import hashlib
+
+    from PIL import Image
+
+    refs = []
+    for value in batch["image"].to_pylist():
+        data = value["bytes"]
+        sha = hashlib.sha256(data).hexdigest()
+        with Image.open(io.BytesIO(data)) as img:
+            (width, height), fmt = img.size, img.format.lower()
+        path = Path(store) / sha[:2] / f"{sha}.{fmt}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.rename(path)
+        refs.append({"sha256": sha, "width": width, "height": height, "format": fmt})
+    return batch.set_column(batch.schema.get_field_index("image"), "image", pa.array(refs, REF))
+
+
+def load_images_by_hand(batch: pa.Table, store: str) -> pa.Table:
+    """Pass 2: the x3 fan-out, each distinct image read once and repeated, as HF image structs."""
+    out = fanout_identity(batch)
+    refs = out["image"].combine_chunks()
+    slot, blobs, names, take = {}, [], [], []
+    for sha, fmt in zip(refs.field("sha256").to_pylist(), refs.field("format").to_pylist()):
+        if sha not in slot:
+            slot[sha] = len(blobs)
+            blobs.append((Path(store) / sha[:2] / f"{sha}.{fmt}").read_bytes())
+            names.append(f"{sha}.{fmt}")
+        take.append(slot[sha])
+    images = pa.StructArray.from_arrays([pa.array(blobs, pa.binary()), pa.array(names, pa.string())],
+                                        names=["bytes", "path"]).take(pa.array(take, pa.int64()))
+    return out.set_column(out.schema.get_field_index("image"), "image", images)
+
+
+def run_ray_data_same_work(corpus: Path, out: Path) -> dict:
+    """Ray Data doing fusegen's work by hand, without the runner: pass 1 read_parquet -> store each
+    image once, keep a reference -> write_parquet; pass 2 read_parquet -> x3 fan-out, images loaded
+    from the store -> write_parquet. What this ratio leaves out is the runner's own cost (shards,
+    receipts, markers, ledger, rejects, row validation)."""
+    import ray.data
+
+    shutil.rmtree(out, ignore_errors=True)
+    store = str(out / "_images")
+    with TreeMemory(os.getpid()) as mem, TreeCPU() as cpu:
+        start = time.perf_counter()
+        ds = ray.data.read_parquet(str(corpus))
+        ds = ds.map_batches(store_images_by_hand, fn_kwargs={"store": store}, batch_format="pyarrow", batch_size=None)
+        ds.write_parquet(str(out / "refs"))
+        ds = ray.data.read_parquet(str(out / "refs"))
+        ds = ds.map_batches(load_images_by_hand, fn_kwargs={"store": store}, batch_format="pyarrow", batch_size=None)
+        ds.write_parquet(str(out / "data"))
+        wall = time.perf_counter() - start
+    return {"wall": wall, "mem": mem, "cpu": cpu.seconds}
+
+
 def _pipeline_file() -> str:
     import pipeline
 
@@ -231,8 +298,9 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def report(work: Path, rows: int, check: str, fg: dict, rd: dict, run_dir: Path, base_dir: Path, loads: str) -> bool:
-    """Print one table row (and its detail lines) for a fusegen run against the Ray Data run."""
+def report(work: Path, rows: int, check: str, fg: dict, rd: dict, run_dir: Path, base_dir: Path, loads: str,
+           same: dict | None = None) -> bool:
+    """Print one table row (and its detail lines) for a fusegen run against the Ray Data runs."""
     man = fg["results"]
     assert man["export"]["rows"]["out"] == FANOUT * rows, man["export"]["rows"]
     images, inputs = du(run_dir / "_images"), input_image_bytes(work, rows)
@@ -247,10 +315,31 @@ def report(work: Path, rows: int, check: str, fg: dict, rd: dict, run_dir: Path,
           f"{du(run_dir / '02_fanout', '*.parquet') / 2**20:.2f} MiB | "
           f"{du(run_dir / 'export' / 'data') / 2**30:.2f} GiB | {du(base_dir) / 2**30:.2f} GiB |", flush=True)
     print(f"  CPU s (tree, user+sys): fusegen {fg['cpu']:.0f}, Ray Data {rd['cpu']:.0f}; {spilled()}", flush=True)
+    if same:
+        print(f"  same work by hand in Ray Data (two passes through a store): {same['wall']:.1f} s, "
+              f"{same['cpu']:.0f} CPU s; ratio **{same['wall'] / fg['wall']:.2f}**, CPU ratio "
+              f"{same['cpu'] / fg['cpu']:.2f}", flush=True)
     stage_s = ", ".join(f"{k} {m['seconds']:.1f} s" for k, m in man.items())
     print(f"  stages: {stage_s}; driver receipts "
           f"{sum(m.get('driver_receipt_bytes', 0) for m in man.values()) / 1024:.0f} KiB", flush=True)
     return fg["mem"].peak_rss <= DRIVER_LIMIT and ratio >= RATIO_TARGET
+
+
+def settle(corpus: Path, cache: str) -> None:
+    """Put the page cache in the same state before each timed half, so that neither half inherits the
+    other's reads or is slowed by its writeback: flush dirty pages, then either read the corpus once
+    (`warm`) or drop the page cache (`cold`, needs root; the corpus then comes from disk on both sides)."""
+    os.sync()
+    if cache == "cold":
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        except OSError as exc:
+            raise SystemExit(f"--cache cold needs root to drop the page cache ({exc}); use --cache warm") from None
+    elif cache == "warm":
+        for path in sorted(corpus.glob("*.parquet")):
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
 
 
 def main() -> int:
@@ -262,8 +351,12 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=200, help="rows of an untimed run of both first (0: none)")
     ap.add_argument("--keep", action="store_true", help="keep the run dirs (default: removed after measuring)")
     ap.add_argument("--order", choices=["fusegen-first", "ray-first"], default="fusegen-first")
-    ap.add_argument("--image-check", nargs="+", choices=["decode", "structure"], default=["decode", "structure"],
+    ap.add_argument("--image-check", nargs="+", choices=["decode", "structure"], default=["structure", "decode"],
                     help="ingest.images.check of the fusegen runs (one run each)")
+    ap.add_argument("--same-work", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time Ray Data doing fusegen's two passes by hand (store, then materialise)")
+    ap.add_argument("--cache", choices=["warm", "cold"], default="warm",
+                    help="page cache before each timed half: corpus read once (warm) or dropped (cold, root)")
     args = ap.parse_args()
     work = Path(args.work)
     corpora = {rows: prepare(work, rows) for rows in sorted(args.rows)}
@@ -298,6 +391,8 @@ def main() -> int:
         # are timed on a cluster that has run them once already.
         run_fusegen(warm, work / "run-warmup", work / "cache")
         run_ray_data(warm, work / "ray-warmup")
+        if args.same_work:
+            run_ray_data_same_work(warm, work / "ray-same-warmup")
         print(f"warm-up ({args.warmup} rows) done; {spilled()}", flush=True)
     ok = True
     for rows, corpus in corpora.items():
@@ -305,21 +400,32 @@ def main() -> int:
         base_dir = work / f"ray-{rows}"
         fgs = {}
         if args.order == "ray-first":
+            settle(corpus, args.cache)
             rd = run_ray_data(corpus, base_dir)
         for check in args.image_check:
+            settle(corpus, args.cache)
             fgs[check] = run_fusegen(corpus, work / f"run-{rows}-{check}", work / "cache", check)
         if args.order == "fusegen-first":
+            settle(corpus, args.cache)
             rd = run_ray_data(corpus, base_dir)
+        same = None
+        if args.same_work:
+            settle(corpus, args.cache)
+            same = run_ray_data_same_work(corpus, work / f"ray-same-{rows}")
+            same_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in (work / f"ray-same-{rows}" / "data").glob("*.parquet"))
+            assert same_rows == FANOUT * rows, same_rows
+            assert sum(1 for _ in (work / f"ray-same-{rows}" / "_images").rglob("*.jpeg")) == rows
         after = load()
         ray_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in base_dir.glob("*.parquet"))
         assert ray_rows == FANOUT * rows, ray_rows
         for check, fg in fgs.items():
             run_dir = work / f"run-{rows}-{check}"
-            ok &= report(work, rows, check, fg, rd, run_dir, base_dir, f"{before} → {after}")
+            ok &= report(work, rows, check, fg, rd, run_dir, base_dir, f"{before} → {after}", same)
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(base_dir, ignore_errors=True)
+            shutil.rmtree(work / f"ray-same-{rows}", ignore_errors=True)
     ray.shutdown()
     return 0 if ok else 1
 
