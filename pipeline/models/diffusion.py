@@ -49,8 +49,11 @@ class Drawer:
         from diffusers import DiffusionPipeline
         from diffusers.utils import logging as dlogging
 
+        from pipeline.logging import quiet_transformers
+
         dlogging.set_verbosity_error()
         dlogging.disable_progress_bar()
+        quiet_transformers()  # the pipeline's text encoder loads through transformers
         self.torch = torch
         self.cfg = cfg
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

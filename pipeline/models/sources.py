@@ -84,6 +84,9 @@ def _dequantise_gguf(package: str, pkg_dir: Path, cache_dir: Path) -> tuple[str,
         return str(out), identity
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pipeline.logging import quiet_transformers
+
+    quiet_transformers()
     log.info("dequantising %s once into %s (about 40 s)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=gguf.name)
     quantised = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=gguf.name)
