@@ -43,7 +43,7 @@ from pipeline.columns import (
 )
 from pipeline.errors import LedgerError, StageInputError
 from pipeline.io.fs import RunFS
-from pipeline.io.manifest import PARTS_MARK, REJECTS, check_ledger
+from pipeline.io.manifest import MANIFEST, PARTS_MARK, REJECTS, check_ledger
 
 RECEIPT = pa.schema([
     ("shard", pa.string()),
@@ -90,9 +90,19 @@ def write_pieces(table: pa.Table, run_uri: str, stage, stage_dir: str, parts_dir
     if table.num_rows == 0:
         return RECEIPT.empty_table()
     for shard in pc.unique(table[SHARD]).to_pylist():
+        if run_fs.exists(marker_path(stage_dir, shard)):
+            # A block computed again (a retried or reconstructed task) must not overwrite the files a
+            # committed marker names; the driver would refuse its receipt anyway.
+            raise LedgerError(f"{stage.name}: rows for shard {shard!r}, which is already committed; "
+                              "its files are left as they are")
         piece = select(table, pc.equal(table[SHARD], shard))
         receipts.append(_write_piece(piece, shard, run_fs, stage, stage_dir, parts_dir))
     return pa.Table.from_pylist(receipts, schema=RECEIPT)
+
+
+def marker_path(stage_dir: str, shard: str) -> str:
+    """The shard's commit marker, written last: the shard is done once it exists."""
+    return f"{stage_dir}/{PARTS_MARK}/{shard}.json"
 
 
 def select(table: pa.Table, mask) -> pa.Table:
@@ -128,6 +138,9 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
         raise LedgerError(f"{stage.name}: unknown row status {sorted(map(str, unknown))} in shard {shard}")
     ok = pc.equal(status, OK)
     kept, dropped = select(piece, ok), select(piece, pc.invert(ok))
+    if dropped.num_rows and pc.any(pc.equal(pc.fill_null(dropped[REASON], ""), "")).as_py():
+        raise LedgerError(f"{stage.name}: a filtered or rejected row of shard {shard} has no reason "
+                          "(every unit not kept needs one in _rejects/)")
     parts, part_rows, rejects, found = [], [], [], None
     for prefix, rows in _splits(kept, stage, shard):
         public = rows.drop_columns([c for c in rows.column_names if c in INTERNAL])
@@ -178,7 +191,10 @@ def _coverage(piece: pa.Table, fanout: int | None) -> tuple[list[int], list[int]
     if fanout is None:
         if NROWS not in piece.column_names:
             raise LedgerError("a stage with a variable fan-out must set `_n` (units of the input row) on every unit")
-        totals = dict(zip(srcs, piece[NROWS].to_pylist()))
+        totals = {}
+        for src, n in zip(srcs, piece[NROWS].to_pylist()):
+            if totals.setdefault(src, n) != n:
+                raise LedgerError(f"the units of input row {src} disagree on `_n` ({totals[src]} and {n})")
     else:
         totals = dict.fromkeys(srcs, fanout)
     counts = Counter(srcs)
@@ -304,7 +320,7 @@ class ShardCommitter:
                 marker["files"] = {"parts": parts, "part_rows": part_rows,
                                    "rejects": marker["files"]["rejects"] + new_rejects}
             self.waiting.popleft()
-            self.run_fs.write_json(f"{self.stage_dir}/{PARTS_MARK}/{shard}.json", marker)
+            self.run_fs.write_json(marker_path(self.stage_dir, shard), marker)
             self.progress.update(marker["input_rows"], marker["rows"])
 
     def _overrides(self, pieces: list[dict]) -> dict[int, tuple[str, str]]:
@@ -383,19 +399,26 @@ def committed_files(run_fs: RunFS, stage_dir: str) -> tuple[list[str], list[str]
 
 def remove_garbage(run_fs: RunFS, stage_dir: str, parts_dir: str,
                    prefixes: str | tuple[str, ...] = "part") -> int:
-    """Delete the part and reject files (and temporaries) that no committed marker names; returns how
-    many. Only names the writer gives (`<prefix>-*.parquet` for each of the stage's part prefixes)
-    are touched: other files in the folder (an index) are kept."""
+    """Delete the part and reject files (and temporaries) that no committed marker names, and the
+    temporaries of markers and manifests a crash left; returns how many. Only names the writer gives
+    (`<prefix>-*.parquet` for each of the stage's part prefixes; a commit hook's rewritten rejects keep
+    their part's prefix) are touched: other files in the folder (an index) are kept."""
     parts, rejects = committed_files(run_fs, stage_dir)
     named = set(parts) | set(rejects)
     stems = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
     removed = 0
-    for folder, folder_stems in ((parts_dir, stems), (f"{stage_dir}/{REJECTS}", ("part",))):
+    for folder, folder_stems in ((parts_dir, stems), (f"{stage_dir}/{REJECTS}", ("part", *stems))):
         for rel in run_fs.list_files(folder):
             name = rel.rsplit("/", 1)[-1]
             ours = any(name.startswith(f"{s}-") and name.endswith(".parquet") for s in folder_stems)
             temporary = any(name.startswith(f".{s}-") and name.endswith(".tmp") for s in folder_stems)
             if (ours or temporary) and rel not in named:
+                run_fs.delete_file(rel)
+                removed += 1
+    for folder, stem in ((f"{stage_dir}/{PARTS_MARK}", "."), (stage_dir, f".{MANIFEST}.")):
+        for rel in run_fs.list_files(folder):
+            name = rel.rsplit("/", 1)[-1]
+            if name.startswith(stem) and name.endswith(".tmp"):
                 run_fs.delete_file(rel)
                 removed += 1
     return removed

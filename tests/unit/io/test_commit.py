@@ -143,9 +143,30 @@ def test_a_block_holding_two_shards_commits_both(run_fs):
 def test_rows_arriving_for_a_committed_shard_are_an_error(run_fs):
     stage = Pass()
     c = committer(run_fs, stage, {"000000": 1})
-    c.add(receipts(run_fs, stage, block("000000", [0])))
+    first = receipts(run_fs, stage, block("000000", [0]))
+    c.add(first)
     with pytest.raises(LedgerError, match="after the shard was committed"):
-        c.add(receipts(run_fs, stage, block("000000", [0])))
+        c.add(first)  # the same receipt again, as a block sent twice would bring it
+
+
+def test_a_worker_refuses_to_rewrite_the_files_of_a_committed_shard(run_fs):
+    stage = Pass()
+    c = committer(run_fs, stage, {"000000": 1})
+    c.add(receipts(run_fs, stage, block("000000", [0])))
+    (part,) = markers(run_fs)["000000"]["files"]["parts"]
+    before = run_fs.read_bytes(part)
+    with pytest.raises(LedgerError, match="already committed"):
+        receipts(run_fs, stage, block("000000", [0], texts=["computed again, differently"]))
+    assert run_fs.read_bytes(part) == before
+
+
+@pytest.mark.parametrize("reason", ["", None])
+def test_a_dropped_row_without_a_reason_is_an_error(run_fs, reason):
+    table = block("000000", [0, 1], ["ok", "filtered"])
+    table = table.set_column(table.schema.get_field_index(REASON), REASON, pa.array(["", reason], pa.string()))
+    with pytest.raises(LedgerError, match="no reason"):
+        receipts(run_fs, Pass(), table)
+    assert not run_fs.list_files("02_pass")
 
 
 def test_rows_for_an_unknown_shard_are_an_error(run_fs):
@@ -192,6 +213,11 @@ def test_variable_fanout_with_more_units_than_announced_is_an_error(run_fs):
     c = committer(run_fs, stage, {"000000": 1})
     with pytest.raises(LedgerError, match="produced 2 units, expected 1"):
         c.add(receipts(run_fs, stage, block("000000", [0, 0], slots=[0, 1], totals=[1, 1])))
+
+
+def test_variable_fanout_units_of_one_row_must_agree_on_n(run_fs):
+    with pytest.raises(LedgerError, match="disagree on `_n`"):
+        receipts(run_fs, Pass(fanout=None), block("000000", [0, 0], slots=[0, 1], totals=[2, 3]))
 
 
 def test_variable_fanout_without_n_column_is_an_error(run_fs):
@@ -294,8 +320,12 @@ def test_files_written_but_never_committed_are_garbage(run_fs):
     orphan = receipts(run_fs, stage, block("000001", [0], ["ok"])).to_pylist()[0]["parts"][0]
     run_fs.write_bytes("02_pass/.part-x.parquet.1234.tmp", b"half")
     run_fs.write_bytes("02_pass/ids.parquet", b"not a part: an index file beside the parts")
-    assert remove_garbage(run_fs, "02_pass", "02_pass") == 2
-    assert run_fs.exists("02_pass/ids.parquet")
+    # Temporaries of a marker and of the manifest a crash interrupted.
+    run_fs.write_bytes("02_pass/_parts/.000001.json.5678.tmp", b"{")
+    run_fs.write_bytes("02_pass/._manifest.json.9abc.tmp", b"{")
+    assert remove_garbage(run_fs, "02_pass", "02_pass") == 4
+    assert run_fs.exists("02_pass/ids.parquet") and run_fs.exists("02_pass/_parts/000000.json")
+    assert run_fs.list_files("02_pass/_parts") == ["02_pass/_parts/000000.json"]
     assert not run_fs.exists(orphan)
     assert committed_files(run_fs, "02_pass") == ([], ["02_pass/_rejects/part-000000-000000-000.parquet"])
     assert run_fs.exists("02_pass/_rejects/part-000000-000000-000.parquet")
@@ -370,8 +400,11 @@ def test_uncommitted_files_of_every_split_prefix_are_garbage(run_fs):
     c.add(receipts(run_fs, stage, split_block("000000", [0], ["validation"])))
     orphans = receipts(run_fs, stage, split_block("000001", [0, 1], ["train", "validation"])).to_pylist()[0]["parts"]
     run_fs.write_bytes("02_pass/.validation-x.parquet.1234.tmp", b"half")
-    assert remove_garbage(run_fs, "02_pass", "02_pass", stage.part_prefixes()) == 3
+    # A commit hook's rewrite names its rejects after the part it rewrote (prefix included).
+    run_fs.write_bytes("02_pass/_rejects/train-000001-000000-000d.parquet", b"uncommitted rewrite")
+    assert remove_garbage(run_fs, "02_pass", "02_pass", stage.part_prefixes()) == 4
     assert not any(run_fs.exists(p) for p in orphans)
+    assert run_fs.list_files("02_pass/_rejects") == []
     assert run_fs.exists("02_pass/validation-000000-000000-000.parquet")
 
 
