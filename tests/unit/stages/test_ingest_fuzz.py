@@ -189,13 +189,13 @@ ARROW_VALUES = st.recursive(
 )
 
 
-@pytest.mark.timeout(120)
-@FUZZ
 def _ref(image) -> dict:
     """The reference a run's image store would return, without a store."""
     return image_ref(image.data, image.format, image.width, image.height)
 
 
+@pytest.mark.timeout(120)
+@FUZZ
 @given(record=st.fixed_dictionaries({}, optional={f: ARROW_VALUES | STRINGS for f in FIELDS}))
 @example(record={"text": "t", "image": {"bytes": "abc"}})
 @example(record={"text": "t", "image": {"bytes": b"\x89PNG", "path": 7}})
