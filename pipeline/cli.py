@@ -1,4 +1,5 @@
-"""`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push, export, validate, gc."""
+"""`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push, export, validate,
+gc, render-prompt."""
 
 from __future__ import annotations
 
@@ -60,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     validate = sub.add_parser("validate", help="check an export (any format) or a run's export folder")
     validate.add_argument("dir")
     validate.add_argument("--max-problems", type=int, default=20, metavar="N", help="violations listed (default 20)")
+    render = sub.add_parser("render-prompt", help="print the chat messages a stage would send for one row")
+    render.add_argument("stage", help="stage name, e.g. doc2query")
+    render.add_argument("--row", required=True, help="JSON file with one input row")
+    render.add_argument("--prompts-dir", help="prompt folder (default: the package's prompts/)")
     args = parser.parse_args(argv)
+    if args.cmd == "render-prompt":
+        return _render_prompt(args, render)
     try:
         return COMMANDS[args.cmd](args)
     except PipelineError as exc:
@@ -171,17 +178,21 @@ def _gc(args) -> int:
     """Runs also collect this garbage when they finish; this is for a run dir left as it is."""
     from pipeline.io.fs import RunFS
     from pipeline.io.image_store import collect_store_garbage, store_garbage
+    from pipeline.rundir import INDEX_DIR
 
     run_fs = RunFS.from_uri(args.run_dir)
     if not run_fs.exists("run.yaml"):
         raise PipelineConfigError(f"{args.run_dir} is not a fusegen run directory (no run.yaml)")
-    garbage = store_garbage(run_fs) if args.dry_run else collect_store_garbage(run_fs)
-    for rel in garbage.files[:20]:
-        print(f"  {rel}")
-    if len(garbage.files) > 20:
-        print(f"  ... and {len(garbage.files) - 20} more")
-    verb = "would remove" if args.dry_run else "removed"
-    print(f"image store: {verb} {len(garbage.files)} file(s), {garbage.bytes / 2**20:.1f} MiB")
+    # The run's store, and the store of its own index folder (pool images; a shared --index-dir is
+    # not the run's to clean).
+    for what, store_fs in (("image store", run_fs), ("index image store", RunFS(run_fs.fs, run_fs.path(INDEX_DIR)))):
+        garbage = store_garbage(store_fs) if args.dry_run else collect_store_garbage(store_fs)
+        for rel in garbage.files[:20]:
+            print(f"  {rel}")
+        if len(garbage.files) > 20:
+            print(f"  ... and {len(garbage.files) - 20} more")
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{what}: {verb} {len(garbage.files)} file(s), {garbage.bytes / 2**20:.1f} MiB")
     return 0
 
 
@@ -250,6 +261,31 @@ def _validate(args) -> int:
     if report.problems.count > len(report.problems.first):
         print(f"  ... and {report.problems.count - len(report.problems.first)} more")
     return 1
+
+
+def _render_prompt(args, parser: argparse.ArgumentParser) -> int:
+    from pathlib import Path
+
+    from pipeline.prompts import default_prompts_dir
+    from pipeline.stages import STAGES
+
+    name = args.stage.split("/")[0]
+    if name not in STAGES:
+        parser.error(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
+    stage_cls = STAGES[name]
+    if not stage_cls.prompt_files:
+        prompted = [n for n, c in STAGES.items() if c.prompt_files]
+        parser.error(f"stage {name!r} has no prompts; stages with prompts: {', '.join(prompted)}")
+    row = json.loads(Path(args.row).read_text(encoding="utf-8"))
+    prompts_dir = Path(args.prompts_dir) if args.prompts_dir else default_prompts_dir()
+    try:
+        messages = stage_cls.render_row(prompts_dir, stage_cls.config_cls(), row)
+    except PipelineError as exc:
+        print(f"fusegen: error: {exc}", file=sys.stderr)
+        return 2
+    for m in messages:
+        sys.stdout.write(f"--- {m['role']}\n{m['content']}\n")
+    return 0
 
 
 COMMANDS = {

@@ -7,6 +7,7 @@ turned off: the runner prints one bar per stage in rows, which is what a user wa
 
 from __future__ import annotations
 
+import logging
 import os
 
 from pipeline.logging import get_logger
@@ -16,8 +17,47 @@ log = get_logger(__name__)
 IDLE_WORKERS = 4
 
 
+# Ray messages that are noise for a fusegen user (see quiet_ray): logger -> the level from which its
+# records still reach the terminal.
+_NOISE_WARNINGS = ("The maximum number of concurrent tasks for ", "The minimum number of concurrent actors for ")
+_RAY_DATA_NOISE = {"ray.data._internal.progress": logging.ERROR, "ray.data._internal.execution.streaming_executor": logging.WARNING}
+_RAY_NOISE = {"ray._private.authentication.authentication_token_setup": logging.ERROR}
+
+
+class _HideOnConsole(logging.Filter):
+    """Ray Data's console handler drops records marked `hide`; its ray-data.log file keeps them."""
+
+    def __init__(self, shown_from: int) -> None:
+        super().__init__()
+        self.shown_from = shown_from
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.shown_from:
+            record.hide = True
+        return True
+
+
+class _ToDebug(_HideOnConsole):
+    """A Ray notice with no Ray Data log file behind it goes to fusegen's log at debug level instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.shown_from:
+            return True
+        log.debug("ray (%s): %s", record.name, record.getMessage())
+        return False
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _original=None):
+    if str(message).startswith(_NOISE_WARNINGS):
+        log.debug("ray data: %s", message)
+        return
+    _original(message, category, filename, lineno, file, line)
+
+
 def quiet_ray() -> None:
-    """Silence Ray messages that are noise for a fusegen user (they stay in Ray's own log files).
+    """Keep Ray messages that are noise for a fusegen user off the terminal, not out of the logs: Ray
+    Data's go on to its ray-data.log (session logs folder), the rest to fusegen's log at debug level
+    (`FUSEGEN_LOG_LEVEL=DEBUG` shows them).
 
     - "The maximum number of concurrent tasks / minimum number of concurrent actors for ... only
       received N input(s)": glue steps are capped at GLUE_TASKS and model stages keep a fixed actor
@@ -27,16 +67,16 @@ def quiet_ray() -> None:
     - "Token authentication is enabled for this Ray cluster": said on every start of the embedded
       local Ray, which keeps Ray's default (token auth on); nothing for the user to do.
     """
-    import logging
+    import functools
     import warnings
 
-    warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks for ")
-    warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for ")
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    # "Dataset ... execution finished in N seconds": one per stage and per shard read; the runner's
-    # own summary line says the same with the funnel.
-    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
+    for names, kind in ((_RAY_DATA_NOISE, _HideOnConsole), (_RAY_NOISE, _ToDebug)):
+        for name, shown_from in names.items():
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind(shown_from))
+    if getattr(warnings.showwarning, "func", None) is not _show_warning:
+        warnings.showwarning = functools.partial(_show_warning, _original=warnings.showwarning)
 
 
 def init_ray(cfg) -> None:

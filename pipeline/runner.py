@@ -107,10 +107,16 @@ def run_pipeline(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
     if not ctx.shared_indexes:
         prune_indexes(ctx, live_indexes(stages, fingerprints))
     if any(not r.decision.startswith("skipped") for r in results):
-        garbage = collect_store_garbage(ctx.run_fs)
-        if garbage.files:
-            log.info("image store: removed %d file(s) no stage output refers to (%.1f MiB)",
-                     len(garbage.files), garbage.bytes / 2**20)
+        # The run's image store, and its own index folder's (pool images): a shared index dir may be
+        # in use by another run, so its store is left alone.
+        stores = {"image store": ctx.run_fs}
+        if not ctx.shared_indexes:
+            stores["index image store"] = RunFS.from_uri(ctx.index_uri)
+        for what, store_fs in stores.items():
+            garbage = collect_store_garbage(store_fs)
+            if garbage.files:
+                log.info("%s: removed %d file(s) nothing refers to (%.1f MiB)",
+                         what, len(garbage.files), garbage.bytes / 2**20)
     return results
 
 

@@ -279,7 +279,7 @@ class Stage(abc.ABC):
 
     @staticmethod
     def render_row(prompts_dir: Any, cfg: Any, row: dict) -> list[dict] | None:
-        """The chat messages the stage would send for one row (`python -m pipeline.prompts render`)."""
+        """The chat messages the stage would send for one row (`fusegen render-prompt`)."""
         return None
 
 

@@ -20,7 +20,10 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StageInputError
 from pipeline.io.shards import ShardSpec
+from pipeline.logging import get_logger
 from pipeline.stage import INTERNAL
+
+log = get_logger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -125,10 +128,18 @@ def _plan_parquet(file: str, columns: CorpusColumns, shard_rows: int, cap: float
     except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError or ArrowInvalid for junk files
         raise StageInputError(f"ingest: cannot read Parquet file {file}: {exc}") from None
     check_parquet_schema(meta.schema_arrow, columns, file)
-    specs: list[ShardSpec] = []
+    return [ShardSpec(f"{first_index + i:06d}", file, start, start + rows, rows, "parquet_corpus")
+            for i, (start, rows) in enumerate(parquet_ranges(meta.metadata, shard_rows, cap))]
+
+
+def parquet_ranges(meta: pq.FileMetaData, shard_rows: int, cap: float) -> list[tuple[int, int]]:
+    """(first row, rows) of consecutive shards covering a Parquet file: `shard_rows` rows each, ended
+    early once a shard holds `cap` bytes (each row group's uncompressed size spread evenly over its
+    rows; a shard always takes at least one row)."""
+    ranges: list[tuple[int, int]] = []
     start, count, size = 0, 0, 0.0
-    for g in range(meta.metadata.num_row_groups):
-        group = meta.metadata.row_group(g)
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
         per_row, left = group.total_byte_size / max(1, group.num_rows), group.num_rows
         while left:
             # Rows this shard still takes from the group: up to shard_rows, or until it reaches the cap.
@@ -136,15 +147,11 @@ def _plan_parquet(file: str, columns: CorpusColumns, shard_rows: int, cap: float
             take = min(left, shard_rows - count, by_bytes)
             count, size, left = count + take, size + take * per_row, left - take
             if count == shard_rows or size >= cap:
-                specs.append(_parquet_spec(first_index + len(specs), file, start, count))
+                ranges.append((start, count))
                 start, count, size = start + count, 0, 0.0
     if count:
-        specs.append(_parquet_spec(first_index + len(specs), file, start, count))
-    return specs
-
-
-def _parquet_spec(index: int, file: str, start: int, rows: int) -> ShardSpec:
-    return ShardSpec(f"{index:06d}", file, start, start + rows, rows, "parquet_corpus")
+        ranges.append((start, count))
+    return ranges
 
 
 def check_parquet_schema(schema: pa.Schema, columns: CorpusColumns, file: str) -> None:
@@ -265,6 +272,14 @@ def _parse_line(raw: bytes, mapping: dict[str, str]):
     return {canon: obj.get(src) for canon, src in mapping.items()}
 
 
+class RecordReject(Exception):
+    """One input record becomes a reject row with `reason` (`error:<kind>`); the run goes on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def load_local_image(base_dir: str, path: str, max_bytes: int) -> bytes:
     """Read a local image; any problem is a reject (`error:image_*`), never a crash, a hang or an OOM.
 
@@ -273,29 +288,27 @@ def load_local_image(base_dir: str, path: str, max_bytes: int) -> bytes:
     before reading, and at most max_bytes + 1 bytes are read (a file that grew, or a /proc file that
     reports size 0, cannot exhaust memory).
     """
-    from pipeline.stages.ingest import _Reject
-
     full = path if os.path.isabs(path) else os.path.join(base_dir, path)
     try:
         info = os.stat(full)
         if not stat.S_ISREG(info.st_mode):
-            raise _Reject("error:image_not_a_file")
+            raise RecordReject("error:image_not_a_file")
         if info.st_size > max_bytes:
-            raise _Reject("error:image_too_large")
+            raise RecordReject("error:image_too_large")
         # O_NONBLOCK: should the path become a FIFO after the check, open() must not wait for a writer.
         with os.fdopen(os.open(full, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise _Reject("error:image_not_a_file")
+                raise RecordReject("error:image_not_a_file")
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
-        raise _Reject("error:image_missing") from None
+        raise RecordReject("error:image_missing") from None
     except ValueError:
         # os.stat refuses an embedded NUL; ingest checks paths first, this covers other callers.
-        raise _Reject("error:nul_byte") from None
+        raise RecordReject("error:nul_byte") from None
     except OSError:
-        raise _Reject("error:image_unreadable") from None
+        raise RecordReject("error:image_unreadable") from None
     if len(data) > max_bytes:
-        raise _Reject("error:image_too_large")
+        raise RecordReject("error:image_too_large")
     return data
 
 
@@ -303,10 +316,67 @@ def load_local_image(base_dir: str, path: str, max_bytes: int) -> bytes:
 HASH_LIMIT = 2 * 1024**3
 
 
-def files_identity(path: str, mode: str = "auto") -> dict:
+def files_identity(path: str, mode: str = "auto", exclude: tuple[str, ...] = ()) -> dict:
     """The input files' identity for the fingerprint: path relative to their common folder, size, and
-    the SHA-256 of the contents (`hash`) or the modification time (`stat`); `auto` picks by total size."""
-    return {"files": file_entries(find_files(path), mode)}
+    the SHA-256 of the contents (`hash`) or the modification time (`stat`); `auto` picks by total size.
+    Image files beside the corpus (records name them by relative path) are identified too, by size and
+    modification time (`local_images_identity`; `exclude`: folders to leave out, the run's own)."""
+    files = find_files(path)
+    identity = {"files": file_entries(files, mode)}
+    images = local_images_identity(files, exclude)
+    if images:
+        identity["images"] = images
+    return identity
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+# Up to this many local images are listed one by one (a re-run names the edited ones); beyond, a digest.
+LISTED_IMAGES = 1000
+# A walk stops here: the corpus sits in a folder that is not a corpus's own (a home directory...).
+MAX_WALKED = 1_000_000
+
+
+def local_images_identity(corpus_files: list[str], exclude: tuple[str, ...] = ()) -> dict:
+    """Size and modification time of every image file under the corpus files' folders: an image
+    edited in place re-runs ingest like an edited corpus file. Hidden entries, run dirs (a `run.yaml`),
+    stage folders (a `_manifest.json`) and `exclude` are skipped, so a run dir kept beside the corpus
+    does not identify its own image store. Images named by absolute paths elsewhere are not covered."""
+    import hashlib
+
+    if not corpus_files:
+        return {}
+    root = os.path.commonpath([os.path.dirname(f) for f in corpus_files])
+    skip = {os.path.abspath(os.path.expanduser(e)) for e in exclude if e and "://" not in e}
+    entries, walked = [], 0
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(
+            d for d in dirs
+            if not d.startswith(".") and os.path.join(folder, d) not in skip
+            and not os.path.exists(os.path.join(folder, d, "run.yaml"))
+            and not os.path.exists(os.path.join(folder, d, "_manifest.json"))
+        )
+        for name in sorted(names):
+            walked += 1
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            full = os.path.join(folder, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue  # gone or unreadable: the record that names it becomes a reject
+            entries.append({"path": os.path.relpath(full, root), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        if walked >= MAX_WALKED:
+            log.warning("ingest: stopped identifying local images after %d files under %s; edits to the "
+                        "rest will not re-run ingest", walked, root)
+            break
+    if not entries:
+        return {}
+    if len(entries) <= LISTED_IMAGES:
+        return {"files": entries}
+    digest = hashlib.sha256()
+    for e in entries:
+        digest.update(f"{e['path']}\0{e['size']}\0{e['mtime_ns']}\n".encode())
+    return {"count": len(entries), "sha256": digest.hexdigest()}
 
 
 def file_entries(files: list[str], mode: str = "auto") -> list[dict]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -60,10 +59,14 @@ class PoolConfig:
     default_license: str | None = None
     identity: Literal["auto", "hash", "stat"] = "auto"
     shard_rows: int = 256
+    # A JSONL/Parquet pool shard also ends once it holds this many MB of input (images inline), as
+    # ingest's `shard_mb` does.
+    shard_mb: int = 512
 
     def __post_init__(self) -> None:
         check(self.path is None or bool(str(self.path).strip()), "images.pool", "path", "must be a path or null")
         check(self.shard_rows >= 1, "images.pool", "shard_rows", "must be >= 1")
+        check(self.shard_mb >= 1, "images.pool", "shard_mb", "must be >= 1")
 
 
 def pool_files(path: str) -> tuple[str, list[str]]:
@@ -102,10 +105,10 @@ def pool_identity(cfg: PoolConfig) -> dict:
 
 
 def plan_pool(cfg: PoolConfig) -> list[ShardSpec]:
-    from pipeline.io.corpus import _plan_jsonl
+    from pipeline.io.corpus import _plan_jsonl, parquet_ranges
 
     kind, files = pool_files(cfg.path)
-    n = cfg.shard_rows
+    n, cap = cfg.shard_rows, cfg.shard_mb * 2**20
     if kind == "images":
         listing = json.dumps(files)
         return [ShardSpec(f"{i:06d}", listing, s, min(len(files), s + n), min(len(files), s + n) - s, "pool_images")
@@ -114,13 +117,13 @@ def plan_pool(cfg: PoolConfig) -> list[ShardSpec]:
     for file in files:
         if file.endswith(".parquet"):
             try:
-                rows = pq.ParquetFile(file).metadata.num_rows
+                meta = pq.ParquetFile(file).metadata
             except Exception as exc:  # noqa: BLE001 - junk files raise OSError or ArrowInvalid
                 raise StageInputError(f"images: cannot read the pool's Parquet file {file}: {exc}") from None
-            specs += [ShardSpec(f"{len(specs) + i:06d}", file, s, min(rows, s + n), min(rows, s + n) - s, "pool_parquet")
-                      for i, s in enumerate(range(0, rows, n))]
+            specs += [ShardSpec(f"{len(specs) + i:06d}", file, start, start + rows, rows, "pool_parquet")
+                      for i, (start, rows) in enumerate(parquet_ranges(meta, n, cap))]
         else:
-            specs += [dataclasses.replace(s, kind="pool_jsonl") for s in _plan_jsonl(file, n, math.inf, len(specs))]
+            specs += [dataclasses.replace(s, kind="pool_jsonl") for s in _plan_jsonl(file, n, cap, len(specs))]
     if not specs:
         log.warning("images: the pool %r holds no rows", cfg.path)
     return specs
@@ -263,7 +266,7 @@ def _new_fetcher(cfg: FetchConfig, resolver):
 
 
 def _pool_bytes(rec: dict, base: str, fetch_cfg: FetchConfig, load_local, get_fetcher) -> tuple[bytes, str]:
-    from pipeline.stages.ingest import _Reject
+    from pipeline.io.corpus import RecordReject
 
     image = rec.get("image")
     try:
@@ -278,7 +281,7 @@ def _pool_bytes(rec: dict, base: str, fetch_cfg: FetchConfig, load_local, get_fe
             if "\x00" in image:
                 raise PoolRowError("error:nul_byte")
             return load_local(base, image, fetch_cfg.max_bytes), image
-    except _Reject as rej:
+    except RecordReject as rej:
         raise PoolRowError(rej.reason) from None
     url = rec.get("image_url")
     if url:

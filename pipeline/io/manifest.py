@@ -74,14 +74,27 @@ def config_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]:
 
 
 def inputs_diff(old: dict | None, new: dict) -> list[str]:
-    """'input files changed: a.jsonl, b.jsonl (added)' when the stage's input identity differs."""
+    """'input files changed: a.jsonl, b.jsonl (added)' (and 'local images changed: ...') when the stage's
+    input identity differs."""
     if (old or {}) == (new or {}):
         return []
-    before = {f["path"]: f for f in (old or {}).get("files", [])}
-    after = {f["path"]: f for f in (new or {}).get("files", [])}
+    old, new = old or {}, new or {}
+    sides = {
+        "input files": ({"files": old.get("files", [])}, {"files": new.get("files", [])}),
+        "local images": (old.get("images") or {"files": []}, new.get("images") or {"files": []}),
+    }
+    out = [f"{what} changed: {names}" for what, (a, b) in sides.items() if (names := _changed(a, b))]
+    return out or ["input identity changed"]
+
+
+def _changed(old: dict, new: dict) -> str:
+    """The files that differ between two identity lists, or a count when they are digests."""
+    if old == new:
+        return ""
+    if "files" not in old or "files" not in new:
+        return f"{old.get('count', len(old.get('files', [])))} -> {new.get('count', len(new.get('files', [])))} files"
+    before = {f["path"]: f for f in old["files"]}
+    after = {f["path"]: f for f in new["files"]}
     names = [p + (" (added)" if p not in before else "") for p in after if before.get(p) != after[p]]
     names += [f"{p} (removed)" for p in before if p not in after]
-    if not names:
-        return ["input identity changed"]
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return [f"input files changed: {shown}"]
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

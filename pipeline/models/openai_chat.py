@@ -30,7 +30,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from pipeline.errors import PipelineConfigError
 from pipeline.logging import get_logger
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.models.watchdog import TIMED_OUT, TIMEOUT_ERROR, Watchdog
 
 log = get_logger(__name__)

@@ -21,7 +21,7 @@ import json
 import pickle
 from typing import Any
 
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 
 CARRY = "_carry"
 PROMPT_TOO_LONG, TRUNCATED, INFERENCE_FAILED = (

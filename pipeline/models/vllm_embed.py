@@ -37,7 +37,7 @@ import numpy as np
 
 from pipeline.errors import PipelineConfigError
 from pipeline.models.gme import FACTOR, GmeConfig, GmeImageError, GmeInput, render_text, resize_for_gme
-from pipeline.models.llm import LLMConfig
+from pipeline.models.llm_config import LLMConfig
 from pipeline.models.vllm_backend import (
     CARRY,
     ERROR_TEXT_CHARS,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.models.vllm_backend import (
     CARRY,
     check_engine_fits,

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from pipeline.config import check
 from pipeline.llmstage import LLMStage
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.prompts import load_examples, load_sources, render
 from pipeline.stage import (
     FILTERED,
@@ -32,6 +32,7 @@ from pipeline.stage import (
     STATUS,
     Resources,
     StageConfig,
+    set_status,
 )
 
 PROMPTS = ("doc2query/system.j2", "doc2query/user.j2", "doc2query/examples.yaml")
@@ -149,17 +150,20 @@ def explode_batch(table: pa.Table, cfg: dict) -> pa.Table:
     n = config.queries_per_passage
     base = table.drop_columns([c for c in (MESSAGES, RAW, LLM_ERROR) if c in table.column_names])
     raws, errors, texts = table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["text"].to_pylist()
-    take, cols = [], {k: [] for k in ("id", "query", "answer", "query_index", "llm_raw", SLOT, STATUS, REASON)}
+    take, cols = [], {k: [] for k in ("id", "query", "answer", "query_index", "llm_raw", SLOT)}
+    statuses, reasons = [], []
     doc_ids = table["doc_id"].to_pylist()
     for i, (raw, err, text) in enumerate(zip(raws, errors, texts)):
         for k, (status, reason, query, answer) in enumerate(parse_pairs(raw, err, n, text)):
             take.append(i)
-            for key, value in zip(cols, (f"{doc_ids[i]}-q{k}", query, answer, k, raw, k, status, reason)):
+            for key, value in zip(cols, (f"{doc_ids[i]}-q{k}", query, answer, k, raw, k)):
                 cols[key].append(value)
+            statuses.append(status)
+            reasons.append(reason)
     out = base.drop_columns([c for c in ("id", STATUS, REASON) if c in base.column_names]).take(pa.array(take, pa.int64()))
     for key, values in cols.items():
         out = out.append_column(key, pa.array(values, pa.int32() if key in ("query_index", SLOT) else pa.string()))
-    return out
+    return set_status(out, statuses, reasons)
 
 
 

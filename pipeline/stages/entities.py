@@ -28,10 +28,10 @@ import pyarrow as pa
 
 from pipeline.config import check
 from pipeline.llmstage import LLMStage
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.models.ner import NERConfig, load_ner, ner_candidates, ner_identity
 from pipeline.prompts import load_examples, load_sources, render
-from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, StageConfig
+from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, StageConfig, set_status
 from pipeline.text.leak import contains, fold, leak_reason
 from pipeline.text.mask import mask_entity
 
@@ -211,12 +211,10 @@ def parse_batch(table: pa.Table, cfg: dict) -> pa.Table:
         "entity_aliases": (pa.list_(pa.string()), 4),
         "rewritten_query": (pa.string(), 5),
         "rewrite_source": (pa.string(), 6),
-        STATUS: (pa.string(), 0),
-        REASON: (pa.string(), 1),
     }
     for name, (tp, i) in columns.items():
         out = out.append_column(name, pa.array([p[i] for p in parsed], tp))
-    return out
+    return set_status(out, [p[0] for p in parsed], [p[1] for p in parsed])
 
 
 class Entities(LLMStage):

@@ -43,7 +43,7 @@ from pipeline.io.image_store import IMAGE_REF, ImageStore
 from pipeline.io.indexes import IndexHandle, IndexSpec, embedding_array
 from pipeline.models.clip import ClipConfig
 from pipeline.models.diffusion import DiffusionConfig
-from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.models.text_embed import TextEmbedConfig
 from pipeline.prompts import load_sources, render
 from pipeline.stage import (

@@ -23,6 +23,7 @@ from pipeline.config import check
 from pipeline.io.corpus import (
     CorpusColumns,
     RecordError,
+    RecordReject,
     plan_corpus,
     read_jsonl_shard,
     read_parquet_corpus_shard,
@@ -88,26 +89,21 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.casefold().encode("utf-8")).hexdigest()[:32]
 
 
-class _Reject(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
-    """One raw record -> one output row (raises _Reject with `error:<kind>`)."""
+    """One raw record -> one output row (raises RecordReject with `error:<kind>`)."""
     text = record.get("text")
     if text is None:
-        raise _Reject("error:missing_text")
+        raise RecordReject("error:missing_text")
     if not isinstance(text, str):
-        raise _Reject("error:wrong_type:text")
+        raise RecordReject("error:wrong_type:text")
     text = normalise_text(_check_str(text))
     if len(text) < cfg.min_chars:
-        raise _Reject("error:empty_text")
+        raise RecordReject("error:empty_text")
     if len(text) > cfg.max_chars:
-        raise _Reject("error:text_too_long")
+        raise RecordReject("error:text_too_long")
     doc_id, derived = record.get("doc_id"), False
     if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int, type(None))):
-        raise _Reject("error:wrong_type:doc_id")
+        raise RecordReject("error:wrong_type:doc_id")
     if isinstance(doc_id, str):
         _check_str(doc_id)
     doc_id = normalise_text(str(doc_id)) if doc_id is not None else ""
@@ -117,10 +113,10 @@ def validate_record(record: dict, cfg: IngestConfig, load_image) -> dict:
     for key in ("title", "domain", "image_url"):
         value = record.get(key)
         if value is not None and not isinstance(value, str):
-            raise _Reject(f"error:wrong_type:{key}")
+            raise RecordReject(f"error:wrong_type:{key}")
         out[key] = normalise_text(_check_str(value)) or None if value is not None else None
     if out["image_url"] and not re.match(r"^https?://[^\s/]+", out["image_url"], re.IGNORECASE):
-        raise _Reject("error:bad_image_url")
+        raise RecordReject("error:bad_image_url")
     out["image"] = _image(record.get("image"), cfg, load_image)
     out["content_hash"] = content_hash(text)
     return out
@@ -130,9 +126,9 @@ def _check_str(value: str) -> str:
     """Refuse what cannot be stored as text: NUL bytes, and lone surrogates (a JSON `\\ud800` escape
     decodes to one; Arrow strings are UTF-8 and refuse it, which would fail the whole shard)."""
     if "\x00" in value:
-        raise _Reject("error:nul_byte")
+        raise RecordReject("error:nul_byte")
     if not _is_utf8(value):
-        raise _Reject("error:invalid_unicode")
+        raise RecordReject("error:invalid_unicode")
     return value
 
 
@@ -154,10 +150,10 @@ def _image(value: Any, cfg: IngestConfig, load_image) -> FittedImage | None:
     elif isinstance(value, str):
         data, path = None, value
     else:
-        raise _Reject("error:wrong_type:image")
+        raise RecordReject("error:wrong_type:image")
     # An image struct is {bytes: binary or null, path: string or null}; anything else is a wrong type.
     if not isinstance(data, (bytes, bytearray, type(None))) or not isinstance(path, (str, type(None))):
-        raise _Reject("error:wrong_type:image")
+        raise RecordReject("error:wrong_type:image")
     if path is not None:
         _check_str(path)
     if data is None and path:
@@ -165,7 +161,7 @@ def _image(value: Any, cfg: IngestConfig, load_image) -> FittedImage | None:
     try:
         return normalise_image(bytes(data or b""), cfg.images)
     except ImageError as exc:
-        raise _Reject(f"error:image_{exc.kind}") from None
+        raise RecordReject(f"error:image_{exc.kind}") from None
 
 
 def ingest_batch(table: pa.Table, cfg: dict, run_uri: str) -> pa.Table:
@@ -200,13 +196,13 @@ def _ingest_record(record, where: str, base_dir: str, config: IngestConfig,
     max_bytes = config.images.max_bytes
     try:
         if isinstance(record, RecordError):
-            raise _Reject(record.reason)
+            raise RecordReject(record.reason)
         row.update(validate_record(record, config, lambda p: load_local_image(base_dir, p, max_bytes)))
         if row["image"] is not None:
             row["image"] = put_image(row["image"])
         row["id"] = row["doc_id"]
         return row, OK, ""
-    except _Reject as rej:
+    except RecordReject as rej:
         row["id"] = _reject_id(record, where)
         return row, REJECTED, rej.reason
 
@@ -231,7 +227,9 @@ class Ingest(Stage):
     def input_identity(self) -> dict:
         from pipeline.io.corpus import files_identity
 
-        return files_identity(self.config.path, self.config.identity)
+        ctx = self.context
+        exclude = (ctx.run_uri, ctx.index_uri) if ctx is not None else ()
+        return files_identity(self.config.path, self.config.identity, exclude)
 
     def plan(self, ctx, upstream):
         cfg = self.config

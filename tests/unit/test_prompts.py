@@ -1,4 +1,4 @@
-"""pipeline/prompts.py: strict rendering, loading prompt files, and the `render` CLI."""
+"""pipeline/prompts.py: strict rendering, loading prompt files, and `fusegen render-prompt`."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_load_examples_requires_a_list_of_mappings():
 
 def test_cli_render_prints_every_message_of_the_fixture_row(repo_root):
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.prompts", "render", "doc2query", "--row", "tests/fixtures/doc.json"],
+        [sys.executable, "-m", "pipeline.cli", "render-prompt", "doc2query", "--row", "tests/fixtures/doc.json"],
         cwd=repo_root,
         capture_output=True,
         text=True,

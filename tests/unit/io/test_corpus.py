@@ -17,13 +17,13 @@ from pipeline.errors import StageInputError
 from pipeline.io.corpus import (
     CorpusColumns,
     RecordError,
+    RecordReject,
     iter_records,
     load_local_image,
     plan_corpus,
     read_jsonl_shard,
     read_parquet_corpus_shard,
 )
-from pipeline.stages.ingest import _Reject
 
 COLS = CorpusColumns()
 
@@ -388,7 +388,7 @@ def test_mapping_a_column_to_an_internal_name_raises(tmp_path):
 
 
 def reject_reason(base: Path, path: str, max_bytes: int = 1000) -> str:
-    with pytest.raises(_Reject) as err:
+    with pytest.raises(RecordReject) as err:
         load_local_image(str(base), path, max_bytes)
     return err.value.reason
 

@@ -54,3 +54,58 @@ def test_added_and_removed_files_are_named(tmp_path):
 def test_unchanged_inputs_give_no_diff(tmp_path):
     folder = corpus(tmp_path, a="one\n")
     assert inputs_diff(files_identity(str(folder)), files_identity(str(folder))) == []
+
+
+# --- image files beside the corpus ---------------------------------------------------------------------
+
+
+def with_images(tmp_path):
+    folder = corpus(tmp_path, a='{"text": "x", "image": "images/cat.png"}\n')
+    (folder / "images").mkdir()
+    (folder / "images" / "cat.png").write_bytes(b"png-one")
+    (folder / "images" / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_an_image_edited_in_place_changes_the_identity_and_the_diff_names_it(tmp_path):
+    folder = with_images(tmp_path)
+    before = files_identity(str(folder / "a.jsonl"))
+    assert [f["path"] for f in before["images"]["files"]] == ["images/cat.png"]
+    (folder / "images" / "cat.png").write_bytes(b"png-two")
+    os.utime(folder / "images" / "cat.png", ns=(1, 1))
+    after = files_identity(str(folder / "a.jsonl"))
+    assert inputs_diff(before, after) == ["local images changed: images/cat.png"]
+    (folder / "images" / "dog.jpg").write_bytes(b"jpg")
+    assert inputs_diff(after, files_identity(str(folder / "a.jsonl"))) == [
+        "local images changed: images/dog.jpg (added)"]
+
+
+def test_run_dirs_stage_folders_hidden_and_excluded_folders_are_not_identified(tmp_path):
+    folder = with_images(tmp_path)
+    before = files_identity(str(folder / "a.jsonl"), exclude=(str(folder / "mine"),))
+    # A run dir kept beside the corpus: its image store changes with every run.
+    for run, marker in (("runs/demo", "run.yaml"), ("runs/demo/01_ingest", "_manifest.json"), ("mine", None),
+                        (".cache", None)):
+        (folder / run / "_images").mkdir(parents=True, exist_ok=True)
+        (folder / run / "_images" / "x.jpg").write_bytes(b"stored")
+        if marker:
+            (folder / run / marker).write_text("{}")
+    assert files_identity(str(folder / "a.jsonl"), exclude=(str(folder / "mine"),)) == before
+
+
+def test_many_local_images_are_identified_by_a_digest(tmp_path, monkeypatch):
+    import pipeline.io.corpus as corpus_module
+
+    monkeypatch.setattr(corpus_module, "LISTED_IMAGES", 2)
+    folder = with_images(tmp_path)
+    for name in ("b.png", "c.png"):
+        (folder / "images" / name).write_bytes(b"img")
+    before = files_identity(str(folder / "a.jsonl"))
+    assert before["images"]["count"] == 3 and len(before["images"]["sha256"]) == 64
+    os.utime(folder / "images" / "b.png", ns=(5, 5))
+    after = files_identity(str(folder / "a.jsonl"))
+    assert inputs_diff(before, after) == ["local images changed: 3 -> 3 files"]
+
+
+def test_a_corpus_without_images_beside_it_has_no_image_identity(tmp_path):
+    assert "images" not in files_identity(str(corpus(tmp_path, a="one\n")))

@@ -71,3 +71,16 @@ def test_cli_dry_run_lists_and_keeps_then_gc_removes(tmp_path, capsys):
 def test_cli_refuses_a_folder_that_is_not_a_run_dir(tmp_path, capsys):
     assert main(["gc", str(tmp_path)]) == 2
     assert "not a fusegen run directory" in capsys.readouterr().err
+
+
+def test_cli_also_cleans_the_runs_own_index_store_of_pool_images_no_index_refers_to(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("pipeline: gme\n")
+    index_fs = RunFS.from_uri(str(tmp_path / "_index"))
+    live, stale = _store(index_fs, 2)
+    _write(index_fs, "image-live/part-000000-000000-000.parquet", [live])
+    # `image-stale` was an index of another pool; pruning removed its folder, its images stayed.
+    assert main(["gc", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "index image store: would remove 1 file(s)" in out and ImageStore(index_fs).rel(stale) in out
+    assert main(["gc", str(tmp_path)]) == 0
+    assert (ImageStore(index_fs).exists(live), ImageStore(index_fs).exists(stale)) == (True, False)

@@ -26,7 +26,7 @@ from pipeline.stages.ingest import (
     OUTPUT_SCHEMA,
     Ingest,
     IngestConfig,
-    _Reject,
+    RecordReject,
     content_hash,
     ingest_batch,
     normalise_text,
@@ -118,7 +118,7 @@ def test_content_hash_differs_for_different_text():
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_validate_record_rejects_bad_field_with_reason(record, reason):
-    with pytest.raises(_Reject) as err:
+    with pytest.raises(RecordReject) as err:
         validate_record(record, CONFIG, no_images)
     assert err.value.reason == reason
 
@@ -154,7 +154,7 @@ def test_integer_doc_id_becomes_a_string():
 
 
 def test_validate_record_rejects_nul_byte_in_doc_id():
-    with pytest.raises(_Reject, match="nul_byte"):
+    with pytest.raises(RecordReject, match="nul_byte"):
         validate_record({"text": "ok", "doc_id": "a\x00b"}, CONFIG, no_images)
 
 
