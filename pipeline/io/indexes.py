@@ -149,8 +149,11 @@ def _local_copy(run_fs: RunFS, folder: str, cache_dir: str) -> str:
         os.makedirs(tmp, exist_ok=True)
         for name in ("ids.parquet", "index.faiss", "vectors.npy", ROWS, DONE):
             if run_fs.exists(f"{folder}/{name}"):
-                with open(os.path.join(tmp, name), "wb") as out:
-                    out.write(run_fs.read_bytes(f"{folder}/{name}"))
+                # Streamed in 16-MiB pieces: a pool's index or vectors can be larger than an actor's memory.
+                with run_fs.fs.open_input_stream(run_fs.path(folder, name)) as src, \
+                        open(os.path.join(tmp, name), "wb") as out:
+                    while chunk := src.read(1 << 24):
+                        out.write(chunk)
         try:
             os.replace(tmp, target)
         except OSError:

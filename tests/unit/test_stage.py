@@ -30,3 +30,31 @@ def test_resources_keep_only_shard_rows():
 def test_operational_names_are_real_fields():
     for cls in (LLMConfig, Resources):
         assert cls.OPERATIONAL <= {f.name for f in dataclasses.fields(cls)}
+
+
+def test_named_inputs_resolve_to_the_output_of_the_named_earlier_stage():
+    import pytest
+
+    from pipeline.errors import StageInputError
+    from pipeline.runner import _inputs
+    from pipeline.stage import Stage, StageConfig, StageOutput
+
+    class Reader(Stage):
+        name = "reader"
+        config_cls = StageConfig
+        inputs = {"passages": "ingest"}
+
+        def apply(self, ds):
+            return ds
+
+    outputs = {
+        "ingest": StageOutput("ingest", "fp-ingest", ("01_ingest/part-000000-000000-000.parquet",)),
+        "doc2query": StageOutput("doc2query", "fp-d2q", ("02_doc2query/part-000000-000000-000.parquet",)),
+    }
+    stage = Reader(StageConfig(), None)
+    resolved = _inputs(stage, outputs)
+    assert resolved == {"passages": outputs["ingest"]}
+    stage.bind(resolved, {})
+    assert stage.bound_inputs["passages"].parts == ("01_ingest/part-000000-000000-000.parquet",)
+    with pytest.raises(StageInputError, match="reads the output of ingest.*stages so far: doc2query"):
+        _inputs(stage, {"doc2query": outputs["doc2query"]})
