@@ -33,6 +33,8 @@ def test_operational_names_are_real_fields():
 
 
 def test_named_inputs_resolve_to_the_output_of_the_named_earlier_stage():
+    from typing import ClassVar
+
     import pytest
 
     from pipeline.errors import StageInputError
@@ -42,7 +44,7 @@ def test_named_inputs_resolve_to_the_output_of_the_named_earlier_stage():
     class Reader(Stage):
         name = "reader"
         config_cls = StageConfig
-        inputs = {"passages": "ingest"}
+        inputs: ClassVar[dict[str, str]] = {"passages": "ingest"}
 
         def apply(self, ds):
             return ds

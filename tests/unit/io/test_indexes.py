@@ -77,6 +77,8 @@ def test_an_id_and_embedding_pool_writes_no_metadata_file(tmp_path):
 def test_an_index_on_a_remote_filesystem_is_copied_to_the_nodes_cache_once(tmp_path):
     """A run dir that is not a local path (here a SubTreeFileSystem, as s3:// would be) gets its index
     folder streamed into the node's cache, byte for byte, and a second open reuses the copy."""
+    from pathlib import Path
+
     import pyarrow.fs as pafs
 
     from pipeline.io.indexes import DONE, _local_copy
@@ -89,7 +91,7 @@ def test_an_index_on_a_remote_filesystem_is_copied_to_the_nodes_cache_once(tmp_p
     run_fs = RunFS(pafs.SubTreeFileSystem(str(tmp_path / "remote"), pafs.LocalFileSystem()), "run/_index")
     local = _local_copy(run_fs, "gme-abc", str(tmp_path / "cache"))
     assert local.startswith(str(tmp_path / "cache"))
-    assert {name: open(os.path.join(local, name), "rb").read() for name in payload} == payload
+    assert {name: Path(local, name).read_bytes() for name in payload} == payload
     (folder / "index.faiss").write_bytes(b"changed remotely")
     assert _local_copy(run_fs, "gme-abc", str(tmp_path / "cache")) == local
-    assert open(os.path.join(local, "index.faiss"), "rb").read() == payload["index.faiss"]
+    assert Path(local, "index.faiss").read_bytes() == payload["index.faiss"]
