@@ -313,6 +313,11 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
     finally:
         progress.close()
     committer.finish()
+    # A worker killed mid-write whose task Ray ran again left its temporaries (the retry wrote the
+    # same names over the rest): sweep once more now that every shard is committed.
+    removed = remove_garbage(run_fs, target.stage_dir, target.parts_dir, stage.part_prefixes())
+    if removed:
+        log.info("%s: removed %d file(s) left by interrupted writes", stage.name, removed)
     return committer.receipt_bytes
 
 

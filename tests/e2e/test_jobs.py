@@ -184,3 +184,60 @@ def test_stop_and_kill_mid_doc2query_then_resume_equals_clean_run(ray_cluster, c
     assert all(name == digest for name, digest in store.items())
     ingest_rows = pq.read_table(run_dir / "01_ingest").to_pylist() + pq.read_table(run_dir / "01_ingest" / "_rejects").to_pylist()
     assert set(store) == {r["image"]["sha256"] for r in ingest_rows if r.get("image")}
+
+
+def _writer_pids() -> list[int]:
+    """Ray workers running a stage's write step right now: Ray titles a worker process after the task
+    it runs (`ray::MapBatches(...write_pieces)`), and back to `ray::IDLE` when it ends."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if b"write_pieces" in f.read():
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_kill_of_workers_while_they_write_a_shard_then_resume_equals_clean_run(ray_cluster, clean_run, tmp_path,
+                                                                              tiny_cache):
+    """`kill -9` of the worker writing a shard's parts and rejects (caught while its title names the write
+    step, so the kill lands inside it), twice: Ray runs the task again or the run fails; a resume ends
+    with the clean run's rows and images, no leftover files."""
+    run_dir = tmp_path / "run"
+    args = job_args(run_dir, tiny_cache)
+    ray_cluster.submit("write-kill-a", args)
+    killed, next_status, state = [], 0.0, "RUNNING"
+    deadline = time.monotonic() + 420
+    while len(killed) < 2 and time.monotonic() < deadline:
+        for pid in _writer_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+            time.sleep(1.0)  # let the stage go on before the next kill
+        if time.monotonic() > next_status:
+            state, next_status = ray_cluster.status("write-kill-a"), time.monotonic() + 1
+            if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+                break
+        time.sleep(0.005)
+    assert killed, "no worker was caught in a stage's write step"
+    state = ray_cluster.wait("write-kill-a")
+    if state != "SUCCEEDED":
+        run_job(ray_cluster, "write-kill-b", args)
+    resumed, clean = export_rows(run_dir), export_rows(clean_run)
+    assert len({r["id"] for r in resumed}) == len(resumed)
+    assert resumed == clean
+    assert stored_images(run_dir) == stored_images(clean_run)
+    # Nothing a marker does not name is left in any stage folder (parts, rejects, temporaries).
+    for stage_dir in [p for p in run_dir.iterdir() if (p / "_manifest.json").exists()]:
+        named = set()
+        for marker in (stage_dir / "_parts").glob("*.json"):
+            files = json.loads(marker.read_text())["files"]
+            named |= {(run_dir / f).resolve() for f in files["parts"] + files["rejects"]}
+        left = {p.resolve() for p in stage_dir.rglob("*.parquet") if "_parts" not in p.parts}
+        assert left <= named and not list(stage_dir.rglob(".*.tmp")), stage_dir
