@@ -5,6 +5,7 @@ the vectors). The runner builds it once per identity under `<index root>/<name>-
 root is the run's `_index/` or a shared `index_dir` two runs can reuse:
   part-*.parquet, _parts/, _manifest.json   the embedding side stage (resumable shard by shard)
   ids.parquet, index.faiss [, vectors.npy]  the finished index, written by one Ray task
+  ids.arrow, id_lookup.npy                  the ids memory-mapped, and (64-bit id hash, row) sorted
   [rows.arrow]                              the embed parts' other columns, when they have any
   _index.json                               written last: the index is complete
 Each actor opens the index memory-mapped (`faiss.IO_FLAG_MMAP`; an index on an object store is
@@ -15,6 +16,10 @@ content hashes, and the passage's text, title and image reference for hard negat
 uncompressed Arrow IPC file, memory-mapped like the faiss file: `OpenIndex.rows_at` reads only the
 pages of the rows asked for, so a 1M-passage pool costs no per-actor heap and actors on a node share
 the page cache. An embed stage with only (id, embedding), like consistency's, writes no such file.
+The ids are looked up the same way (`OpenIndex.rows_of`): a binary search in the memory-mapped sorted
+hashes, checked against the memory-mapped ids, instead of a Python list and dict of every id in every
+actor (measured on 1M ids of 20 characters: ~140 MiB of heap per actor, vs 15 + 23 MiB of files that
+the actors on a node share through the page cache).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from pipeline.io.fs import RunFS
 INDEX_ROOT = "_index"
 DONE = "_index.json"
 ROWS = "rows.arrow"
+IDS = "ids.arrow"
+LOOKUP = "id_lookup.npy"
+_LOOKUP_DTYPE = np.dtype([("hash", "<u8"), ("row", "<i8")])
 # Columns of the embed parts that are not pool metadata.
 _NOT_META = ("embedding",)
 
@@ -81,11 +89,30 @@ class OpenIndex:
         import faiss
         import pyarrow.parquet as pq
 
-        self.ids: list[str] = pq.read_table(f"{local_dir}/ids.parquet")["id"].to_pylist()
-        self.row_of = {doc_id: i for i, doc_id in enumerate(self.ids)}
-        self.index = faiss.read_index(f"{local_dir}/index.faiss", faiss.IO_FLAG_MMAP) if self.ids else None
+        if os.path.exists(f"{local_dir}/{IDS}") and os.path.exists(f"{local_dir}/{LOOKUP}"):
+            self.ids: pa.Array = pa.ipc.open_file(pa.memory_map(f"{local_dir}/{IDS}")).read_all()["id"].combine_chunks()
+            self._lookup = np.load(f"{local_dir}/{LOOKUP}", mmap_mode="r")
+        else:  # an index folder written before the lookup files: built here, 16 bytes an id
+            self.ids = pq.read_table(f"{local_dir}/ids.parquet")["id"].combine_chunks()
+            self._lookup = id_lookup(self.ids.to_pylist())
+        self.index = faiss.read_index(f"{local_dir}/index.faiss", faiss.IO_FLAG_MMAP) if len(self.ids) else None
         self.vectors = np.load(f"{local_dir}/vectors.npy", mmap_mode="r") if handle.kind != "flat" else None
         self._rows = _open_rows(f"{local_dir}/{ROWS}")
+
+    def rows_of(self, ids: list) -> list[int | None]:
+        """The pool row of each id (the last one when an id repeats), None where the pool lacks it."""
+        if not ids:
+            return []
+        hashes = id_hashes([str(i) if i is not None else "" for i in ids])
+        keys = self._lookup["hash"]
+        lo = np.searchsorted(keys, hashes, side="left")
+        hi = np.searchsorted(keys, hashes, side="right")
+        out: list[int | None] = []
+        for wanted, a, b in zip(ids, lo.tolist(), hi.tolist()):
+            # Equal hashes (the same id repeated, or a 64-bit collision) are checked against the ids.
+            rows = [int(r) for r in self._lookup["row"][a:b] if wanted is not None and self.ids[int(r)].as_py() == wanted]
+            out.append(max(rows) if rows else None)
+        return out
 
     @property
     def meta_columns(self) -> tuple[str, ...]:
@@ -128,6 +155,23 @@ class OpenIndex:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
 
 
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """64-bit BLAKE2b of each id (stable across processes and versions, unlike `hash`)."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+         for i in ids),
+        np.uint64, count=len(ids),
+    )
+
+
+def id_lookup(ids: list[str]) -> np.ndarray:
+    """(hash, row) for every id, sorted by hash (rows of equal hashes in row order)."""
+    lookup = np.empty(len(ids), _LOOKUP_DTYPE)
+    lookup["hash"] = id_hashes(ids)
+    lookup["row"] = np.arange(len(ids), dtype=np.int64)
+    return lookup[np.argsort(lookup["hash"], kind="stable")]
+
+
 def _open_rows(path: str):
     """(memory-mapped IPC reader, first pool row of each record batch + total) or None."""
     if not os.path.exists(path):
@@ -147,7 +191,7 @@ def _local_copy(run_fs: RunFS, folder: str, cache_dir: str) -> str:
     if not os.path.exists(os.path.join(target, DONE)):
         tmp = f"{target}.{os.getpid()}.tmp"
         os.makedirs(tmp, exist_ok=True)
-        for name in ("ids.parquet", "index.faiss", "vectors.npy", ROWS, DONE):
+        for name in ("ids.parquet", IDS, LOOKUP, "index.faiss", "vectors.npy", ROWS, DONE):
             if run_fs.exists(f"{folder}/{name}"):
                 # Streamed in 16-MiB pieces: a pool's index or vectors can be larger than an actor's memory.
                 with run_fs.fs.open_input_stream(run_fs.path(folder, name)) as src, \
@@ -227,6 +271,11 @@ def write_rows(run_fs: RunFS, folder: str, parts: list[str]) -> list[str]:
     return names
 
 
+def _write_ipc(sink, table: pa.Table) -> None:
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
 def finish_index(uri: str, folder: str, parts: list[str], kind: str, nlist: int) -> dict:
     """Ray task: embedding parts -> ids.parquet, index.faiss (and vectors.npy for IVF), rows.arrow
     when the parts carry metadata columns, then _index.json."""
@@ -237,7 +286,10 @@ def finish_index(uri: str, folder: str, parts: list[str], kind: str, nlist: int)
     started = time.monotonic()
     run_fs = RunFS.from_uri(uri)
     ids, matrix = read_embeddings(run_fs, parts)
-    run_fs.write_parquet(f"{folder}/ids.parquet", pa.table({"id": pa.array(ids, pa.string())}))
+    id_table = pa.table({"id": pa.array(ids, pa.string())})
+    run_fs.write_parquet(f"{folder}/ids.parquet", id_table)
+    run_fs.write_stream(f"{folder}/{IDS}", lambda out: _write_ipc(out, id_table))
+    run_fs.write_stream(f"{folder}/{LOOKUP}", lambda out: np.save(out, id_lookup(ids)))
     meta = write_rows(run_fs, folder, parts)
     dim = int(matrix.shape[1]) if len(ids) else 0
     built = "flat"

@@ -89,7 +89,7 @@ class ConsistencyFn:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         queries = [q or "" for q in table["query"].to_pylist()]
-        sources = [self.pool.row_of.get(d) for d in table["doc_id"].to_pylist()]
+        sources = self.pool.rows_of(table["doc_id"].to_pylist())
         vectors = self.embedder.encode([self.cfg.embedder.query_prefix + q for q in queries],
                                        self.cfg.resources.batch_size)
         _, hits = self.pool.search(vectors, self.cfg.top_k, self.cfg.ivf_nprobe)

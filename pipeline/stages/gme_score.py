@@ -149,7 +149,7 @@ class GmeScoreFn(GmeQueryFn):
         n = table.num_rows
         queries, vectors, reasons = self.encode_queries(table)
         if self.pool is not None:
-            sources = [self.pool.row_of.get(d) for d in table["doc_id"].to_pylist()]
+            sources = self.pool.rows_of(table["doc_id"].to_pylist())
         else:
             sources = [0] * n
         live = [i for i in range(n) if queries[i].strip() and not reasons[i] and sources[i] is not None]

@@ -201,7 +201,7 @@ class NegativesFn(GmeQueryFn):
     def __call__(self, table: pa.Table) -> pa.Table:
         n = table.num_rows
         queries, vectors, reasons = self.encode_queries(table)
-        sources = [self.pool.row_of.get(d) for d in table["doc_id"].to_pylist()]
+        sources = self.pool.rows_of(table["doc_id"].to_pylist())
         live = [i for i in range(n) if queries[i].strip() and not reasons[i] and sources[i] is not None]
         cols: dict[str, list] = {name: [[] for _ in range(n)] for name in OUTPUT_TYPES}
         cols["num_negatives"], cols["neg_pos_score"] = [0] * n, [None] * n

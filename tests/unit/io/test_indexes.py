@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.io.fs import RunFS
 from pipeline.io.indexes import ROWS, IndexHandle, embedding_array, finish_index
@@ -69,7 +71,7 @@ def test_a_row_outside_the_pool_is_an_index_error(tmp_path):
 def test_an_id_and_embedding_pool_writes_no_metadata_file(tmp_path):
     index, done = finished(tmp_path, extra=False)
     assert not os.path.exists(tmp_path / "_index" / "pool-x" / ROWS)
-    assert (done["meta"], index.meta_columns, index.ids) == ([], (), IDS)
+    assert (done["meta"], index.meta_columns, index.ids.to_pylist()) == ([], (), IDS)
     with pytest.raises(KeyError):
         index.rows_at([0])
 
@@ -95,3 +97,35 @@ def test_an_index_on_a_remote_filesystem_is_copied_to_the_nodes_cache_once(tmp_p
     (folder / "index.faiss").write_bytes(b"changed remotely")
     assert _local_copy(run_fs, "gme-abc", str(tmp_path / "cache")) == local
     assert Path(local, "index.faiss").read_bytes() == payload["index.faiss"]
+
+
+def test_ids_are_looked_up_through_the_memory_mapped_files(tmp_path):
+    index, _ = finished(tmp_path, extra=False)
+    assert isinstance(index._lookup, np.memmap)
+    assert index.rows_of(["p6", "p0", "nope", None, "p3", "p6"]) == [6, 0, None, None, 3, 6]
+    assert index.rows_of([]) == []
+
+
+def test_an_index_folder_without_the_lookup_files_still_looks_ids_up(tmp_path):
+    """A folder an earlier fusegen wrote (ids.parquet only) builds its lookup on open."""
+    from pipeline.io.indexes import IDS as IDS_FILE
+    from pipeline.io.indexes import LOOKUP
+
+    _, done = finished(tmp_path, extra=False)
+    for name in (IDS_FILE, LOOKUP):
+        os.remove(tmp_path / "_index" / "pool-x" / name)
+    reopened = IndexHandle(str(tmp_path / "_index"), "pool-x", done["count"], done["dim"], done["kind"]).open()
+    assert reopened.rows_of(IDS[::-1]) == list(range(7))[::-1]
+
+
+@given(ids=st.lists(st.text(max_size=6), max_size=40), probes=st.lists(st.text(max_size=6), max_size=20))
+@settings(max_examples=60, deadline=None)
+def test_rows_of_answers_what_a_dict_of_every_id_would(ids, probes):
+    """The last row of a repeated id, None for an absent one, for any unicode ids."""
+    from pipeline.io.indexes import OpenIndex, id_lookup
+
+    index = object.__new__(OpenIndex)
+    index.ids, index._lookup = pa.array(ids, pa.string()), id_lookup(ids)
+    as_dict = {doc_id: i for i, doc_id in enumerate(ids)}
+    asked = probes + ids
+    assert OpenIndex.rows_of(index, asked) == [as_dict.get(p) for p in asked]
