@@ -47,7 +47,11 @@ from pipeline.io.manifest import MANIFEST, PARTS_MARK, REJECTS, check_ledger
 
 RECEIPT = pa.schema([
     ("shard", pa.string()),
-    ("srcs", pa.list_(pa.int64())),
+    # The input rows the piece covers, run-length coded: runs of consecutive rows (first row, how many)
+    # that each produced `units` units here and `expected` in all. A receipt stays a few runs long
+    # whatever the rows (a list per row cost ~120 bytes a row).
+    ("src_first", pa.list_(pa.int64())),
+    ("src_count", pa.list_(pa.int64())),
     ("src_units", pa.list_(pa.int32())),
     ("src_expected", pa.list_(pa.int32())),
     ("out", pa.int64()),
@@ -157,10 +161,10 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
         rel = f"{stage_dir}/{REJECTS}/part-{name}.parquet"
         run_fs.write_parquet(rel, reject_table(dropped))
         rejects = [rel]
-    srcs, units, expected = _coverage(piece, stage.fanout)
+    first, count, units, expected = _runs(*_coverage(piece, stage.fanout))
     counts = Counter(status.to_pylist())
     return {
-        "shard": shard, "srcs": srcs, "src_units": units, "src_expected": expected,
+        "shard": shard, "src_first": first, "src_count": count, "src_units": units, "src_expected": expected,
         "out": counts.get(OK, 0), "filtered": counts.get(FILTERED, 0), "rejected": counts.get(REJECTED, 0),
         "reasons": json.dumps(dict(Counter(dropped[REASON].to_pylist()))),
         "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys,
@@ -202,6 +206,28 @@ def _coverage(piece: pa.Table, fanout: int | None) -> tuple[list[int], list[int]
     return order, [counts[s] for s in order], [int(totals[s]) for s in order]
 
 
+def _runs(srcs: list[int], units: list[int], expected: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per-row coverage (sorted rows) -> runs of consecutive rows with the same (units, expected)."""
+    first, count, run_units, run_expected = [], [], [], []
+    for src, n, total in zip(srcs, units, expected):
+        if first and src == first[-1] + count[-1] and (n, total) == (run_units[-1], run_expected[-1]):
+            count[-1] += 1
+        else:
+            first.append(src)
+            count.append(1)
+            run_units.append(n)
+            run_expected.append(total)
+    return first, count, run_units, run_expected
+
+
+def covered_rows(receipt: dict) -> list[tuple[int, int, int]]:
+    """(input row, units here, units expected) for every row a receipt covers, in row order."""
+    return [(src, n, total)
+            for first, count, n, total in zip(receipt["src_first"], receipt["src_count"], receipt["src_units"],
+                                              receipt["src_expected"])
+            for src in range(first, first + count)]
+
+
 class ShardCommitter:
     """Driver side: receipts in, one marker per finished shard out (ledger checked, marker last).
 
@@ -221,6 +247,8 @@ class ShardCommitter:
         self.order = [s.shard for s in pending]
         self.pieces: dict[str, list[dict]] = {}
         self.units: dict[str, dict[int, list[int]]] = {}
+        # Input rows of each shard whose units have all arrived.
+        self.complete: dict[str, int] = {}
         self.ready: set[str] = set()
         self.committed: set[str] = set()
         self.state, self.progress, self.rewrite = state, progress, rewrite
@@ -244,15 +272,18 @@ class ShardCommitter:
             raise LedgerError(f"{where}: rows for a shard that is not pending in this run")
         rows = self.specs[shard].rows
         seen = self.units.setdefault(shard, {})
-        for src, n, expected in zip(receipt["srcs"], receipt["src_units"], receipt["src_expected"]):
+        done = self.complete.get(shard, 0)
+        for src, n, expected in covered_rows(receipt):
             if not 0 <= src < rows:
                 raise LedgerError(f"{where}: a unit names input row {src}, but the shard has {rows} rows")
             got = seen.setdefault(src, [0, expected])
             got[0] += n
             if got[1] != expected or got[0] > expected:
                 raise LedgerError(f"{where}: input row {src} produced {got[0]} units, expected {expected}")
+            done += got[0] == expected
+        self.complete[shard] = done
         self.pieces.setdefault(shard, []).append(receipt)
-        if len(seen) == rows and all(n == expected for n, expected in seen.values()):
+        if done == rows:
             self.ready.add(shard)
 
     def _flush(self) -> None:
@@ -276,6 +307,7 @@ class ShardCommitter:
         # the prefix carries it (`<prefix>-<shard>-<src>-<slot>`; a piece may hold only validation rows).
         pieces = sorted(self.pieces.pop(shard), key=lambda r: _piece_key((r["parts"] + r["rejects"])[0]))
         self.units.pop(shard, None)
+        self.complete.pop(shard, None)
         rows = {"in": 0, "out": 0, "filtered": 0, "rejected": 0}
         reasons: Counter = Counter()
         for r in pieces:

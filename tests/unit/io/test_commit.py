@@ -20,6 +20,7 @@ from pipeline.io.commit import (
     RECEIPT,
     ShardCommitter,
     committed_files,
+    covered_rows,
     reject_table,
     remove_garbage,
     rewrite_parts,
@@ -106,8 +107,23 @@ def test_receipts_hold_no_row_data(run_fs):
     out = receipts(run_fs, Pass(), block("000000", [0, 1, 2], ["ok", "filtered", "ok"]))
     assert out.schema == RECEIPT
     (r,) = out.to_pylist()
-    assert (r["srcs"], r["out"], r["filtered"], json.loads(r["reasons"])) == ([0, 1, 2], 2, 1, {"filter:dropped": 1})
+    assert (covered_rows(r), r["out"], r["filtered"], json.loads(r["reasons"])) == (
+        [(0, 1, 1), (1, 1, 1), (2, 1, 1)], 2, 1, {"filter:dropped": 1})
     assert "row 000000/0" not in json.dumps(r)
+
+
+def test_a_receipt_codes_its_rows_as_runs_and_stays_small_whatever_the_rows(run_fs):
+    """Consecutive input rows with the same (units, expected) are one run: a 3-units-a-row piece of
+    2,000 rows is one run, not 2,000 entries; gaps and a row split over pieces start new runs."""
+    big = receipts(run_fs, Pass(fanout=3), block("000000", [s for s in range(2000) for _ in range(3)],
+                                                 slots=[k for _ in range(2000) for k in range(3)]))
+    (r,) = big.to_pylist()
+    assert (r["src_first"], r["src_count"], r["src_units"], r["src_expected"]) == ([0], [2000], [3], [3])
+    assert big.nbytes < 2000
+    split = receipts(run_fs, Pass(fanout=2), block("000001", [0, 0, 1, 3, 3, 4], slots=[0, 1, 0, 0, 1, 0]))
+    (r,) = split.to_pylist()
+    assert covered_rows(r) == [(0, 2, 2), (1, 1, 2), (3, 2, 2), (4, 1, 2)]
+    assert (r["src_first"], r["src_count"]) == ([0, 1, 3, 4], [1, 1, 1, 1])
 
 
 def test_worker_writes_kept_rows_and_rejects_under_the_names_the_receipt_gives(run_fs):
