@@ -22,29 +22,26 @@ source gave an image; the attempts say why), `error:generation_failed`.
 Attempt reasons: `doc:no_image`, `error:fetch_<kind>`, `error:image_<kind>`, `retrieval:no_pool`,
 `retrieval:empty_pool`, `retrieval:below_min_score`, `retrieval:empty_query`, and the LLM's
 `error:invalid_json` / `error:schema` / `error:truncated_output` / `error:timeout`... for descriptions.
+
+The configuration and output columns are in stages/images_config.py, the pool index (its embed side
+stage and the pool as an actor opens it) in stages/images_pool.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.columns import set_column
-from pipeline.config import check, to_dict
-from pipeline.io.fetch_config import FetchConfig
-from pipeline.io.image_pool import POOL_READERS, PoolConfig, load_pool_batch, plan_pool, pool_identity
-from pipeline.io.image_store import IMAGE_REF, ImageStore
-from pipeline.io.indexes import IndexHandle, IndexSpec, embedding_array
-from pipeline.models.clip import ClipConfig
-from pipeline.models.diffusion import DiffusionConfig
-from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
-from pipeline.models.text_embed import TextEmbedConfig
+from pipeline.config import to_dict
+from pipeline.io.image_pool import pool_identity
+from pipeline.io.image_store import ImageStore
+from pipeline.io.indexes import IndexHandle, IndexSpec
+from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW
 from pipeline.prompts import load_sources, render
 from pipeline.stage import (
     FILTERED,
@@ -52,77 +49,27 @@ from pipeline.stage import (
     OK,
     REJECTED,
     SLOT,
-    Resources,
     Stage,
-    StageConfig,
     actor_map,
     glue_map,
     set_status,
 )
-
-SOURCES = ("doc", "retrieval", "generation")
-PROMPTS = ("images/retrieval_query.j2", "images/describe.j2", "images/describe_system.j2", "images/describe_user.j2")
-ATTEMPT = pa.struct([("source", pa.string()), ("reason", pa.string())])
-# Internal column: the row still needs a generated image (set by the lookup, read by the drawer).
-GEN = "_gen"
-OUT_FIELDS = (
-    ("query_image", IMAGE_REF), ("image_source", pa.string()), ("image_origin", pa.string()),
-    ("image_license", pa.string()), ("image_score", pa.float32()), ("image_rank", pa.int32()),
-    ("image_prompt", pa.string()), ("image_seed", pa.int64()), ("image_model", pa.string()),
-    ("image_attempts", pa.list_(ATTEMPT)),
+from pipeline.stages.images_config import (
+    ATTEMPT,
+    GEN,
+    OUT_FIELDS,
+    PROMPTS,
+    SOURCES,
+    GenerationConfig,
+    ImagesConfig,
+    RetrievalConfig,
 )
+from pipeline.stages.images_pool import OpenImagePool, PoolVectorsFn, pool_spec, retriever_model
 
-
-@dataclass(frozen=True)
-class RetrievalConfig:
-    # `caption`: a text embedder over the pool's captions; `clip`: open_clip text tower vs image vectors.
-    retriever: Literal["caption", "clip"] = "caption"
-    # Images kept per row: 1 = one image per row; k > 1 = up to k rows per row (fan-out).
-    top_k: int = 1
-    # Neighbours fetched per query before duplicates and the score floor are applied.
-    search_k: int = 20
-    # Similarity floor (cosine); below it the attempt fails and the next source is tried. null = none.
-    min_score: float | None = None
-    index: Literal["flat", "ivf"] = "flat"
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 16
-
-    def __post_init__(self) -> None:
-        check(self.top_k >= 1, "images.retrieval", "top_k", f"must be >= 1 (got {self.top_k})")
-        check(self.search_k >= self.top_k, "images.retrieval", "search_k", "must be >= top_k")
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    # `llm`: the LLM writes the image prompt (JSON); `template`: prompts/images/describe.j2 renders it.
-    describe: Literal["llm", "template"] = "template"
-    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
-    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
-    max_description_chars: int = 300
-    passage_max_chars: int = 800
-
-    def __post_init__(self) -> None:
-        check(self.max_description_chars >= 20, "images.generation", "max_description_chars", "must be >= 20")
-
-
-@dataclass(frozen=True)
-class ImagesConfig(StageConfig):
-    sources: tuple[str, ...] = SOURCES
-    pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)
-    retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
-    clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)
-    embedder: TextEmbedConfig = dataclasses.field(default_factory=TextEmbedConfig)
-    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
-    fetch: FetchConfig = dataclasses.field(default_factory=FetchConfig)
-    resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=32, shard_rows=64))
-
-    def __post_init__(self) -> None:
-        bad = [s for s in self.sources if s not in SOURCES]
-        check(not bad, "images", "sources", f"unknown source(s) {bad}; known: {', '.join(SOURCES)}")
-        check(len(set(self.sources)) == len(self.sources) and bool(self.sources), "images", "sources",
-              "must list each source once, at least one")
-        check("generation" not in self.sources or self.sources[-1] == "generation", "images", "sources",
-              "must end with `generation` when it lists it (a drawn image never fails over to another source)")
+# Names the images stage's callers import from here (its config and pool index live beside it).
+__all__ = ["ATTEMPT", "GEN", "OUT_FIELDS", "PROMPTS", "SOURCES", "DrawFn", "GenerationConfig", "Images",
+           "ImagesConfig", "ImagesFn", "PoolVectorsFn", "RetrievalConfig", "choose_retrieved",
+           "describe_messages", "parse_description", "row_seed"]
 
 
 # --- pure per-row logic ---------------------------------------------------------------------------
@@ -178,112 +125,6 @@ def describe_messages(sources: dict[str, str], cfg: GenerationConfig, row: dict)
     ]
 
 
-# --- the pool index ---------------------------------------------------------------------------------
-
-
-class PoolVectorsFn:
-    """Ray actor: stored pool images in, (id, embedding, metadata) out: CLIP image vectors, or caption
-    vectors from the text embedder (`caption` retriever; pool rows with no caption are filtered)."""
-
-    def __init__(self, retriever: str, model: str, cfg: dict, index_uri: str) -> None:
-        self.retriever = retriever
-        self.cfg = ImagesConfig.from_dict(cfg)
-        self.store = ImageStore.from_uri(index_uri)
-        if retriever == "clip":
-            from pipeline.models.clip import ClipModel
-
-            self.model = ClipModel(model, self.cfg.clip)
-        else:
-            from pipeline.models.text_embed import TextEmbedder
-
-            self.model = TextEmbedder(model, self.cfg.embedder)
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        from pipeline.stage import REASON, STATUS
-
-        statuses, reasons = table[STATUS].to_pylist(), table[REASON].to_pylist()
-        refs, captions = table["image"].to_pylist(), table["caption"].to_pylist()
-        todo = []
-        for i, (status, ref, caption) in enumerate(zip(statuses, refs, captions)):
-            if status != OK:
-                continue
-            if self.retriever == "caption" and not caption:
-                statuses[i], reasons[i] = FILTERED, "filter:no_caption"
-                continue
-            todo.append(i)
-        if self.retriever == "clip":
-            vectors = self.model.encode_images([_load(self.store, refs[i]) for i in todo])
-        else:
-            prefix = self.cfg.embedder.passage_prefix
-            vectors = self.model.encode([prefix + captions[i] for i in todo], self.cfg.resources.batch_size)
-        dim = vectors.shape[1] if len(todo) else self.model.dim
-        full = np.zeros((table.num_rows, dim), np.float32)
-        full[todo] = vectors
-        table = table.append_column("embedding", embedding_array(full))
-        return set_status(table, statuses, reasons)
-
-
-def _load(store: ImageStore, ref: dict):
-    import io
-
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(store.get(ref)))
-    return img.convert("RGB")
-
-
-class ImagePool(Stage):
-    """Not a pipeline stage: the runner runs it to build the image pool index (resumable)."""
-
-    name: ClassVar[str] = "images:pool"
-    config_cls: ClassVar[type] = ImagesConfig
-    input_columns: ClassVar[tuple[str, ...]] = ()
-    output_columns: ClassVar[tuple[str, ...]] = ("id", "embedding", "image", "caption", "license", "origin")
-
-    def __init__(self, config: ImagesConfig, context, model_path: str) -> None:
-        super().__init__(config, context)
-        self.model_path = model_path
-
-    def plan(self, ctx, upstream):
-        return plan_pool(self.config.pool)
-
-    def readers(self) -> dict:
-        return dict(POOL_READERS)
-
-    def apply(self, ds):
-        cfg = self.config
-        ds = ds.map_batches(
-            load_pool_batch,
-            fn_kwargs={"cfg": to_dict(cfg.pool), "fetch": to_dict(cfg.fetch), "index_uri": self.context.index_uri},
-            batch_size=None, batch_format="pyarrow", num_cpus=min(1.0, cfg.resources.num_cpus),
-        )
-        kwargs = {"retriever": cfg.retrieval.retriever, "model": self.model_path, "cfg": to_dict(cfg),
-                  "index_uri": self.context.index_uri}
-        return actor_map(ds, PoolVectorsFn, kwargs, cfg.resources)
-
-
-def retriever_model(cfg: ImagesConfig, cache_dir) -> tuple[str, str]:
-    """(what the retriever loads, its identity) for the configured retriever."""
-    if cfg.retrieval.retriever == "clip":
-        from pipeline.models.clip import open_clip_name
-
-        name, identity = open_clip_name(cfg.clip.model, cache_dir)
-        return name, f"{identity} (open_clip{', ' + cfg.clip.pretrained if cfg.clip.pretrained else ''})"
-    from pipeline.models.sources import resolve_model
-
-    return resolve_model(cfg.embedder.model, cache_dir, None, "images.embedder")
-
-
-def pool_spec(cfg: ImagesConfig, context, model_path: str, model_id: str) -> IndexSpec:
-    r = cfg.retrieval
-    # layout 2: the index carries its rows' metadata in rows.arrow (older pool indexes do not).
-    identity = {"layout": 2, "pool": pool_identity(cfg.pool), "retriever": r.retriever, "model": model_id,
-                "embedder": to_dict(cfg.embedder) if r.retriever == "caption" else to_dict(cfg.clip),
-                "fetch": {k: v for k, v in to_dict(cfg.fetch).items() if k in ("max_side", "max_pixels", "min_side",
-                                                                                "max_aspect", "jpeg_quality")}}
-    return IndexSpec("image", None, ImagePool(cfg, context, model_path), identity, r.index, r.ivf_nlist)
-
-
 # --- the stage's actors -----------------------------------------------------------------------------
 
 
@@ -311,7 +152,7 @@ class ImagesFn:
 
     def pool(self):
         if self._pool is None:
-            self._pool = _OpenPool(self.index)
+            self._pool = OpenImagePool(self.index)
         return self._pool
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
@@ -426,38 +267,6 @@ class ImagesFn:
         out = set_column(out, SLOT, pa.array(slots, pa.int32()))
         out = set_column(out, NROWS, pa.array(counts, pa.int32()))
         return set_status(out, statuses, reasons)
-
-
-class _OpenPool:
-    """The image pool index opened in an actor. Its rows' metadata (id, image reference, license,
-    origin) is the index's memory-mapped `rows.arrow`: only the rows a shard hits are read."""
-
-    def __init__(self, handle: IndexHandle) -> None:
-        from pipeline.io.fs import RunFS
-
-        self.index = handle.open()
-        self.pool_store = ImageStore(RunFS.from_uri(handle.uri))
-        self.meta: dict[int, dict] = {}
-
-    def load(self, rows) -> None:
-        """Fetch the metadata of these pool rows (a shard's hits) in one read; it replaces the last
-        shard's, so an actor holds only what its current shard hit."""
-        wanted = sorted({int(r) for r in rows})
-        table = self.index.rows_at(wanted, ["id", "image", "license", "origin"]) if wanted else None
-        self.meta = dict(zip(wanted, table.to_pylist())) if wanted else {}
-
-    def sha(self, row: int) -> str | None:
-        image = self.meta[row]["image"]
-        return image["sha256"] if image else None
-
-    def image_row(self, row: int, score: float, rank: int, run_store: ImageStore) -> dict:
-        meta = self.meta[row]
-        ref = meta["image"]
-        if not run_store.exists(ref):
-            # The pool's store may be a shared index dir: the run keeps its own copy of what it uses.
-            run_store.put(self.pool_store.get(ref), ref["format"], ref["width"], ref["height"])
-        return {"query_image": ref, "image_source": "retrieved", "image_origin": f"pool:{meta['id']}",
-                "image_license": meta["license"], "image_score": score, "image_rank": rank}
 
 
 class DrawFn:
