@@ -1,15 +1,25 @@
-"""Stage classes by their own name (the track registry, pipeline/tracks.py, orders them per track)."""
+"""Stage classes by their own name (the track registry, pipeline/tracks.py, orders them per track).
+
+`STAGES` is built on first use: importing one stage module (as every Ray worker that runs a stage's
+function does) does not import the others and their model libraries.
+"""
 
 from __future__ import annotations
 
-from pipeline.stages.clip_filter import ClipFilter
-from pipeline.stages.consistency import Consistency
-from pipeline.stages.doc2query import Doc2Query
-from pipeline.stages.entities import Entities
-from pipeline.stages.export import Export
-from pipeline.stages.gme_score import GmeScore
-from pipeline.stages.images import Images
-from pipeline.stages.ingest import Ingest
-from pipeline.stages.negatives import Negatives
+import importlib
+from typing import Any
 
-STAGES = {cls.name: cls for cls in (Ingest, Doc2Query, Consistency, Entities, Images, ClipFilter, GmeScore, Negatives, Export)}
+# Stage name -> (module under pipeline.stages, class).
+_CLASSES = {
+    "ingest": ("ingest", "Ingest"), "doc2query": ("doc2query", "Doc2Query"), "consistency": ("consistency", "Consistency"),
+    "entities": ("entities", "Entities"), "images": ("images", "Images"), "clip_filter": ("clip_filter", "ClipFilter"),
+    "gme_score": ("gme_score", "GmeScore"), "negatives": ("negatives", "Negatives"), "export": ("export", "Export"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name != "STAGES":
+        raise AttributeError(f"module 'pipeline.stages' has no attribute {name!r}")
+    stages = {n: getattr(importlib.import_module(f"pipeline.stages.{m}"), c) for n, (m, c) in _CLASSES.items()}
+    globals()["STAGES"] = stages
+    return stages

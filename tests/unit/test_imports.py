@@ -64,3 +64,21 @@ def test_module_imports_alone(module):
         for key in [k for k in sys.modules if k == "pipeline" or k.startswith("pipeline.")]:
             del sys.modules[key]
         sys.modules.update(saved)
+
+
+def test_importing_one_stage_imports_no_other_stage():
+    """A Ray worker that unpickles one stage's function pays for that stage's imports only."""
+    import subprocess
+
+    code = ("import sys, pipeline.stages.doc2query; "
+            "print(sorted(m for m in sys.modules if m.startswith('pipeline.stages.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split("\n")[0] == "['pipeline.stages.doc2query']"
+
+
+def test_stages_lists_every_stage_class_under_its_own_name():
+    from pipeline.stages import STAGES
+    from pipeline.tracks import TRACKS
+
+    assert all(cls.name == name for name, cls in STAGES.items())
+    assert [cls for _, cls in TRACKS["gme"]] == list(STAGES.values())
