@@ -313,11 +313,12 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
     finally:
         progress.close()
     committer.finish()
-    # A worker killed mid-write whose task Ray ran again left its temporaries (the retry wrote the
-    # same names over the rest): sweep once more now that every shard is committed.
+    # Sweep once more now that every shard is committed: parts a commit hook's rewrite superseded, and
+    # temporaries of a worker killed mid-write whose task Ray ran again (the retry wrote the same names).
     removed = remove_garbage(run_fs, target.stage_dir, target.parts_dir, stage.part_prefixes())
     if removed:
-        log.info("%s: removed %d file(s) left by interrupted writes", stage.name, removed)
+        log.debug("%s: removed %d file(s) no marker names (superseded or left by a retried write)",
+                  stage.name, removed)
     return committer.receipt_bytes
 
 

@@ -240,7 +240,7 @@ class GmeEmbedder:
         }
         self.processor.tokenizer.padding_side = "right"
         self.dim = int(self.model.config.text_config.hidden_size)
-        log.info("loaded GME %s on %s (%s, dim %d)", model_path, self.device, self.model.dtype, self.dim)
+        log.debug("loaded GME %s on %s (%s, dim %d)", model_path, self.device, self.model.dtype, self.dim)
 
     def encode(self, inputs: list[GmeInput], batch_size: int | None = None) -> np.ndarray:
         """Embed `inputs` in batches of `batch_size` (default `cfg.batch_size`) -> (n, dim) float32, unit rows.
