@@ -12,6 +12,18 @@ from pipeline.errors import PipelineConfigError, PipelineError
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader that has gone is caught below
+        return code
+    except BrokenPipeError:
+        # `fusegen status RUN | head`: the reader has gone. Stop quietly, as Python's docs advise for
+        # command-line tools (stdout pointed at devnull, so the exit's flush raises nothing more).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="fusegen", description="Fused-modal retrieval training data on Ray.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run or resume a pipeline from a config file")
@@ -276,10 +288,20 @@ def _render_prompt(args, parser: argparse.ArgumentParser) -> int:
     if not stage_cls.prompt_files:
         prompted = [n for n, c in STAGES.items() if c.prompt_files]
         parser.error(f"stage {name!r} has no prompts; stages with prompts: {', '.join(prompted)}")
-    row = json.loads(Path(args.row).read_text(encoding="utf-8"))
+    try:
+        row = json.loads(Path(args.row).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parser.error(f"--row {args.row}: cannot read a JSON row from it ({exc})")
+    if not isinstance(row, dict):
+        parser.error(f"--row {args.row}: must hold one JSON object (a row), not a {type(row).__name__}")
     prompts_dir = Path(args.prompts_dir) if args.prompts_dir else default_prompts_dir()
     try:
         messages = stage_cls.render_row(prompts_dir, stage_cls.config_cls(), row)
+    except KeyError as exc:
+        parser.error(f"--row {args.row}: the row has no {exc.args[0]!r} field, which {name}'s prompt needs")
+    except (TypeError, AttributeError, ValueError) as exc:
+        # A field of the wrong JSON type (a number where the stage reads text, ...).
+        parser.error(f"--row {args.row}: a field has the wrong type for {name}'s prompt ({type(exc).__name__}: {exc})")
     except PipelineError as exc:
         print(f"fusegen: error: {exc}", file=sys.stderr)
         return 2

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import PipelineConfigError
 from pipeline.prompts import load_examples, load_sources, render
@@ -52,3 +55,32 @@ def test_cli_render_prints_every_message_of_the_fixture_row(repo_root):
         ["system", "user", "assistant", "user", "assistant", "user"],
         True,
     )
+
+
+
+ROW_FIELDS = ("title", "text", "query", "rewritten_query", "entity", "entity_type", "answer")
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(stage=st.sampled_from(["doc2query", "entities"]),
+       row=st.one_of(JSON_VALUES, st.fixed_dictionaries({}, optional={f: JSON_VALUES for f in ROW_FIELDS})))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_render_prompt_answers_any_json_row_with_messages_or_a_clear_error(tmp_path, capsys, stage, row):
+    from pipeline.cli import main
+
+    path = tmp_path / "row.json"
+    path.write_text(json.dumps(row))
+    try:
+        code = main(["render-prompt", stage, "--row", str(path)])
+    except SystemExit as exc:  # argparse's error(): usage and one line on stderr
+        code = exc.code
+    out = capsys.readouterr()
+    assert code in (0, 2)
+    if code == 0:
+        assert out.out.startswith("--- system\n")
+    else:
+        assert "error:" in out.err and "Traceback" not in out.err
