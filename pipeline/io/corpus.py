@@ -364,7 +364,7 @@ def local_images_identity(corpus_files: list[str], exclude: tuple[str, ...] = ()
                 st = os.stat(full)
             except OSError:
                 continue  # gone or unreadable: the record that names it becomes a reject
-            entries.append({"path": os.path.relpath(full, root), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            entries.append(_file_entry(full, root, st))
         if walked >= MAX_WALKED:
             log.warning("ingest: stopped identifying local images after %d files under %s; edits to the "
                         "rest will not re-run ingest", walked, root)
@@ -391,14 +391,17 @@ def file_entries(files: list[str], mode: str = "auto") -> list[dict]:
     use_hash = mode == "hash" or (mode == "auto" and sum(s.st_size for s in stats) <= HASH_LIMIT)
     out = []
     for file, st in zip(files, stats):
-        entry = {"path": os.path.relpath(file, root), "size": st.st_size}
-        if use_hash:
-            digest = hashlib.sha256()
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            entry["sha256"] = digest.hexdigest()
-        else:
-            entry["mtime_ns"] = st.st_mtime_ns
-        out.append(entry)
+        if not use_hash:
+            out.append(_file_entry(file, root, st))
+            continue
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        out.append({"path": os.path.relpath(file, root), "size": st.st_size, "sha256": digest.hexdigest()})
     return out
+
+
+def _file_entry(file: str, root: str, st: os.stat_result) -> dict:
+    """A file identified by size and modification time (the entry `inputs_diff` compares)."""
+    return {"path": os.path.relpath(file, root), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
