@@ -5,7 +5,9 @@ Input columns: id, doc_id, text, title. Output: one row per query slot (fanout N
 debugging) and every input column. Slots that fail are rejects carrying the raw text:
 `error:invalid_json`, `error:truncated_output`, `error:schema`, `error:missing_pair`,
 `error:prompt_too_long`,
-`filter:empty_query`, `filter:empty_answer`, `filter:duplicate_query`, `filter:query_copies_passage`.
+`filter:empty_query`, `filter:empty_answer`, `filter:duplicate_query`, `filter:query_copies_passage`,
+`filter:copied_example` (the query, or an answer the passage does not contain, equals one of a shown
+few-shot example about something the passage never names).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pipeline.config import check
 from pipeline.llmstage import LLMStage
 from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.prompts import load_examples, load_sources, render
+from pipeline.text.copied import COPIED_EXAMPLE, example_keys, is_copy
+from pipeline.text.leak import contains
 from pipeline.stage import (
     FILTERED,
     OK,
@@ -36,6 +40,8 @@ from pipeline.stage import (
 )
 
 PROMPTS = ("doc2query/system.j2", "doc2query/user.j2", "doc2query/examples.yaml")
+# The shown examples' query/answer keys a row's output may not copy (JSON), from render to parse.
+COPY_COL = "_copy_keys"
 _CTRL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -95,8 +101,19 @@ def clean(value: Any) -> str:
     return " ".join(_CTRL.sub(" ", value).split()) if isinstance(value, str) else ""
 
 
-def parse_pairs(raw: str, llm_error: str, n: int, passage: str) -> list[tuple[str, str, str, str]]:
-    """(status, reason, query, answer) for each of the n slots of one passage's output."""
+def foreign_keys(sources: dict[str, str], cfg: Doc2QueryConfig, title: str | None, text: str) -> list[str]:
+    """Copy keys of the shown examples' queries and answers, for the examples whose title the passage
+    (title and text) does not name: asked of such a passage, they can only be copied."""
+    passage = f"{title or ''}\n{text}"
+    shown = load_examples(sources[PROMPTS[2]], PROMPTS[2])[: cfg.few_shot]
+    foreign = [ex for ex in shown if not ex.get("title") or not contains(passage, ex["title"])]
+    return sorted(example_keys(v for ex in foreign for p in ex["pairs"] for v in (p["query"], p["answer"])))
+
+
+def parse_pairs(raw: str, llm_error: str, n: int, passage: str,
+                copied: frozenset[str] = frozenset()) -> list[tuple[str, str, str, str]]:
+    """(status, reason, query, answer) for each of the n slots of one passage's output; `copied`: the
+    `foreign_keys` of the row's prompt."""
     if llm_error:
         return [(REJECTED, llm_error, "", "")] * n
     try:
@@ -130,6 +147,8 @@ def parse_pairs(raw: str, llm_error: str, n: int, passage: str) -> list[tuple[st
             out.append((FILTERED, "filter:duplicate_query", query, answer))
         elif query.casefold() == passage_key or (len(key) > 40 and key in passage_key):
             out.append((FILTERED, "filter:query_copies_passage", query, answer))
+        elif is_copy(query, copied) or (is_copy(answer, copied) and not contains(passage, answer)):
+            out.append((FILTERED, COPIED_EXAMPLE, query, answer))
         else:
             seen.add(key)
             out.append((OK, "", query, answer))
@@ -141,6 +160,8 @@ def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Tabl
     config = Doc2QueryConfig.from_dict(cfg)
     titles, texts = table["title"].to_pylist(), table["text"].to_pylist()
     msgs = [json.dumps(build_messages(sources, config, t, x), ensure_ascii=False) for t, x in zip(titles, texts)]
+    keys = [json.dumps(foreign_keys(sources, config, t, x), ensure_ascii=False) for t, x in zip(titles, texts)]
+    table = table.append_column(COPY_COL, pa.array(keys, pa.string()))
     return table.append_column(MESSAGES, pa.array(msgs, pa.string()))
 
 
@@ -148,13 +169,14 @@ def explode_batch(table: pa.Table, cfg: dict) -> pa.Table:
     """Ray Data task: one passage row -> N query-slot rows with status and reason."""
     config = Doc2QueryConfig.from_dict(cfg)
     n = config.queries_per_passage
-    base = table.drop_columns([c for c in (MESSAGES, RAW, LLM_ERROR) if c in table.column_names])
+    base = table.drop_columns([c for c in (MESSAGES, RAW, LLM_ERROR, COPY_COL) if c in table.column_names])
     raws, errors, texts = table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["text"].to_pylist()
+    copied = [frozenset(json.loads(k)) for k in table[COPY_COL].to_pylist()]
     take, cols = [], {k: [] for k in ("id", "query", "answer", "query_index", "llm_raw", SLOT)}
     statuses, reasons = [], []
     doc_ids = table["doc_id"].to_pylist()
     for i, (raw, err, text) in enumerate(zip(raws, errors, texts)):
-        for k, (status, reason, query, answer) in enumerate(parse_pairs(raw, err, n, text)):
+        for k, (status, reason, query, answer) in enumerate(parse_pairs(raw, err, n, text, copied[i])):
             take.append(i)
             for key, value in zip(cols, (f"{doc_ids[i]}-q{k}", query, answer, k, raw, k)):
                 cols[key].append(value)

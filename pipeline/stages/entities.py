@@ -13,7 +13,10 @@ Input columns: id, doc_id, text, title, query. Output: every input column plus `
 and `entities_raw` (the LLM's raw text, kept on rejects too). Dropped rows: LLM errors (`error:invalid_json`,
 `error:schema`, `error:truncated_output`, `error:timeout`, `error:prompt_too_long`, `error:http_*`...),
 `filter:no_entity`, `filter:entity_not_in_query`, `filter:empty_rewrite`, `filter:rewrite_unchanged`,
-`filter:entity_leak`, `filter:alias_leak`.
+`filter:entity_leak`, `filter:alias_leak`, `filter:copied_example` (the entity is a shown few-shot
+example's and the passage names none of the answer's names), `filter:entity_not_in_passage`
+(neither the entity nor an alias the LLM gave occurs in the passage's title or text, with the leak
+check's normalisation; `require_entity_in_passage: false` turns it off for cross-lingual corpora).
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.models.ner import NERConfig, load_ner, ner_candidates, ner_identity
 from pipeline.prompts import load_examples, load_sources, render
 from pipeline.stage import FILTERED, OK, REASON, REJECTED, STATUS, Resources, StageConfig, set_status
+from pipeline.text.copied import COPIED_EXAMPLE, example_keys, is_copy
 from pipeline.text.leak import contains, fold, leak_reason
 from pipeline.text.mask import mask_entity
 
 PROMPTS = ("entities/system.j2", "entities/user.j2", "entities/examples.yaml")
 NER_COL = "_ner"
+# The shown examples' entities and aliases (JSON), set when prompts are rendered, read by the parser.
+COPY_COL = "_copy_keys"
+ENTITY_NOT_IN_PASSAGE = "filter:entity_not_in_passage"
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,10 @@ class EntitiesConfig(StageConfig):
     # What to do when the LLM named the entity but its rewrite is unchanged, empty or leaks: `none`
     # (filter the row) or `rule` (mask the entity as "this <type>"; English questions only, text/mask.py).
     repair: Literal["none", "rule"] = "none"
+    # The entity (or an alias the LLM gave) must occur in the passage's title or text, else
+    # `filter:entity_not_in_passage`: a small model names entities of its examples or of its own
+    # knowledge. Turn off for cross-lingual corpora (entity names in another language than the passage).
+    require_entity_in_passage: bool = True
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=16))
 
     def __post_init__(self) -> None:
@@ -90,7 +101,7 @@ def build_messages(sources: dict[str, str], cfg: EntitiesConfig, row: dict, cand
         return {"role": "user", "content": content}
 
     messages = [{"role": "system", "content": render(sources[system], system)}]
-    for ex in load_examples(sources[examples], examples)[: cfg.few_shot]:
+    for ex in shown_examples(sources, cfg):
         messages.append(ask(ex.get("title"), ex["text"], ex["query"], ex["candidates"]))
         answer = {k: ex["answer"][k] for k in ("entity", "entity_type", "aliases", "query")}
         messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
@@ -113,12 +124,15 @@ REPAIRABLE = frozenset(
 )
 
 
-def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig) -> tuple:
+def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig, passage: str | None = None,
+                 copied: frozenset[str] | None = None) -> tuple:
     """(status, reason, entity, entity_type, aliases, rewritten, rewrite_source) for one LLM output.
 
     Failed rows carry None for the strings and [] for aliases; `rewrite_source` is "llm", "rule"
     (`repair: rule` masked the entity) or None when no rewrite was kept. `aliases` may be missing (backends
     without guided decoding drop it); any other missing key or wrong type is `error:schema`.
+    A kept answer then passes `grounding_reason` against `passage` (title and text) and the shown
+    examples' entity keys `copied`; None skips those checks.
     """
     if llm_error:
         return REJECTED, llm_error, None, None, [], None, None
@@ -141,9 +155,43 @@ def parse_entity(raw: str, llm_error: str, query: str, cfg: EntitiesConfig) -> t
     if reason in REPAIRABLE and cfg.repair == "rule":
         masked = mask_entity(query, entity, etype)
         if masked and not rewrite_reason(entity, aliases, query, masked, cfg.min_token_chars):
-            return OK, "", entity, etype, aliases, masked, "rule"
-    status, source = (FILTERED, None) if reason else (OK, "llm")
-    return status, reason, entity or None, etype or None, aliases, rewritten or None, source
+            reason, rewritten, source = "", masked, "rule"
+        else:
+            source = None
+    else:
+        source = None if reason else "llm"
+    if not reason:
+        reason = grounding_reason(entity, aliases, passage, copied, cfg)
+    if reason:
+        return FILTERED, reason, entity or None, etype or None, aliases, rewritten or None, None
+    return OK, "", entity, etype or None, aliases, rewritten, source
+
+
+def grounding_reason(entity: str, aliases: list[str], passage: str | None,
+                     copied: frozenset[str] | None, cfg: EntitiesConfig) -> str:
+    """`filter:copied_example` or `filter:entity_not_in_passage` for a rewrite that passed the leak
+    check, else "". A shown example's entity (or alias) is a copy only where the passage names none of
+    the answer's names: a passage about the Golden Gate Bridge may well have it as its entity. A rewrite
+    equal to an example's is no copy by itself ("When did this landmark open?" fits many landmarks)."""
+    grounded = passage is None or any(contains(passage, name) for name in [entity, *aliases])
+    if copied is not None and not grounded and is_copy(entity, copied):
+        return COPIED_EXAMPLE
+    if cfg.require_entity_in_passage and not grounded:
+        return ENTITY_NOT_IN_PASSAGE
+    return ""
+
+
+def shown_examples(sources: dict[str, str], cfg: EntitiesConfig) -> list[dict]:
+    """The few-shot examples the prompt shows (the first `few_shot`)."""
+    name = PROMPTS[2]
+    return load_examples(sources[name], name)[: cfg.few_shot]
+
+
+def copy_keys(sources: dict[str, str], cfg: EntitiesConfig) -> frozenset[str]:
+    """The shown examples' entities and aliases, as comparison keys."""
+    shown = shown_examples(sources, cfg)
+    return example_keys([ex["answer"]["entity"] for ex in shown]
+                        + [a for ex in shown for a in ex["answer"].get("aliases", [])])
 
 
 def rewrite_reason(entity: str, aliases: list[str], query: str, rewritten: str, min_token_chars: int) -> str:
@@ -181,6 +229,8 @@ def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Tabl
     msgs = [
         json.dumps(build_messages(sources, config, r, r[NER_COL] or []), ensure_ascii=False) for r in rows
     ]
+    keys = json.dumps(sorted(copy_keys(sources, config)), ensure_ascii=False)
+    table = table.append_column(COPY_COL, pa.array([keys] * table.num_rows, pa.string()))
     return table.append_column(MESSAGES, pa.array(msgs, pa.string()))
 
 
@@ -192,15 +242,18 @@ def ner_prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.
 def parse_batch(table: pa.Table, cfg: dict) -> pa.Table:
     """Ray Data task: parse and leak-check every output; set the output columns and the status."""
     config = EntitiesConfig.from_dict(cfg)
+    keys = {k: frozenset(json.loads(k)) for k in set(table[COPY_COL].to_pylist())}
+    passages = [f"{title or ''}\n{text or ''}" for title, text in zip(table["title"].to_pylist(), table["text"].to_pylist())]
     parsed = [
-        parse_entity(raw or "", err or "", q or "", config)
-        for raw, err, q in zip(
-            table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["query"].to_pylist()
+        parse_entity(raw or "", err or "", q or "", config, passage, keys[copied])
+        for raw, err, q, passage, copied in zip(
+            table[RAW].to_pylist(), table[LLM_ERROR].to_pylist(), table["query"].to_pylist(), passages,
+            table[COPY_COL].to_pylist(),
         )
     ]
     # The vLLM path restores rows from Python dicts: `_messages` is gone and an all-empty `_ner` would
     # come back as list<null>, so the types are set here rather than trusted.
-    out = table.drop_columns([c for c in (MESSAGES, LLM_ERROR, STATUS, REASON) if c in table.column_names])
+    out = table.drop_columns([c for c in (MESSAGES, LLM_ERROR, STATUS, REASON, COPY_COL) if c in table.column_names])
     out = out.set_column(
         out.column_names.index(NER_COL), "ner_candidates", out[NER_COL].cast(pa.list_(pa.string()))
     )

@@ -213,6 +213,7 @@ def generated() -> pa.Table:
             "_shard": ["000003", "000003"],
             "_src": pa.array([0, 1], pa.int64()),
             "_messages": ["[]", "[]"],
+            "_copy_keys": ["[]", "[]"],
             "_raw": [
                 completion(
                     ("When did it open?", "1937"), ("when did it open", "1937"), ("Colour?", "Orange")
@@ -283,3 +284,36 @@ def test_explode_batch_column_types(generated):
 def test_doc2query_resume_state_accepts_the_runner_call(tmp_path):
     stage = Doc2Query(Doc2QueryConfig(), None)
     assert stage.resume_state(RunFS.from_uri(str(tmp_path)), "02_doc2query") == {}
+
+
+# --- copied few-shot examples --------------------------------------------------------------------------
+
+
+def test_foreign_keys_hold_the_examples_about_things_the_passage_never_names():
+    from pipeline.stages.doc2query import foreign_keys
+
+    sources = load_sources(default_prompts_dir(), PROMPTS)
+    cfg = Doc2QueryConfig(few_shot=2)
+    about_gg = foreign_keys(sources, cfg, "Golden Gate Bridge", PASSAGE)
+    elsewhere = foreign_keys(sources, cfg, "长城", "长城是中国古代的军事防御工程。")
+    assert "when did the golden gate bridge open" in elsewhere
+    assert "when did the golden gate bridge open" not in about_gg
+    assert set(about_gg) < set(elsewhere)
+
+
+def test_parse_pairs_filters_a_query_copied_from_a_foreign_example():
+    keys = frozenset({"when did the golden gate bridge open", "in 1937"})
+    out = parse_pairs(completion(("When did the Golden Gate Bridge open?", "In 1937.")), "", 1, "长城很长。", keys)
+    assert reasons(out) == ["filter:copied_example"]
+
+
+def test_parse_pairs_filters_an_example_answer_the_passage_does_not_contain():
+    keys = frozenset({"in 1937"})
+    out = parse_pairs(completion(("How old is the wall?", "In 1937.")), "", 1, "The wall is very old.", keys)
+    assert reasons(out) == ["filter:copied_example"]
+
+
+def test_parse_pairs_keeps_an_example_answer_the_passage_contains():
+    keys = frozenset({"in 1937"})
+    out = parse_pairs(completion(("When was it finished?", "In 1937.")), "", 1, "It was finished in 1937.", keys)
+    assert reasons(out) == [""]

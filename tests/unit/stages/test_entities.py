@@ -17,6 +17,7 @@ from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW
 from pipeline.prompts import default_prompts_dir, load_examples, load_sources
 from pipeline.stage import REASON, SHARD, SRC, STATUS
 from pipeline.stages.entities import (
+    COPY_COL,
     PROMPTS,
     Entities,
     EntitiesConfig,
@@ -420,9 +421,75 @@ def test_an_empty_shard_passes_through(rows, sources):
 def test_parse_batch_accepts_rows_restored_without_messages_and_with_untyped_lists(rows, sources):
     """The vLLM path rebuilds rows from dicts: no `_messages`, and `_ner` may arrive as list<null>."""
     table = rows.append_column("_ner", pa.array([[], [], []], pa.list_(pa.null())))
+    table = table.append_column(COPY_COL, pa.array(["[]"] * 3, pa.string()))
     table = table.append_column(RAW, pa.array([answer(), "", KOELN])).append_column(
         LLM_ERROR, pa.array(["", "error:inference:boom", ""])
     )
     out = parse_batch(table, to_dict(CFG))
     assert out.schema.field("ner_candidates").type == pa.list_(pa.string())
     assert out[REASON].to_pylist() == ["", "error:inference:boom", ""]
+
+
+# --- grounding: the entity must be the passage's, not an example's ---------------------------------------
+
+GREAT_WALL = "长城\n长城是中国古代的军事防御工程，全长两万多公里。"
+EXAMPLE_ENTITIES = frozenset({"golden gate bridge", "frida kahlo", "kahlo"})
+COPIED_QUERY = "What is the origin of the Golden Gate Bridge?"
+
+
+def test_an_example_entity_the_passage_never_names_is_a_copied_example():
+    """The demo's bad row: a Chinese Great Wall passage, the first example's entity and a query about it."""
+    raw = answer(query="What is the origin of this landmark?")
+    got = parse_entity(raw, "", COPIED_QUERY, CFG, GREAT_WALL, EXAMPLE_ENTITIES)
+    assert got[:2] == ("filtered", "filter:copied_example")
+
+
+def test_an_example_entity_that_the_passage_names_is_kept():
+    passage = "Golden Gate Bridge\nThe Golden Gate Bridge opened in 1937."
+    got = parse_entity(answer(), "", QUERY, CFG, passage, EXAMPLE_ENTITIES)
+    assert got[:2] == ("ok", "") and got[2] == "Golden Gate Bridge"
+
+
+def test_an_entity_the_passage_never_names_is_filtered_as_not_in_passage():
+    raw = answer(entity="Eiffel Tower", query="When was this landmark built?")
+    got = parse_entity(raw, "", "When was the Eiffel Tower built?", CFG, GREAT_WALL, EXAMPLE_ENTITIES)
+    assert got[:2] == ("filtered", "filter:entity_not_in_passage")
+
+
+def test_an_alias_in_the_passage_grounds_a_cross_lingual_entity():
+    raw = answer(entity="Great Wall", aliases=["长城"], query="How long is this landmark?")
+    got = parse_entity(raw, "", "How long is the Great Wall?", CFG, GREAT_WALL, EXAMPLE_ENTITIES)
+    assert got[:2] == ("ok", "")
+
+
+def test_grounding_matches_case_and_accents_like_the_leak_check():
+    raw = answer(entity="Sagrada Familia", etype="basilica", query="Who designed this basilica?")
+    passage = "La SAGRADA FAMÍLIA és una basílica de Barcelona."
+    got = parse_entity(raw, "", "Who designed the Sagrada Familia?", CFG, passage, EXAMPLE_ENTITIES)
+    assert got[:2] == ("ok", "")
+
+
+def test_require_entity_in_passage_false_keeps_an_ungrounded_entity_but_not_a_copy():
+    lenient = EntitiesConfig(require_entity_in_passage=False)
+    raw = answer(entity="Great Wall", query="How long is this landmark?")
+    assert parse_entity(raw, "", "How long is the Great Wall?", lenient, GREAT_WALL, EXAMPLE_ENTITIES)[:2] == ("ok", "")
+    copied = answer(query="What is the origin of this landmark?")
+    got = parse_entity(copied, "", COPIED_QUERY, lenient, GREAT_WALL, EXAMPLE_ENTITIES)
+    assert got[1] == "filter:copied_example"
+
+
+def test_a_rule_repaired_rewrite_is_grounded_too():
+    repair = EntitiesConfig(repair="rule")
+    raw = answer(entity="Eiffel Tower", etype="landmark", query="When was the Eiffel Tower built?")
+    got = parse_entity(raw, "", "When was the Eiffel Tower built?", repair, GREAT_WALL, EXAMPLE_ENTITIES)
+    assert got[:2] == ("filtered", "filter:entity_not_in_passage")
+
+
+def test_parse_batch_grounds_each_row_in_its_own_passage(rows, sources):
+    """The row about the Great Wall answered with the first example's entity; the others stay kept."""
+    cn = answer(entity="Golden Gate Bridge", query="How long is this landmark?")
+    out = run_steps(rows.set_column(4, "query", pa.array([QUERY, "How long is the Golden Gate Bridge?",
+                                                         "Wann wurde der Kölner Dom vollendet?"])),
+                    sources, {**CANNED, "How long is the Golden Gate Bridge?": (cn, "")})
+    assert out[REASON].to_pylist() == ["", "filter:copied_example", ""]
+    assert COPY_COL not in out.column_names
