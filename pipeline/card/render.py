@@ -18,6 +18,7 @@ import yaml
 from pipeline.card.assets import ASSETS, write_examples, write_histograms
 from pipeline.card.facts import RunFacts, check_publishable, read_run
 from pipeline.card.licenses import license_of, obligations
+from pipeline.card.published import published_config
 from pipeline.card.stats import ExportStats, card_languages, export_stats
 from pipeline.config import check
 
@@ -163,7 +164,7 @@ def _context(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
         **_models(facts),
         "prompts": facts.prompts,
         "license": cfg.license,
-        "config_yaml": yaml.safe_dump(facts.run_yaml, sort_keys=False, allow_unicode=True),
+        "config_yaml": yaml.safe_dump(published_config(facts.run_yaml), sort_keys=False, allow_unicode=True),
     }
 
 
