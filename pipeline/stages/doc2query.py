@@ -25,8 +25,6 @@ from pipeline.config import check
 from pipeline.llmstage import LLMStage
 from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.prompts import load_examples, load_sources, render
-from pipeline.text.copied import COPIED_EXAMPLE, example_keys, is_copy
-from pipeline.text.leak import contains
 from pipeline.stage import (
     FILTERED,
     OK,
@@ -38,6 +36,8 @@ from pipeline.stage import (
     StageConfig,
     set_status,
 )
+from pipeline.text.copied import COPIED_EXAMPLE, example_keys, is_copy
+from pipeline.text.leak import contains
 
 PROMPTS = ("doc2query/system.j2", "doc2query/user.j2", "doc2query/examples.yaml")
 # The shown examples' query/answer keys a row's output may not copy (JSON), from render to parse.

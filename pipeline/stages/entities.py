@@ -94,7 +94,7 @@ def output_schema(cfg: EntitiesConfig) -> dict:
 
 
 def build_messages(sources: dict[str, str], cfg: EntitiesConfig, row: dict, cands: list[str]) -> list[dict]:
-    system, user, examples = PROMPTS
+    system, user, _ = PROMPTS
 
     def ask(title: str | None, text: str, query: str, candidates: list[str]) -> dict:
         content = render(sources[user], user, title=title, text=text, query=query, candidates=candidates)
