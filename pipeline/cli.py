@@ -189,23 +189,32 @@ def output_line(run_fs, stages, results) -> str:
 def _gc(args) -> int:
     """Runs also collect this garbage when they finish; this is for a run dir left as it is."""
     from pipeline.io.fs import RunFS
-    from pipeline.io.image_store import collect_store_garbage, store_garbage
-    from pipeline.rundir import INDEX_DIR
+    from pipeline.io.runlock import run_lock
 
     run_fs = RunFS.from_uri(args.run_dir)
     if not run_fs.exists("run.yaml"):
         raise PipelineConfigError(f"{args.run_dir} is not a fusegen run directory (no run.yaml)")
+    # A live run's images are stored before any part refers to them: never collect under it.
+    with run_lock(run_fs, "fusegen gc"):
+        _collect(run_fs, args.dry_run)
+    return 0
+
+
+def _collect(run_fs, dry_run: bool) -> None:
+    from pipeline.io.fs import RunFS
+    from pipeline.io.image_store import collect_store_garbage, store_garbage
+    from pipeline.rundir import INDEX_DIR
+
     # The run's store, and the store of its own index folder (pool images; a shared --index-dir is
     # not the run's to clean).
     for what, store_fs in (("image store", run_fs), ("index image store", RunFS(run_fs.fs, run_fs.path(INDEX_DIR)))):
-        garbage = store_garbage(store_fs) if args.dry_run else collect_store_garbage(store_fs)
+        garbage = store_garbage(store_fs) if dry_run else collect_store_garbage(store_fs)
         for rel in garbage.files[:20]:
             print(f"  {rel}")
         if len(garbage.files) > 20:
             print(f"  ... and {len(garbage.files) - 20} more")
-        verb = "would remove" if args.dry_run else "removed"
+        verb = "would remove" if dry_run else "removed"
         print(f"{what}: {verb} {len(garbage.files)} file(s), {garbage.bytes / 2**20:.1f} MiB")
-    return 0
 
 
 def _status(args) -> int:

@@ -31,6 +31,7 @@ from pipeline.io.manifest import (
     fingerprint,
     inputs_diff,
 )
+from pipeline.io.runlock import run_lock
 from pipeline.io.shards import ShardSpec, tag_rows
 from pipeline.logging import get_logger
 from pipeline.progress import StageProgress
@@ -82,7 +83,12 @@ def _py(value):
 
 
 def run_pipeline(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
-    """Run (or resume) every stage; returns what was decided for each."""
+    """Run (or resume) every stage, holding the run dir's lock throughout; returns what was decided."""
+    with run_lock(ctx.run_fs, "fusegen run"):
+        return _run_locked(ctx, stages)
+
+
+def _run_locked(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
     check_run_dir(ctx)
     # Every stage prepares (renders its prompts, resolves its models, identifies its input files)
     # before any stage runs: a bad prompt or model of the last stage stops the run before hours of work.
