@@ -22,6 +22,9 @@ from collections.abc import Iterable
 
 from pipeline import __version__
 from pipeline.errors import ExportError
+from pipeline.logging import get_logger
+
+log = get_logger(__name__)
 
 MARKER = "_fusegen_export.json"
 IMAGES = "images"
@@ -78,6 +81,17 @@ class OutDir:
 
     def rel(self, name: str) -> str:
         return os.path.join(self.path, name)
+
+    def inside(self, name: str) -> str | None:
+        """The path of `name` when it is a relative name that resolves inside the out dir (no absolute
+        path, no `..`, no link leading out), else None."""
+        parts = name.replace("\\", "/").split("/")
+        if not name or os.path.isabs(name) or name.startswith(("~", "\\")) or ".." in parts or "\0" in name:
+            return None
+        path = self.rel(name)
+        root = os.path.realpath(self.path)
+        real = os.path.realpath(os.path.dirname(path))
+        return path if real == root or real.startswith(root + os.sep) else None
 
     def image(self, struct: dict | None) -> str | None:
         """Write an HF image struct's bytes once; its path relative to the out dir (None stays None)."""
@@ -138,10 +152,16 @@ class OutDir:
 
     def finish(self, summary: dict) -> dict:
         """Remove what an earlier export of this run wrote and this one did not; mark complete."""
-        stale = set((self.previous or {}).get("files", [])) - set(self.files)
+        listed = (self.previous or {}).get("files", [])
+        stale = {n for n in listed if isinstance(n, str)} - set(self.files) if isinstance(listed, list) else set()
         for name in stale:
-            if os.path.isfile(self.rel(name)):
-                os.remove(self.rel(name))
+            # The marker is a file in a folder anyone may have written: only names that stay inside
+            # the out dir are removed, whatever the marker says.
+            path = self.inside(name)
+            if path is None:
+                log.warning("export: %s names %r, which is not a file inside %s; left alone", MARKER, name, self.path)
+            elif os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
         if self.previous is not None:
             self._remove_stale_images()
         return self._write_marker({"status": "complete", **summary})

@@ -145,3 +145,22 @@ def test_legacy_applies_to_ms_swift_only(run_copy, tmp_path):
 )
 def test_image_files_are_named_by_their_magic_bytes(data, ext):
     assert image_ext(data, "x.bin") == ext
+
+
+@pytest.mark.parametrize("name", ["../victim.txt", "sub/../../victim.txt", "{root}/victim.txt", "link/victim.txt"])
+def test_a_re_export_removes_no_file_outside_the_out_dir_whatever_the_marker_names(run_copy, tmp_path, name):
+    """`_fusegen_export.json` lives in a folder anyone may write: a listed name that leads out of the
+    out dir (`..`, an absolute path, a link to another folder) is left alone."""
+    out = tmp_path / "exports" / "out"
+    export_run(str(run_copy), "ms-swift", str(out), negatives=2)
+    victim = tmp_path / "exports" / "victim.txt"
+    victim.write_text("not the export's")
+    (out / "link").symlink_to(victim.parent, target_is_directory=True)
+    stale = out / "old.jsonl"
+    stale.write_text("{}\n")
+    m = marker(out)
+    m["files"] += [name.format(root=victim.parent), "old.jsonl"]
+    (out / MARKER).write_text(json.dumps(m))
+    export_run(str(run_copy), "ms-swift", str(out), negatives=2)
+    assert victim.read_text() == "not the export's"
+    assert not stale.exists()
