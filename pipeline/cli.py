@@ -157,10 +157,13 @@ def _push(args) -> int:
     verb = "would upload" if args.dry_run else "uploaded"
     for path in report.uploaded:
         print(f"{verb}: {path}")
+    for path in report.deleted:
+        print(f"{'would delete' if args.dry_run else 'deleted'}: {path}")
     seen = "" if report.remote_checked else " (remote not checked: no token)"
     done = "to upload" if args.dry_run else "uploaded"
-    print(f"push: {len(report.uploaded)} file(s) {done}{seen}, {len(report.unchanged)} already on the Hub, "
-          f"{report.commits} commit(s) to {args.repo}@{args.revision}")
+    gone = "to delete" if args.dry_run else "deleted"
+    print(f"push: {len(report.uploaded)} file(s) {done}{seen}, {len(report.deleted)} {gone}, "
+          f"{len(report.unchanged)} already on the Hub, {report.commits} commit(s) to {args.repo}@{args.revision}")
     return 0
 
 
@@ -169,7 +172,8 @@ def _push_to(run_dir: str, repo: str) -> int:
     from pipeline.publish import PushConfig, push_run
 
     report = push_run(run_dir, PushConfig(repo=repo, card=CardConfig(repo=repo)))
-    print(f"push: {len(report.uploaded)} file(s) uploaded, {len(report.unchanged)} unchanged, to {repo}")
+    print(f"push: {len(report.uploaded)} file(s) uploaded, {len(report.deleted)} deleted, "
+          f"{len(report.unchanged)} unchanged, to {repo}")
     return 0
 
 

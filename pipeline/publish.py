@@ -7,6 +7,11 @@ only what is missing). Files go in several commits of at most `max_commit_bytes`
 each (one big shard alone), so memory stays bounded by about one shard; the card goes last, once the
 data it describes is there. Loose image files, if an exporter wrote `export/images/`, travel in a few
 tar archives, never one file per image (the Hub answers 429/504 on repos with very many small files).
+
+The remote's `data/`, `assets/` and `_hub/` mirror the local export: files there that the export no
+longer has (a re-run with another split ratio or shard size) are deleted in the last commit (the
+card's, when the card changed), so `load_dataset` never reads old rows beside new ones once the push is done. Other remote
+files (a `.gitattributes`, files the owner added at the top) are left alone.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ class PushConfig:
 class PushReport:
     uploaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    # Remote files under the mirrored folders the export no longer has (deleted, or to delete).
+    deleted: list[str] = field(default_factory=list)
     commits: int = 0
     remote_checked: bool = True
 
@@ -160,19 +167,30 @@ def push_run(run_dir: str, cfg: PushConfig) -> PushReport:
     for f in files:
         (report.unchanged if same_as_remote(f, remote.get(f.path_in_repo)) else todo).append(f)
     report.unchanged = [f.path_in_repo for f in report.unchanged]
+    report.deleted = stale_remote(remote, files)
     if cfg.dry_run:
         report.uploaded = [f.path_in_repo for f in todo]
         return report
     groups = batches(todo, cfg.max_commit_bytes, cfg.max_commit_files)
+    if report.deleted and not groups:
+        groups = [[]]
     for i, group in enumerate(groups, start=1):
+        deletes = report.deleted if i == len(groups) else []
         committed = with_retries(
-            f"commit {i}/{len(groups)}", lambda g=group, n=i: _commit(api, cfg, g, n, len(groups)), cfg.retry
+            f"commit {i}/{len(groups)}",
+            lambda g=group, n=i, d=deletes: _commit(api, cfg, g, n, len(groups), d), cfg.retry,
         )
         report.uploaded += [f.path_in_repo for f in group]
         report.commits += committed
         mib = sum(f.size for f in group) // (1 << 20)
         log.info("push: commit %d/%d: %d file(s), %d MiB", i, len(groups), len(group), mib)
     return report
+
+
+def stale_remote(remote: dict, files: list[LocalFile]) -> list[str]:
+    """Remote files under the mirrored folders that the local export does not have."""
+    local = {f.path_in_repo for f in files}
+    return sorted(p for p in remote if p.split("/", 1)[0] in UPLOAD_DIRS and p not in local)
 
 
 def _ensure_repo(api, cfg: PushConfig) -> None:
@@ -196,16 +214,19 @@ def _login_token() -> str | None:
     return None if constants.HF_HUB_OFFLINE else get_token()
 
 
-def _commit(api, cfg: PushConfig, group: list[LocalFile], n: int, total: int) -> bool:
-    """One commit of the files of `group` the remote does not hold yet. It asks the remote again first:
-    a commit whose answer was lost (dropped connection) may have landed, and must not be sent twice."""
-    from huggingface_hub import CommitOperationAdd
+def _commit(api, cfg: PushConfig, group: list[LocalFile], n: int, total: int, deletes: list[str] = ()) -> bool:
+    """One commit of the files of `group` the remote does not hold yet, and the deletion of `deletes`
+    still there. It asks the remote again first: a commit whose answer was lost (dropped connection)
+    may have landed, and must not be sent twice."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    there = remote_files(api, cfg.repo, cfg.revision, cfg.retry, [f.path_in_repo for f in group])
+    there = remote_files(api, cfg.repo, cfg.revision, cfg.retry, [f.path_in_repo for f in group] + list(deletes))
     missing = [f for f in group if not same_as_remote(f, there.get(f.path_in_repo))]
-    if not missing:
+    gone = [p for p in deletes if p in there]
+    if not missing and not gone:
         return False
     ops = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.local_path) for f in missing]
+    ops += [CommitOperationDelete(path_in_repo=p) for p in gone]
     try:
         api.create_commit(
             cfg.repo,

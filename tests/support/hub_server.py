@@ -160,8 +160,14 @@ class HubServer(LocalServer):
         files = repo.branches.setdefault(rev, {})
         paths = []
         for item in lines[1:]:
+            if item["key"] == "deletedFile":
+                if item["value"]["path"] not in files:
+                    return 404, {"error": f"{item['value']['path']} does not exist"}, {}
+                del files[item["value"]["path"]]
+                paths.append(f"-{item['value']['path']}")
+                continue
             if item["key"] != "file":
-                return 400, {"error": f"this test server accepts regular files only, got {item['key']}"}, {}
+                return 400, {"error": f"this test server accepts regular files and deletions, got {item['key']}"}, {}
             files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
             paths.append(item["value"]["path"])
         repo.commits += 1

@@ -265,3 +265,58 @@ def test_the_push_after_a_run_uploads_the_export_to_the_default_endpoint(run_dir
     assert _push_to(str(run_dir), "me/after-run") == 0
     assert hub.files("me/after-run") == local_tree(run_dir)
     assert 'load_dataset("me/after-run")' in hub.files("me/after-run")["README.md"].decode()
+
+
+def _reshard(export: Path) -> None:
+    """What a re-run with another shard size leaves in export/data: the same rows under other names."""
+    import pyarrow.parquet as pq
+
+    for part in sorted((export / "data").glob("train-*.parquet")):
+        table = pq.read_table(part)
+        half = table.num_rows // 2
+        pq.write_table(table.slice(0, half), export / "data" / f"train-r{part.stem}-a.parquet")
+        pq.write_table(table.slice(half), export / "data" / f"train-r{part.stem}-b.parquet")
+        part.unlink()
+
+
+def test_a_changed_re_push_deletes_remote_data_the_export_no_longer_has(run_dir, hub, tmp_path):
+    import datasets
+
+    push(run_dir, hub)
+    before = set(hub.files("me/demo"))
+    _reshard(run_dir / "export")
+    report = push(run_dir, hub)
+    remote = hub.files("me/demo")
+    assert sorted(report.deleted) == sorted(p for p in before if p.startswith("data/train-"))
+    assert {p for p in remote if p.startswith("data/")} == {p for p in local_tree(run_dir) if p.startswith("data/")}
+    # Deletions ride in the last commit (the card's, when the card changed): never before the new data.
+    deleting = [i for i, c in enumerate(hub.commits) if any(p.startswith("-") for p in c)]
+    assert deleting == [len(hub.commits) - 1]
+    # The remote data loads as exactly the local rows, no old shard beside the new ones.
+    mirror = tmp_path / "mirror"
+    for path, data in remote.items():
+        if path.startswith("data/"):
+            (mirror / path).parent.mkdir(parents=True, exist_ok=True)
+            (mirror / path).write_bytes(data)
+    got = datasets.load_dataset("parquet", data_dir=str(mirror / "data"), split="train",
+                                cache_dir=str(tmp_path / "hf"))
+    local = datasets.load_dataset("parquet", data_dir=str(run_dir / "export" / "data"), split="train",
+                                  cache_dir=str(tmp_path / "hf2"))
+    assert sorted(got["id"]) == sorted(local["id"])
+
+
+def test_dry_run_lists_what_a_re_push_would_delete_and_deletes_nothing(run_dir, hub, capsys):
+    push(run_dir, hub)
+    before = hub.files("me/demo")
+    _reshard(run_dir / "export")
+    assert main(["push", str(run_dir), "--repo", "me/demo", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete: data/train-00000.parquet" in out
+    assert hub.files("me/demo") == before
+
+
+def test_remote_files_outside_the_mirrored_folders_are_left_alone(run_dir, hub):
+    push(run_dir, hub)
+    hub.repos["me/demo"].branches["main"]["notes/extra.md"] = b"added by the owner"
+    report = push(run_dir, hub)
+    assert report.deleted == [] and "notes/extra.md" in hub.files("me/demo")
