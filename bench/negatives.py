@@ -142,8 +142,8 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/fg-bench-negatives")
     args = ap.parse_args()
     _contract()
-    from pipeline.io.indexes import IndexHandle, finish_index
     from pipeline.io.index_config import IndexConfig
+    from pipeline.io.indexes import IndexHandle, finish_index
     from pipeline.stages.negatives import NegativesConfig
 
     m = args.queries or args.n

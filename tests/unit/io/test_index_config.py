@@ -158,7 +158,8 @@ def test_nprobe_changes_no_index_key_and_nlist_changes_every_one(repo_root):
 
 
 def test_gme_score_and_negatives_share_one_pool_whatever_their_nprobe(repo_root):
-    overrides = ["gme_score.top_k=5", "gme_score.index={kind: ivf, nprobe: 8}", "negatives.index={kind: ivf, nprobe: 64}"]
+    overrides = ["gme_score.top_k=5", "gme_score.index={kind: ivf, nprobe: 8}",
+                 "negatives.index={kind: ivf, nprobe: 64}"]
     specs = declared_specs(load_config(repo_root / "configs" / "demo.yaml", overrides))
     assert specs["gme_score"].key("ingest-fp") == specs["negatives"].key("ingest-fp")
 

@@ -215,7 +215,8 @@ def test_actor_keeps_every_input_column_and_row_order(world):
 
 def test_config_loads_from_yaml_values():
     built = GmeScoreConfig.from_dict(
-        {"threshold": 0.35, "top_k": 10, "index": {"kind": "ivf", "nprobe": 4}, "gme": {"max_image_tokens": 512}}
+        {"threshold": 0.35, "top_k": 10, "index": {"kind": "ivf", "nprobe": 4},
+         "gme": {"max_image_tokens": 512}}
     )
     assert (built.threshold, built.top_k, built.index, built.gme.max_image_tokens) == (
         0.35, 10, IndexConfig(kind="ivf", nprobe=4), 512

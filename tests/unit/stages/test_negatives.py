@@ -383,7 +383,8 @@ def test_actor_skips_the_empty_slots_of_an_ivf_search(tmp_path, monkeypatch):
     index = IndexHandle(uri, "gme-x", done["count"], done["dim"], done["kind"])
     monkeypatch.setattr(gme_pool, "load_embedder", lambda path, gme_cfg: FakeGme({"Q": vectors[0].tolist()}))
     # One probed list holds ~250 vectors: most of the 1000 slots asked for come back empty (-1).
-    config = NegativesConfig(search_k=1000, relative_margin=None, index=IndexConfig("ivf", nlist=16, nprobe=1))
+    index_cfg = IndexConfig("ivf", nlist=16, nprobe=1)
+    config = NegativesConfig(search_k=1000, relative_margin=None, index=index_cfg)
     fn = NegativesFn("unused", to_dict(config), str(tmp_path / "run"), "Find.", index)
     got = row(fn(queries((str(tmp_path / "run"), index, None), ["d0"])))
     assert got["num_negatives"] == 8 and "d0" not in got["neg_ids"]
