@@ -117,7 +117,7 @@ def mine_all(
     # The raw search's top K (outside the timing) on a sample: a second exact pass over every query
     # would double the flat run for a number the sample estimates well.
     for s in range(0, min(sample, len(queries)), 4096):
-        top.append(fn.pool.search(queries[s : min(s + 4096, sample)], cfg.num_negatives, cfg.ivf_nprobe)[1])
+        top.append(fn.pool.search(queries[s : min(s + 4096, sample)], cfg.num_negatives, cfg.index.nprobe)[1])
     return mined, np.concatenate(top), seconds
 
 
@@ -142,6 +142,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/fg-bench-negatives")
     args = ap.parse_args()
     _contract()
+    from pipeline.io.index_config import IndexConfig
     from pipeline.io.indexes import IndexHandle, finish_index
     from pipeline.stages.negatives import NegativesConfig
 
@@ -168,7 +169,7 @@ def main() -> int:
             built[kind] = (handle, time.perf_counter() - t)
         handle, build_s = built[kind]
         cfg = NegativesConfig(
-            num_negatives=args.k, search_k=args.search_k, ivf_nprobe=nprobe, index=kind, ivf_nlist=nlist
+            num_negatives=args.k, search_k=args.search_k, index=IndexConfig(kind, nlist, nprobe)
         )
         mined, top, mine_s = mine_all(handle, queries, args.n, cfg, args.recall_sample)
         results.append((label, build_s, mine_s, peak_rss_gib(), mined, top))

@@ -2,7 +2,9 @@
 
 A YAML file may name a parent with `extends: other.yaml` (resolved relative to the file); values
 merge depth-first, then `--set key.sub=value` overrides apply. Unknown keys and values of the wrong
-type stop the run before any work, with the dotted key and the file that set it in the message.
+type stop the run before any work, with the dotted key and the file that set it in the message. A key
+that was renamed (a config class's `RENAMED`: old key -> new dotted key) or a sub-config that used to be
+a single string (its class's `SCALAR_FORM`: the field the string moved to) names the key to write now.
 """
 
 from __future__ import annotations
@@ -82,9 +84,10 @@ def build(cls: type, values: Any, key: str, origins: dict[str, str]) -> Any:
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            _fail(key, origins, f"must be a mapping (got {values!r})")
+            _not_a_mapping(cls, values, key, origins)
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls) if f.init}
+        _check_renamed(cls, values, key, origins)
         unknown = sorted(set(values) - names)
         if unknown:
             bad = f"{key}.{unknown[0]}" if key else unknown[0]
@@ -99,8 +102,27 @@ def build(cls: type, values: Any, key: str, origins: dict[str, str]) -> Any:
             # A range check names its field: cite where that field was set, not its whole section.
             field = getattr(exc, "field", "")
             where = f"{key}.{field}" if key and field else (field or key)
-            raise PipelineConfigError(f"{exc} (in {_origin_of(where, origins)})") from None
+            # A shared sub-config (resources, index) labels its check with its own name: add the full key.
+            named = f"`{where}` " if key and getattr(exc, "section", key) != key else ""
+            raise PipelineConfigError(f"{exc} ({named}in {_origin_of(where, origins)})") from None
     return _coerce(cls, values, key, origins)
+
+
+def _check_renamed(cls: type, values: dict, key: str, origins: dict[str, str]) -> None:
+    """A key the config class lists in `RENAMED` (old key -> new key, relative to the class) stops the
+    run with the new key's name, before the unknown-key error would hide what to write instead."""
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
+    for old in sorted(set(values) & set(renamed)):
+        prefix = f"{key}." if key else ""
+        _fail(f"{prefix}{old}", origins, f"was renamed: use `{prefix}{renamed[old]}`")
+
+
+def _not_a_mapping(cls: type, value: Any, key: str, origins: dict[str, str]) -> typing.NoReturn:
+    # A config class that was once a single string (`index: ivf`) names the field the string moved to.
+    field = getattr(cls, "SCALAR_FORM", "")
+    if field and isinstance(value, str):
+        _fail(key, origins, f"is a mapping now: use `{key}.{field}: {value}`")
+    _fail(key, origins, f"must be a mapping (got {value!r})")
 
 
 def _coerce(tp: Any, value: Any, key: str, origins: dict[str, str]) -> Any:
@@ -170,6 +192,7 @@ def check(condition: bool, stage: str, field: str, message: str) -> None:
     if not condition:
         err = PipelineConfigError(f"{stage}: `{field}` {message}")
         err.field = field
+        err.section = stage
         raise err
 
 

@@ -2,7 +2,9 @@
 
 Consistency's passage pool, the images stage's pool, the GME pool of gme_score / negatives and the
 MegaPairs views all take an `index:` mapping of this shape. `kind` and `nlist` decide the index that
-is built (they enter the index key); `nprobe` only how it is searched.
+is built (they enter the index key, `IndexSpec.kind` / `.nlist`); `nprobe` only how it is searched
+(`OpenIndex.search`). The keys these replaced (`ivf_nlist`, `ivf_nprobe`, and `index: ivf` as a plain
+string) are config errors naming the new key: `RENAMED_KEYS` and `SCALAR_FORM` (pipeline/config.py).
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ from typing import ClassVar, Literal
 
 from pipeline.config import check
 
+# The `RENAMED` of every config that owns an `index:`: the keys this shape replaced, and where they went.
+RENAMED_KEYS: dict[str, str] = {"ivf_nlist": "index.nlist", "ivf_nprobe": "index.nprobe"}
+
 
 @dataclass(frozen=True)
 class IndexConfig:
     # nprobe changes how an index is searched, not which index is built.
     SEARCH_ONLY: ClassVar[frozenset] = frozenset({"nprobe"})
+    # `index: ivf` (a string) was the whole index config before this shape: it names `index.kind`.
+    SCALAR_FORM: ClassVar[str] = "kind"
 
     # `flat` is exact (fine to a few million vectors on one node); `ivf` is approximate and faster.
     kind: Literal["flat", "ivf"] = "flat"

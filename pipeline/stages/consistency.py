@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.config import check, to_dict
+from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
 from pipeline.io.indexes import IndexHandle, IndexSpec, embedding_array
 from pipeline.models.text_embed import TextEmbedConfig, TextEmbedder, passage_texts
 from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, actor_map, set_status
@@ -28,18 +29,16 @@ from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig
 
 @dataclass(frozen=True)
 class ConsistencyConfig(StageConfig):
+    RENAMED: ClassVar[dict[str, str]] = RENAMED_KEYS
+
     embedder: TextEmbedConfig = dataclasses.field(default_factory=TextEmbedConfig)
     top_k: int = 20
-    # `flat` is exact (fine to a few million passages on one node); `ivf` is approximate and faster.
-    index: Literal["flat", "ivf"] = "flat"
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 16
+    # The passage pool's index: `flat` (exact, fine to a few million passages on one node) or `ivf`.
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=64, shard_rows=1024))
 
     def __post_init__(self) -> None:
         check(self.top_k >= 1, "consistency", "top_k", f"must be >= 1 (got {self.top_k})")
-        check(self.ivf_nlist >= 0, "consistency", "ivf_nlist", "must be >= 0 (0 = automatic)")
-        check(self.ivf_nprobe >= 1, "consistency", "ivf_nprobe", "must be >= 1")
 
 
 def source_ranks(hits: np.ndarray, sources: list[int | None]) -> list[int | None]:
@@ -92,7 +91,7 @@ class ConsistencyFn:
         sources = self.pool.rows_of(table["doc_id"].to_pylist())
         vectors = self.embedder.encode([self.cfg.embedder.query_prefix + q for q in queries],
                                        self.cfg.resources.batch_size)
-        _, hits = self.pool.search(vectors, self.cfg.top_k, self.cfg.ivf_nprobe)
+        _, hits = self.pool.search(vectors, self.cfg.top_k, self.cfg.index.nprobe)
         ranks = source_ranks(hits, sources) if hits.shape[1] else [None] * len(queries)
         scores = [float(vectors[i] @ self.pool.vector(s)) if s is not None else None for i, s in enumerate(sources)]
         decided = [decide(r, s, q) for r, s, q in zip(ranks, sources, queries)]
@@ -138,7 +137,8 @@ class Consistency(Stage):
         """The passage pool: every passage ingest kept, embedded with this stage's embedder."""
         embedder = {**to_dict(self.config.embedder), "model_id": self.model_id}
         pool = PoolEmbed(self.config, self.context, self.model_path)
-        return (IndexSpec("text", "ingest", pool, embedder, self.config.index, self.config.ivf_nlist),)
+        index = self.config.index
+        return (IndexSpec("text", "ingest", pool, embedder, index.kind, index.nlist),)
 
     def apply(self, ds):
         kwargs = {"model_path": self.model_path, "cfg": to_dict(self.config), "index": self.bound_indexes["text"]}

@@ -10,7 +10,8 @@ image, content_hash, text_hash (a looser hash: case, punctuation and spacing ign
 one fallback here, counted per pool in that column rather than dropped).
 
 Both stages declare the same IndexSpec when their model, candidate-side GME settings, passage_images
-and index kind/nlist agree (query_instruction and batch_size do not count), so the runner embeds the
+and `index.kind` / `index.nlist` agree (query_instruction, batch_size and `index.nprobe` do not count:
+each stage searches the one pool with its own nprobe), so the runner embeds the
 pool once (build_index reuses a finished index with the same key). Each stage names its own side
 stage (`gme_score:pool`, `negatives:pool`): a stage that builds a pool under another model (negatives
 re-mined with a fine-tuned checkpoint) prunes only its own stale pools, never the other stage's.

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.config import check, to_dict
 from pipeline.errors import PipelineConfigError
+from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
 from pipeline.io.indexes import IndexHandle, IndexSpec
 from pipeline.models.gme import GmeConfig
 from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, actor_map, set_status
@@ -36,6 +37,8 @@ INSTRUCTION_FILE = "gme_score/instruction.txt"
 
 @dataclass(frozen=True)
 class GmeScoreConfig(StageConfig):
+    RENAMED: ClassVar[dict[str, str]] = RENAMED_KEYS
+
     gme: GmeConfig = dataclasses.field(default_factory=GmeConfig)
     # The query's task instruction; None reads prompts/gme_score/instruction.txt (in the fingerprint).
     instruction: str | None = None
@@ -50,10 +53,9 @@ class GmeScoreConfig(StageConfig):
     # the IT->T task. With an image_source `doc` row the query's image is that same image, which lifts
     # its score: compare thresholds per image_source, or turn this off for IT->T data.
     passage_images: bool = True
-    # `flat` is exact; `ivf` is approximate and faster on big pools (only used when top_k > 0).
-    index: Literal["flat", "ivf"] = "flat"
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 16
+    # The GME pool's index (only used when top_k > 0): `flat` is exact; `ivf` is approximate and faster
+    # on big pools. kind and nlist must match negatives' for the two stages to share one pool.
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=256))
 
     def __post_init__(self) -> None:
@@ -70,8 +72,6 @@ class GmeScoreConfig(StageConfig):
             "instruction",
             "must not be empty (null reads prompts/gme_score/instruction.txt)",
         )
-        check(self.ivf_nlist >= 0, "gme_score", "ivf_nlist", "must be >= 0 (0 = automatic)")
-        check(self.ivf_nprobe >= 1, "gme_score", "ivf_nprobe", "must be >= 1")
 
 
 def decide(
@@ -160,7 +160,7 @@ class GmeScoreFn(GmeQueryFn):
             for i, s in zip(live, np.einsum("ij,ij->i", vectors[live], positives)):
                 scores[i] = float(s)
             if self.cfg.top_k:
-                _, hits = self.pool.search(vectors[live], self.cfg.top_k, self.cfg.ivf_nprobe)
+                _, hits = self.pool.search(vectors[live], self.cfg.top_k, self.cfg.index.nprobe)
                 for i, r in zip(live, source_ranks(hits, [sources[i] for i in live])):
                     ranks[i] = r
         decided = [
@@ -219,8 +219,8 @@ class GmeStage(Stage):
         cfg = self.config
         return (
             gme_pool.pool_spec(
-                self.name, cfg.gme, self.model_path, self.model_id, cfg.passage_images, cfg.index,
-                cfg.ivf_nlist, cfg.resources, self.context,
+                self.name, cfg.gme, self.model_path, self.model_id, cfg.passage_images,
+                cfg.index.kind, cfg.index.nlist, cfg.resources, self.context,
             ),
         )
 

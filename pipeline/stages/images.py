@@ -223,7 +223,8 @@ class ImagesFn:
         if not asked:
             return out
         pool = self.pool()
-        scores, hits = pool.index.search(self.encode_queries([texts[i] for i in asked]), r.search_k, r.ivf_nprobe)
+        vectors = self.encode_queries([texts[i] for i in asked])
+        scores, hits = pool.index.search(vectors, r.search_k, r.index.nprobe)
         pool.load(hits[hits >= 0])
         for j, i in enumerate(asked):
             pairs = [(int(h), float(s)) for h, s in zip(hits[j], scores[j]) if h >= 0]

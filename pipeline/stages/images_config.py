@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 
@@ -15,6 +15,7 @@ from pipeline.config import check
 from pipeline.io.fetch_config import FetchConfig
 from pipeline.io.image_pool import PoolConfig
 from pipeline.io.image_store import IMAGE_REF
+from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
 from pipeline.models.clip import ClipConfig
 from pipeline.models.diffusion import DiffusionConfig
 from pipeline.models.llm_config import LLMConfig
@@ -36,6 +37,8 @@ OUT_FIELDS = (
 
 @dataclass(frozen=True)
 class RetrievalConfig:
+    RENAMED: ClassVar[dict[str, str]] = RENAMED_KEYS
+
     # `caption`: a text embedder over the pool's captions; `clip`: open_clip text tower vs image vectors.
     retriever: Literal["caption", "clip"] = "caption"
     # Images kept per row: 1 = one image per row; k > 1 = up to k rows per row (fan-out).
@@ -44,9 +47,8 @@ class RetrievalConfig:
     search_k: int = 20
     # Similarity floor (cosine); below it the attempt fails and the next source is tried. null = none.
     min_score: float | None = None
-    index: Literal["flat", "ivf"] = "flat"
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 16
+    # The image pool's index: `flat` (exact) or `ivf` (approximate, for pools of millions).
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
         check(self.top_k >= 1, "images.retrieval", "top_k", f"must be >= 1 (got {self.top_k})")

@@ -117,7 +117,8 @@ def pool_spec(cfg: ImagesConfig, context, model_path: str, model_id: str) -> Ind
                 "embedder": to_dict(cfg.embedder) if r.retriever == "caption" else to_dict(cfg.clip),
                 "fetch": {k: v for k, v in to_dict(cfg.fetch).items() if k in ("max_side", "max_pixels", "min_side",
                                                                                 "max_aspect", "jpeg_quality")}}
-    return IndexSpec("image", None, ImagePool(cfg, context, model_path), identity, r.index, r.ivf_nlist)
+    embed = ImagePool(cfg, context, model_path)
+    return IndexSpec("image", None, embed, identity, r.index.kind, r.index.nlist)
 
 
 class OpenImagePool:

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from pipeline.config import check
 from pipeline.io.image_store import IMAGE_REF
+from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
 from pipeline.io.indexes import IndexSpec
 from pipeline.models.gme import GmeConfig
 from pipeline.stage import FILTERED, OK, REJECTED, Resources, StageConfig, set_status
@@ -60,6 +61,8 @@ PAYLOAD_COLUMNS = ["id", "doc_id", "title", "text", "image"]
 
 @dataclass(frozen=True)
 class NegativesConfig(StageConfig):
+    RENAMED: ClassVar[dict[str, str]] = RENAMED_KEYS
+
     # The mining model; by default gme_score's, so both share one pool. Another model (a checkpoint
     # fine-tuned on this data) re-mines ANCE-style and gets its own pool.
     gme: GmeConfig = dataclasses.field(default_factory=GmeConfig)
@@ -83,9 +86,8 @@ class NegativesConfig(StageConfig):
     # Skip passages of the positive's source: same doc_id, or same title (Wikipedia: same article).
     exclude_same_source: bool = True
     source_key: Literal["doc_id", "title"] = "doc_id"
-    index: Literal["flat", "ivf"] = "flat"
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 16
+    # The GME pool's index; kind and nlist must match gme_score's for the two stages to share one pool.
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=256))
 
     def __post_init__(self) -> None:
@@ -120,8 +122,6 @@ class NegativesConfig(StageConfig):
             "relative_margin",
             "must be < 1",
         )
-        check(self.ivf_nlist >= 0, "negatives", "ivf_nlist", "must be >= 0 (0 = automatic)")
-        check(self.ivf_nprobe >= 1, "negatives", "ivf_nprobe", "must be >= 1")
 
 
 class PoolKeys(NamedTuple):
@@ -223,7 +223,7 @@ class NegativesFn(GmeQueryFn):
 
     def _mine(self, vectors: np.ndarray, pos_rows: list[int], live: list[int], cols: dict[str, list]) -> None:
         cfg = self.cfg
-        scores, hits = self.pool.search(vectors[live], cfg.search_k, cfg.ivf_nprobe)
+        scores, hits = self.pool.search(vectors[live], cfg.search_k, cfg.index.nprobe)
         pos_scores = [float(vectors[i] @ self.pool.vector(r)) for i, r in zip(live, pos_rows)]
         # IVF returns -1 where the probed lists hold fewer than k vectors.
         wanted = np.unique(np.concatenate([hits[hits >= 0], np.asarray(pos_rows, np.int64)]))

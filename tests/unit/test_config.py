@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
 
+from pipeline.config import build
 from pipeline.errors import PipelineConfigError
 from pipeline.models.llm import LLMConfig
 from pipeline.settings import RunConfig, load_config
@@ -216,3 +219,40 @@ def test_stage_order_error_names_the_file_that_set_stages(tmp_path):
     with pytest.raises(PipelineConfigError) as err:
         load_config(path)
     assert str(path) in str(err.value)
+
+
+def test_nested_range_error_names_the_full_dotted_key(tmp_path):
+    path = write(tmp_path / "zero.yaml", "ingest:\n  resources: {shard_rows: 0}\n")
+    with pytest.raises(PipelineConfigError, match=r"\(`ingest\.resources\.shard_rows` in "):
+        load_config(path)
+
+
+# --- renamed keys and a sub-config that used to be one string --------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    SCALAR_FORM: ClassVar[str] = "mode"
+    mode: str = "a"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    RENAMED: ClassVar[dict[str, str]] = {"old_mode": "inner.mode"}
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+def test_a_renamed_key_names_its_new_key_and_where_it_was_set():
+    with pytest.raises(PipelineConfigError) as err:
+        build(_Outer, {"old_mode": "b"}, "sec", {"sec.old_mode": "my.yaml"})
+    assert str(err.value) == "config: `sec.old_mode` was renamed: use `sec.inner.mode` (set in my.yaml)"
+
+
+def test_a_string_where_a_scalar_form_mapping_belongs_names_the_field():
+    with pytest.raises(PipelineConfigError) as err:
+        build(_Outer, {"inner": "b"}, "sec", {"sec.inner": "my.yaml"})
+    assert str(err.value) == "config: `sec.inner` is a mapping now: use `sec.inner.mode: b` (set in my.yaml)"
+
+
+def test_renamed_and_scalar_form_leave_the_new_shape_alone():
+    assert build(_Outer, {"inner": {"mode": "b"}}, "sec", {}) == _Outer(_Inner("b"))

@@ -9,6 +9,7 @@ import pytest
 from pipeline.config import to_dict
 from pipeline.errors import PipelineConfigError
 from pipeline.io.fs import RunFS
+from pipeline.io.index_config import IndexConfig
 from pipeline.io.indexes import (
     IndexHandle,
     IndexSpec,
@@ -21,6 +22,7 @@ from pipeline.models.text_embed import TextEmbedConfig, passage_texts
 from pipeline.stage import REASON, SHARD, SRC, STATUS
 from pipeline.stages import consistency as mod
 from pipeline.stages.consistency import ConsistencyConfig, ConsistencyFn, decide, source_ranks
+from tests.support.indexes import record_nprobe
 
 # A 4-passage pool on the unit circle of a 3-d space: angles make the expected ranks obvious.
 POOL = {
@@ -66,9 +68,10 @@ def pool(tmp_path) -> IndexHandle:
     return IndexHandle(uri, "text-x", done["count"], done["dim"], done["kind"])
 
 
-def actor(monkeypatch, pool, top_k: int) -> ConsistencyFn:
+def actor(monkeypatch, pool, top_k: int, index: IndexConfig | None = None) -> ConsistencyFn:
     monkeypatch.setattr(mod, "TextEmbedder", FakeEmbedder)
-    return ConsistencyFn("unused", to_dict(ConsistencyConfig(top_k=top_k)), pool)
+    cfg = ConsistencyConfig(top_k=top_k, index=index or IndexConfig())
+    return ConsistencyFn("unused", to_dict(cfg), pool)
 
 
 def shard(queries: list[str], doc_ids: list[str]) -> pa.Table:
@@ -127,6 +130,13 @@ def test_actor_score_is_the_cosine_to_the_source_even_when_filtered(monkeypatch,
 def test_actor_rejects_a_query_whose_doc_is_not_in_the_pool(monkeypatch, pool):
     out = actor(monkeypatch, pool, top_k=4)(shard(["q-bridge"], ["unknown-doc"]))
     assert (out[STATUS].to_pylist(), out[REASON].to_pylist()) == (["rejected"], ["error:source_not_in_pool"])
+
+
+def test_actor_searches_with_the_configured_nprobe(monkeypatch, pool):
+    fn = actor(monkeypatch, pool, top_k=4, index=IndexConfig(nprobe=7))
+    seen = record_nprobe(fn.pool, monkeypatch)
+    fn(shard(["q-bridge", "q-far"], ["bridge", "whale"]))
+    assert seen == [7]
 
 
 def test_actor_keeps_every_input_column(monkeypatch, pool):

@@ -9,11 +9,13 @@ import pytest
 from pipeline.config import to_dict
 from pipeline.errors import PipelineConfigError
 from pipeline.io.image_store import IMAGE_REF
+from pipeline.io.index_config import IndexConfig
 from pipeline.prompts import default_prompts_dir
 from pipeline.stage import REASON, SHARD, SRC, STATUS
 from pipeline.stages import gme_pool
 from pipeline.stages.gme_score import GmeScore, GmeScoreConfig, GmeScoreFn, decide, load_instruction
 from tests.support.gme import GME_SIZE, FakeGme, build_pool, put_image, scored
+from tests.support.indexes import record_nprobe
 
 # Query "Q" is e0; each passage's cosine with it is the number given.
 PASSAGES = [
@@ -57,7 +59,7 @@ def test_empty_instruction_file_is_a_config_error(tmp_path):
         load_instruction(tmp_path, None, "gme_score")
 
 
-@pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"top_k": -1}, {"instruction": "  "}, {"ivf_nprobe": 0}])
+@pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"top_k": -1}, {"instruction": "  "}])
 def test_bad_settings_are_config_errors(bad):
     with pytest.raises(PipelineConfigError):
         GmeScoreConfig(**bad)
@@ -85,8 +87,8 @@ def pool(world):
     return build_pool(f"{run_uri}/_index", embed, passages)
 
 
-def actor(world, index=None, **kw) -> GmeScoreFn:
-    return GmeScoreFn("unused", to_dict(GmeScoreConfig(**kw)), world[0], "Find the passage.", index)
+def actor(world, handle=None, **kw) -> GmeScoreFn:
+    return GmeScoreFn("unused", to_dict(GmeScoreConfig(**kw)), world[0], "Find the passage.", handle)
 
 
 def rows(world, doc_ids: list[str], images: list | None = None, passage_image=None) -> pa.Table:
@@ -160,6 +162,13 @@ def test_actor_with_a_pool_takes_the_positive_vector_from_it(world):
     assert out["gme_pos_score"].to_pylist() == pytest.approx([0.5], abs=1e-5)
 
 
+def test_actor_searches_the_pool_with_the_configured_nprobe(world, monkeypatch):
+    fn = actor(world, pool(world), top_k=2, index=IndexConfig(nprobe=5))
+    seen = record_nprobe(fn.pool, monkeypatch)
+    fn(rows(world, ["bridge", "tower"]))
+    assert seen == [5]
+
+
 def test_actor_rejects_a_doc_missing_from_the_pool(world):
     out = actor(world, pool(world), top_k=2)(rows(world, ["nowhere"]))
     assert (out[STATUS].to_pylist(), out[REASON].to_pylist()) == (["rejected"], ["error:source_not_in_pool"])
@@ -206,6 +215,9 @@ def test_actor_keeps_every_input_column_and_row_order(world):
 
 def test_config_loads_from_yaml_values():
     built = GmeScoreConfig.from_dict(
-        {"threshold": 0.35, "top_k": 10, "index": "ivf", "gme": {"max_image_tokens": 512}}
+        {"threshold": 0.35, "top_k": 10, "index": {"kind": "ivf", "nprobe": 4},
+         "gme": {"max_image_tokens": 512}}
     )
-    assert (built.threshold, built.top_k, built.index, built.gme.max_image_tokens) == (0.35, 10, "ivf", 512)
+    assert (built.threshold, built.top_k, built.index, built.gme.max_image_tokens) == (
+        0.35, 10, IndexConfig(kind="ivf", nprobe=4), 512
+    )

@@ -20,6 +20,7 @@ from pipeline.config import to_dict
 from pipeline.io.fetch_config import FetchConfig
 from pipeline.io.image_pool import PoolConfig
 from pipeline.io.image_store import ImageStore
+from pipeline.io.index_config import IndexConfig
 from pipeline.models.llm import LLM_ERROR, RAW
 from pipeline.prompts import default_prompts_dir, load_sources
 from pipeline.stages.clip_filter import ClipFilterConfig, ClipScoreFn, decide
@@ -35,6 +36,7 @@ from pipeline.stages.images import (
 )
 from tests.support.image_pool import build_pool_index
 from tests.support.image_server import ImageServer, body
+from tests.support.indexes import record_nprobe
 
 SAMPLE_POOL = "samples/pool/pool.jsonl"
 
@@ -207,6 +209,15 @@ def test_retrieval_fan_out_gives_distinct_images_with_unit_counts(tmp_path, capt
     shas = [r["sha256"] for r in out["query_image"].to_pylist()]
     assert len(set(shas)) == 3, "blue_whale and blue_whale_copy are one image and count once"
     assert out["image_rank"].to_pylist() == sorted(out["image_rank"].to_pylist())
+
+
+def test_retrieval_searches_the_pool_with_the_configured_nprobe(tmp_path, caption_pool, models, monkeypatch):
+    handle, _ = caption_pool
+    cfg = config(sources=("retrieval",), retrieval=RetrievalConfig(index=IndexConfig(nprobe=11)))
+    fn = images_fn(cfg, str(tmp_path / "run"), handle, models["text"])
+    seen = record_nprobe(fn.pool().index, monkeypatch)
+    fn(shard_of([{"id": "w", "doc_id": "w", "entity": "blue whale", "entity_type": "animal"}]))
+    assert seen == [11]
 
 
 def test_sources_are_tried_in_the_configured_order(tmp_path, caption_pool, models, image_bytes):

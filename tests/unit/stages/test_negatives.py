@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from pipeline.config import to_dict
 from pipeline.errors import PipelineConfigError
 from pipeline.io.image_store import IMAGE_REF
+from pipeline.io.index_config import IndexConfig
 from pipeline.stage import REASON, SHARD, SRC, STATUS
 from pipeline.stages import gme_pool
 from pipeline.stages.negatives import NegativesConfig, NegativesFn, PoolKeys, decide, mine
 from tests.support.gme import GME_SIZE, FakeGme, build_pool, put_image, scored
+from tests.support.indexes import record_nprobe
 
 POSITIVE = PoolKeys("pos", "pos", ("c-pos", "t-pos"), "src-pos")
 
@@ -281,6 +283,13 @@ def test_actor_mines_the_known_negatives_with_ranks_and_scores(world):
     assert (got["num_negatives"], got[STATUS]) == (3, "ok")
 
 
+def test_actor_searches_the_pool_with_the_configured_nprobe(world, monkeypatch):
+    fn = actor(world, index=IndexConfig(nprobe=9))
+    seen = record_nprobe(fn.pool, monkeypatch)
+    fn(queries(world, ["bridge"]))
+    assert seen == [9]
+
+
 def test_actor_attaches_texts_titles_doc_ids_and_images_of_the_negatives(world):
     got = row(actor(world)(queries(world, ["bridge"])))
     by_doc = {doc: (text, title) for doc, text, title, _, _ in PASSAGES}
@@ -374,7 +383,8 @@ def test_actor_skips_the_empty_slots_of_an_ivf_search(tmp_path, monkeypatch):
     index = IndexHandle(uri, "gme-x", done["count"], done["dim"], done["kind"])
     monkeypatch.setattr(gme_pool, "load_embedder", lambda path, gme_cfg: FakeGme({"Q": vectors[0].tolist()}))
     # One probed list holds ~250 vectors: most of the 1000 slots asked for come back empty (-1).
-    config = NegativesConfig(search_k=1000, ivf_nprobe=1, relative_margin=None, index="ivf", ivf_nlist=16)
+    index_cfg = IndexConfig("ivf", nlist=16, nprobe=1)
+    config = NegativesConfig(search_k=1000, relative_margin=None, index=index_cfg)
     fn = NegativesFn("unused", to_dict(config), str(tmp_path / "run"), "Find.", index)
     got = row(fn(queries((str(tmp_path / "run"), index, None), ["d0"])))
     assert got["num_negatives"] == 8 and "d0" not in got["neg_ids"]
