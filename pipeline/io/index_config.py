@@ -20,8 +20,6 @@ RENAMED_KEYS: dict[str, str] = {"ivf_nlist": "index.nlist", "ivf_nprobe": "index
 
 @dataclass(frozen=True)
 class IndexConfig:
-    # nprobe changes how an index is searched, not which index is built.
-    SEARCH_ONLY: ClassVar[frozenset] = frozenset({"nprobe"})
     # `index: ivf` (a string) was the whole index config before this shape: it names `index.kind`.
     SCALAR_FORM: ClassVar[str] = "kind"
 
