@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.config import build
 from pipeline.errors import PipelineConfigError, StageInputError
 from pipeline.io.fs import RunFS
-from pipeline.io.image_store import ImageStore
+from pipeline.io.image_store import IMAGE_REF, ImageStore
 from pipeline.io.shards import tag_rows
 from pipeline.stage import INTERNAL, OK, STATUS, run_steps
 from pipeline.stages.mp_pool import MegaPool, MegaPoolConfig
@@ -302,3 +302,26 @@ def test_the_config_round_trips_through_its_dict():
     cfg = build(MegaPoolConfig, {"path": "p.jsonl", "default_license": "CC0-1.0", "resources": {"shard_rows": 8}},
                 "pool", {})
     assert MegaPoolConfig.from_dict(to_dict(cfg)) == cfg and cfg.pool_config().shard_rows == 8
+
+
+def test_one_shard_task_reads_stores_and_writes_the_pool_with_receipt_keys(tmp_path, dedup_pool):
+    """The runner's worker path (read, steps, write) on one shard, and a stage that pickles to the task."""
+    import pickle
+
+    from pipeline.runner import run_shard_task
+
+    stage = stage_for(tmp_path, path=str(dedup_pool))
+    (spec,) = stage.plan(None, ())
+    run = tmp_path / "run"
+    read = {"source_uri": str(run), "readers": stage.readers()}
+    write = {"run_uri": str(run), "stage": stage, "stage_dir": "01_pool", "parts_dir": "01_pool"}
+    steps = pickle.loads(pickle.dumps(stage.task_steps()))
+    (receipt,) = run_shard_task({k: [v] for k, v in spec.to_item().items()}, read, steps, write).to_pylist()
+    assert (receipt["out"], receipt["filtered"], receipt["rejected"]) == (6, 0, 1)
+    assert json.loads(receipt["keys"])["id"] == ["a", "b", "c", "a", "e", "f"]
+    (part,) = receipt["parts"]
+    written = pq.read_table(run / part)
+    assert written.schema.names == list(MegaPool.output_columns)
+    assert written.schema.field("image").type.equals(IMAGE_REF)
+    store = ImageStore.from_uri(str(run))
+    assert all(store.exists(ref) for ref in written["image"].to_pylist())
