@@ -5,8 +5,9 @@ caption), or a JSONL / Parquet table (a file, folder or glob) whose rows carry a
 (relative to the table's folder), bytes or an HF image struct, or a URL, plus optional `caption`,
 `license` and `id` columns (names configurable). Each pool row becomes (pool id, stored image
 reference, caption, license, origin) or a reject with its reason: a broken image, a refused URL and a
-missing file cost their row, never the index. The pool's files (the table, or every image of a
-folder) enter the pool index's identity, so an edited pool rebuilds it.
+missing file cost their row, never the index. The pool's files (the table and the local images beside
+it, or every image of a folder and its caption) enter the pool's identity, so an edited pool rebuilds
+the images stage's pool index, or re-runs the MegaPairs `pool` stage (pipeline/stages/mp_pool.py).
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ class PoolConfig:
         check(self.shard_mb >= 1, "images.pool", "shard_mb", "must be >= 1")
 
 
-def pool_files(path: str) -> tuple[str, list[str]]:
-    """('images', image files) for a folder of images, else ('table', JSONL/Parquet files)."""
+def pool_files(path: str, key: str = "images.pool") -> tuple[str, list[str]]:
+    """('images', image files) for a folder of images, else ('table', JSONL/Parquet files); `key`: the
+    pool's config section (`images.pool`, or `pool` in the MegaPairs track), for messages."""
     import glob
 
     full = os.path.expanduser(path)
@@ -82,34 +84,43 @@ def pool_files(path: str) -> tuple[str, list[str]]:
     elif os.path.isfile(full):
         files = [full]
     else:
-        raise StageInputError(f"images: `images.pool.path` {path!r} does not exist")
+        raise StageInputError(f"{key.partition('.')[0]}: `{key}.path` {path!r} does not exist")
     files = [os.path.abspath(f) for f in files]
     tables = [f for f in files if f.lower().endswith(TABLE_SUFFIXES)]
     if tables:
         return "table", tables
-    images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
-    if not images:
-        # An empty pool is not an error: retrieval then fails over with `retrieval:empty_pool`.
-        log.warning("images: the pool %r holds no images (%s) and no JSONL/Parquet table", path,
-                    ", ".join(IMAGE_SUFFIXES))
-    return "images", images
+    return "images", [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
 
 
-def pool_identity(cfg: PoolConfig) -> dict:
-    """The pool's files (names, sizes, hashes or mtimes) for the pool index's identity."""
-    from pipeline.io.corpus import file_entries
+def pool_identity(cfg: PoolConfig, key: str = "images.pool", exclude: tuple[str, ...] = ()) -> dict:
+    """The pool's files (names, sizes, hashes or mtimes) for the pool's identity: the images of a
+    folder and their sidecar captions, or the tables and the local images beside them (an image edited
+    in place counts; `exclude`: folders to leave out, a run's own)."""
+    from pipeline.io.corpus import file_entries, local_images_identity
 
-    kind, files = pool_files(cfg.path)
-    return {"kind": kind, "files": file_entries(files, cfg.identity), "columns": dataclasses.asdict(cfg.columns),
-            "default_license": cfg.default_license}
+    kind, files = pool_files(cfg.path, key)
+    out = {"kind": kind, "files": file_entries(files, cfg.identity), "columns": dataclasses.asdict(cfg.columns),
+           "default_license": cfg.default_license}
+    if kind == "images":
+        captions = [c for c in (os.path.splitext(f)[0] + ".txt" for f in files) if os.path.isfile(c)]
+        if captions:
+            out["captions"] = file_entries(captions, cfg.identity)
+    else:
+        images = local_images_identity(files, exclude)
+        if images:
+            out["images"] = images
+    return out
 
 
-def plan_pool(cfg: PoolConfig) -> list[ShardSpec]:
+def plan_pool(cfg: PoolConfig, key: str = "images.pool") -> list[ShardSpec]:
     from pipeline.io.corpus import _plan_jsonl, parquet_ranges
 
-    kind, files = pool_files(cfg.path)
-    n, cap = cfg.shard_rows, cfg.shard_mb * 2**20
+    kind, files = pool_files(cfg.path, key)
+    stage, n, cap = key.partition(".")[0], cfg.shard_rows, cfg.shard_mb * 2**20
     if kind == "images":
+        if not files:  # not an error: retrieval fails over (`retrieval:empty_pool`), mp_pool has 0 rows
+            log.warning("%s: the pool %r holds no images (%s) and no JSONL/Parquet table; nothing to read",
+                        stage, cfg.path, ", ".join(IMAGE_SUFFIXES))
         listing = json.dumps(files)
         return [ShardSpec(f"{i:06d}", listing, s, min(len(files), s + n), min(len(files), s + n) - s, "pool_images")
                 for i, s in enumerate(range(0, len(files), n))]
@@ -119,29 +130,32 @@ def plan_pool(cfg: PoolConfig) -> list[ShardSpec]:
             try:
                 meta = pq.ParquetFile(file).metadata
             except Exception as exc:  # noqa: BLE001 - junk files raise OSError or ArrowInvalid
-                raise StageInputError(f"images: cannot read the pool's Parquet file {file}: {exc}") from None
+                raise StageInputError(f"{stage}: cannot read the pool's Parquet file {file}: {exc}") from None
             specs += [ShardSpec(f"{len(specs) + i:06d}", file, start, start + rows, rows, "pool_parquet")
                       for i, (start, rows) in enumerate(parquet_ranges(meta, n, cap))]
         else:
             specs += [dataclasses.replace(s, kind="pool_jsonl") for s in _plan_jsonl(file, n, cap, len(specs))]
     if not specs:
-        log.warning("images: the pool %r holds no rows", cfg.path)
+        log.warning("%s: the pool %r holds no rows; nothing to read", stage, cfg.path)
     return specs
 
 
 def read_pool_images(spec: ShardSpec, fs) -> pa.Table:
     files = json.loads(spec.source)[spec.start : spec.stop]
     root = os.path.commonpath([os.path.dirname(f) for f in json.loads(spec.source)])
-    records = []
+    records, wheres = [], []
     for f in files:
         caption = None
         side = os.path.splitext(f)[0] + ".txt"
         if os.path.isfile(side):
             with open(side, "rb") as fh:
                 caption = fh.read(4096).decode("utf-8", "replace").strip() or None
-        records.append(json.dumps({"id": os.path.relpath(f, root), "image": f, "caption": caption}))
+        # Relative to the pool folder (`_base`): the id and the origin name the file, not this machine.
+        rel = os.path.relpath(f, root)
+        records.append(json.dumps({"id": rel, "image": rel, "caption": caption}))
+        wheres.append(rel)
     return pa.table({"_raw": pa.array([r.encode() for r in records], pa.binary()),
-                     "_where": [os.path.relpath(f, root) for f in files], "_base": [root] * len(files)})
+                     "_where": wheres, "_base": [root] * len(files)})
 
 
 def read_pool_jsonl(spec: ShardSpec, fs) -> pa.Table:
@@ -210,15 +224,16 @@ def pool_record(raw: bytes, cfg: PoolConfig) -> dict:
     return out
 
 
-def load_pool_batch(table: pa.Table, cfg: dict, fetch: dict, index_uri: str, resolver=None) -> pa.Table:
-    """Ray Data task: raw pool records -> stored pool images (POOL_SCHEMA) with status and reason."""
+def load_pool_batch(table: pa.Table, cfg: dict, fetch: dict, store_uri: str, resolver=None) -> pa.Table:
+    """Ray Data task: raw pool records -> pool images (POOL_SCHEMA) with status and reason, stored in
+    the image store at `store_uri` (the index dir's for the images stage, the run's for MegaPairs)."""
     from pipeline.config import build
     from pipeline.io.corpus import load_local_image
     from pipeline.stage import OK, REJECTED, set_status
 
     config = build(PoolConfig, cfg, "images.pool", {})
     fetch_cfg = build(FetchConfig, fetch, "images.fetch", {})
-    store = ImageStore.from_uri(index_uri)
+    store = ImageStore.from_uri(store_uri)
     rows, statuses, reasons = [], [], []
     fetchers: list = []
 

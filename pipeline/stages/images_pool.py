@@ -90,7 +90,7 @@ class ImagePool(Stage):
         cfg = self.config
         ds = ds.map_batches(
             load_pool_batch,
-            fn_kwargs={"cfg": to_dict(cfg.pool), "fetch": to_dict(cfg.fetch), "index_uri": self.context.index_uri},
+            fn_kwargs={"cfg": to_dict(cfg.pool), "fetch": to_dict(cfg.fetch), "store_uri": self.context.index_uri},
             batch_size=None, batch_format="pyarrow", num_cpus=min(1.0, cfg.resources.num_cpus),
         )
         kwargs = {"retriever": cfg.retrieval.retriever, "model": self.model_path, "cfg": to_dict(cfg),
