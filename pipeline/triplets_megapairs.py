@@ -6,11 +6,13 @@ image) pair with its description, its instructions and its mined hard negatives)
     id, q_img, q_text (list<string>; `q_texts` with `text_field: q_texts`), t_img, hns (list<image>),
     query_id, target_id, hn_ids (list<string>, aligned with hns), pair_views, pair_scores, pair_rank,
     neg_scores, description, word_limit, description_mode, demo_ids, query_caption, target_caption,
-    query_license, target_license, mine_seed
+    query_license, target_license, mine_seed, models (string: JSON {"<stage>.<role>": model id})
 
 `hns` starts with the query image itself when `query_first` (the released data does: their Table 4,
 query image plus mined negatives trains best), then the mined negatives in mined order; `hn_ids`
-names each (the query's id first). Rows go to train / validation by a seeded hash of `query_id`
+names each (the query's id first). `models` is the same on every row of a run: the model ids the
+earlier sections' manifests record (the export stage reads them in `before_execute`), so a row keeps
+which embedders, VLM and LLM made it. Rows go to train / validation by a seeded hash of `query_id`
 (`split_of`), so all pairs of one query image sit in one split.
 
 Problems (row dropped with a reason): `error:no_image` (query or target reference missing),
@@ -27,6 +29,7 @@ data, or `crop`: centre crop keeping the aspect ratio).
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -75,7 +78,7 @@ def mp_columns(text_field: str = "q_text") -> tuple[str, ...]:
     return (
         "id", "q_img", text_field, "t_img", "hns", "query_id", "target_id", "hn_ids", "pair_views", "pair_scores",
         "pair_rank", "neg_scores", "description", "word_limit", "description_mode", "demo_ids", "query_caption",
-        "target_caption", "query_license", "target_license", "mine_seed",
+        "target_caption", "query_license", "target_license", "mine_seed", "models",
     )
 
 
@@ -100,7 +103,7 @@ def _aligned(ids: list | None, images: list | None, scores: list | None) -> bool
     return len(images or []) == n and (scores is None or len(scores) == n)
 
 
-def to_megapairs_rows(table: pa.Table, cfg: MegaPairsExportConfig) -> pa.Table:
+def to_megapairs_rows(table: pa.Table, cfg: MegaPairsExportConfig, models: str | None = None) -> pa.Table:
     """Upstream rows -> MegaPairs rows, one for one (columns starting with `_` carried over). A row
     with misaligned negative lists keeps its place with empty `hns` / `hn_ids` beyond the query."""
     raw = table.select(["query_id", "query_image", "neg_ids", "neg_images"]).to_pylist()
@@ -124,6 +127,7 @@ def to_megapairs_rows(table: pa.Table, cfg: MegaPairsExportConfig) -> pa.Table:
         "target_id": _column(table, "target_id", pa.string()),
         "hn_ids": pa.array(hn_ids, pa.list_(pa.string())),
         **{name: _column(table, name, tp) for name, tp in _CARRIED.items()},
+        "models": pa.array([models] * table.num_rows, pa.string()),
     }
     internal = {c: table[c] for c in table.column_names if c.startswith("_")}
     return pa.table({**columns, **internal})
@@ -152,11 +156,11 @@ def megapairs_problems(table: pa.Table) -> list[str]:
 
 
 def megapairs_batch(table: pa.Table, cfg: MegaPairsExportConfig, validation_ratio: float, split_seed: int,
-                    eval_set=None) -> pa.Table:
+                    eval_set=None, models: str | None = None) -> pa.Table:
     """megapairs: upstream rows -> triplet rows with `_status` / `_reason` and `_split` (one for one);
     image columns still hold references (`finish_part` materialises, and resizes, the kept rows')."""
     check_columns("export", MP_INPUTS, table.column_names)
-    rows = to_megapairs_rows(table, cfg)
+    rows = to_megapairs_rows(table, cfg, models)
     reasons = megapairs_problems(table)
     if eval_set is not None:
         texts = rows[cfg.text_field].to_pylist()
@@ -166,6 +170,13 @@ def megapairs_batch(table: pa.Table, cfg: MegaPairsExportConfig, validation_rati
     splits = [split_of(str(q), validation_ratio, split_seed) for q in table["query_id"].to_pylist()]
     rows = rows.append_column(SPLIT, pa.array(splits, pa.string()))
     return set_status(rows, statuses, reasons)
+
+
+def run_models(manifests: list[dict]) -> str:
+    """The model ids the sections before export recorded, as the `models` column's JSON."""
+    models = {f"{m['stage']}.{role}": str(identity) for m in manifests if m.get("stage") != "export"
+              for role, identity in (m.get("models") or {}).items()}
+    return json.dumps(models, sort_keys=True, ensure_ascii=False)
 
 
 def square_jpeg(size: int, mode: str = "stretch", quality: int = 95):

@@ -48,7 +48,14 @@ from pipeline.stage import (
 )
 from pipeline.text.contamination import ContaminationConfig, EvalNgrams, build_eval_set, eval_identity
 from pipeline.triplets import GME_COLUMNS, GME_INPUTS, SPLITS, TASKS, gme_row_problems, split_of, to_gme_rows
-from pipeline.triplets_megapairs import MP_INPUTS, MegaPairsExportConfig, megapairs_batch, mp_columns, square_jpeg
+from pipeline.triplets_megapairs import (
+    MP_INPUTS,
+    MegaPairsExportConfig,
+    megapairs_batch,
+    mp_columns,
+    run_models,
+    square_jpeg,
+)
 
 log = get_logger(__name__)
 SCHEMAS = ("gme", "megapairs", "passthrough")
@@ -197,7 +204,7 @@ def _export_block(table: pa.Table, drop_raw: bool) -> pa.Table:
 _EVAL_SETS: dict[str, EvalNgrams] = {}
 
 
-def _triplet_block(table: pa.Table, cfg: dict, eval_ref) -> pa.Table:
+def _triplet_block(table: pa.Table, cfg: dict, eval_ref, models: str | None = None) -> pa.Table:
     eval_set = None
     if eval_ref is not None:
         import ray
@@ -209,7 +216,7 @@ def _triplet_block(table: pa.Table, cfg: dict, eval_ref) -> pa.Table:
         eval_set = _EVAL_SETS[key]
     config = ExportConfig.from_dict(cfg)
     if config.schema == "megapairs":
-        return megapairs_batch(table, config.megapairs, config.validation_ratio, config.split_seed, eval_set)
+        return megapairs_batch(table, config.megapairs, config.validation_ratio, config.split_seed, eval_set, models)
     return gme_batch(table, config, eval_set)
 
 
@@ -230,6 +237,7 @@ class Export(Stage):
             self.input_columns, self.output_columns = MP_INPUTS, mp_columns(config.megapairs.text_field)
         self._eval_set: EvalNgrams | None = None
         self._eval_ref = None
+        self._models: str | None = None
 
     def __getstate__(self) -> dict:
         # The stage object travels to every write task; the evaluation set goes once, via the object store.
@@ -241,6 +249,14 @@ class Export(Stage):
             self._eval_set = build_eval_set(self.config.contamination)
             log.info("export: contamination check against %d evaluation texts (%d %d-grams)",
                      self._eval_set.texts, len(self._eval_set.ngrams), self._eval_set.n)
+
+    def before_execute(self, ctx) -> None:
+        """megapairs: the earlier sections' model ids from their manifests (complete by now), for the
+        rows' `models` column (a changed model changes their fingerprints, so export re-runs)."""
+        if self.config.schema == "megapairs":
+            from pipeline.status import collect_manifests
+
+            self._models = run_models(collect_manifests(ctx.run_fs))
 
     def input_identity(self) -> dict:
         files = self.config.contamination.eval_files if self.config.schema in TRIPLETS else ()
@@ -259,7 +275,8 @@ class Export(Stage):
             import ray
 
             self._eval_ref = ray.put(self._eval_set)
-        return [BlockStep(_triplet_block, {"cfg": to_dict(self.config), "eval_ref": self._eval_ref})]
+        return [BlockStep(_triplet_block, {"cfg": to_dict(self.config), "eval_ref": self._eval_ref,
+                                           "models": self._models})]
 
     def finish_part(self, table: pa.Table) -> pa.Table:
         """Image references -> HF image structs with the stored bytes, then the `datasets` features.

@@ -26,7 +26,7 @@ from pipeline.io.image_store import IMAGE_REF, ImageStore
 from pipeline.io.manifest import aggregate_markers
 from pipeline.io.shards import tag_rows
 from pipeline.stages.export import Export, ExportConfig
-from pipeline.triplets_megapairs import MegaPairsExportConfig, megapairs_batch
+from pipeline.triplets_megapairs import MegaPairsExportConfig, megapairs_batch, run_models
 
 MP_STAGES = ["pool", "mine_pairs", "describe", "instruct", "export"]
 MODELS = {
@@ -97,7 +97,8 @@ def make_megapairs_run(root: Path, rows: int = 8, validation_ratio: float = 0.4,
     config = ExportConfig(schema="megapairs", validation_ratio=validation_ratio, split_seed=1,
                           megapairs=MegaPairsExportConfig(**mp))
     stage = Export(config, SimpleNamespace(run_uri=str(run)))
-    out = megapairs_batch(tag_rows(table, "000000"), config.megapairs, validation_ratio, 1)
+    models = run_models([{"stage": s, "models": m} for s, m in MODELS.items()])
+    out = megapairs_batch(tag_rows(table, "000000"), config.megapairs, validation_ratio, 1, models=models)
     progress = SimpleNamespace(update=lambda n, counts: None)
     committer = ShardCommitter(run_fs, stage, "export", [SimpleNamespace(shard="000000", rows=table.num_rows)],
                                {}, progress)

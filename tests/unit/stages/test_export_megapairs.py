@@ -26,7 +26,7 @@ from pipeline.triplets_megapairs import (
     to_megapairs_rows,
 )
 from tests.support.gme_run import write_jsonl
-from tests.support.megapairs_run import make_megapairs_run, mp_upstream_rows
+from tests.support.megapairs_run import MODELS, make_megapairs_run, mp_upstream_rows
 
 
 @pytest.fixture
@@ -190,3 +190,22 @@ def test_the_export_stage_materialises_only_when_bound_to_a_run(upstream, store)
     written = stage.finish_part(out)
     assert written.schema.field("hns").type.value_type.names == ["bytes", "path"]
     assert b"huggingface" in written.schema.metadata
+
+
+def test_before_execute_reads_the_model_ids_of_the_earlier_sections_into_every_row(tmp_path, upstream):
+    run = make_megapairs_run(tmp_path, rows=4)
+    stage = Export(ExportConfig(schema="megapairs"), SimpleNamespace(run_uri=str(run)))
+    stage.before_execute(SimpleNamespace(run_fs=store_fs(run)))
+    models = json.loads(stage._models)
+    assert models == {f"{s}.{role}": m for s, roles in MODELS.items() for role, m in roles.items()}
+    step = stage.task_steps()[0]
+    out = step.fn(upstream, **step.kwargs)
+    assert set(out["models"].to_pylist()) == {stage._models}
+    written = pq.read_table(next((run / "export" / "data").glob("*.parquet")))
+    assert json.loads(written["models"][0].as_py())["describe.vlm"] == MODELS["describe"]["vlm"]
+
+
+def store_fs(run):
+    from pipeline.io.fs import RunFS
+
+    return RunFS.from_uri(str(run))
