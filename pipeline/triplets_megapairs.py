@@ -21,6 +21,9 @@ Problems (row dropped with a reason): `error:no_image` (query or target referenc
 target is the query image itself), `filter:no_instructions` (empty list), `filter:contamination`
 (an instruction overlaps the evaluation texts, when `export.contamination.eval_files` is set).
 
+`as_triplets` turns one exported MegaPairs row into the GME-shaped rows the ms-swift and MMEB
+exporters write (query image + instruction -> target image, `hns` as negatives).
+
 `square_jpeg(size, mode)` is the transform `finish_part` applies while materialising images when
 `image_size` is set: every image becomes a `size`x`size` RGB JPEG (`stretch`, as the released 512x512
 data, or `crop`: centre crop keeping the aspect ratio).
@@ -47,6 +50,10 @@ RESIZE_MODES = ("stretch", "crop")
 MP_IMAGE_COLUMNS, MP_IMAGE_LIST_COLUMNS = ("q_img", "t_img"), ("hns",)
 NO_IMAGE, TARGET_IN_NEGATIVES, NO_INSTRUCTIONS = "error:no_image", "error:target_in_negatives", "filter:no_instructions"
 CONTAMINATION = "filter:contamination"
+# Columns an exporter needs in a megapairs run's Parquet (besides q_text or q_texts).
+MP_REQUIRED = ("id", "q_img", "t_img", "hns", "query_id", "target_id", "hn_ids")
+# Rows per pair an exporter writes for ms-swift / MMEB: the first instruction, or every one.
+INSTRUCTION_MODES = ("first", "all")
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,23 @@ def megapairs_batch(table: pa.Table, cfg: MegaPairsExportConfig, validation_rati
     splits = [split_of(str(q), validation_ratio, split_seed) for q in table["query_id"].to_pylist()]
     rows = rows.append_column(SPLIT, pa.array(splits, pa.string()))
     return set_status(rows, statuses, reasons)
+
+
+def as_triplets(row: dict, text_field: str = "q_text", instructions: str = "first", query_negative: bool = True,
+                candidate_text: str = "") -> list[dict]:
+    """One MegaPairs row -> GME-shaped rows (query_text = an instruction, pos = the target image)."""
+    texts = [t for t in row.get(text_field) or [] if t and t.strip()]
+    texts = texts[:1] if instructions == "first" else texts
+    pairs = [(h, i) for h, i in zip(row["hn_ids"] or [], row["hns"] or [])
+             if query_negative or h != row["query_id"]]
+    base = {
+        "doc_id": row["target_id"], "query_id": row["query_id"], "instruction": None, "query_image": row["q_img"],
+        "pos_text": candidate_text, "pos_image": row["t_img"], "neg_doc_ids": [h for h, _ in pairs],
+        "neg_texts": [candidate_text] * len(pairs), "neg_images": [i for _, i in pairs],
+    }
+    if instructions == "first":
+        return [{**base, "id": row["id"], "query_text": t} for t in texts]
+    return [{**base, "id": f"{row['id']}#{k}", "query_text": t} for k, t in enumerate(texts)]
 
 
 def run_models(manifests: list[dict]) -> str:

@@ -22,6 +22,7 @@ from pipeline.errors import ExportError
 from pipeline.exporters import gme, mbeir, megapairs, mmeb, ms_swift
 from pipeline.exporters.outdir import OutDir
 from pipeline.exporters.source import negatives_policy, open_run
+from pipeline.triplets_megapairs import INSTRUCTION_MODES
 
 FORMATS = ("gme", "megapairs", "ms-swift", "mmeb", "mbeir")
 # The format's negatives default and the most negatives one of its rows can hold.
@@ -33,8 +34,8 @@ def export_run(run_dir: str, fmt: str, out: str, force: bool = False, legacy: bo
     """Export a finished run; returns the marker written last (`OUT/_fusegen_export.json`)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    if instructions not in megapairs.INSTRUCTION_MODES:
-        raise ExportError(f"--instructions must be one of {', '.join(megapairs.INSTRUCTION_MODES)} (got {instructions!r})")
+    if instructions not in INSTRUCTION_MODES:
+        raise ExportError(f"--instructions must be one of {', '.join(INSTRUCTION_MODES)} (got {instructions!r})")
     if legacy and fmt != "ms-swift":
         raise ExportError("--ms-swift-legacy applies to --format ms-swift only")
     if fmt in ("gme", "megapairs") and negatives is not None:

@@ -1,5 +1,4 @@
-"""MegaPairs' released layout: `OUT/annotation/<split>.jsonl` plus `OUT/images/`, and MegaPairs rows as
-triplets for the other formats.
+"""MegaPairs' released layout: `OUT/annotation/<split>.jsonl` plus `OUT/images/`, and its reader.
 
 One line per triplet, as the released data (BAAI/MegaPairs data card; DESIGN §1b):
 
@@ -14,10 +13,10 @@ Images are the run's bytes (already square JPEGs when the run set `export.megapa
 each written once under a content-addressed name. Splits: `annotation/train.jsonl`,
 `annotation/validation.jsonl` (by query image, as the run split them).
 
-`as_triplets` turns one MegaPairs row into the GME-shaped rows ms-swift and MMEB write: query =
-query image + instruction, positive = the target image (with `candidate_text`), negatives = `hns`
-(the query image itself left out with `query_negative=False`); `instructions="first"` gives one row
-per pair (its first instruction), `"all"` one per (pair, instruction) with ids `<id>#<k>`.
+ms-swift and MMEB take MegaPairs rows through `as_triplets` (pipeline/triplets_megapairs.py):
+query = query image + instruction, positive = the target image (with `candidate_text`), negatives =
+`hns` (the query image itself left out with `query_negative=False`); `instructions="first"` gives
+one row per pair (its first instruction), `"all"` one per (pair, instruction) with ids `<id>#<k>`.
 `read(root)` reads back this layout or a megapairs run's `data/*.parquet` for `fusegen validate`.
 """
 
@@ -30,29 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.exporters.outdir import OutDir
-from pipeline.exporters.source import MP_REQUIRED, RunSource
+from pipeline.exporters.source import RunSource
 from pipeline.exporters.view import Candidate, Img, Problems, Triplet
-from pipeline.triplets_megapairs import MP_IMAGE_COLUMNS, MP_IMAGE_LIST_COLUMNS, TEXT_FIELDS
+from pipeline.triplets_megapairs import MP_IMAGE_COLUMNS, MP_IMAGE_LIST_COLUMNS, MP_REQUIRED, TEXT_FIELDS
 
 ANNOTATION, DATA = "annotation", "data"
-INSTRUCTION_MODES = ("first", "all")
-
-
-def as_triplets(row: dict, text_field: str = "q_text", instructions: str = "first", query_negative: bool = True,
-                candidate_text: str = "") -> list[dict]:
-    """One MegaPairs row -> GME-shaped rows (query_text = an instruction, pos = the target image)."""
-    texts = [t for t in row.get(text_field) or [] if t and t.strip()]
-    texts = texts[:1] if instructions == "first" else texts
-    pairs = [(h, i) for h, i in zip(row["hn_ids"] or [], row["hns"] or [])
-             if query_negative or h != row["query_id"]]
-    base = {
-        "doc_id": row["target_id"], "query_id": row["query_id"], "instruction": None, "query_image": row["q_img"],
-        "pos_text": candidate_text, "pos_image": row["t_img"], "neg_doc_ids": [h for h, _ in pairs],
-        "neg_texts": [candidate_text] * len(pairs), "neg_images": [i for _, i in pairs],
-    }
-    if instructions == "first":
-        return [{**base, "id": row["id"], "query_text": t} for t in texts]
-    return [{**base, "id": f"{row['id']}#{k}", "query_text": t} for k, t in enumerate(texts)]
 
 
 def record(row: dict, text_field: str, out: OutDir) -> dict:

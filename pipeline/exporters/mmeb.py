@@ -16,7 +16,7 @@ and `OUT/fusegen/validation-00000.parquet`, with `OUT/README.md` declaring the `
 `--dataset_name OUT --subset_name fusegen`; image paths are relative to OUT (`--image_dir OUT`).
 Rows also carry `id`, `doc_id`, `neg_doc_id`, `query_id`, which the loaders never read (`fusegen validate` does).
 
-MegaPairs runs (exporters/megapairs.py `as_triplets`): `qry` = `<|image_1|>\n` + instruction with the
+MegaPairs runs (triplets_megapairs.py `as_triplets`): `qry` = `<|image_1|>\n` + instruction with the
 query image, `pos_text` = `<|image_1|>\nRepresent the given image.` (MMEB's text for image candidates)
 with the target image, and the hardest mined negative the same way, never the query image itself
 (the `hns` entry `query_first` puts there); one row per pair (its first instruction) or, with

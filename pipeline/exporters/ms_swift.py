@@ -19,7 +19,7 @@ rows of ragged negatives, much slower): by default the smallest count in the run
 (rows with fewer dropped). Lines also carry `id`, `doc_id` and `neg_doc_ids`, which ms-swift's
 loader drops (`RowPreprocessor.remove_useless_columns`) and `fusegen validate` reads.
 
-MegaPairs runs (exporters/megapairs.py `as_triplets`): `messages` = user `<image>` + instruction (no
+MegaPairs runs (triplets_megapairs.py `as_triplets`): `messages` = user `<image>` + instruction (no
 system message), `positive_messages` = `<image>` with `positive_images` the target image, and one
 negative per `hns` image (the query image first when the run wrote `query_first`, as MegaPairs
 trains); one line per pair (its first instruction) or, with `--instructions all`, one per (pair,

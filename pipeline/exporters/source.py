@@ -8,7 +8,7 @@ format refuse a schema it cannot take. Rows are read a record batch at a time, s
 memory does not grow with the run.
 
 `triplets(split, instructions)` gives every format one row shape: GME rows as they are, MegaPairs
-rows (pipeline/exporters/megapairs.py `as_triplets`) as image query + instruction -> target image
+rows (pipeline/triplets_megapairs.py `as_triplets`) as image query + instruction -> target image
 with the `hns` as negatives, one per pair (`instructions="first"`) or one per (pair, instruction).
 """
 
@@ -26,9 +26,8 @@ from pipeline.errors import ExportError
 from pipeline.io.fs import RunFS
 from pipeline.status import collect_manifests
 from pipeline.triplets import GME_COLUMNS, SPLITS
-from pipeline.triplets_megapairs import TEXT_FIELDS
+from pipeline.triplets_megapairs import MP_REQUIRED, TEXT_FIELDS, as_triplets
 
-MP_REQUIRED = ("id", "q_img", "t_img", "hns", "query_id", "target_id", "hn_ids")
 SCHEMA_FORMATS = {"gme": ("gme", "ms-swift", "mmeb", "mbeir"), "megapairs": ("megapairs", "ms-swift", "mmeb")}
 
 DATA = "export/data"
@@ -63,13 +62,11 @@ class RunSource:
     def triplets(self, split: str, instructions: str = "first", query_negative: bool = True,
                  candidate_text: str = "") -> Iterator[tuple[dict, list[dict]]]:
         """(source row, its GME-shaped rows): GME rows as they are; MegaPairs rows as image query +
-        instruction -> target image (exporters/megapairs.py `as_triplets`)."""
+        instruction -> target image (triplets_megapairs.py `as_triplets`)."""
         if self.schema == "gme":
             for row in self.rows(split):
                 yield row, [row]
             return
-        from pipeline.exporters.megapairs import as_triplets
-
         for row in self.rows(split):
             yield row, as_triplets(row, self.text_field, instructions, query_negative, candidate_text)
 
