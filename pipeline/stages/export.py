@@ -30,6 +30,7 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import triplets_megapairs as mp
 from pipeline.config import check, to_dict
 from pipeline.io.image_store import HF_IMAGE, ImageStore, file_name, is_image_ref, is_image_ref_list
 from pipeline.logging import get_logger
@@ -48,14 +49,6 @@ from pipeline.stage import (
 )
 from pipeline.text.contamination import ContaminationConfig, EvalNgrams, build_eval_set, eval_identity
 from pipeline.triplets import GME_COLUMNS, GME_INPUTS, SPLITS, TASKS, gme_row_problems, split_of, to_gme_rows
-from pipeline.triplets_megapairs import (
-    MP_INPUTS,
-    MegaPairsExportConfig,
-    megapairs_batch,
-    mp_columns,
-    run_models,
-    square_jpeg,
-)
 
 log = get_logger(__name__)
 SCHEMAS = ("gme", "megapairs", "passthrough")
@@ -75,7 +68,7 @@ class ExportConfig(StageConfig):
     validation_ratio: float = 0.0
     split_seed: int = 0
     contamination: ContaminationConfig = dataclasses.field(default_factory=ContaminationConfig)
-    megapairs: MegaPairsExportConfig = dataclasses.field(default_factory=MegaPairsExportConfig)
+    megapairs: mp.MegaPairsExportConfig = dataclasses.field(default_factory=mp.MegaPairsExportConfig)
     # Image bytes per Parquet row group at most: `datasets` and the Hub viewer read a row group at a
     # time, and Arrow's int32 binary offsets overflow past 2 GiB in one column chunk.
     row_group_mb: int = 128
@@ -91,6 +84,14 @@ class ExportConfig(StageConfig):
         check(0 <= self.validation_ratio < 1, "export", "validation_ratio",
               f"must be in [0, 1) (got {self.validation_ratio})")
         check(self.row_group_mb >= 1, "export", "row_group_mb", f"must be >= 1 (got {self.row_group_mb})")
+
+    def semantic_dict(self) -> dict:
+        """The `megapairs:` options change only megapairs output: other schemas' fingerprints leave them out
+        (a GME run made before they existed does not re-export)."""
+        out = super().semantic_dict()
+        if self.schema != "megapairs":
+            out.pop("megapairs", None)
+        return out
 
 
 def is_image_struct(tp: pa.DataType) -> bool:
@@ -216,7 +217,7 @@ def _triplet_block(table: pa.Table, cfg: dict, eval_ref, models: str | None = No
         eval_set = _EVAL_SETS[key]
     config = ExportConfig.from_dict(cfg)
     if config.schema == "megapairs":
-        return megapairs_batch(table, config.megapairs, config.validation_ratio, config.split_seed, eval_set, models)
+        return mp.megapairs_batch(table, config.megapairs, config.validation_ratio, config.split_seed, eval_set, models)
     return gme_batch(table, config, eval_set)
 
 
@@ -234,7 +235,7 @@ class Export(Stage):
             # The columns depend on the schema: the static chain check (R6) asks only for an id.
             self.input_columns, self.output_columns = ("id",), ()
         elif config.schema == "megapairs":
-            self.input_columns, self.output_columns = MP_INPUTS, mp_columns(config.megapairs.text_field)
+            self.input_columns, self.output_columns = mp.MP_INPUTS, mp.mp_columns(config.megapairs.text_field)
         self._eval_set: EvalNgrams | None = None
         self._eval_ref = None
         self._models: str | None = None
@@ -256,7 +257,7 @@ class Export(Stage):
         if self.config.schema == "megapairs":
             from pipeline.status import collect_manifests
 
-            self._models = run_models(collect_manifests(ctx.run_fs))
+            self._models = mp.run_models(collect_manifests(ctx.run_fs))
 
     def input_identity(self) -> dict:
         files = self.config.contamination.eval_files if self.config.schema in TRIPLETS else ()
@@ -285,9 +286,9 @@ class Export(Stage):
         sorts and splits rows by shard, status and split, and every such copy of a materialised table
         copies its image bytes (bench/export.py, 1000 rows of 10 images: 21 s before, 4.3 s here).
         """
-        mp = self.config.megapairs
-        resize = square_jpeg(mp.image_size, mp.resize_mode, mp.jpeg_quality) if (
-            self.config.schema == "megapairs" and mp.image_size) else None
+        opts = self.config.megapairs
+        resize = mp.square_jpeg(opts.image_size, opts.resize_mode, opts.jpeg_quality) if (
+            self.config.schema == "megapairs" and opts.image_size) else None
         if self.context is not None:
             table = materialise_images(table, ImageStore.from_uri(self.context.run_uri), resize)
         meta = hf_features_metadata(table.schema)

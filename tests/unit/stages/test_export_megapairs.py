@@ -209,3 +209,9 @@ def store_fs(run):
     from pipeline.io.fs import RunFS
 
     return RunFS.from_uri(str(run))
+
+
+def test_megapairs_options_enter_only_the_megapairs_fingerprint():
+    gme = ExportConfig.from_dict({"megapairs": {"image_size": 512}}).semantic_dict()
+    mp = ExportConfig.from_dict({"schema": "megapairs", "megapairs": {"image_size": 512}}).semantic_dict()
+    assert ("megapairs" in gme, mp["megapairs"]["image_size"]) == (False, 512)
