@@ -58,15 +58,18 @@ def _main(argv: list[str] | None) -> int:
     push.add_argument("--revision", default="main", metavar="BRANCH", help="branch to commit to")
     push.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
     _card_args(push)
-    export = sub.add_parser("export", help="write a finished run's GME triplets in a training format")
+    export = sub.add_parser("export", help="write a finished run's triplets (GME or MegaPairs) in a training format")
     export.add_argument("run_dir")
-    export.add_argument("--format", required=True, choices=["ms-swift", "mmeb", "mbeir", "gme"])
+    export.add_argument("--format", required=True, choices=["ms-swift", "mmeb", "mbeir", "gme", "megapairs"])
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write (images go to DIR/images/)")
     export.add_argument("--force", action="store_true", help="write over a folder holding other files")
     export.add_argument("--ms-swift-legacy", action="store_true",
                         help="ms-swift before v3.9: query / response / rejected_response")
     export.add_argument("--negatives", type=int, metavar="N",
                         help="keep each row's N hardest negatives; rows with fewer are dropped")
+    export.add_argument("--instructions", choices=["first", "all"], default="first",
+                        help="MegaPairs runs to ms-swift / mmeb: one row per pair with its first instruction "
+                             "(default), or one per (pair, instruction)")
     gc = sub.add_parser("gc", help="remove stored images no stage output of a run refers to any more")
     gc.add_argument("run_dir")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
@@ -263,7 +266,7 @@ def _export(args) -> int:
     from pipeline.exporters import export_run
 
     marker = export_run(args.run_dir, args.format, args.out, force=args.force, legacy=args.ms_swift_legacy,
-                        negatives=args.negatives)
+                        negatives=args.negatives, instructions=args.instructions)
     rows = ", ".join(f"{split} {n}" for split, n in marker["splits"].items())
     kept = marker["options"]["negatives_kept"]
     negatives = "as the run wrote them" if kept is None else f"{kept} per row"

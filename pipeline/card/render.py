@@ -18,6 +18,7 @@ import yaml
 from pipeline.card.assets import ASSETS, write_examples, write_histograms
 from pipeline.card.facts import RunFacts, check_publishable, read_run
 from pipeline.card.licenses import license_of, obligations
+from pipeline.card.megapairs import is_megapairs, megapairs_examples, megapairs_stats
 from pipeline.card.published import published_config
 from pipeline.card.stats import ExportStats, card_languages, export_stats
 from pipeline.config import check
@@ -64,8 +65,8 @@ def metadata(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
     languages = card_languages(stats.languages, stats.language_sampled)
     has_images = any(k != "text" for s in stats.splits.values() for k in (*s.query_modality, *s.pos_modality))
     tags = ["synthetic", "retrieval", "fusegen", facts.pipeline]
-    tags += ["multimodal", "fused-modal"] if has_images else []
-    tags += ["hard-negatives"] if stats.has("neg_texts") else []
+    tags += ["multimodal", "image-retrieval" if is_megapairs(stats.columns) else "fused-modal"] if has_images else []
+    tags += ["hard-negatives"] if stats.has("neg_texts") or stats.has("hns") else []
     meta = {
         "license": cfg.license,
         "pretty_name": cfg.pretty_name or f"fusegen {facts.run_yaml.get('name', 'run')}",
@@ -143,10 +144,12 @@ def _models(facts: RunFacts) -> dict:
 
 def _context(facts: RunFacts, stats: ExportStats, cfg: CardConfig) -> dict:
     split_rows = {k: v.rows for k, v in stats.splits.items()}
+    kind = ("MegaPairs-style (query image + instruction -> target image, hard negatives)"
+            if is_megapairs(stats.columns) else "fused-modal")
     return {
         "title": cfg.pretty_name or f"fusegen {facts.run_yaml.get('name', 'run')}",
         "summary": (
-            f"{stats.rows} rows of synthetic fused-modal retrieval training data "
+            f"{stats.rows} rows of synthetic {kind} retrieval training data "
             f"({', '.join(f'{k}: {n}' for k, n in split_rows.items())}), made by fusegen's "
             f"`{facts.pipeline}` pipeline."
         ),
@@ -173,7 +176,10 @@ def _cell(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
 
-def render(facts: RunFacts, stats: ExportStats, cfg: CardConfig, examples: list, histograms: dict) -> str:
+def render(facts: RunFacts, stats: ExportStats, cfg: CardConfig, examples: list, histograms: dict,
+           megapairs: dict | None = None) -> str:
+    """`megapairs` (MegaPairs exports: megapairs_stats plus `examples`) fills the MegaPairs section; the
+    GME-only sections then say they do not apply."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
@@ -186,6 +192,7 @@ def render(facts: RunFacts, stats: ExportStats, cfg: CardConfig, examples: list,
         "metadata_yaml": meta,
         "examples": examples,
         "histograms": histograms,
+        "megapairs": megapairs,
     }
     return env.get_template("dataset_card.md.j2").render(**ctx)
 
@@ -202,6 +209,13 @@ def build_card(run_dir: str, cfg: CardConfig | None = None) -> str:
     # Assets of an earlier card (other seed, other scores) must not linger in the upload.
     facts.run_fs.delete_dir(ASSETS)
     histograms = write_histograms(facts.run_fs, stats.scores)
-    examples = write_examples(facts.run_fs, next(iter(facts.splits.values())), cfg.examples, cfg.seed)
-    facts.run_fs.write_bytes(CARD, render(facts, stats, cfg, examples, histograms).encode())
+    first = next(iter(facts.splits.values()))
+    megapairs = None
+    if is_megapairs(stats.columns):
+        examples = []
+        megapairs = {**megapairs_stats(facts.run_fs, facts.splits),
+                     "examples": megapairs_examples(facts.run_fs, first, cfg.examples, cfg.seed)}
+    else:
+        examples = write_examples(facts.run_fs, first, cfg.examples, cfg.seed)
+    facts.run_fs.write_bytes(CARD, render(facts, stats, cfg, examples, histograms, megapairs).encode())
     return facts.run_fs.path(CARD)

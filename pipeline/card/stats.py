@@ -2,7 +2,9 @@
 
 Memory stays bounded by one record batch plus the score values and a fixed-size language sample.
 Columns are looked up by role, so the card works on today's export (query / text / image) and on the
-GME triplet schema (query_text, query_image, pos_text, neg_texts, task, image_source, scores, DESIGN §4).
+GME triplet schema (query_text, query_image, pos_text, neg_texts, task, image_source, scores, DESIGN §4)
+and on MegaPairs triplets (q_text / q_texts lists of instructions, q_img, t_img; card/megapairs.py
+counts the rest).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import pyarrow.parquet as pq
 from pipeline.io.fs import RunFS
 
 # Role -> candidate columns, first present wins.
-QUERY_TEXT = ("query_text", "rewritten_query", "query")
-QUERY_IMAGE = ("query_image",)
+QUERY_TEXT = ("query_text", "rewritten_query", "query", "q_text", "q_texts")
+QUERY_IMAGE = ("query_image", "q_img")
 POS_TEXT = ("pos_text", "text")
-POS_IMAGE = ("pos_image", "image")
+POS_IMAGE = ("pos_image", "image", "t_img")
 TOP_LEVEL_SCORES = ("consistency_rank", "consistency_score", "clip_score", "gme_score")
 USED = {
     *QUERY_TEXT,
@@ -160,6 +162,7 @@ def _add_batch(stats: SplitStats, batch: pa.RecordBatch, scores: dict, sample: _
     for role in (QUERY_TEXT, POS_TEXT):
         if (texts := col(role)) is not None:
             for text in texts.to_pylist():
+                text = " ".join(t for t in text if t) if isinstance(text, list) else text
                 if text:
                     sample.add(text[:500])
 

@@ -14,7 +14,13 @@ Layout: `OUT/fusegen/original-00000.parquet` (train; VLM2Vec's default `dataset_
 and `OUT/fusegen/validation-00000.parquet`, with `OUT/README.md` declaring the `fusegen` config, so
 `datasets.load_dataset(OUT, "fusegen", split="original")` is what the loader calls with
 `--dataset_name OUT --subset_name fusegen`; image paths are relative to OUT (`--image_dir OUT`).
-Rows also carry `id`, `doc_id`, `neg_doc_id`, which the loaders never read (`fusegen validate` does).
+Rows also carry `id`, `doc_id`, `neg_doc_id`, `query_id`, which the loaders never read (`fusegen validate` does).
+
+MegaPairs runs (triplets_megapairs.py `as_triplets`): `qry` = `<|image_1|>\n` + instruction with the
+query image, `pos_text` = `<|image_1|>\nRepresent the given image.` (MMEB's text for image candidates)
+with the target image, and the hardest mined negative the same way, never the query image itself
+(the `hns` entry `query_first` puts there); one row per pair (its first instruction) or, with
+`--instructions all`, one per (pair, instruction), ids `<id>#<k>`; `query_id` set (null for GME rows).
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ TOKEN = "<|image_1|>"
 CONFIG = "fusegen"
 SPLIT_NAMES = {"train": "original", "validation": "validation"}
 COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
-SCHEMA = pa.schema([(c, pa.string()) for c in (*COLUMNS, "id", "doc_id", "neg_doc_id")])
+SCHEMA = pa.schema([(c, pa.string()) for c in (*COLUMNS, "id", "doc_id", "neg_doc_id", "query_id")])
+# The text MMEB-train gives an image-only candidate.
+IMAGE_CANDIDATE = "Represent the given image."
 BATCH = 1024
 
 
@@ -52,6 +60,7 @@ def record(row: dict, out: OutDir, negs: tuple) -> dict:
         "qry": qry, "qry_image_path": qry_path, "pos_text": pos, "pos_image_path": pos_path,
         "neg_text": neg, "neg_image_path": neg_path,
         "id": row["id"], "doc_id": row["doc_id"], "neg_doc_id": neg_ids[0] if neg_ids else "",
+        "query_id": row.get("query_id"),
     }
 
 
@@ -66,28 +75,32 @@ def readme(splits: list[str]) -> str:
     )
 
 
-def write(source: RunSource, out: OutDir, negatives: Negatives) -> dict:
+def write(source: RunSource, out: OutDir, negatives: Negatives, instructions: str = "first") -> dict:
     counts = {}
     for split in source.splits:
-        read = written = 0
+        read = written = dropped = 0
 
         def fill(f, split: str = split) -> None:
-            nonlocal read, written
+            nonlocal read, written, dropped
             with pq.ParquetWriter(f, SCHEMA, compression="zstd") as writer:
                 batch: list[dict] = []
-                for row in source.rows(split):
+                for _, rows in source.triplets(split, instructions, query_negative=False,
+                                               candidate_text=IMAGE_CANDIDATE):
                     read += 1
-                    negs = negatives.take(row)
-                    if negs is not None:
-                        batch.append(record(row, out, negs))
-                    if len(batch) == BATCH:
+                    for row in rows:
+                        negs = negatives.take(row)
+                        if negs is None:
+                            dropped += 1
+                        else:
+                            batch.append(record(row, out, negs))
+                    if len(batch) >= BATCH:
                         writer.write_table(pa.Table.from_pylist(batch, schema=SCHEMA))
                         written, batch = written + len(batch), []
                 writer.write_table(pa.Table.from_pylist(batch, schema=SCHEMA))
                 written += len(batch)
 
         out.write_with(f"{CONFIG}/{SPLIT_NAMES.get(split, split)}-00000.parquet", fill)
-        counts[split] = {"read": read, "written": written}
+        counts[split] = {"read": read, "written": written, "dropped": dropped}
     out.write_text("README.md", readme(list(source.splits)))
     return counts
 
@@ -125,4 +138,4 @@ def read(root: str, problems: Problems) -> Iterator[Triplet]:
             if row["neg_text"] or row["neg_image_path"]:
                 negs = [_candidate(row["neg_text"] or "", row["neg_image_path"] or "", row.get("neg_doc_id"),
                                    where, root, problems)]
-            yield Triplet(row.get("id"), split, query.text, query.image, pos, negs, where)
+            yield Triplet(row.get("id"), split, query.text, query.image, pos, negs, where, row.get("query_id"))

@@ -19,6 +19,12 @@ rows of ragged negatives, much slower): by default the smallest count in the run
 (rows with fewer dropped). Lines also carry `id`, `doc_id` and `neg_doc_ids`, which ms-swift's
 loader drops (`RowPreprocessor.remove_useless_columns`) and `fusegen validate` reads.
 
+MegaPairs runs (triplets_megapairs.py `as_triplets`): `messages` = user `<image>` + instruction (no
+system message), `positive_messages` = `<image>` with `positive_images` the target image, and one
+negative per `hns` image (the query image first when the run wrote `query_first`, as MegaPairs
+trains); one line per pair (its first instruction) or, with `--instructions all`, one per (pair,
+instruction), ids `<id>#<k>`. Such lines also carry `query_id` (validate keeps a query's lines in one split).
+
 Image paths are relative to OUT: ms-swift opens a relative path from the working directory, or
 joins it to `ROOT_IMAGE_DIR` (swift/llm/template/vision_utils.py `load_file`), so train with
 `ROOT_IMAGE_DIR=OUT` or from inside OUT.
@@ -48,6 +54,8 @@ def record(row: dict, out: OutDir, negs: tuple, legacy: bool) -> dict:
     query_image, pos_image = out.image(row["query_image"]), out.image(row["pos_image"])
     neg_images = [out.image(s) for s in neg_structs]
     ids = {"id": row["id"], "doc_id": row["doc_id"], "neg_doc_ids": list(neg_ids)}
+    if row.get("query_id") is not None:
+        ids["query_id"] = row["query_id"]
     if legacy:
         images = [p for p in (query_image, pos_image, *neg_images) if p]
         return {
@@ -68,22 +76,26 @@ def record(row: dict, out: OutDir, negs: tuple, legacy: bool) -> dict:
     }
 
 
-def write(source: RunSource, out: OutDir, negatives: Negatives, legacy: bool = False) -> dict:
-    """Write every split; returns {split: {"read": n, "written": n}}."""
+def write(source: RunSource, out: OutDir, negatives: Negatives, legacy: bool = False,
+          instructions: str = "first") -> dict:
+    """Write every split; returns {split: {"read": n, "written": n, "dropped": n}}."""
     counts = {}
     for split in source.splits:
-        read = 0
+        read = dropped = 0
 
         def records(split: str = split) -> Iterator[dict]:
-            nonlocal read
-            for row in source.rows(split):
+            nonlocal read, dropped
+            for _, rows in source.triplets(split, instructions):
                 read += 1
-                negs = negatives.take(row)
-                if negs is not None:
-                    yield record(row, out, negs, legacy)
+                for row in rows:
+                    negs = negatives.take(row)
+                    if negs is None:
+                        dropped += 1
+                    else:
+                        yield record(row, out, negs, legacy)
 
         written = out.write_lines(FILES.get(split, f"{split}.jsonl"), records())
-        counts[split] = {"read": read, "written": written}
+        counts[split] = {"read": read, "written": written, "dropped": dropped}
     return counts
 
 
@@ -121,7 +133,8 @@ def read(root: str, problems: Problems) -> Iterator[Triplet]:
                 t = _legacy(row, where, root, problems) if "query" in row else _v39(row, where, root, problems)
                 if t is not None:
                     counts.add(len(t.negs))
-                    yield Triplet(row.get("id"), split, t.query_text, t.query_image, t.pos, t.negs, where)
+                    yield Triplet(row.get("id"), split, t.query_text, t.query_image, t.pos, t.negs, where,
+                                  row.get("query_id"))
         if len(counts) > 1:
             problems.add(name, f"rows hold different numbers of negatives {sorted(counts)}; ms-swift wants them equal")
 

@@ -1,8 +1,15 @@
-"""The finished run an exporter reads: its manifests, its GME triplet files, and the negatives policy.
+"""The finished run an exporter reads: its manifests, its triplet files, and the negatives policy.
 
 `open_run` refuses a run that is not finished (naming the first stage whose manifest is not
-`complete`) and an export that does not hold GME triplets (`export.schema: passthrough`). Rows are
-read a record batch at a time, so an exporter's memory does not grow with the run.
+`complete`) and an export that holds no triplets (`export.schema: passthrough`); `RunSource.schema`
+says which triplets it holds, "gme" or "megapairs" (from the files' columns; run.yaml's
+`export.schema` only names what was configured in the error), and `require(fmt, schemas)` lets a
+format refuse a schema it cannot take. Rows are read a record batch at a time, so an exporter's
+memory does not grow with the run.
+
+`triplets(split, instructions)` gives every format one row shape: GME rows as they are, MegaPairs
+rows (pipeline/triplets_megapairs.py `as_triplets`) as image query + instruction -> target image
+with the `hns` as negatives, one per pair (`instructions="first"`) or one per (pair, instruction).
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from pipeline.errors import ExportError
 from pipeline.io.fs import RunFS
 from pipeline.status import collect_manifests
 from pipeline.triplets import GME_COLUMNS, SPLITS
+from pipeline.triplets_megapairs import MP_REQUIRED, TEXT_FIELDS, as_triplets
+
+SCHEMA_FORMATS = {"gme": ("gme", "ms-swift", "mmeb", "mbeir"), "megapairs": ("megapairs", "ms-swift", "mmeb")}
 
 DATA = "export/data"
 BATCH_ROWS = 256
@@ -31,10 +41,34 @@ class RunSource:
     # split -> part files (relative to the run dir), train first.
     splits: dict[str, list[str]]
     export_manifest: dict = field(default_factory=dict)
+    # Which triplets the run's export holds: "gme" or "megapairs"; `text_field` is the megapairs
+    # instruction-list column (q_text or q_texts).
+    schema: str = "gme"
+    text_field: str = "q_text"
 
     @property
     def root(self) -> str:
         return self.run_fs.root
+
+    def require(self, fmt: str) -> None:
+        """ExportError when format `fmt` cannot take this run's triplets."""
+        if fmt not in SCHEMA_FORMATS[self.schema]:
+            takes = ", ".join(f for f in SCHEMA_FORMATS[self.schema])
+            raise ExportError(
+                f"--format {fmt} cannot take this run's {self.schema} triplets (it holds export.schema="
+                f"{self.schema}); formats for {self.schema} runs: {takes}"
+            )
+
+    def triplets(self, split: str, instructions: str = "first", query_negative: bool = True,
+                 candidate_text: str = "") -> Iterator[tuple[dict, list[dict]]]:
+        """(source row, its GME-shaped rows): GME rows as they are; MegaPairs rows as image query +
+        instruction -> target image (triplets_megapairs.py `as_triplets`)."""
+        if self.schema == "gme":
+            for row in self.rows(split):
+                yield row, [row]
+            return
+        for row in self.rows(split):
+            yield row, as_triplets(row, self.text_field, instructions, query_negative, candidate_text)
 
     def rows(self, split: str, columns: list[str] | None = None) -> Iterator[dict]:
         """The split's triplet rows (image columns as HF structs with bytes), in file order."""
@@ -44,11 +78,12 @@ class RunSource:
                     yield from batch.to_pylist()
 
     def negative_counts(self) -> list[int]:
-        """Negatives per row over every split (reads the `neg_doc_ids` column only)."""
+        """Negatives per row over every split (reads the `neg_doc_ids` / `hn_ids` column only)."""
         counts: list[int] = []
+        name = "neg_doc_ids" if self.schema == "gme" else "hn_ids"
         for files in self.splits.values():
             for rel in files:
-                column = self.run_fs.read_parquet(rel, columns=["neg_doc_ids"])["neg_doc_ids"]
+                column = self.run_fs.read_parquet(rel, columns=[name])[name]
                 counts += pc.list_value_length(column).fill_null(0).to_pylist()
         return counts
 
@@ -65,7 +100,7 @@ def split_files(run_fs: RunFS, folder: str = DATA) -> dict[str, list[str]]:
 
 
 def open_run(run_dir: str) -> RunSource:
-    """The run's GME export, or ExportError saying why it cannot be exported yet."""
+    """The run's GME or MegaPairs export, or ExportError saying why it cannot be exported yet."""
     run_fs = RunFS.from_uri(run_dir)
     if not run_fs.exists("run.yaml"):
         raise ExportError(f"{run_fs.root}: no run.yaml here; pass the run directory of a `fusegen run`")
@@ -81,15 +116,19 @@ def open_run(run_dir: str) -> RunSource:
         raise ExportError(f"{run_fs.root}: the export stage wrote no rows ({DATA}/ holds no <split>-*.parquet)")
     first = run_fs.path(next(iter(splits.values()))[0])
     names = pq.read_schema(first, filesystem=run_fs.fs).names
-    missing = [c for c in GME_COLUMNS if c not in names]
-    if missing:
-        schema = (yaml.safe_load(run_fs.read_bytes("run.yaml")) or {}).get("export", {}).get("schema", "?")
-        raise ExportError(
-            f"{run_fs.root}: its export holds no GME triplets (missing {', '.join(missing)}; export.schema was "
-            f"{schema!r}); re-run the export stage with `--set export.schema=gme` after the negatives stage"
-        )
     export = next((m for m in manifests if m.get("stage") == "export"), {})
-    return RunSource(run_fs, splits, export)
+    missing = [c for c in GME_COLUMNS if c not in names]
+    if not missing:
+        return RunSource(run_fs, splits, export, "gme")
+    text_field = next((f for f in TEXT_FIELDS if f in names), None)
+    if text_field and all(c in names for c in MP_REQUIRED):
+        return RunSource(run_fs, splits, export, "megapairs", text_field)
+    schema = (yaml.safe_load(run_fs.read_bytes("run.yaml")) or {}).get("export", {}).get("schema", "?")
+    raise ExportError(
+        f"{run_fs.root}: its export holds no GME or MegaPairs triplets (missing GME column(s) {', '.join(missing)}; "
+        f"export.schema was {schema!r}); re-run the export stage with `--set export.schema=gme` (GME track) or "
+        "`--set export.schema=megapairs` (MegaPairs track)"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """`fusegen validate DIR`: read an export back the way its consumer's loader does, and check it.
 
 The format comes from the `_fusegen_export.json` marker, else from the files (a run dir or its
-`export/` folder: GME Parquet; `train.jsonl`: ms-swift; `fusegen/*.parquet`: MMEB; `query/` with
-`cand_pool/`: M-BEIR). Checks, for every format:
+`export/` folder: GME or MegaPairs Parquet, by columns; `annotation/`: MegaPairs; `train.jsonl`:
+ms-swift; `fusegen/*.parquet`: MMEB; `query/` with `cand_pool/`: M-BEIR). Checks, for every format:
 
 - schema: the fields, list shapes and image references its loader reads (format module `read`);
 - every image decodes (Pillow `verify`, then a full `load`), each distinct image once;
 - no positive among its own negatives: same doc id, same text, or same (text, image) content hash;
-- no duplicate triplet id; no doc id whose rows sit in two splits (train / validation);
+  (MegaPairs: the target image among the negatives, by content);
+- no duplicate triplet id; no doc id whose rows sit in two splits (train / validation), for MegaPairs
+  rows no query image (`query_id`);
 - row counts: per split as the marker says, and the run's export manifest (when the marker or the
   folder names the run) equal to the rows read, plus the rows the exporter dropped.
 """
@@ -23,13 +25,14 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from pipeline.errors import ExportError
-from pipeline.exporters import gme, mbeir, mmeb, ms_swift
+from pipeline.exporters import gme, mbeir, megapairs, mmeb, ms_swift
 from pipeline.exporters.outdir import MARKER, read_marker
 from pipeline.exporters.view import Candidate, Img, Problems, Triplet
 from pipeline.io.fs import RunFS
 from pipeline.io.manifest import MANIFEST
 
-READERS = {"gme": gme.read, "ms-swift": ms_swift.read, "mmeb": mmeb.read, "mbeir": mbeir.read}
+READERS = {"gme": gme.read, "megapairs": megapairs.read, "ms-swift": ms_swift.read, "mmeb": mmeb.read,
+           "mbeir": mbeir.read}
 
 
 @dataclass
@@ -49,7 +52,8 @@ def detect(path: str) -> tuple[str, str, dict | None, str | None]:
     """(format, root of the export files, marker or None, run dir or None)."""
     path = os.path.abspath(path)
     if os.path.isfile(os.path.join(path, "run.yaml")):
-        return "gme", os.path.join(path, "export"), None, path
+        export = os.path.join(path, "export")
+        return ("megapairs" if megapairs.is_megapairs_parquet(export) else "gme"), export, None, path
     marker = read_marker(path)
     if marker is not None:
         if marker.get("format") not in READERS:
@@ -57,7 +61,10 @@ def detect(path: str) -> tuple[str, str, dict | None, str | None]:
         return marker["format"], path, marker, marker.get("run_dir")
     parent = os.path.dirname(path)
     if os.path.isdir(os.path.join(path, gme.DATA)):
-        return "gme", path, None, parent if os.path.isfile(os.path.join(parent, "run.yaml")) else None
+        fmt = "megapairs" if megapairs.is_megapairs_parquet(path) else "gme"
+        return fmt, path, None, parent if os.path.isfile(os.path.join(parent, "run.yaml")) else None
+    if os.path.isdir(os.path.join(path, megapairs.ANNOTATION)):
+        return "megapairs", path, None, None
     if any(os.path.isfile(os.path.join(path, n)) for n in ms_swift.FILES.values()):
         return "ms-swift", path, None, None
     if os.path.isdir(os.path.join(path, mmeb.CONFIG)):
@@ -65,7 +72,7 @@ def detect(path: str) -> tuple[str, str, dict | None, str | None]:
     if os.path.isdir(os.path.join(path, "query")) and os.path.isdir(os.path.join(path, "cand_pool")):
         return "mbeir", path, None, None
     raise ExportError(
-        f"{path}: not an export fusegen knows (no {MARKER}, run.yaml, data/*.parquet, train.jsonl, "
+        f"{path}: not an export fusegen knows (no {MARKER}, run.yaml, data/*.parquet, annotation/, train.jsonl, "
         "fusegen/ or query/ + cand_pool/)"
     )
 
@@ -110,7 +117,11 @@ def _check_triplet(t: Triplet, images: _Images, problems: Problems) -> None:
     pos_text, pos_content = " ".join(t.pos.text.split()), _content(t.pos, pos_sha)
     for k, neg in enumerate(t.negs):
         neg_sha = images.sha(neg.image)
-        if t.pos.doc_id is not None and neg.doc_id == t.pos.doc_id:
+        if t.group is not None:
+            # MegaPairs: candidates are images with one fixed text; the target among them by id or content.
+            if (t.pos.doc_id is not None and neg.doc_id == t.pos.doc_id) or (pos_sha and neg_sha == pos_sha):
+                problems.add(t.where, f"negative {k} is the target image (id {neg.doc_id!r}, same content)")
+        elif t.pos.doc_id is not None and neg.doc_id == t.pos.doc_id:
             problems.add(t.where, f"negative {k} is the positive's own passage (doc_id {neg.doc_id!r})")
         elif (pos_text and " ".join(neg.text.split()) == pos_text) or _content(neg, neg_sha) == pos_content:
             problems.add(t.where, f"negative {k} has the positive's content (text{' and image' if pos_sha else ''})")
@@ -131,9 +142,9 @@ def validate(path: str, cap: int = 20) -> Report:
         elif t.id in ids:
             problems.add(t.where, f"duplicate triplet id {t.id!r}")
         ids.add(t.id or "")
-        doc = t.pos.doc_id
+        doc, what = (t.group, "query") if t.group is not None else (t.pos.doc_id, "doc_id")
         if doc is not None and splits.setdefault(doc, t.split) != t.split:
-            problems.add(t.where, f"doc_id {doc!r} has rows in {splits[doc]} and {t.split}")
+            problems.add(t.where, f"{what} {doc!r} has rows in {splits[doc]} and {t.split}")
         _check_triplet(t, images, problems)
     report.images = len(images.seen)
     _check_counts(report, marker, run_dir)

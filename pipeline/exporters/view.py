@@ -48,6 +48,9 @@ class Triplet:
     pos: Candidate
     negs: list[Candidate]
     where: str
+    # What must not span two splits: the query image for MegaPairs rows (their `query_id`); None:
+    # the positive's doc id (GME: the passage).
+    group: str | None = None
 
 
 class Problems:

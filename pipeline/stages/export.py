@@ -7,6 +7,9 @@ hash of the doc id decides, so no doc id is in both and the split does not depen
 Rows whose passage or query overlaps the evaluation texts of `contamination.eval_files` are dropped
 as `filter:contamination` (pipeline/text/contamination.py); rows without a query image, with
 misaligned negative lists, or with their own passage among the negatives are dropped with a reason.
+`schema: megapairs` writes the MegaPairs triplets (pipeline/triplets_megapairs.py: inputs `MP_INPUTS` from
+the `instruct` stage; `id, q_img, q_text, t_img, hns` + provenance), split by query image the same way
+(`query_id`), options under `megapairs:` (query-first negatives, `q_text`/`q_texts`, square resize).
 `schema: passthrough` writes whatever the previous stage produced (id is required; the LLM's raw
 text dropped with `drop_raw`), as the text-only track does.
 
@@ -27,6 +30,7 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import triplets_megapairs as mp
 from pipeline.config import check, to_dict
 from pipeline.io.image_store import HF_IMAGE, ImageStore, file_name, is_image_ref, is_image_ref_list
 from pipeline.logging import get_logger
@@ -47,13 +51,14 @@ from pipeline.text.contamination import ContaminationConfig, EvalNgrams, build_e
 from pipeline.triplets import GME_COLUMNS, GME_INPUTS, SPLITS, TASKS, gme_row_problems, split_of, to_gme_rows
 
 log = get_logger(__name__)
-SCHEMAS = ("gme", "passthrough")
+SCHEMAS = ("gme", "megapairs", "passthrough")
+TRIPLETS = ("gme", "megapairs")
 CONTAMINATION = "filter:contamination"
 
 
 @dataclass(frozen=True)
 class ExportConfig(StageConfig):
-    # gme: the fused triplet schema (DESIGN §4); passthrough: the previous stage's columns as they are.
+    # gme: the fused triplet schema (DESIGN §4); megapairs: MegaPairs triplets (§1b); passthrough: the previous stage's columns as they are.
     schema: str = "gme"
     # it2t: (image + text) query -> text passage; it2it: the passage keeps its own image.
     task: str = "it2t"
@@ -63,6 +68,7 @@ class ExportConfig(StageConfig):
     validation_ratio: float = 0.0
     split_seed: int = 0
     contamination: ContaminationConfig = dataclasses.field(default_factory=ContaminationConfig)
+    megapairs: mp.MegaPairsExportConfig = dataclasses.field(default_factory=mp.MegaPairsExportConfig)
     # Image bytes per Parquet row group at most: `datasets` and the Hub viewer read a row group at a
     # time, and Arrow's int32 binary offsets overflow past 2 GiB in one column chunk.
     row_group_mb: int = 128
@@ -78,6 +84,14 @@ class ExportConfig(StageConfig):
         check(0 <= self.validation_ratio < 1, "export", "validation_ratio",
               f"must be in [0, 1) (got {self.validation_ratio})")
         check(self.row_group_mb >= 1, "export", "row_group_mb", f"must be >= 1 (got {self.row_group_mb})")
+
+    def semantic_dict(self) -> dict:
+        """The `megapairs:` options change only megapairs output: other schemas' fingerprints leave them out
+        (a GME run made before they existed does not re-export)."""
+        out = super().semantic_dict()
+        if self.schema != "megapairs":
+            out.pop("megapairs", None)
+        return out
 
 
 def is_image_struct(tp: pa.DataType) -> bool:
@@ -106,9 +120,10 @@ def hf_features_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
     return {b"huggingface": json.dumps(info).encode()}
 
 
-def _hf_images(refs: pa.Array, store: ImageStore) -> pa.StructArray:
+def _hf_images(refs: pa.Array, store: ImageStore, transform=None) -> pa.StructArray:
     """Reference structs -> HF image structs. Each distinct image is read once per block and built
-    column-wise (a fan-out repeats references; Python dicts per row cost more than the reads)."""
+    column-wise (a fan-out repeats references; Python dicts per row cost more than the reads);
+    `transform(bytes) -> (bytes, ext)` re-encodes it (megapairs `image_size`)."""
     refs = refs.combine_chunks() if isinstance(refs, pa.ChunkedArray) else refs
     slot: dict[str, int] = {}
     blobs, names, take = [], [], []
@@ -120,8 +135,12 @@ def _hf_images(refs: pa.Array, store: ImageStore) -> pa.StructArray:
         if sha not in slot:
             ref = {"sha256": sha, "format": fmt}
             slot[sha] = len(blobs)
-            blobs.append(store.get(ref))
-            names.append(file_name(ref))
+            data, name = store.get(ref), file_name(ref)
+            if transform is not None:
+                data, ext = transform(data)
+                name = f"{name.rsplit('.', 1)[0]}.{ext}"
+            blobs.append(data)
+            names.append(name)
         take.append(slot[sha])
     distinct = pa.StructArray.from_arrays(
         [pa.array(blobs, pa.binary()), pa.array(names, pa.string())], fields=list(HF_IMAGE)
@@ -129,15 +148,15 @@ def _hf_images(refs: pa.Array, store: ImageStore) -> pa.StructArray:
     return distinct.take(pa.array(take, pa.int64()))
 
 
-def materialise_images(table: pa.Table, store: ImageStore) -> pa.Table:
+def materialise_images(table: pa.Table, store: ImageStore, transform=None) -> pa.Table:
     """Image reference columns -> HF image structs with the stored bytes (the only place bytes move)."""
     for i, field in enumerate(table.schema):
         if is_image_ref(field.type):
-            table = table.set_column(i, field.name, _hf_images(table[field.name], store))
+            table = table.set_column(i, field.name, _hf_images(table[field.name], store, transform))
         elif is_image_ref_list(field.type):
             lists = table[field.name].combine_chunks()
             offsets = pc.subtract(lists.offsets, lists.offsets[0])
-            values = _hf_images(lists.flatten(), store)
+            values = _hf_images(lists.flatten(), store, transform)
             column = pa.ListArray.from_arrays(offsets, values, mask=lists.is_null())
             table = table.set_column(i, field.name, column)
     return table
@@ -186,7 +205,7 @@ def _export_block(table: pa.Table, drop_raw: bool) -> pa.Table:
 _EVAL_SETS: dict[str, EvalNgrams] = {}
 
 
-def _gme_block(table: pa.Table, cfg: dict, eval_ref) -> pa.Table:
+def _triplet_block(table: pa.Table, cfg: dict, eval_ref, models: str | None = None) -> pa.Table:
     eval_set = None
     if eval_ref is not None:
         import ray
@@ -196,7 +215,10 @@ def _gme_block(table: pa.Table, cfg: dict, eval_ref) -> pa.Table:
             _EVAL_SETS.clear()
             _EVAL_SETS[key] = ray.get(eval_ref)
         eval_set = _EVAL_SETS[key]
-    return gme_batch(table, ExportConfig.from_dict(cfg), eval_set)
+    config = ExportConfig.from_dict(cfg)
+    if config.schema == "megapairs":
+        return mp.megapairs_batch(table, config.megapairs, config.validation_ratio, config.split_seed, eval_set, models)
+    return gme_batch(table, config, eval_set)
 
 
 class Export(Stage):
@@ -212,8 +234,11 @@ class Export(Stage):
         if config.schema == "passthrough":
             # The columns depend on the schema: the static chain check (R6) asks only for an id.
             self.input_columns, self.output_columns = ("id",), ()
+        elif config.schema == "megapairs":
+            self.input_columns, self.output_columns = mp.MP_INPUTS, mp.mp_columns(config.megapairs.text_field)
         self._eval_set: EvalNgrams | None = None
         self._eval_ref = None
+        self._models: str | None = None
 
     def __getstate__(self) -> dict:
         # The stage object travels to every write task; the evaluation set goes once, via the object store.
@@ -221,17 +246,25 @@ class Export(Stage):
 
     def prepare(self) -> None:
         """Read and index the evaluation files now: a bad one stops the run before any work."""
-        if self.config.schema == "gme" and self.config.contamination.eval_files:
+        if self.config.schema in TRIPLETS and self.config.contamination.eval_files:
             self._eval_set = build_eval_set(self.config.contamination)
             log.info("export: contamination check against %d evaluation texts (%d %d-grams)",
                      self._eval_set.texts, len(self._eval_set.ngrams), self._eval_set.n)
 
+    def before_execute(self, ctx) -> None:
+        """megapairs: the earlier sections' model ids from their manifests (complete by now), for the
+        rows' `models` column (a changed model changes their fingerprints, so export re-runs)."""
+        if self.config.schema == "megapairs":
+            from pipeline.status import collect_manifests
+
+            self._models = mp.run_models(collect_manifests(ctx.run_fs))
+
     def input_identity(self) -> dict:
-        files = self.config.contamination.eval_files if self.config.schema == "gme" else ()
+        files = self.config.contamination.eval_files if self.config.schema in TRIPLETS else ()
         return eval_identity(tuple(files)) if files else {}
 
     def part_prefixes(self) -> tuple[str, ...]:
-        return SPLITS if self.config.schema == "gme" else (self.part_prefix,)
+        return SPLITS if self.config.schema in TRIPLETS else (self.part_prefix,)
 
     def row_group_bytes(self) -> int | None:
         return self.config.row_group_mb * 2**20
@@ -243,7 +276,8 @@ class Export(Stage):
             import ray
 
             self._eval_ref = ray.put(self._eval_set)
-        return [BlockStep(_gme_block, {"cfg": to_dict(self.config), "eval_ref": self._eval_ref})]
+        return [BlockStep(_triplet_block, {"cfg": to_dict(self.config), "eval_ref": self._eval_ref,
+                                           "models": self._models})]
 
     def finish_part(self, table: pa.Table) -> pa.Table:
         """Image references -> HF image structs with the stored bytes, then the `datasets` features.
@@ -252,7 +286,10 @@ class Export(Stage):
         sorts and splits rows by shard, status and split, and every such copy of a materialised table
         copies its image bytes (bench/export.py, 1000 rows of 10 images: 21 s before, 4.3 s here).
         """
+        opts = self.config.megapairs
+        resize = mp.square_jpeg(opts.image_size, opts.resize_mode, opts.jpeg_quality) if (
+            self.config.schema == "megapairs" and opts.image_size) else None
         if self.context is not None:
-            table = materialise_images(table, ImageStore.from_uri(self.context.run_uri))
+            table = materialise_images(table, ImageStore.from_uri(self.context.run_uri), resize)
         meta = hf_features_metadata(table.schema)
         return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})

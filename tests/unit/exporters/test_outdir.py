@@ -59,7 +59,7 @@ def test_a_passthrough_export_is_refused_with_what_to_set(tmp_path):
     run = make_run_dir(tmp_path)
     meta = yaml.safe_load((run / "run.yaml").read_text())
     (run / "run.yaml").write_text(yaml.safe_dump({**meta, "export": {"schema": "passthrough"}}))
-    with pytest.raises(ExportError, match=r"holds no GME triplets .*export.schema was 'passthrough'"):
+    with pytest.raises(ExportError, match=r"holds no GME or MegaPairs triplets .*export.schema was 'passthrough'"):
         export_run(str(run), "ms-swift", str(tmp_path / "out"))
 
 
