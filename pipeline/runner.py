@@ -100,13 +100,16 @@ def _run_locked(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
         prompts = [ctx.prompts_dir / p for p in stage.prompt_files]
         upstream_fp = fingerprint(stage.name, semantic, prompts, upstream_fp, __version__)
         fingerprints.append(upstream_fp)
-        identities.append(identity)
+        # The prompt files the stage runs with, by hash, for its manifest (the card reads them there, so
+        # a prompt edited after the run does not change what the run's card says).
+        identities.append((identity, prompt_hashes(ctx.prompts_dir, stage.prompt_files)))
     results: list[StageResult] = []
     outputs: dict[str, StageOutput] = {}
     upstream: StageOutput | None = None
-    for stage, (stage_dir, parts_dir), fp, identity in zip(stages, stage_dirs(stages), fingerprints, identities):
+    for stage, (stage_dir, parts_dir), fp, (identity, prompts) in zip(stages, stage_dirs(stages), fingerprints,
+                                                                       identities):
         target = Target(ctx.run_uri, stage_dir, parts_dir)
-        results.append(_run_stage(ctx, stage, target, upstream, fp, identity, outputs))
+        results.append(_run_stage(ctx, stage, target, upstream, fp, identity, outputs, prompts))
         parts, _ = committed_files(ctx.run_fs, stage_dir)
         upstream = StageOutput(stage.name, fp, tuple(ctx.run_fs.path(p) for p in parts))
         outputs[stage.name] = upstream
@@ -124,6 +127,13 @@ def _run_locked(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
                 log.info("%s: removed %d file(s) nothing refers to (%.1f MiB)",
                          what, len(garbage.files), garbage.bytes / 2**20)
     return results
+
+
+def prompt_hashes(prompts_dir, files: tuple[str, ...]) -> dict[str, str]:
+    """Prompt file (relative to prompts/) -> sha256 of its bytes."""
+    import hashlib
+
+    return {name: hashlib.sha256((prompts_dir / name).read_bytes()).hexdigest() for name in files}
 
 
 def live_indexes(stages: list[Stage], fingerprints: list[str]) -> set[str]:
@@ -169,7 +179,7 @@ def _decide(run_fs: RunFS, stage: Stage, stage_dir: str, fp: str, identity: dict
 
 
 def _run_stage(ctx: RunContext, stage: Stage, target: Target, upstream: StageOutput | None, fp: str,
-               identity: dict, outputs: dict[str, StageOutput]) -> StageResult:
+               identity: dict, outputs: dict[str, StageOutput], prompts: dict | None = None) -> StageResult:
     run_fs = target.fs
     decision, skip = _decide(run_fs, stage, target.stage_dir, fp, identity)
     log.info("%s: %s", stage.name, decision)
@@ -194,6 +204,7 @@ def _run_stage(ctx: RunContext, stage: Stage, target: Target, upstream: StageOut
         "decision": decision,
         "config": stage.config.semantic_dict(),
         "inputs": identity,
+        "prompts": prompts or {},
         "shards": {"planned": len(specs), "done": 0},
         "input_rows": sum(s.rows for s in specs),
         "fanout": stage.fanout,
