@@ -35,7 +35,15 @@ from pipeline.errors import PipelineConfigError
 from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.prompts import load_sources, render
 from pipeline.stage import (
-    FILTERED, OK, REJECTED, BlockStep, Resources, Stage, StageConfig, glue_map, set_status,
+    FILTERED,
+    OK,
+    REJECTED,
+    BlockStep,
+    Resources,
+    Stage,
+    StageConfig,
+    glue_map,
+    set_status,
 )
 
 PROMPTS = ("megapairs/describe_system.j2", "megapairs/describe_user.j2", "megapairs/captions.j2")
@@ -68,10 +76,15 @@ class DescribeConfig(StageConfig):
               f"must be >= min_words (got {self.max_words} < {self.min_words})")
 
 
+def row_hash(seed: int, key: str) -> int:
+    """A 64-bit draw for `key` (a row id, ...) under `seed`: the same on every run, node, retry, batch
+    and Python version (no RNG state involved)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest(), "big")
+
+
 def draw_word_limit(seed: int, row_id: str, lo: int, hi: int) -> int:
-    """N in [lo, hi] for one row: stable across runs, retries and batch composition."""
-    digest = hashlib.blake2b(f"{seed}\x00{row_id}".encode("utf-8"), digest_size=8).digest()
-    return lo + int.from_bytes(digest, "big") % (hi - lo + 1)
+    """N in [lo, hi] for one row."""
+    return lo + row_hash(seed, row_id) % (hi - lo + 1)
 
 
 def build_messages(sources: dict[str, str], word_limit: int) -> list[dict]:

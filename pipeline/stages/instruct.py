@@ -22,9 +22,7 @@ Input columns: id, description, description_mode. Output: every input column plu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,7 @@ from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.prompts import load_examples, load_sources, render
 from pipeline.stage import FILTERED, OK, REJECTED, Resources, StageConfig, set_status
 from pipeline.stages.describe import PROMPTS as DESCRIBE_PROMPTS
-from pipeline.stages.describe import caption_text, clean
+from pipeline.stages.describe import caption_text, clean, row_hash
 
 PROMPTS = (
     "megapairs/instruct_system.j2", "megapairs/instruct_user.j2", "megapairs/demos.yaml", DESCRIBE_PROMPTS[2],
@@ -109,9 +107,8 @@ def load_demos(sources: dict[str, str], need: int) -> list[dict]:
 
 
 def draw_demos(n_pool: int, k: int, seed: int, row_id: str) -> list[int]:
-    """k distinct pool positions for one row, stable across runs, retries and batch composition."""
-    digest = hashlib.blake2b(f"{seed}\x00{row_id}".encode("utf-8"), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big")).sample(range(n_pool), k)
+    """k distinct pool positions for one row: the pool ordered by a per-(row, entry) hash, first k."""
+    return sorted(range(n_pool), key=lambda i: (row_hash(seed, f"{row_id}\x00demo{i}"), i))[:k]
 
 
 def build_messages(

@@ -266,8 +266,8 @@ def test_transformers_vlm_generates_for_two_image_prompts_and_skips_image_errors
 
 
 def test_transformers_vlm_feeds_both_images_to_the_model(tiny_vlm):
-    from pipeline.models.vlm import split_images
     from pipeline.models.vllm_vision import data_url
+    from pipeline.models.vlm import split_images
 
     engine, _ = tiny_vlm
     urls = [data_url(png((200, 30, 40))), data_url(png((20, 30, 200), (40, 40)))]
@@ -284,8 +284,8 @@ def test_transformers_vlm_feeds_both_images_to_the_model(tiny_vlm):
 def test_transformers_vlm_rejects_a_prompt_over_max_input_tokens(tiny_vlm):
     import dataclasses
 
-    from pipeline.models.vlm import HFVisionChat
     from pipeline.models.vllm_vision import data_url
+    from pipeline.models.vlm import HFVisionChat
 
     engine, cfg = tiny_vlm
     short = HFVisionChat.__new__(HFVisionChat)
@@ -294,3 +294,21 @@ def test_transformers_vlm_rejects_a_prompt_over_max_input_tokens(tiny_vlm):
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png((1, 2, 3)))}},
                                              {"type": "text", "text": "Describe."}]}]
     assert short.generate([messages, None], 2) == [("", "error:prompt_too_long"), ("", "")]
+
+
+def test_captions_mode_stage_is_one_task_step_without_a_model(tmp_path):
+    from types import SimpleNamespace
+
+    stage = Describe(DescribeConfig(), SimpleNamespace(prompts_dir=default_prompts_dir(), cache_dir=tmp_path))
+    stage.prepare()
+    steps = stage.task_steps()
+    assert ([s.fn for s in steps], stage.models()) == ([captions_batch], {})
+
+
+def test_vlm_mode_stage_runs_as_operators_and_names_its_model(tmp_path):
+    from types import SimpleNamespace
+
+    stage = Describe(DescribeConfig(mode="vlm", vlm=LLMConfig(model="/models/qwen2-vl")),
+                     SimpleNamespace(prompts_dir=default_prompts_dir(), cache_dir=tmp_path))
+    stage.prepare()
+    assert (stage.task_steps(), stage.models()) == (None, {"vlm": "/models/qwen2-vl via transformers"})
