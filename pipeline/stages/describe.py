@@ -75,6 +75,14 @@ class DescribeConfig(StageConfig):
         check(self.max_words >= self.min_words, "describe", "max_words",
               f"must be >= min_words (got {self.max_words} < {self.min_words})")
 
+    def semantic_dict(self) -> dict:
+        values = super().semantic_dict()
+        if self.mode == "captions":
+            # No model runs: the VLM's knobs do not change the output, so they do not redo the stage.
+            for key in ("vlm", "min_words", "max_words", "require_template", "seed"):
+                values.pop(key)
+        return values
+
 
 def row_hash(seed: int, key: str) -> int:
     """A 64-bit draw for `key` (a row id, ...) under `seed`: the same on every run, node, retry, batch

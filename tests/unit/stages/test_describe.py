@@ -312,3 +312,36 @@ def test_vlm_mode_stage_runs_as_operators_and_names_its_model(tmp_path):
                      SimpleNamespace(prompts_dir=default_prompts_dir(), cache_dir=tmp_path))
     stage.prepare()
     assert (stage.task_steps(), stage.models()) == (None, {"vlm": "/models/qwen2-vl via transformers"})
+
+
+def test_openai_backend_request_carries_both_images_in_order_and_no_grammar(sources, pair_table, monkeypatch):
+    from dataclasses import asdict
+
+    from pipeline.models.openai_chat import OpenAIChatFn
+    from tests.support.openai_server import OpenAIServer, ok
+
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    table, uri = pair_table
+    config = to_dict(DescribeConfig(mode="vlm"))
+    with OpenAIServer() as server:
+        server.script(ok(GOOD))
+        llm = LLMConfig(backend="openai", model="served-vlm", base_url=server.base_url, guided=False)
+        fn = OpenAIChatFn(asdict(llm), {}, api_key=None)
+        try:
+            out = parse_batch(fn(prompt_batch(table, sources, config, uri)), config)
+        finally:
+            fn.close()
+        body = server.requests[0].body
+    parts = body["messages"][1]["content"]
+    kinds = [p["type"] for p in parts]
+    assert (len(server.requests), kinds, "response_format" in body, out["description"][0].as_py()) == (
+        1, ["text", "image_url", "text", "image_url", "text"], False, GOOD,
+    )
+
+
+def test_captions_mode_fingerprint_ignores_the_vlm_settings():
+    a = DescribeConfig(vlm=LLMConfig(model="/models/a"), min_words=10, max_words=20, seed=4).semantic_dict()
+    b = DescribeConfig().semantic_dict()
+    vlm_a = DescribeConfig(mode="vlm", vlm=LLMConfig(model="/models/a")).semantic_dict()
+    assert (a == b, vlm_a == DescribeConfig(mode="vlm").semantic_dict()) == (True, False)

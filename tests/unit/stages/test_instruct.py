@@ -270,3 +270,14 @@ def test_cli_render_prompt_prints_the_instruct_messages_for_the_fixture_pair(cap
     assert (code, roles, "on a sandy beach, trotting with a stick" in out) == (
         0, ["system"] + ["user", "assistant"] * 5 + ["user"], True,
     )
+
+
+def test_stage_prepare_checks_the_prompts_and_names_its_llm(tmp_path):
+    from types import SimpleNamespace
+
+    stage = Instruct(InstructConfig(llm=LLMConfig(model="/models/llm")),
+                     SimpleNamespace(prompts_dir=default_prompts_dir(), cache_dir=tmp_path))
+    stage.prepare()
+    assert (stage.models(), stage.schema()["properties"]["instructions"]["maxItems"]) == (
+        {"llm": "/models/llm via transformers"}, 5,
+    )
