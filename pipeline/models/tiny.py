@@ -56,6 +56,12 @@ QWEN2VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# The generator's template: like the real Qwen2-VL one, it also takes OpenAI-style `image_url` parts (what
+# ray.data.llm's chat-template stage passes on) and `image_pil` parts.
+QWEN2VL_GEN_TEMPLATE = QWEN2VL_CHAT_TEMPLATE.replace(
+    "item['type'] == 'image'", "item['type'] in ('image', 'image_url', 'image_pil')"
+)
+
 # Qwen2-VL-Instruct's preprocessor_config.json (CLIP normalisation, 4..16384 image tokens of 28 x 28 pixels).
 QWEN2VL_PREPROCESSOR = {
     "min_pixels": 4 * 28 * 28,
@@ -279,9 +285,10 @@ def _write_tiny_gme(out: Path, seed: int, vocab_size: int) -> None:
 
 
 def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) -> Path:
-    """Write a random 2-layer Qwen2-VL generator (1 vision block, tied LM head) with its processor to
-    `out_dir`: `AutoModelForImageTextToText` and `AutoProcessor` load it as a Qwen2-VL-Instruct checkpoint.
-    Images are bounded to 4..16 image tokens so a test prompt with two images stays short."""
+    """Write a random 2-layer Qwen2-VL generator (head_dim 64, which vLLM kernels accept; 2 vision blocks;
+    tied LM head) with its processor to `out_dir`: `AutoModelForImageTextToText` / `AutoProcessor` and
+    vLLM load it as a Qwen2-VL-Instruct checkpoint. Images are bounded to 4..16 image tokens so a prompt
+    with two images stays short."""
     out = Path(out_dir)
     if _complete(out):
         return out
@@ -301,18 +308,18 @@ def _write_tiny_qwen2_vl(out: Path, seed: int, vocab_size: int) -> None:
     quiet_transformers()
     tok = _train_tokenizer(vocab_size)
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS], special_tokens=True)
-    tok.chat_template = QWEN2VL_CHAT_TEMPLATE
+    tok.chat_template = QWEN2VL_GEN_TEMPLATE
     ids = {t: tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
     eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id
     config = Qwen2VLConfig(
         text_config={
-            "vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "vocab_size": len(tok), "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
             "eos_token_id": eos, "pad_token_id": pad, "bos_token_id": None,
         },
         vision_config={
-            "depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+            "depth": 2, "embed_dim": 64, "hidden_size": 128, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
             "spatial_merge_size": 2, "temporal_patch_size": 2,
         },
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -330,7 +337,7 @@ def _write_tiny_qwen2_vl(out: Path, seed: int, vocab_size: int) -> None:
            "image_processor_type": "Qwen2VLImageProcessorPil"}
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     (out / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
-    (out / "chat_template.jinja").write_text(QWEN2VL_CHAT_TEMPLATE)
+    (out / "chat_template.jinja").write_text(QWEN2VL_GEN_TEMPLATE)
     (out / MARKER).write_text(json.dumps({"kind": "qwen2-vl-generator", "seed": seed}))
 
 
