@@ -13,7 +13,7 @@ input column plus description (string), word_limit (int32, null in captions mode
 (`vlm` | `captions`), describe_raw (the VLM's raw text; null in captions mode). Dropped rows:
 `filter:empty_description`, `filter:off_template` (with `require_template`), `filter:no_caption`
 (captions mode, both captions missing), `error:no_query_image`, `error:no_target_image`,
-`error:image_unreadable`, and the backends' reasons (`error:truncated_output`, `error:prompt_too_long`,
+`error:image_<kind>` (io/images.fit_image: `truncated`, `not_an_image`, `aspect_ratio`, ...), and the backends' reasons (`error:truncated_output`, `error:prompt_too_long`,
 `error:timeout`, `error:inference_failed`, `error:http_<status>`, ...).
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass
@@ -66,12 +65,16 @@ class DescribeConfig(StageConfig):
     max_words: int = 100
     # mode vlm: drop descriptions without the "Both images ... However ... whereas ..." shape.
     require_template: bool = True
+    # mode vlm: images are shrunk to this longer side before they go to the VLM (the released
+    # MegaPairs data is 512 x 512); it bounds the prompt's image tokens on every backend.
+    max_image_side: int = 768
     seed: int = 0
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=4, shard_rows=32))
 
     def __post_init__(self) -> None:
         check(self.mode in ("vlm", "captions"), "describe", "mode", f"must be vlm or captions (got {self.mode!r})")
         check(self.min_words >= 1, "describe", "min_words", f"must be >= 1 (got {self.min_words})")
+        check(self.max_image_side >= 28, "describe", "max_image_side", f"must be >= 28 (got {self.max_image_side})")
         check(self.max_words >= self.min_words, "describe", "max_words",
               f"must be >= min_words (got {self.max_words} < {self.min_words})")
 
@@ -79,7 +82,7 @@ class DescribeConfig(StageConfig):
         values = super().semantic_dict()
         if self.mode == "captions":
             # No model runs: the VLM's knobs do not change the output, so they do not redo the stage.
-            for key in ("vlm", "min_words", "max_words", "require_template", "seed"):
+            for key in ("vlm", "min_words", "max_words", "require_template", "max_image_side", "seed"):
                 values.pop(key)
         return values
 
@@ -104,8 +107,7 @@ def build_messages(sources: dict[str, str], word_limit: int) -> list[dict]:
     """
     system, user = PROMPTS[0], PROMPTS[1]
     text = render(sources[user], user, source_image=MARKS["source"], target_image=MARKS["target"], word_limit=word_limit)
-    order = [k for k in re.findall("|".join(MARKS.values()), text)]
-    if order != [MARKS["source"], MARKS["target"]]:
+    if re.findall("|".join(MARKS.values()), text) != [MARKS["source"], MARKS["target"]]:
         raise PipelineConfigError(
             f"prompts: {user} must place {{{{ source_image }}}} and then {{{{ target_image }}}} exactly once each"
         )
@@ -158,16 +160,16 @@ def caption_text(sources: dict[str, str], source_caption: Any, target_caption: A
 
 
 class ImageLoader:
-    """Image references -> data URLs, or the reason a row cannot have its image."""
+    """Image references -> data URLs of the images fitted to `max_side` (the one image loader,
+    io/images.fit_image), or the reason a row cannot have its image."""
 
-    def __init__(self, run_uri: str) -> None:
+    def __init__(self, run_uri: str, max_side: int) -> None:
         from pipeline.io.image_store import ImageStore
 
-        self.store = ImageStore.from_uri(run_uri)
+        self.store, self.max_side = ImageStore.from_uri(run_uri), max_side
 
     def url(self, ref: dict | None, missing: str) -> tuple[str, str]:
-        from PIL import Image
-
+        from pipeline.io.images import ImageError, ImageLimits, fit_image
         from pipeline.models.vllm_vision import data_url
 
         if ref is None:
@@ -175,18 +177,17 @@ class ImageLoader:
         # A failing read is a system failure (R35): it propagates and the shard is redone.
         data = self.store.get(ref)
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-            return data_url(data), ""
-        except Exception:  # noqa: BLE001 - Pillow raises many types for a damaged file
-            return "", "error:image_unreadable"
+            # Qwen2-VL's processor refuses images longer than 200:1.
+            return data_url(fit_image(data, ImageLimits(), self.max_side, 200.0).data), ""
+        except ImageError as exc:
+            return "", f"error:image_{exc.kind}"
 
 
 def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict, run_uri: str) -> pa.Table:
     """Glue task (mode vlm): add `word_limit`, `_messages` (images as data URLs; null when an image
     is missing or unreadable) and `_image_error`."""
     config = DescribeConfig.from_dict(cfg)
-    loader = ImageLoader(run_uri)
+    loader = ImageLoader(run_uri, config.max_image_side)
     limits, messages, errors = [], [], []
     refs = {k: table[c].to_pylist() for k, c in IMAGE_COLUMNS.items()}
     for i, row_id in enumerate(table["id"].to_pylist()):
@@ -261,8 +262,7 @@ class Describe(Stage):
         self.model_path = self.model_id = None
         if self.config.mode == "vlm":
             vlm = self.config.vlm
-            self.model_path, self.model_id = resolve_model(vlm.model, self.context.cache_dir, vlm.fallback_model,
-                                                           f"{self.name}.vlm")
+            self.model_path, self.model_id = resolve_model(vlm.model, self.context.cache_dir, vlm.fallback_model, f"{self.name}.vlm")
 
     def models(self) -> dict[str, str]:
         return {"vlm": f"{self.model_id} via {self.config.vlm.backend}"} if self.config.mode == "vlm" else {}

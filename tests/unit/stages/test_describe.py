@@ -172,8 +172,17 @@ def test_prompt_batch_marks_missing_and_unreadable_images_and_asks_nothing_for_t
     table, uri = pair_table
     out = prompt_batch(table, sources, to_dict(DescribeConfig(mode="vlm")), uri)
     assert (out[IMAGE_ERROR].to_pylist(), [m is None for m in out[MESSAGES].to_pylist()]) == (
-        ["", "error:no_target_image", "error:image_unreadable"], [False, True, True],
+        ["", "error:no_target_image", "error:image_not_an_image"], [False, True, True],
     )
+
+
+def test_prompt_batch_shrinks_images_to_max_image_side(sources, tmp_path):
+    uri = str(tmp_path / "run")
+    big = ImageStore.from_uri(uri).put(png((9, 9, 9), (400, 100)), "png", 400, 100)
+    table = pa.table({"id": ["x"], "query_image": pa.array([big], IMAGE_REF), "target_image": pa.array([big], IMAGE_REF)})
+    out = prompt_batch(table, sources, to_dict(DescribeConfig(mode="vlm", max_image_side=200)), uri)
+    url = next(p for p in json.loads(out[MESSAGES][0].as_py())[1]["content"] if p["type"] == "image_url")
+    assert Image.open(io.BytesIO(base64.b64decode(url["image_url"]["url"].split(",", 1)[1]))).size == (200, 50)
 
 
 def test_prompt_batch_records_the_drawn_word_limit(sources, pair_table):
@@ -262,7 +271,7 @@ def test_transformers_vlm_generates_for_two_image_prompts_and_skips_image_errors
         bool(out["describe_raw"][0].as_py()), out[REASON].to_pylist()[0] in ("filter:off_template", "error:truncated_output",
                                                                             "filter:empty_description"),
         out[REASON].to_pylist()[1:], out["describe_raw"].to_pylist()[1:],
-    ) == (True, True, ["error:no_target_image", "error:image_unreadable"], ["", ""])
+    ) == (True, True, ["error:no_target_image", "error:image_not_an_image"], ["", ""])
 
 
 def test_transformers_vlm_feeds_both_images_to_the_model(tiny_vlm):
