@@ -9,6 +9,8 @@ seed gives byte-identical weights, so fingerprints and outputs are reproducible.
 - `gme`: a Qwen2-VL saved the way the released gme-Qwen2-VL checkpoints are (flat config.json,
   top-level `visual.*` / `model.*` weights, no LM head) plus its processor, so the GME embedder's
   load path (transformers converting the old layout) runs on every test machine.
+- `qwen2_vl`: a Qwen2-VL generator (tied LM head, PIL image processor with small pixel bounds) for
+  the VLM describe path (`AutoModelForImageTextToText` + `AutoProcessor`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ QWEN2VL_CHAT_TEMPLATE = (
     "{{ '<|im_end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# The generator's template: like the real Qwen2-VL one, it also takes OpenAI-style `image_url` parts (what
+# ray.data.llm's chat-template stage passes on) and `image_pil` parts.
+QWEN2VL_GEN_TEMPLATE = QWEN2VL_CHAT_TEMPLATE.replace(
+    "item['type'] == 'image'", "item['type'] in ('image', 'image_url', 'image_pil')"
 )
 
 # Qwen2-VL-Instruct's preprocessor_config.json (CLIP normalisation, 4..16384 image tokens of 28 x 28 pixels).
@@ -276,6 +284,63 @@ def _write_tiny_gme(out: Path, seed: int, vocab_size: int) -> None:
     (out / MARKER).write_text(json.dumps({"kind": "gme-qwen2-vl", "layout": "released", "seed": seed}))
 
 
+def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) -> Path:
+    """Write a random 2-layer Qwen2-VL generator (head_dim 64, which vLLM kernels accept; 2 vision blocks;
+    tied LM head) with its processor to `out_dir`: `AutoModelForImageTextToText` / `AutoProcessor` and
+    vLLM load it as a Qwen2-VL-Instruct checkpoint. Images are bounded to 4..16 image tokens so a prompt
+    with two images stays short."""
+    out = Path(out_dir)
+    if _complete(out):
+        return out
+    with _building(out) as tmp:
+        _write_tiny_qwen2_vl(tmp, seed, vocab_size)
+    log.info("built tiny Qwen2-VL in %s", out)
+    return out
+
+
+def _write_tiny_qwen2_vl(out: Path, seed: int, vocab_size: int) -> None:
+    import torch
+    from tokenizers import AddedToken
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from pipeline.logging import quiet_transformers
+
+    quiet_transformers()
+    tok = _train_tokenizer(vocab_size)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS], special_tokens=True)
+    tok.chat_template = QWEN2VL_GEN_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tok), "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
+            "eos_token_id": eos, "pad_token_id": pad, "bos_token_id": None,
+        },
+        vision_config={
+            "depth": 2, "embed_dim": 64, "hidden_size": 128, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+            "spatial_merge_size": 2, "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    config.eos_token_id, config.pad_token_id = eos, pad
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, pad
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    # The PIL image processor (no torchvision needed), written as a released preprocessor_config.json.
+    pre = {**QWEN2VL_PREPROCESSOR, "min_pixels": 4 * 28 * 28, "max_pixels": 16 * 28 * 28,
+           "image_processor_type": "Qwen2VLImageProcessorPil"}
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
+    (out / "chat_template.jinja").write_text(QWEN2VL_GEN_TEMPLATE)
+    (out / MARKER).write_text(json.dumps({"kind": "qwen2-vl-generator", "seed": seed}))
+
+
 def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random open_clip model (32-pixel ViT, 1-layer text tower, 32-d embeddings) that
     `open_clip.create_model_and_transforms("local-dir:<out_dir>")` loads. It keeps open_clip's real
@@ -358,7 +423,8 @@ def _write_tiny_diffusion(out: Path, seed: int) -> None:
 
 
 TINY_BUILDERS = {
-    "qwen2": build_tiny_qwen2, "gme": build_tiny_gme, "clip": build_tiny_clip, "diffusion": build_tiny_diffusion,
+    "qwen2": build_tiny_qwen2, "gme": build_tiny_gme, "qwen2_vl": build_tiny_qwen2_vl, "clip": build_tiny_clip,
+    "diffusion": build_tiny_diffusion,
 }
 
 

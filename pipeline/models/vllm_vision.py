@@ -6,6 +6,8 @@ which `ray.data.llm`'s prepare-multimodal stage turns into the model's image inp
 not accepted there; a data URL travels through Arrow as a plain string, a PIL image would not). The
 image column may hold an HF image struct `{bytes, path}` or raw bytes; a reference into the run's
 image store is resolved by the `load_image` callable the caller passes (it runs in the worker).
+With `image_column=None` the images are already image parts of `_messages` (several per prompt, up to
+`max_images`, e.g. models/vlm.py's two-image prompts); a row with a null `_messages` skips the engine.
 Output as for text: `_raw` / `_llm_error` with the fixed reasons of models/vllm_backend.py; a row
 without a usable image is `error:image_missing` and never reaches the engine.
 """
@@ -85,9 +87,13 @@ def attach_image(messages: list[dict], url: str) -> list[dict]:
     return out
 
 
-def vlm_preprocess_row(row: dict, sampling: dict, image_column: str, load_image: Callable | None) -> dict:
+def vlm_preprocess_row(row: dict, sampling: dict, image_column: str | None, load_image: Callable | None) -> dict:
     """The processor's input row: messages with the image, or a marker that skips the engine."""
     carry = {k: v for k, v in row.items() if k != MESSAGES}
+    if image_column is None:
+        messages = json.loads(row[MESSAGES]) if row.get(MESSAGES) is not None else None
+        return {"messages": messages or [], "sampling_params": dict(sampling), CARRY: pickle.dumps(carry),
+                HAS_IMAGE: messages is not None}
     value = row.get(image_column)
     data = load_image(value) if load_image is not None and value is not None else image_bytes(value)
     try:
@@ -116,8 +122,9 @@ def vllm_vision_generate(
     schema: dict | None,
     resources: Any,
     stage: str,
-    image_column: str = "image",
+    image_column: str | None = "image",
     load_image: Callable[[Any], bytes | None] | None = None,
+    max_images: int = 1,
 ) -> Any:
     """Add `_raw` / `_llm_error` to every row of `ds`, prompting a VLM with `_messages` and the image.
 
@@ -138,7 +145,11 @@ def vllm_vision_generate(
     missing = prepared.filter(lambda r: not r[HAS_IMAGE], **light).map(missing_image_row, **light)
     ready = prepared.filter(lambda r: r[HAS_IMAGE], **light)
     processor = build_processor(
-        vllm_processor_config(cfg, model_path, resources, prepare_multimodal_stage={"enabled": True}),
+        vllm_processor_config(
+            cfg, model_path, resources, prepare_multimodal_stage={"enabled": True},
+            # vLLM sizes its multimodal budget per prompt; more than one image must be allowed here.
+            engine_kwargs={"limit_mm_per_prompt": {"image": max_images}} if max_images > 1 else {},
+        ),
         preprocess=lambda r: {k: r[k] for k in ("messages", "sampling_params", CARRY)},
         postprocess=vllm_postprocess_row,
         preprocess_map_kwargs=light,

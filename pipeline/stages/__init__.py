@@ -14,6 +14,7 @@ _CLASSES = {
     "ingest": ("ingest", "Ingest"), "doc2query": ("doc2query", "Doc2Query"), "consistency": ("consistency", "Consistency"),
     "entities": ("entities", "Entities"), "images": ("images", "Images"), "clip_filter": ("clip_filter", "ClipFilter"),
     "gme_score": ("gme_score", "GmeScore"), "negatives": ("negatives", "Negatives"), "export": ("export", "Export"),
+    "describe": ("describe", "Describe"), "instruct": ("instruct", "Instruct"),
 }
 
 

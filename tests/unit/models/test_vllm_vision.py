@@ -86,3 +86,14 @@ def test_row_without_a_usable_image_is_restored_as_image_missing(value):
     assert pre[HAS_IMAGE] is False
     restored = missing_image_row(pre)
     assert (restored["id"], restored[RAW], restored[LLM_ERROR]) == ("a", "", "error:image_missing")
+
+
+def test_preprocess_without_an_image_column_sends_the_messages_images_as_they_are():
+    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,BBBB"}}, {"type": "text", "text": "?"}]
+    messages = [{"role": "user", "content": parts}]
+    pre = vlm_preprocess_row({"id": "a", MESSAGES: json.dumps(messages)}, {}, None, None)
+    skipped = vlm_preprocess_row({"id": "b", MESSAGES: None}, {}, None, None)
+    assert (pre["messages"], pre[HAS_IMAGE], skipped[HAS_IMAGE], pickle.loads(skipped[CARRY])["id"]) == (
+        messages, True, False, "b",
+    )
