@@ -2,8 +2,9 @@
 
 For each view, the query's neighbours (pool id, image sha256, cosine similarity; any order) are kept
 when lo < similarity < hi (the open band; MegaPairs: (0.8, 0.96), too close = a duplicate, too far =
-unrelated), never the query itself (`self`) nor an image with the query's sha256 (`duplicate`); the
-rest count as `above_band` (>= hi) or `below_band` (<= lo). Skips are counted per (view, neighbour).
+unrelated; compared in float32, faiss's precision), never the query itself (`self`) nor an image with
+the query's sha256 (`duplicate`); the rest count as `above_band` (>= hi) or `below_band` (<= lo).
+Skips are counted per (view, neighbour).
 
 Views are merged: one pair per target, carrying the views (config order) whose band it fell in and
 their scores. Up to `pairs_per_query` targets are taken round-robin over the views, each view's
@@ -28,6 +29,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import numpy as np
 
 SKIP_CAUSES = ("self", "duplicate", "above_band", "below_band")
 
@@ -80,16 +83,19 @@ def best_first(hits: Sequence[Hit]) -> list[Hit]:
 def in_band(query_id: str, query_sha: str | None, hits: Sequence[Hit], band: tuple[float, float],
             skips: dict[str, int]) -> list[Hit]:
     """The hits strictly inside the band, best first; every other hit counted in `skips` by cause."""
-    lo, hi = band
+    # Compared in float32, the precision faiss scores in: a similarity of exactly an edge (0.8 as float32)
+    # is outside the band, as the open interval says, not inside it by a rounding error.
+    lo, hi = (float(np.float32(edge)) for edge in band)
     kept = []
     for hit in hits:
+        score = float(np.float32(hit.score))
         if hit.id == query_id:
             cause = "self"
         elif query_sha is not None and hit.sha == query_sha:
             cause = "duplicate"
-        elif hit.score >= hi:
+        elif score >= hi:
             cause = "above_band"
-        elif hit.score <= lo:
+        elif score <= lo:
             cause = "below_band"
         else:
             kept.append(hit)
