@@ -32,7 +32,18 @@ from pipeline.io.image_store import IMAGE_REF
 from pipeline.io.indexes import IndexHandle, IndexSpec
 from pipeline.mining import SKIP_CAUSES, Hit, MineSettings, QueryResult, mine_query
 from pipeline.stage import (
-    FILTERED, NROWS, OK, PARENT, SHARD, SLOT, SRC, Resources, Stage, StageConfig, actor_map, set_status,
+    FILTERED,
+    NROWS,
+    OK,
+    PARENT,
+    SHARD,
+    SLOT,
+    SRC,
+    Resources,
+    Stage,
+    StageConfig,
+    actor_map,
+    set_status,
 )
 from pipeline.stages.mp_views import ViewConfig, resolve_view_model, view_spec
 

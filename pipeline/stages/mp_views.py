@@ -32,7 +32,18 @@ from pipeline.config import check, to_dict
 from pipeline.io.image_store import ImageStore
 from pipeline.io.index_config import IndexConfig
 from pipeline.io.indexes import IndexSpec, embedding_array
-from pipeline.stage import FILTERED, OK, REJECTED, SHARD, SRC, Resources, Stage, StageConfig, actor_map, set_status
+from pipeline.stage import (
+    FILTERED,
+    OK,
+    REJECTED,
+    SHARD,
+    SRC,
+    Resources,
+    Stage,
+    StageConfig,
+    actor_map,
+    set_status,
+)
 
 VIEW_KINDS = ("clip_image", "dino", "clip_text", "text")
 TEXT_KINDS = ("clip_text", "text")
