@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -130,48 +130,84 @@ def round_robin(candidates: Sequence[Sequence[str]], cap: int, seed: int) -> lis
     return taken
 
 
-def pick_negatives(query_id: str, query_sha: str | None, target: Hit, retrieved: Sequence[Hit],
-                   num: int) -> list[Hit]:
-    """Up to `num` hard negatives from the query's retrieved images (every view; repeats allowed, each
-    id at its best score), best first."""
+def ranked(hits: Iterable[Hit]) -> list[Hit]:
+    """The hits of every view as one list: each id once, at its best score, best first (ties by id)."""
     best: dict[str, Hit] = {}
-    for hit in retrieved:
+    for hit in hits:
         if hit.id not in best or hit.score > best[hit.id].score:
             best[hit.id] = hit
+    return best_first(list(best.values()))
+
+
+def pick_negatives(query_id: str, query_sha: str | None, target: Hit, ranked_hits: Iterable[Hit],
+                   num: int) -> list[Hit]:
+    """Up to `num` hard negatives, taken in order from the query's `ranked` retrieved images (read only
+    as far as needed, so a caller may pass a lazy sequence)."""
     banned = {s for s in (query_sha, target.sha) if s is not None}
     out: list[Hit] = []
-    for hit in best_first(list(best.values())):
-        if len(out) >= num:
-            break
+    if num <= 0:
+        return out
+    for hit in ranked_hits:
         if hit.id in (query_id, target.id) or (hit.sha is not None and hit.sha in banned):
             continue
         out.append(hit)
         if hit.sha is not None:
             banned.add(hit.sha)
+        if len(out) >= num:
+            break
     return out
+
+
+def select_pairs(query_id: str, query_sha: str | None, kept: Sequence[tuple[str, Sequence[Hit]]],
+                 ranked_hits: Iterable[Hit], skips: dict[str, int], settings: MineSettings) -> QueryResult:
+    """The query's pairs from each view's (name, in-band hits best first) and its ranked retrieved images."""
+    seed = mine_seed(settings.seed, query_id)
+    found: dict[str, tuple[Hit, list[str], list[float]]] = {}
+    lists: list[list[str]] = []
+    for name, hits in kept:
+        if settings.mirrored == "drop":
+            hits = [h for h in hits if h.id > query_id]
+        for hit in hits:
+            entry = found.setdefault(hit.id, (hit, [], []))
+            entry[1].append(name)
+            entry[2].append(hit.score)
+        lists.append([h.id for h in hits])
+    targets = round_robin(lists, settings.pairs_per_query, seed)
+    pool = ranked_hits if isinstance(ranked_hits, Sequence) else list(ranked_hits)
+    pairs = []
+    for rank, target_id in enumerate(targets):
+        target, names, scores = found[target_id]
+        negatives = pick_negatives(query_id, query_sha, target, pool, settings.num_negatives)
+        reason = "filter:too_few_negatives" if len(negatives) < settings.min_negatives else ""
+        pairs.append(Pair(target, names, scores, rank, negatives, reason))
+    return QueryResult(seed, pairs, skips)
 
 
 def mine_query(query_id: str, query_sha: str | None, views: Sequence[tuple[str, tuple[float, float], Sequence[Hit]]],
                settings: MineSettings) -> QueryResult:
     """The query's pairs, from each view's (name, band, hits), views in config order."""
     skips = dict.fromkeys(SKIP_CAUSES, 0)
-    seed = mine_seed(settings.seed, query_id)
-    found: dict[str, tuple[Hit, list[str], list[float]]] = {}
-    lists: list[list[str]] = []
-    for name, band, hits in views:
-        kept = in_band(query_id, query_sha, hits, band, skips)
-        if settings.mirrored == "drop":
-            kept = [h for h in kept if h.id > query_id]
-        for hit in kept:
-            entry = found.setdefault(hit.id, (hit, [], []))
-            entry[1].append(name)
-            entry[2].append(hit.score)
-        lists.append([h.id for h in kept])
-    retrieved = [hit for _, _, hits in views for hit in hits]
-    pairs = []
-    for rank, target_id in enumerate(round_robin(lists, settings.pairs_per_query, seed)):
-        target, names, scores = found[target_id]
-        negatives = pick_negatives(query_id, query_sha, target, retrieved, settings.num_negatives)
-        reason = "filter:too_few_negatives" if len(negatives) < settings.min_negatives else ""
-        pairs.append(Pair(target, names, scores, rank, negatives, reason))
-    return QueryResult(seed, pairs, skips)
+    kept = [(name, in_band(query_id, query_sha, hits, band, skips)) for name, band, hits in views]
+    return select_pairs(query_id, query_sha, kept, ranked(h for _, _, hits in views for h in hits), skips, settings)
+
+
+# Per-slot classes of `classify`: a search slot IVF left empty, in band, then the skip causes in order.
+EMPTY, IN_BAND = -1, 0
+SELF, DUPLICATE, ABOVE, BELOW = 1, 2, 3, 4
+
+
+def classify(hit_ids: np.ndarray, hit_shas: np.ndarray, scores: np.ndarray, query_ids: np.ndarray,
+             query_shas: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+    """`in_band` for a whole block of queries at once, on integer codes: (queries, k) hit id and sha
+    codes (-1: empty slot / unknown sha), float32 scores, (queries,) query id and sha codes. Returns
+    (queries, k) int8 classes (EMPTY, IN_BAND, SELF, DUPLICATE, ABOVE, BELOW), the same rules."""
+    lo, hi = np.float32(band[0]), np.float32(band[1])
+    scores = np.asarray(scores, np.float32)
+    out = np.full(hit_ids.shape, IN_BAND, np.int8)
+    out[scores <= lo] = BELOW
+    out[scores >= hi] = ABOVE
+    qsha = query_shas[:, None]
+    out[(hit_shas == qsha) & (qsha >= 0)] = DUPLICATE
+    out[hit_ids == query_ids[:, None]] = SELF
+    out[hit_ids < 0] = EMPTY
+    return out

@@ -24,13 +24,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import numpy as np
 import pyarrow as pa
 
 from pipeline.config import build, check, to_dict
 from pipeline.io.image_store import IMAGE_REF
 from pipeline.io.indexes import IndexHandle, IndexSpec
-from pipeline.mining import SKIP_CAUSES, Hit, MineSettings, QueryResult, mine_query
+from pipeline.mining import SKIP_CAUSES, MineSettings, QueryResult
 from pipeline.stage import (
     FILTERED,
     NROWS,
@@ -45,6 +44,7 @@ from pipeline.stage import (
     actor_map,
     set_status,
 )
+from pipeline.stages.mine_search import META, mine_shard, read_meta
 from pipeline.stages.mp_views import ViewConfig, resolve_view_model, view_spec
 
 MINE_SKIPS = pa.struct([(cause, pa.int32()) for cause in SKIP_CAUSES])
@@ -71,7 +71,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("mine_skips", MINE_SKIPS),
     ]
 )
-_META = ("id", "image", "caption", "license", "origin")
+_META = META
 
 
 def _default_views() -> tuple[ViewConfig, ...]:
@@ -121,38 +121,12 @@ class MinePairsFn:
         self.settings = self.cfg.settings()
         self.pools = {view.name: indexes[view.name].open() for view in self.cfg.views}
 
-    def neighbours(self, ids: list[str]) -> tuple[list[list[list[Hit]]], dict[str, dict]]:
-        """Per view, per query: its hits (self included; [] when the view lacks the query); and the
-        metadata of every hit, by pool id."""
-        per_view, meta = [], {}
-        for view in self.cfg.views:
-            pool = self.pools[view.name]
-            hits_of: list[list[Hit]] = [[] for _ in ids]
-            rows = pool.rows_of(ids)
-            asked = [i for i, r in enumerate(rows) if r is not None]
-            if asked:
-                vectors = np.stack([np.asarray(pool.vector(rows[i]), np.float32) for i in asked])
-                scores, hits = pool.search(vectors, self.cfg.search_k + 1, view.index.nprobe)
-                # IVF leaves -1 in slots its probed lists could not fill.
-                wanted = np.unique(hits[hits >= 0])
-                columns = [c for c in _META if c in pool.meta_columns]
-                found = pool.rows_at(wanted, columns).to_pylist() if len(wanted) else []
-                by_row = dict(zip(wanted.tolist(), found))
-                for j, i in enumerate(asked):
-                    hits_of[i] = [Hit(by_row[h]["id"], _sha(by_row[h].get("image")), float(s))
-                                  for h, s in zip(hits[j].tolist(), scores[j].tolist()) if h >= 0]
-                for row in found:
-                    meta.setdefault(row["id"], row)
-            per_view.append(hits_of)
-        return per_view, meta
-
     def __call__(self, table: pa.Table) -> pa.Table:
         ids = table["id"].to_pylist()
-        per_view, meta = self.neighbours(ids)
-        results = []
-        for i, (qid, ref) in enumerate(zip(ids, table["image"].to_pylist())):
-            views = [(v.name, tuple(v.band), per_view[k][i]) for k, v in enumerate(self.cfg.views)]
-            results.append(mine_query(qid, _sha(ref), views, self.settings))
+        shas = [_sha(ref) for ref in table["image"].to_pylist()]
+        results, book = mine_shard(self.cfg.views, self.pools, ids, shas, self.cfg.search_k, self.settings)
+        chosen = {book.code[h.id] for r in results for p in r.pairs for h in (p.target, *p.negatives)}
+        meta = read_meta([self.pools[v.name] for v in self.cfg.views], book, chosen)
         return explode(table, results, meta)
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.mining import Hit, MineSettings, in_band, mine_query, mine_seed, pick_negatives, round_robin
+from pipeline.mining import Hit, MineSettings, in_band, mine_query, mine_seed, pick_negatives, ranked, round_robin
 
 BAND = (0.8, 0.96)
 
@@ -137,7 +137,7 @@ def test_negatives_never_hold_the_target_the_query_or_their_duplicates(raw, shas
     hits = [Hit("q" if i == 0 else f"i{i}", f"s{shas[i]}", score) for i, score in raw]
     query_sha = shas[0]
     target_hit = Hit(f"i{target}", f"s{shas[target]}", 0.9)
-    negs = pick_negatives("q", f"s{query_sha}", target_hit, hits, num)
+    negs = pick_negatives("q", f"s{query_sha}", target_hit, ranked(hits), num)
     ids = [h.id for h in negs]
     assert len(negs) <= num
     assert "q" not in ids and target_hit.id not in ids
