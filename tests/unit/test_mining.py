@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.mining import Hit, MineSettings, in_band, mine_query, mine_seed, pick_negatives, ranked, round_robin
+from pipeline.mining import (
+    Hit,
+    MineSettings,
+    in_band,
+    mine_query,
+    mine_seed,
+    pick_negatives,
+    ranked,
+    round_robin,
+)
 
 BAND = (0.8, 0.96)
 

@@ -133,6 +133,13 @@ def test_a_pool_smaller_than_search_k_mines_what_there_is(tmp_path):
     assert out["id"].to_pylist() == ["q~n0.95", "q~n0.81"]
 
 
+def test_a_pool_of_one_image_gives_one_filtered_unit(tmp_path):
+    rows = [{"id": "only", "vector": [1.0, 0.0]}]
+    indexes = {"clip_image": build_view(str(tmp_path / "_index"), "clip_image", rows)}
+    (unit,) = mine(indexes, pool_rows(rows)).to_pylist()
+    assert (unit["id"], unit[REASON], unit["mine_skips"]["self"]) == ("only", "filter:no_pair_in_band", 1)
+
+
 def test_all_images_identical_gives_no_pair_and_counts_every_duplicate(tmp_path):
     rows = [{"id": f"i{k}", "sha": "same", "vector": [0.6, 0.8]} for k in range(4)]
     indexes = {"clip_image": build_view(str(tmp_path / "_index"), "clip_image", rows)}
@@ -372,3 +379,47 @@ def test_each_view_kind_embeds_through_its_real_backend_into_unit_vectors(kind, 
     vectors = np.asarray(out["embedding"].to_pylist(), np.float32)[kept]
     assert np.linalg.norm(vectors, axis=1) == pytest.approx([1.0] * len(kept), abs=1e-5)
     assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_the_vectorised_shard_search_mines_exactly_what_the_pure_rules_give(tmp_path):
+    from pipeline.mining import Hit, mine_query
+
+    rng = np.random.default_rng(3)
+    n, dim, k = 300, 8, 12
+    spaces = []
+    for _ in range(2):
+        x = rng.standard_normal((6, dim))[rng.integers(0, 6, n)] + 0.35 * rng.standard_normal((n, dim))
+        spaces.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+    # Every 7th image repeats the sha of the one before; the second view lacks every 5th image.
+    shas = [f"s{i - 1}" if i % 7 == 0 and i else f"s{i}" for i in range(n)]
+    rows = [[{"id": f"p{i:03d}", "sha": shas[i], "vector": spaces[v][i].tolist()} for i in range(n)] for v in range(2)]
+    members = [list(range(n)), [i for i in range(n) if i % 5]]
+    uri = str(tmp_path / "_index")
+    indexes = {"a": build_view(uri, "a", rows[0]), "b": build_view(uri, "b", [rows[1][i] for i in members[1]])}
+    views = (ViewConfig(name="a", band=(0.8, 0.96)), ViewConfig(name="b", band=(0.7, 0.9)))
+    cfg = MinePairsConfig(views=views, search_k=k, num_negatives=4, min_negatives=2, seed=5)
+    out = MinePairsFn(to_dict(cfg), indexes)(pool_rows(rows[0][:120]))
+
+    expected = []
+    for q in range(120):
+        per_view = []
+        for v, view in enumerate(views):
+            if q not in members[v]:
+                per_view.append((view.name, view.band, []))
+                continue
+            pool = np.asarray(members[v])
+            sims = spaces[v][pool] @ spaces[v][q]
+            top = pool[np.argsort(-sims, kind="stable")[: k + 1]]
+            per_view.append((view.name, view.band, [Hit(f"p{t:03d}", shas[t], float(spaces[v][t] @ spaces[v][q])) for t in top]))
+        result = mine_query(f"p{q:03d}", shas[q], per_view, cfg.settings())
+        for pair in result.pairs or [None]:
+            expected.append((f"p{q:03d}", pair.target.id if pair else None, tuple(pair.views) if pair else (),
+                             tuple(h.id for h in pair.negatives) if pair else (), pair.reason if pair else "filter:no_pair_in_band",
+                             tuple(result.skips.values())))
+    got = [(r["query_id"], r["target_id"], tuple(r["pair_views"]), tuple(r["neg_ids"]), r[REASON],
+            tuple(r["mine_skips"].values())) for r in out.to_pylist()]
+    assert got == expected
+    # The data exercise what the rules decide: pairs, two-view pairs, duplicates skipped, queries with no pair.
+    assert sum(1 for g in got if g[1]) >= 100
+    assert any(len(g[2]) == 2 for g in got) and any(g[5][1] for g in got)
+    assert any(g[4] == "filter:no_pair_in_band" for g in got)
