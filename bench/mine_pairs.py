@@ -71,11 +71,18 @@ def pool_table(start: int, stop: int) -> pa.Table:
     from pipeline.io.image_store import IMAGE_REF
 
     ids = [f"img{i:07d}" for i in range(start, stop)]
-    refs = [{"sha256": f"{i:064x}", "width": 512, "height": 512, "format": "jpeg"} for i in range(start, stop)]
-    return pa.table({
-        "id": ids, "image": pa.array(refs, IMAGE_REF), "caption": [f"a photo number {i}" for i in range(start, stop)],
-        "license": ["cc-by-4.0"] * len(ids), "origin": [f"pool/{i}.jpg" for i in ids],
-    })
+    refs = [
+        {"sha256": f"{i:064x}", "width": 512, "height": 512, "format": "jpeg"} for i in range(start, stop)
+    ]
+    return pa.table(
+        {
+            "id": ids,
+            "image": pa.array(refs, IMAGE_REF),
+            "caption": [f"a photo number {i}" for i in range(start, stop)],
+            "license": ["cc-by-4.0"] * len(ids),
+            "origin": [f"pool/{i}.jpg" for i in ids],
+        }
+    )
 
 
 def write_parts(uri: str, folder: str, x: np.ndarray, rows: int = 512) -> list[str]:
@@ -107,15 +114,21 @@ def mine_all(cfg, handles: dict, n: int, shard: int = 256) -> tuple[set[tuple[st
         table = table.append_column(SHARD, pa.array([f"{s:06d}"] * table.num_rows))
         table = table.append_column(SRC, pa.array(range(table.num_rows), pa.int64()))
         out = fn(table.append_column(PARENT, table["id"]))
-        pairs |= {(q, t) for q, t in zip(out["query_id"].to_pylist(), out["target_id"].to_pylist()) if t is not None}
+        pairs |= {
+            (q, t) for q, t in zip(out["query_id"].to_pylist(), out["target_id"].to_pylist()) if t is not None
+        }
     return pairs, time.perf_counter() - start
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000, help="pool images (every one is a query)")
-    ap.add_argument("--queries", type=int, default=0,
-                    help="mine the first QUERIES images only (default: all); the pool stays --n")
+    ap.add_argument(
+        "--queries",
+        type=int,
+        default=0,
+        help="mine the first QUERIES images only (default: all); the pool stays --n",
+    )
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--search-k", type=int, default=50)
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0: 4 sqrt(n), capped at n / 40)")
@@ -138,9 +151,13 @@ def main() -> int:
     plants = planted(n)
     parts = {}
     for v, name in enumerate(VIEWS):
-        parts[name] = write_parts(uri, f"parts-{name}", view_vectors(n, args.dim, args.spread, plants[v], seed=v))
-    print(f"# {machine()}\n# {n} images x {len(VIEWS)} views x {args.dim} dims, {m} queries, search_k={args.search_k}, "
-          f"IVF nlist={nlist}; data + parts {time.perf_counter() - t:.1f} s")
+        parts[name] = write_parts(
+            uri, f"parts-{name}", view_vectors(n, args.dim, args.spread, plants[v], seed=v)
+        )
+    print(
+        f"# {machine()}\n# {n} images x {len(VIEWS)} views x {args.dim} dims, {m} queries, search_k={args.search_k}, "
+        f"IVF nlist={nlist}; data + parts {time.perf_counter() - t:.1f} s"
+    )
     truth = {(f"img{a:07d}", f"img{b:07d}") for p in plants for a, b in p}
     truth = {(q, t) for q, t in truth | {(b, a) for a, b in truth} if int(q[3:]) < m}
     runs = [("flat", "flat", 16), *[("ivf", f"ivf nprobe={p}", p) for p in args.nprobe]]
@@ -160,13 +177,17 @@ def main() -> int:
         pairs, mine_s = mine_all(cfg, handles, m)
         results.append((label, build_s, mine_s, peak_rss_gib(), pairs))
     flat_pairs, flat_s = results[0][4], results[0][2]
-    print("| index | build s (3 views) | mine s | queries/s | mine time vs flat | peak RSS GiB | pairs | "
-          "recall of flat's pairs | planted pairs found |")
+    print(
+        "| index | build s (3 views) | mine s | queries/s | mine time vs flat | peak RSS GiB | pairs | "
+        "recall of flat's pairs | planted pairs found |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, build_s, mine_s, rss, pairs in results:
         recall = len(pairs & flat_pairs) / max(1, len(flat_pairs))
-        print(f"| {label} | {build_s:.1f} | {mine_s:.1f} | {m / mine_s:,.0f} | {mine_s / flat_s:.2f} | {rss:.2f} | "
-              f"{len(pairs):,} | {recall:.4f} | {len(pairs & truth) / len(truth):.4f} |")
+        print(
+            f"| {label} | {build_s:.1f} | {mine_s:.1f} | {m / mine_s:,.0f} | {mine_s / flat_s:.2f} | {rss:.2f} | "
+            f"{len(pairs):,} | {recall:.4f} | {len(pairs & truth) / len(truth):.4f} |"
+        )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -80,8 +80,13 @@ def best_first(hits: Sequence[Hit]) -> list[Hit]:
     return sorted(hits, key=lambda h: (-h.score, h.id))
 
 
-def in_band(query_id: str, query_sha: str | None, hits: Sequence[Hit], band: tuple[float, float],
-            skips: dict[str, int]) -> list[Hit]:
+def in_band(
+    query_id: str,
+    query_sha: str | None,
+    hits: Sequence[Hit],
+    band: tuple[float, float],
+    skips: dict[str, int],
+) -> list[Hit]:
     """The hits strictly inside the band, best first; every other hit counted in `skips` by cause."""
     # Compared in float32, the precision faiss scores in: a similarity of exactly an edge (0.8 as float32)
     # is outside the band, as the open interval says, not inside it by a rounding error.
@@ -139,8 +144,9 @@ def ranked(hits: Iterable[Hit]) -> list[Hit]:
     return best_first(list(best.values()))
 
 
-def pick_negatives(query_id: str, query_sha: str | None, target: Hit, ranked_hits: Iterable[Hit],
-                   num: int) -> list[Hit]:
+def pick_negatives(
+    query_id: str, query_sha: str | None, target: Hit, ranked_hits: Iterable[Hit], num: int
+) -> list[Hit]:
     """Up to `num` hard negatives, taken in order from the query's `ranked` retrieved images (read only
     as far as needed, so a caller may pass a lazy sequence)."""
     banned = {s for s in (query_sha, target.sha) if s is not None}
@@ -158,8 +164,14 @@ def pick_negatives(query_id: str, query_sha: str | None, target: Hit, ranked_hit
     return out
 
 
-def select_pairs(query_id: str, query_sha: str | None, kept: Sequence[tuple[str, Sequence[Hit]]],
-                 ranked_hits: Iterable[Hit], skips: dict[str, int], settings: MineSettings) -> QueryResult:
+def select_pairs(
+    query_id: str,
+    query_sha: str | None,
+    kept: Sequence[tuple[str, Sequence[Hit]]],
+    ranked_hits: Iterable[Hit],
+    skips: dict[str, int],
+    settings: MineSettings,
+) -> QueryResult:
     """The query's pairs from each view's (name, in-band hits best first) and its ranked retrieved images."""
     seed = mine_seed(settings.seed, query_id)
     found: dict[str, tuple[Hit, list[str], list[float]]] = {}
@@ -183,12 +195,18 @@ def select_pairs(query_id: str, query_sha: str | None, kept: Sequence[tuple[str,
     return QueryResult(seed, pairs, skips)
 
 
-def mine_query(query_id: str, query_sha: str | None, views: Sequence[tuple[str, tuple[float, float], Sequence[Hit]]],
-               settings: MineSettings) -> QueryResult:
+def mine_query(
+    query_id: str,
+    query_sha: str | None,
+    views: Sequence[tuple[str, tuple[float, float], Sequence[Hit]]],
+    settings: MineSettings,
+) -> QueryResult:
     """The query's pairs, from each view's (name, band, hits), views in config order."""
     skips = dict.fromkeys(SKIP_CAUSES, 0)
     kept = [(name, in_band(query_id, query_sha, hits, band, skips)) for name, band, hits in views]
-    return select_pairs(query_id, query_sha, kept, ranked(h for _, _, hits in views for h in hits), skips, settings)
+    return select_pairs(
+        query_id, query_sha, kept, ranked(h for _, _, hits in views for h in hits), skips, settings
+    )
 
 
 # Per-slot classes of `classify`: a search slot IVF left empty, in band, then the skip causes in order.
@@ -196,8 +214,14 @@ EMPTY, IN_BAND = -1, 0
 SELF, DUPLICATE, ABOVE, BELOW = 1, 2, 3, 4
 
 
-def classify(hit_ids: np.ndarray, hit_shas: np.ndarray, scores: np.ndarray, query_ids: np.ndarray,
-             query_shas: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+def classify(
+    hit_ids: np.ndarray,
+    hit_shas: np.ndarray,
+    scores: np.ndarray,
+    query_ids: np.ndarray,
+    query_shas: np.ndarray,
+    band: tuple[float, float],
+) -> np.ndarray:
     """`in_band` for a whole block of queries at once, on integer codes: (queries, k) hit id and sha
     codes (-1: empty slot / unknown sha), float32 scores, (queries,) query id and sha codes. Returns
     (queries, k) int8 classes (EMPTY, IN_BAND, SELF, DUPLICATE, ABOVE, BELOW), the same rules."""

@@ -20,7 +20,9 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length; zero (and non-finite) rows become zero rows."""
     vectors = np.nan_to_num(np.asarray(vectors, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(np.where(norms > 1e-12, vectors / np.maximum(norms, 1e-12), 0.0), dtype=np.float32)
+    return np.ascontiguousarray(
+        np.where(norms > 1e-12, vectors / np.maximum(norms, 1e-12), 0.0), dtype=np.float32
+    )
 
 
 class DinoModel:

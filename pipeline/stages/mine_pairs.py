@@ -96,17 +96,43 @@ class MinePairsConfig(StageConfig):
     def __post_init__(self) -> None:
         check(len(self.views) >= 1, "mine_pairs", "views", "must list at least one view (name, kind, model)")
         for view in self.views:
-            check(isinstance(view, ViewConfig), "mine_pairs", "views", f"items must be view mappings (got {view!r})")
+            check(
+                isinstance(view, ViewConfig),
+                "mine_pairs",
+                "views",
+                f"items must be view mappings (got {view!r})",
+            )
         names = [v.name for v in self.views]
         dups = sorted({n for n in names if names.count(n) > 1})
-        check(not dups, "mine_pairs", "views", f"two views share the name {', '.join(map(repr, dups))}; names must be unique")
+        check(
+            not dups,
+            "mine_pairs",
+            "views",
+            f"two views share the name {', '.join(map(repr, dups))}; names must be unique",
+        )
         check(self.search_k >= 1, "mine_pairs", "search_k", f"must be >= 1 (got {self.search_k})")
-        check(self.pairs_per_query >= 1, "mine_pairs", "pairs_per_query", f"must be >= 1 (got {self.pairs_per_query})")
-        check(self.num_negatives >= 0, "mine_pairs", "num_negatives", f"must be >= 0 (got {self.num_negatives})")
+        check(
+            self.pairs_per_query >= 1,
+            "mine_pairs",
+            "pairs_per_query",
+            f"must be >= 1 (got {self.pairs_per_query})",
+        )
+        check(
+            self.num_negatives >= 0, "mine_pairs", "num_negatives", f"must be >= 0 (got {self.num_negatives})"
+        )
         if self.min_negatives is not None:
-            check(0 <= self.min_negatives <= self.num_negatives, "mine_pairs", "min_negatives",
-                  f"must be in 0..num_negatives ({self.num_negatives}) (got {self.min_negatives})")
-        check(self.mirrored in ("keep", "drop"), "mine_pairs", "mirrored", f"must be keep or drop (got {self.mirrored!r})")
+            check(
+                0 <= self.min_negatives <= self.num_negatives,
+                "mine_pairs",
+                "min_negatives",
+                f"must be in 0..num_negatives ({self.num_negatives}) (got {self.min_negatives})",
+            )
+        check(
+            self.mirrored in ("keep", "drop"),
+            "mine_pairs",
+            "mirrored",
+            f"must be keep or drop (got {self.mirrored!r})",
+        )
 
     def settings(self) -> MineSettings:
         floor = self.num_negatives if self.min_negatives is None else self.min_negatives
@@ -150,15 +176,24 @@ def explode(table: pa.Table, results: list[QueryResult], meta: dict[str, dict]) 
             negs = pair.negatives if pair else []
             row = {
                 "id": f"{q['id']}~{pair.target.id}" if pair else q["id"],
-                "query_id": q["id"], "query_image": q["image"], "query_caption": q["caption"],
-                "query_license": q["license"], "query_origin": q["origin"],
-                "target_id": pair.target.id if pair else None, "target_image": t.get("image"),
-                "target_caption": t.get("caption"), "target_license": t.get("license"),
+                "query_id": q["id"],
+                "query_image": q["image"],
+                "query_caption": q["caption"],
+                "query_license": q["license"],
+                "query_origin": q["origin"],
+                "target_id": pair.target.id if pair else None,
+                "target_image": t.get("image"),
+                "target_caption": t.get("caption"),
+                "target_license": t.get("license"),
                 "target_origin": t.get("origin"),
-                "pair_views": pair.views if pair else [], "pair_scores": pair.scores if pair else [],
+                "pair_views": pair.views if pair else [],
+                "pair_scores": pair.scores if pair else [],
                 "pair_rank": pair.rank if pair else None,
-                "neg_ids": [h.id for h in negs], "neg_images": [meta.get(h.id, {}).get("image") for h in negs],
-                "neg_scores": [h.score for h in negs], "mine_seed": result.seed, "mine_skips": result.skips,
+                "neg_ids": [h.id for h in negs],
+                "neg_images": [meta.get(h.id, {}).get("image") for h in negs],
+                "neg_scores": [h.score for h in negs],
+                "mine_seed": result.seed,
+                "mine_skips": result.skips,
             }
             for name in OUTPUT_SCHEMA.names:
                 cols[name].append(row[name])
@@ -170,7 +205,9 @@ def explode(table: pa.Table, results: list[QueryResult], meta: dict[str, dict]) 
     out = pa.Table.from_pydict(cols, schema=OUTPUT_SCHEMA)
     for name in internal:
         out = out.append_column(name, table[name].take(index))
-    out = out.append_column(SLOT, pa.array(slots, pa.int32())).append_column(NROWS, pa.array(counts, pa.int32()))
+    out = out.append_column(SLOT, pa.array(slots, pa.int32())).append_column(
+        NROWS, pa.array(counts, pa.int32())
+    )
     return set_status(out, statuses, reasons)
 
 
@@ -192,7 +229,9 @@ class MinePairs(Stage):
 
     def indexes(self) -> tuple[IndexSpec, ...]:
         """One index per view over the pool section's output (mp_views.view_spec)."""
-        return tuple(view_spec(v, self.context, *self.resolved[v.name], stage=self.name) for v in self.config.views)
+        return tuple(
+            view_spec(v, self.context, *self.resolved[v.name], stage=self.name) for v in self.config.views
+        )
 
     def apply(self, ds):
         kwargs = {"cfg": to_dict(self.config), "indexes": dict(self.bound_indexes)}

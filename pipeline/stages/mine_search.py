@@ -74,8 +74,14 @@ class LazyHits(Sequence):
         return self.book.hit(int(self.codes[i]), float(self.scores[i]))
 
 
-def mine_shard(views: Sequence, pools: dict, ids: list[str], shas: list[str | None], search_k: int,
-               settings: MineSettings) -> tuple[list[QueryResult], ShardBook]:
+def mine_shard(
+    views: Sequence,
+    pools: dict,
+    ids: list[str],
+    shas: list[str | None],
+    search_k: int,
+    settings: MineSettings,
+) -> tuple[list[QueryResult], ShardBook]:
     """Every query's QueryResult (mining.select_pairs) and the shard's book of pool ids."""
     n = len(ids)
     book = ShardBook()
@@ -105,10 +111,15 @@ def mine_shard(views: Sequence, pools: dict, ids: list[str], shas: list[str | No
         for j, i in enumerate(asked.tolist()):
             inside = np.flatnonzero(cls[j] == IN_BAND)
             if len(inside):
-                kept[i][v] = (view.name, best_first([book.hit(int(hit_codes[j, k]), float(scores[j, k])) for k in inside]))
+                kept[i][v] = (
+                    view.name,
+                    best_first([book.hit(int(hit_codes[j, k]), float(scores[j, k])) for k in inside]),
+                )
             cand_codes[i].append(hit_codes[j, negative[j]])
             cand_scores[i].append(scores[j, negative[j]])
-    id_rank = np.argsort(np.argsort(np.asarray(book.ids, dtype=object).astype(str), kind="stable"), kind="stable")
+    id_rank = np.argsort(
+        np.argsort(np.asarray(book.ids, dtype=object).astype(str), kind="stable"), kind="stable"
+    )
     results = []
     for i in range(n):
         ranked = _ranked(cand_codes[i], cand_scores[i], id_rank, book)
@@ -129,13 +140,20 @@ def _codes(book: ShardBook, pool, view: int, hits: np.ndarray) -> np.ndarray:
     images = meta["image"].combine_chunks()
     found_shas = images.field("sha256").to_pylist() if len(images) else []
     nulls = images.is_null().to_pylist()
-    codes = np.array([book.add(pid, None if null else sha, (view, int(row)))
-                      for pid, sha, null, row in zip(found_ids, found_shas, nulls, wanted.tolist())], np.int64)
+    codes = np.array(
+        [
+            book.add(pid, None if null else sha, (view, int(row)))
+            for pid, sha, null, row in zip(found_ids, found_shas, nulls, wanted.tolist())
+        ],
+        np.int64,
+    )
     out[valid] = codes[np.searchsorted(wanted, hits[valid])]
     return out
 
 
-def _ranked(codes: list[np.ndarray], scores: list[np.ndarray], id_rank: np.ndarray, book: ShardBook) -> LazyHits:
+def _ranked(
+    codes: list[np.ndarray], scores: list[np.ndarray], id_rank: np.ndarray, book: ShardBook
+) -> LazyHits:
     """Each id once at its best score over the views, best first, ties by id (mining.ranked's order)."""
     if not codes:
         return LazyHits(np.zeros(0, np.int64), np.zeros(0, np.float32), book)

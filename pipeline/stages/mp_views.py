@@ -79,18 +79,35 @@ class ViewConfig:
 
     def __post_init__(self) -> None:
         where = f"mine_pairs: view {self.name!r}"
-        check(bool(_NAME.match(self.name or "")), where, "name",
-              "must be letters, digits, `_`, `.` or `-` (it names the view's index folder)")
-        check(self.kind in VIEW_KINDS, where, "kind", f"must be one of {', '.join(VIEW_KINDS)} (got {self.kind!r})")
+        check(
+            bool(_NAME.match(self.name or "")),
+            where,
+            "name",
+            "must be letters, digits, `_`, `.` or `-` (it names the view's index folder)",
+        )
+        check(
+            self.kind in VIEW_KINDS,
+            where,
+            "kind",
+            f"must be one of {', '.join(VIEW_KINDS)} (got {self.kind!r})",
+        )
         check(bool(self.model.strip()), where, "model", "must name a model")
-        check(self.pooling in ("cls", "mean"), where, "pooling", f"must be cls or mean (got {self.pooling!r})")
+        check(
+            self.pooling in ("cls", "mean"), where, "pooling", f"must be cls or mean (got {self.pooling!r})"
+        )
         band = tuple(self.band)
         check(len(band) == 2, where, "band", f"must be two numbers [lo, hi] (got {list(band)})")
         lo, hi = band
-        check(-1.0 <= lo < hi <= 1.0, where, "band",
-              f"must satisfy -1 <= lo < hi <= 1 (got [{lo}, {hi}]); cosine similarities lie in [-1, 1]")
+        check(
+            -1.0 <= lo < hi <= 1.0,
+            where,
+            "band",
+            f"must satisfy -1 <= lo < hi <= 1 (got [{lo}, {hi}]); cosine similarities lie in [-1, 1]",
+        )
         if self.max_seq_length is not None:
-            check(self.max_seq_length >= 8, where, "max_seq_length", f"must be >= 8 (got {self.max_seq_length})")
+            check(
+                self.max_seq_length >= 8, where, "max_seq_length", f"must be >= 8 (got {self.max_seq_length})"
+            )
 
 
 def view_identity(view: ViewConfig, model_id: str) -> dict:
@@ -101,8 +118,9 @@ def view_identity(view: ViewConfig, model_id: str) -> dict:
     if view.kind == "dino":
         identity["pooling"] = view.pooling
     if view.kind == "text":
-        identity.update(prefix=view.prefix, max_seq_length=view.max_seq_length,
-                        trust_remote_code=view.trust_remote_code)
+        identity.update(
+            prefix=view.prefix, max_seq_length=view.max_seq_length, trust_remote_code=view.trust_remote_code
+        )
     return identity
 
 
@@ -127,7 +145,9 @@ class ViewModel:
         if view.kind in ("clip_image", "clip_text"):
             from pipeline.models.clip import ClipConfig, ClipModel
 
-            self.model = ClipModel(model_path, ClipConfig(model=view.model, pretrained=view.pretrained, batch_size=batch))
+            self.model = ClipModel(
+                model_path, ClipConfig(model=view.model, pretrained=view.pretrained, batch_size=batch)
+            )
         elif view.kind == "dino":
             from pipeline.models.dino import DinoModel
 
@@ -135,8 +155,12 @@ class ViewModel:
         else:
             from pipeline.models.text_embed import TextEmbedConfig, TextEmbedder
 
-            cfg = TextEmbedConfig(model=view.model, passage_prefix=view.prefix, max_seq_length=view.max_seq_length,
-                                  trust_remote_code=view.trust_remote_code)
+            cfg = TextEmbedConfig(
+                model=view.model,
+                passage_prefix=view.prefix,
+                max_seq_length=view.max_seq_length,
+                trust_remote_code=view.trust_remote_code,
+            )
             self.model = TextEmbedder(model_path, cfg)
         self.prefix, self.batch = view.prefix, batch
         self.dim = int(self.model.dim)
@@ -217,17 +241,29 @@ class ViewEmbed(Stage):
     input_columns: ClassVar[tuple[str, ...]] = POOL_COLUMNS
     output_columns: ClassVar[tuple[str, ...]] = (*POOL_COLUMNS, "embedding")
 
-    def __init__(self, config: ViewEmbedConfig, context: Any, model_path: str, section: str | None = None) -> None:
+    def __init__(
+        self, config: ViewEmbedConfig, context: Any, model_path: str, section: str | None = None
+    ) -> None:
         super().__init__(config, context, section)
         self.model_path = model_path
 
     def apply(self, ds):
-        kwargs = {"view": to_dict(self.config.view), "model_path": self.model_path, "run_uri": self.context.run_uri}
+        kwargs = {
+            "view": to_dict(self.config.view),
+            "model_path": self.model_path,
+            "run_uri": self.context.run_uri,
+        }
         return actor_map(ds, ViewEmbedFn, kwargs, self.config.resources)
 
 
-def view_spec(view: ViewConfig, context: Any, model_path: str, model_id: str, stage: str = "mine_pairs") -> IndexSpec:
+def view_spec(
+    view: ViewConfig, context: Any, model_path: str, model_id: str, stage: str = "mine_pairs"
+) -> IndexSpec:
     """The view's declared index over the `pool` section's output."""
-    cfg = ViewEmbedConfig(view=view, resources=dataclasses.replace(view.resources, shard_rows=VIEW_SHARD_ROWS))
+    cfg = ViewEmbedConfig(
+        view=view, resources=dataclasses.replace(view.resources, shard_rows=VIEW_SHARD_ROWS)
+    )
     embed = ViewEmbed(cfg, context, model_path, section=f"{stage}:{view.name}")
-    return IndexSpec(view.name, "pool", embed, view_identity(view, model_id), view.index.kind, view.index.nlist)
+    return IndexSpec(
+        view.name, "pool", embed, view_identity(view, model_id), view.index.kind, view.index.nlist
+    )

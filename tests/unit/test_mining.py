@@ -71,7 +71,9 @@ def test_views_merge_into_one_pair_per_target_with_views_in_config_order():
 
 def test_pairs_per_query_caps_the_targets():
     hits = [Hit(f"t{i}", f"s{i}", 0.9 - i * 0.01) for i in range(6)]
-    result = mine_query("q", "sq", [("v", BAND, hits)], MineSettings(pairs_per_query=3, num_negatives=0, min_negatives=0))
+    result = mine_query(
+        "q", "sq", [("v", BAND, hits)], MineSettings(pairs_per_query=3, num_negatives=0, min_negatives=0)
+    )
     assert [p.target.id for p in result.pairs] == ["t0", "t1", "t2"]
     assert [p.rank for p in result.pairs] == [0, 1, 2]
 
@@ -87,10 +89,14 @@ def test_round_robin_takes_one_per_view_in_turn_and_skips_taken_targets():
 def test_seeded_order_is_reproducible_and_depends_on_the_seed():
     views = [(f"v{k}", BAND, [Hit(f"t{k}", f"s{k}", 0.9)]) for k in range(4)]
     cfg = MineSettings(pairs_per_query=1, num_negatives=0, min_negatives=0)
-    first = {seed: mine_query("q", "sq", views, MineSettings(**{**cfg.__dict__, "seed": seed})).pairs[0].target.id
-             for seed in range(40)}
-    again = {seed: mine_query("q", "sq", views, MineSettings(**{**cfg.__dict__, "seed": seed})).pairs[0].target.id
-             for seed in range(40)}
+    first = {
+        seed: mine_query("q", "sq", views, MineSettings(**{**cfg.__dict__, "seed": seed})).pairs[0].target.id
+        for seed in range(40)
+    }
+    again = {
+        seed: mine_query("q", "sq", views, MineSettings(**{**cfg.__dict__, "seed": seed})).pairs[0].target.id
+        for seed in range(40)
+    }
     assert first == again
     assert len(set(first.values())) == 4
 
@@ -106,13 +112,19 @@ def test_mirrored_drop_keeps_only_the_direction_whose_query_sorts_first():
     a_side = mine_query("a", "sa", [("v", BAND, [Hit("b", "sb", 0.9)])], cfg)
     b_side = mine_query("b", "sb", [("v", BAND, [Hit("a", "sa", 0.9)])], cfg)
     assert ([p.target.id for p in a_side.pairs], b_side.pairs) == (["b"], [])
-    keep = mine_query("b", "sb", [("v", BAND, [Hit("a", "sa", 0.9)])], MineSettings(num_negatives=0, min_negatives=0))
+    keep = mine_query(
+        "b", "sb", [("v", BAND, [Hit("a", "sa", 0.9)])], MineSettings(num_negatives=0, min_negatives=0)
+    )
     assert [p.target.id for p in keep.pairs] == ["a"]
 
 
 def test_negatives_come_from_every_view_out_of_band_included_best_first():
     views = [
-        ("clip", BAND, [Hit("q", "sq", 1.0), Hit("t", "st", 0.9), Hit("far", "sf", 0.3), Hit("dup", "sq", 0.97)]),
+        (
+            "clip",
+            BAND,
+            [Hit("q", "sq", 1.0), Hit("t", "st", 0.9), Hit("far", "sf", 0.3), Hit("dup", "sq", 0.97)],
+        ),
         ("dino", BAND, [Hit("close", "sc", 0.98), Hit("far", "sf", 0.5)]),
     ]
     result = mine_query("q", "sq", views, MineSettings(pairs_per_query=1, num_negatives=5, min_negatives=1))

