@@ -520,3 +520,14 @@ def test_views_load_from_yaml_values():
         ("caption", (0.8, 0.96), "cls", "flat"),
     ]
     assert (cfg.views[2].resources.batch_size, cfg.settings().min_negatives, cfg.mirrored) == (64, 2, "drop")
+
+
+def test_a_text_view_left_empty_by_a_pool_without_captions_is_skipped(tmp_path):
+    rows = [{"id": "a", "caption": None, "vector": at(1.0, 1, 4)}, {"id": "b", "caption": None, "vector": at(0.9, 2, 4)}]
+    uri = str(tmp_path / "_index")
+    # Every row was filter:no_caption: the embed side stage committed no part at all.
+    done = finish_index(uri, "txt-x", [], "flat", 0)
+    indexes = {"img": build_view(uri, "img", rows), "txt": IndexHandle(uri, "txt-x", 0, done["dim"], done["kind"])}
+    views = (ViewConfig(name="img"), ViewConfig(name="txt", kind="clip_text"))
+    got = units(mine(indexes, pool_rows(rows), views=views))
+    assert sorted(got) == ["a~b", "b~a"] and got["a~b"]["pair_views"] == ["img"]
