@@ -142,6 +142,9 @@ def semantic_values(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         skip = getattr(type(obj), "OPERATIONAL", frozenset())
         return {f.name: semantic_values(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
+    if isinstance(obj, (list, tuple)):
+        # A list of sub-configs (mine_pairs.views): each item leaves out its own operational fields too.
+        return [semantic_values(v) for v in obj]
     return to_dict(obj)
 
 

@@ -11,6 +11,8 @@ seed gives byte-identical weights, so fingerprints and outputs are reproducible.
   load path (transformers converting the old layout) runs on every test machine.
 - `qwen2_vl`: a Qwen2-VL generator (tied LM head, PIL image processor with small pixel bounds) for
   the VLM describe path (`AutoModelForImageTextToText` + `AutoProcessor`).
+- `dinov2`: a 2-layer DINOv2 with the released checkpoints' image processor settings (the MegaPairs
+  `dino` view), loaded by `AutoModel` / `AutoImageProcessor`.
 """
 
 from __future__ import annotations
@@ -422,9 +424,48 @@ def _write_tiny_diffusion(out: Path, seed: int) -> None:
     (out / MARKER).write_text(json.dumps({"kind": "stable-diffusion", "seed": seed}))
 
 
+def build_tiny_dinov2(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random DINOv2 (28-pixel crops of 7-pixel patches, 2 layers, 32-d) with a
+    `BitImageProcessor` config as facebook/dinov2-* ship it, for `AutoModel.from_pretrained`."""
+    out = Path(out_dir)
+    if _complete(out):
+        return out
+    with _building(out) as tmp:
+        _write_tiny_dinov2(tmp, seed)
+    log.info("built tiny DINOv2 in %s", out)
+    return out
+
+
+# facebook/dinov2-base's preprocessor_config.json at a tiny size (resize 32, crop 28).
+_TINY_DINOV2_PREPROCESSOR = {
+    "image_processor_type": "BitImageProcessor",
+    "do_resize": True, "size": {"shortest_edge": 32}, "resample": 3,
+    "do_center_crop": True, "crop_size": {"height": 28, "width": 28},
+    "do_rescale": True, "rescale_factor": 1 / 255,
+    "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    "do_convert_rgb": True,
+}
+
+
+def _write_tiny_dinov2(out: Path, seed: int) -> None:
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    from pipeline.logging import quiet_transformers
+
+    quiet_transformers()
+    torch.manual_seed(seed)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                          image_size=28, patch_size=7)
+    Dinov2Model(config).save_pretrained(out)
+    # Written as the released checkpoints have it: saving a processor object may need torchvision.
+    (out / "preprocessor_config.json").write_text(json.dumps(_TINY_DINOV2_PREPROCESSOR, indent=2))
+    (out / MARKER).write_text(json.dumps({"kind": "dinov2", "seed": seed}))
+
+
 TINY_BUILDERS = {
     "qwen2": build_tiny_qwen2, "gme": build_tiny_gme, "qwen2_vl": build_tiny_qwen2_vl, "clip": build_tiny_clip,
-    "diffusion": build_tiny_diffusion,
+    "diffusion": build_tiny_diffusion, "dinov2": build_tiny_dinov2,
 }
 
 
