@@ -92,8 +92,10 @@ def build(cls: type, values: Any, key: str, origins: dict[str, str]) -> Any:
         if unknown:
             bad = f"{key}.{unknown[0]}" if key else unknown[0]
             _fail(bad, origins, f"is not a known key; known keys here: {', '.join(sorted(names))}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {
-            name: build(hints[name], values[name], f"{key}.{name}" if key else name, origins)
+            name: build(hints[name], _over_default(fields[name], hints[name], values[name]),
+                        f"{key}.{name}" if key else name, origins)
             for name in values
         }
         try:
@@ -106,6 +108,23 @@ def build(cls: type, values: Any, key: str, origins: dict[str, str]) -> Any:
             named = f"`{where}` " if key and getattr(exc, "section", key) != key else ""
             raise PipelineConfigError(f"{exc} ({named}in {_origin_of(where, origins)})") from None
     return _coerce(cls, values, key, origins)
+
+
+def _over_default(field: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A mapping for a sub-config whose field default is a customised instance (`default_factory=lambda:
+    LLMConfig(model="tiny:qwen2_vl")`) overrides that instance key by key: `vlm: {max_new_tokens: 24}`
+    keeps the stage's default model instead of falling back to the sub-config class's own defaults."""
+    if (not isinstance(value, dict) or field.default_factory is dataclasses.MISSING
+            or not dataclasses.is_dataclass(tp)):
+        return value
+    return _merged(to_dict(field.default_factory()), value)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _check_renamed(cls: type, values: dict, key: str, origins: dict[str, str]) -> None:

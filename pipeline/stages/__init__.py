@@ -14,7 +14,8 @@ _CLASSES = {
     "ingest": ("ingest", "Ingest"), "doc2query": ("doc2query", "Doc2Query"), "consistency": ("consistency", "Consistency"),
     "entities": ("entities", "Entities"), "images": ("images", "Images"), "clip_filter": ("clip_filter", "ClipFilter"),
     "gme_score": ("gme_score", "GmeScore"), "negatives": ("negatives", "Negatives"), "export": ("export", "Export"),
-    "describe": ("describe", "Describe"), "instruct": ("instruct", "Instruct"),
+    "describe": ("describe", "Describe"), "instruct": ("instruct", "Instruct"), "pool": ("mp_pool", "MegaPool"),
+    "mine_pairs": ("mine_pairs", "MinePairs"),
 }
 
 

@@ -293,3 +293,18 @@ class Export(Stage):
             table = materialise_images(table, ImageStore.from_uri(self.context.run_uri), resize)
         meta = hf_features_metadata(table.schema)
         return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+
+
+@dataclass(frozen=True)
+class MegaPairsExportConfig(ExportConfig):
+    """The megapairs track's `export:` section: the same knobs, `schema: megapairs` by default."""
+
+    schema: str = "megapairs"
+
+
+class MegaPairsExport(Export):
+    """Export under the megapairs track (tracks.py): MegaPairs triplets unless the config says otherwise."""
+
+    config_cls: ClassVar[type] = MegaPairsExportConfig
+    input_columns: ClassVar[tuple[str, ...]] = mp.MP_INPUTS
+    output_columns: ClassVar[tuple[str, ...]] = mp.mp_columns("q_text")

@@ -256,3 +256,16 @@ def test_a_string_where_a_scalar_form_mapping_belongs_names_the_field():
 
 def test_renamed_and_scalar_form_leave_the_new_shape_alone():
     assert build(_Outer, {"inner": {"mode": "b"}}, "sec", {}) == _Outer(_Inner("b"))
+
+
+def test_a_partial_sub_config_overrides_the_stage_default_key_by_key():
+    """`describe.vlm: {max_new_tokens: 24}` keeps describe's default VLM (tiny:qwen2_vl), not LLMConfig's
+    own default model; a resources mapping keeps the stage's own default batch size."""
+    from pipeline.stages.describe import DescribeConfig
+    from pipeline.stages.instruct import InstructConfig
+
+    cfg = build(DescribeConfig, {"mode": "vlm", "vlm": {"max_new_tokens": 24}}, "describe", {})
+    assert (cfg.vlm.model, cfg.vlm.max_new_tokens) == ("tiny:qwen2_vl", 24)
+    instruct = build(InstructConfig, {"llm": {"model": "tiny:qwen2"}, "resources": {"concurrency": 2}}, "instruct", {})
+    assert instruct.llm.max_new_tokens == InstructConfig().llm.max_new_tokens != 256
+    assert (instruct.resources.shard_rows, instruct.resources.concurrency) == (InstructConfig().resources.shard_rows, 2)
