@@ -319,11 +319,11 @@ HASH_LIMIT = 2 * 1024**3
 def files_identity(path: str, mode: str = "auto", exclude: tuple[str, ...] = ()) -> dict:
     """The input files' identity for the fingerprint: path relative to their common folder, size, and
     the SHA-256 of the contents (`hash`) or the modification time (`stat`); `auto` picks by total size.
-    Image files beside the corpus (records name them by relative path) are identified too, by size and
-    modification time (`local_images_identity`; `exclude`: folders to leave out, the run's own)."""
+    Image files beside the corpus (records name them by relative path) are identified too, the same way
+    (`local_images_identity`; `exclude`: folders to leave out, the run's own)."""
     files = find_files(path)
     identity = {"files": file_entries(files, mode)}
-    images = local_images_identity(files, exclude)
+    images = local_images_identity(files, exclude, mode)
     if images:
         identity["images"] = images
     return identity
@@ -336,18 +336,21 @@ LISTED_IMAGES = 1000
 MAX_WALKED = 1_000_000
 
 
-def local_images_identity(corpus_files: list[str], exclude: tuple[str, ...] = ()) -> dict:
-    """Size and modification time of every image file under the corpus files' folders: an image
-    edited in place re-runs ingest like an edited corpus file. Hidden entries, run dirs (a `run.yaml`),
-    stage folders (a `_manifest.json`) and `exclude` are skipped, so a run dir kept beside the corpus
-    does not identify its own image store. Images named by absolute paths elsewhere are not covered."""
+def local_images_identity(corpus_files: list[str], exclude: tuple[str, ...] = (), mode: str = "auto") -> dict:
+    """Size and content hash (`hash`, and `auto` up to HASH_LIMIT in all) or modification time (`stat`)
+    of every image file under the corpus files' folders: an image edited in place re-runs ingest like an
+    edited corpus file, and the same images copied elsewhere (`ray job submit --working-dir` unpacks a
+    fresh copy, new mtimes, for every change of the working dir) do not. Hidden entries, run dirs (a
+    `run.yaml`), stage folders (a `_manifest.json`) and `exclude` are skipped, so a run dir kept beside
+    the corpus does not identify its own image store. Images named by absolute paths elsewhere are not
+    covered."""
     import hashlib
 
     if not corpus_files:
         return {}
     root = os.path.commonpath([os.path.dirname(f) for f in corpus_files])
     skip = {os.path.abspath(os.path.expanduser(e)) for e in exclude if e and "://" not in e}
-    entries, walked = [], 0
+    found, walked = [], 0
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(
             d for d in dirs
@@ -361,45 +364,48 @@ def local_images_identity(corpus_files: list[str], exclude: tuple[str, ...] = ()
                 continue
             full = os.path.join(folder, name)
             try:
-                st = os.stat(full)
+                found.append((full, os.stat(full)))
             except OSError:
                 continue  # gone or unreadable: the record that names it becomes a reject
-            entries.append(_file_entry(full, root, st))
         if walked >= MAX_WALKED:
             log.warning("ingest: stopped identifying local images after %d files under %s; edits to the "
                         "rest will not re-run ingest", walked, root)
             break
-    if not entries:
+    if not found:
         return {}
+    use_hash = mode == "hash" or (mode == "auto" and sum(st.st_size for _, st in found) <= HASH_LIMIT)
+    entries = [_entry(full, root, st, use_hash) for full, st in found]
     if len(entries) <= LISTED_IMAGES:
         return {"files": entries}
     digest = hashlib.sha256()
     for e in entries:
-        digest.update(f"{e['path']}\0{e['size']}\0{e['mtime_ns']}\n".encode())
+        digest.update(f"{e['path']}\0{e['size']}\0{e.get('sha256') or e.get('mtime_ns')}\n".encode())
     return {"count": len(entries), "sha256": digest.hexdigest()}
 
 
 def file_entries(files: list[str], mode: str = "auto") -> list[dict]:
     """Per file: its path relative to the files' common folder, its size, and the SHA-256 of its
     contents (`hash`) or its modification time (`stat`); `auto` hashes up to HASH_LIMIT in all."""
-    import hashlib
 
     if not files:
         return []
     root = os.path.commonpath([os.path.dirname(f) for f in files])
     stats = [os.stat(f) for f in files]
     use_hash = mode == "hash" or (mode == "auto" and sum(s.st_size for s in stats) <= HASH_LIMIT)
-    out = []
-    for file, st in zip(files, stats):
-        if not use_hash:
-            out.append(_file_entry(file, root, st))
-            continue
-        digest = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        out.append({"path": os.path.relpath(file, root), "size": st.st_size, "sha256": digest.hexdigest()})
-    return out
+    return [_entry(file, root, st, use_hash) for file, st in zip(files, stats)]
+
+
+def _entry(file: str, root: str, st: os.stat_result, use_hash: bool) -> dict:
+    """A file by size and the SHA-256 of its contents, or (`use_hash` false) by size and mtime."""
+    import hashlib
+
+    if not use_hash:
+        return _file_entry(file, root, st)
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": os.path.relpath(file, root), "size": st.st_size, "sha256": digest.hexdigest()}
 
 
 def _file_entry(file: str, root: str, st: os.stat_result) -> dict:

@@ -106,7 +106,7 @@ def pool_identity(cfg: PoolConfig, key: str = "images.pool", exclude: tuple[str,
         if captions:
             out["captions"] = file_entries(captions, cfg.identity)
     else:
-        images = local_images_identity(files, exclude)
+        images = local_images_identity(files, exclude, cfg.identity)
         if images:
             out["images"] = images
     return out

@@ -102,9 +102,30 @@ def test_many_local_images_are_identified_by_a_digest(tmp_path, monkeypatch):
         (folder / "images" / name).write_bytes(b"img")
     before = files_identity(str(folder / "a.jsonl"))
     assert before["images"]["count"] == 3 and len(before["images"]["sha256"]) == 64
-    os.utime(folder / "images" / "b.png", ns=(5, 5))
+    (folder / "images" / "b.png").write_bytes(b"IMG")
     after = files_identity(str(folder / "a.jsonl"))
     assert inputs_diff(before, after) == ["local images changed: 3 -> 3 files"]
+
+
+def test_local_images_copied_elsewhere_keep_their_identity(tmp_path):
+    """`ray job submit --working-dir .` unpacks a fresh copy (new mtimes) whenever the working dir changes:
+    the same corpus and images must not re-run ingest or the pool."""
+    import shutil
+
+    folder = with_images(tmp_path)
+    before = files_identity(str(folder / "a.jsonl"))
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    for path in copy.rglob("*"):
+        os.utime(path, ns=(7, 7))
+    assert files_identity(str(copy / "a.jsonl")) == before
+
+
+def test_stat_identity_sees_a_touched_local_image(tmp_path):
+    folder = with_images(tmp_path)
+    before = files_identity(str(folder / "a.jsonl"), "stat")
+    os.utime(folder / "images" / "cat.png", ns=(5, 5))
+    assert files_identity(str(folder / "a.jsonl"), "stat") != before
 
 
 def test_a_corpus_without_images_beside_it_has_no_image_identity(tmp_path):
