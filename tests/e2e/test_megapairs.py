@@ -1,7 +1,8 @@
 """The MegaPairs track end to end through `ray job submit` on the session's cluster (tests/e2e/conftest.py).
 
 The demo config (configs/megapairs-demo.yaml: the sample pool, the views, captions, an LLM for
-instructions) with the tiny random Qwen2 for instruct, where speed matters. The kill-and-resume run has
+instructions) with instruct on the `openai` backend against a server on 127.0.0.1 that writes three
+instructions from the target's caption (fast, and readable; a tiny random LLM's lists hold no words). The kill-and-resume run has
 describe in `mode: vlm` on the tiny Qwen2-VL (two images per prompt through the transformers backend, so
 the VLM path runs for real): a random model never ends its text, so every description is
 `error:truncated_output` with its raw text kept, which the resumed run must reproduce row for row.
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.e2e.test_jobs import _driver_pids, manifest, run_job
+from tests.support.openai_server import OpenAIServer, RecordedRequest, Reply, ok
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +39,26 @@ def views(lo: float = 0.8, hi: float = 0.96) -> str:
     return f"mine_pairs.views=[{TEXT_VIEW % (lo, hi)}, {OTHER_VIEWS}]"
 
 
-def mp_args(run_dir: Path, cache: Path, *extra: str, vlm: bool = False) -> list[str]:
+def instructions_from_captions(request: RecordedRequest) -> Reply:
+    """Three distinct instructions naming what the target's caption says (the last user turn's)."""
+    tail = request.last_user_text.split("Target Image caption:", 1)[-1]
+    target = tail.split("\n", 1)[0].split(" The images were paired", 1)[0].strip()
+    words = target.split() or ["picture"]
+    return ok(json.dumps({"instructions": [
+        f"Show me the same kind of scene as {' '.join(words[:4])}.",
+        f"Find a picture where {' '.join(words[-5:])}.",
+        f"I want this one changed so that it shows {target}.",
+    ]}))
+
+
+@pytest.fixture(scope="module")
+def llm_server():
+    with OpenAIServer(default=instructions_from_captions) as server:
+        yield server
+
+
+def mp_args(run_dir: Path, cache: Path, *extra: str, vlm: bool = False, server: OpenAIServer | None = None
+            ) -> list[str]:
     describe = ["--set", "describe.mode=vlm", "--set", "describe.vlm.max_new_tokens=16"] if vlm else []
     return [
         "configs/megapairs-demo.yaml", "--run-dir", str(run_dir),
@@ -46,8 +67,8 @@ def mp_args(run_dir: Path, cache: Path, *extra: str, vlm: bool = False) -> list[
         "--set", "mine_pairs.resources.shard_rows=2",
         "--set", "describe.resources.shard_rows=2",
         *describe,
-        "--set", "instruct.llm.model=tiny:qwen2",
-        "--set", "instruct.llm.fallback_model=null",
+        *(["--set", "instruct.llm.backend=openai", "--set", "instruct.llm.model=served",
+            "--set", f"instruct.llm.base_url={server.base_url}"] if server else []),
         "--set", "instruct.resources.concurrency=1",
         *extra,
     ]
@@ -75,9 +96,9 @@ def export_rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def mp_clean(ray_cluster, tmp_path_factory, tiny_cache):
+def mp_clean(ray_cluster, tmp_path_factory, tiny_cache, llm_server):
     run_dir = tmp_path_factory.mktemp("mp-clean") / "run"
-    run_job(ray_cluster, "mp-clean", mp_args(run_dir, tiny_cache))
+    run_job(ray_cluster, "mp-clean", mp_args(run_dir, tiny_cache, server=llm_server))
     return run_dir
 
 
@@ -102,7 +123,7 @@ def test_megapairs_triplets_put_the_query_first_and_never_the_target_among_negat
         assert r["hns"][0] == r["q_img"], r["id"]
         assert r["t_img"] not in r["hns"] and r["t_img"] != r["q_img"]
         assert r["target_id"] not in r["hn_ids"] and len(r["hns"]) == len(r["hn_ids"])
-        assert len(r["q_text"]) >= 3 and len(set(r["q_text"])) == len(r["q_text"])
+        assert len(r["q_text"]) == 3 and r["q_text"][2].endswith(f"shows {r['target_caption']}.")
         assert r["description_mode"] == "captions" and r["description"]
     # The text view (the real MiniLM) pairs variants of one scene: ids are `<scene>_<variant>`.
     by_text = [r for r in rows if "text" in r["pair_views"]]
@@ -160,9 +181,9 @@ def _kill_driver(run_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def mp_clean_vlm(ray_cluster, tmp_path_factory, tiny_cache):
+def mp_clean_vlm(ray_cluster, tmp_path_factory, tiny_cache, llm_server):
     run_dir = tmp_path_factory.mktemp("mp-vlm") / "run"
-    run_job(ray_cluster, "mp-clean-vlm", mp_args(run_dir, tiny_cache, vlm=True))
+    run_job(ray_cluster, "mp-clean-vlm", mp_args(run_dir, tiny_cache, vlm=True, server=llm_server))
     return run_dir
 
 
@@ -175,9 +196,9 @@ def test_the_vlm_describe_path_keeps_each_truncated_description_with_its_reason(
 
 
 def test_kill_during_mine_pairs_and_during_describe_then_resume_equals_clean_run(ray_cluster, mp_clean_vlm, tmp_path,
-                                                                                tiny_cache):
+                                                                                tiny_cache, llm_server):
     run_dir = tmp_path / "run"
-    args = mp_args(run_dir, tiny_cache, vlm=True)
+    args = mp_args(run_dir, tiny_cache, vlm=True, server=llm_server)
     ray_cluster.submit("mp-kill-a", args)
     _wait_for_markers(ray_cluster, "mp-kill-a", run_dir / "02_mine_pairs", 2)
     _kill_driver(run_dir)
@@ -197,11 +218,11 @@ def test_kill_during_mine_pairs_and_during_describe_then_resume_equals_clean_run
 
 
 def test_a_changed_band_re_mines_without_re_embedding_and_keeps_the_pool(ray_cluster, mp_clean, tmp_path,
-                                                                        tiny_cache):
+                                                                        tiny_cache, llm_server):
     run_dir = tmp_path / "run"
     shutil.copytree(mp_clean, run_dir)
     indexes = {p.name: p.stat().st_mtime_ns for p in (run_dir / "_index").glob("*/index.faiss")}
-    run_job(ray_cluster, "mp-band", mp_args(run_dir, tiny_cache, "--set", views(0.85, 0.97)))
+    run_job(ray_cluster, "mp-band", mp_args(run_dir, tiny_cache, "--set", views(0.85, 0.97), server=llm_server))
     assert manifest(run_dir, "01_pool")["decision"].startswith("skipped")
     assert manifest(run_dir, "02_mine_pairs")["decision"].startswith("re-run")
     for folder in ("03_describe", "04_instruct", "export"):
@@ -213,10 +234,10 @@ def test_a_changed_band_re_mines_without_re_embedding_and_keeps_the_pool(ray_clu
     assert all(0.85 < s for r in texts for v, s in zip(r["pair_views"], r["pair_scores"]) if v == "text")
 
 
-def test_a_second_run_on_a_live_run_dir_is_refused(ray_cluster, tmp_path, tiny_cache):
+def test_a_second_run_on_a_live_run_dir_is_refused(ray_cluster, tmp_path, tiny_cache, llm_server):
     """`ray job submit` twice on one run dir: the second job fails naming the first, which completes."""
     run_dir = tmp_path / "run"
-    args = mp_args(run_dir, tiny_cache)
+    args = mp_args(run_dir, tiny_cache, server=llm_server)
     ray_cluster.submit("mp-live-a", args)
     _wait_for_markers(ray_cluster, "mp-live-a", run_dir / "01_pool", 1)
     ray_cluster.submit("mp-live-b", args)
