@@ -30,7 +30,15 @@ import pyarrow.parquet as pq
 
 from pipeline.exporters.outdir import OutDir
 from pipeline.exporters.source import RunSource
-from pipeline.exporters.view import Candidate, Img, Problems, Triplet
+from pipeline.exporters.view import (
+    Candidate,
+    Img,
+    Problems,
+    Triplet,
+    check_parquet_schema,
+    inline_image,
+    parquet_rows,
+)
 from pipeline.triplets_megapairs import MP_IMAGE_COLUMNS, MP_IMAGE_LIST_COLUMNS, MP_REQUIRED, TEXT_FIELDS
 
 ANNOTATION, DATA = "annotation", "data"
@@ -98,41 +106,14 @@ def _read_annotation(root: str, problems: Problems) -> Iterator[Triplet]:
 
 
 def _check_parquet(schema: pa.Schema, where: str, problems: Problems) -> bool:
-    from pipeline.stages.export import is_image_struct
-
-    missing = [c for c in MP_REQUIRED if c not in schema.names]
-    if missing or not any(f in schema.names for f in TEXT_FIELDS):
-        problems.add(where, f"missing MegaPairs column(s) {missing or list(TEXT_FIELDS)}")
-        return False
-    bad = [c for c in MP_IMAGE_COLUMNS if not is_image_struct(schema.field(c).type)]
-    bad += [c for c in MP_IMAGE_LIST_COLUMNS if not (pa.types.is_list(schema.field(c).type)
-                                                     and is_image_struct(schema.field(c).type.value_type))]
-    if bad:
-        problems.add(where, f"column(s) {bad} are not HF image structs {{bytes, path}} (or lists of them)")
-    if b"huggingface" not in (schema.metadata or {}):
-        problems.add(where, "no `huggingface` features metadata: `datasets` would not decode the images")
-    return not bad
+    return check_parquet_schema(schema, where, problems, "MegaPairs", MP_REQUIRED, MP_IMAGE_COLUMNS,
+                                MP_IMAGE_LIST_COLUMNS, one_of=TEXT_FIELDS)
 
 
 def _read_parquet(root: str, problems: Problems) -> Iterator[Triplet]:
-    folder = os.path.join(root, DATA)
-
-    def image(struct, where: str) -> Img | None:
-        return None if struct is None else Img(where, data=struct.get("bytes") or b"")
-
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith(".parquet"):
-            continue
-        pf = pq.ParquetFile(os.path.join(folder, name))
-        if not _check_parquet(pf.schema_arrow, f"{DATA}/{name}", problems):
-            continue
-        no = 0
-        for batch in pf.iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                where = f"{DATA}/{name}#row{no}"
-                no += 1
-                if (t := _triplet(row, name.split("-", 1)[0], where, image, problems)) is not None:
-                    yield t
+    for split, where, row in parquet_rows(os.path.join(root, DATA), DATA, problems, _check_parquet):
+        if (t := _triplet(row, split, where, inline_image, problems)) is not None:
+            yield t
 
 
 def read(root: str, problems: Problems) -> Iterator[Triplet]:

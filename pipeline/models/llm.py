@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, Self
 
 import pyarrow as pa
 
@@ -74,51 +75,77 @@ class HFChatJSON:
         todo = [i for i in asked if lengths[i] <= self.cfg.max_input_tokens]
         for i in set(asked) - set(todo):
             results[i] = ("", "error:prompt_too_long")
-        # Sort by length inside the shard so a batch pads little; the order is fixed by the input.
-        todo.sort(key=lambda i: (lengths[i], i))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            batch = [prompts[i] for i in chunk]
-            if watchdog is None:
-                outputs = self._generate_batch(batch)
-            else:
-                outputs = watchdog.run_rows(partial(self._generate_batch, batch), len(batch))
-            for i, result in zip(chunk, outputs):
-                results[i] = result
+        generate_by_length({i: prompts[i] for i in todo}, lengths, batch_size, self._generate_batch, watchdog, results)
         return results
 
     def _generate_batch(
         self, prompts: list[str], cancel: threading.Event | None = None
     ) -> list[tuple[str, str]]:
-        from transformers import StoppingCriteriaList
         from xgrammar.contrib.hf import LogitsProcessor
 
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sample = self.cfg.temperature > 0
-        if sample:
-            self.torch.manual_seed(self.cfg.seed)
         processors = [LogitsProcessor([self.grammar] * len(prompts))] if self.grammar is not None else []
-        # An attempt the watchdog abandoned stops at its next token instead of competing with the retry.
-        stopping = StoppingCriteriaList([_cancel_criterion(cancel)] if cancel is not None else [])
+        kwargs = generation_kwargs(self.cfg, cancel, self.tok.pad_token_id)
         with self.torch.inference_mode():
-            out = self.model.generate(
-                **enc,
-                max_new_tokens=self.cfg.max_new_tokens,
-                do_sample=sample,
-                temperature=self.cfg.temperature if sample else None,
-                top_p=self.cfg.top_p if sample else None,
-                top_k=None,
-                logits_processor=processors,
-                stopping_criteria=stopping,
-                pad_token_id=self.tok.pad_token_id,
-            )
+            out = self.model.generate(**enc, logits_processor=processors, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
         texts = self.tok.batch_decode(new, skip_special_tokens=True)
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id}
-        # No end-of-sequence token: max_new_tokens cut the JSON off; say so instead of "invalid JSON".
-        finished = [bool(eos_ids & set(row.tolist())) for row in new]
-        return [(t, "" if done else "error:truncated_output") for t, done in zip(texts, finished)]
+        return mark_truncated(texts, new, eos_token_ids(self.model, self.tok))
+
+
+# -- what the transformers text (HFChatJSON) and vision (models/vlm.py HFVisionChat) engines share ------
+
+
+def generate_by_length(
+    prompts: dict[int, Any], lengths: Mapping[int, int] | Sequence[int], batch_size: int, generate_batch: Callable[..., list[tuple[str, str]]],
+    watchdog: Watchdog | None, results: list[tuple[str, str]],
+) -> None:
+    """Set `results[i]` for every index of `prompts` to `generate_batch(batch)`'s (raw text, error), in batches of
+    `batch_size` prompts of similar length (`lengths[i]`, in tokens). With a watchdog, each batch runs under it:
+    a hung batch gives `error:timeout` rows."""
+    # Sorted by length so a batch pads little; the order is fixed by the input (deterministic).
+    todo = sorted(prompts, key=lambda i: (lengths[i], i))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        call = partial(generate_batch, [prompts[i] for i in chunk])
+        outputs = call() if watchdog is None else watchdog.run_rows(call, len(chunk))
+        for i, result in zip(chunk, outputs):
+            results[i] = result
+
+
+def generation_kwargs(cfg: LLMConfig, cancel: threading.Event | None, pad_token_id: int | None) -> dict[str, Any]:
+    """`model.generate` sampling and stopping arguments: greedy at temperature 0, else sampling from `cfg.seed`
+    (seeded here, per batch, so a retried batch samples the same)."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    sample = cfg.temperature > 0
+    if sample:
+        torch.manual_seed(cfg.seed)
+    # An attempt the watchdog abandoned stops at its next token instead of competing with the retry.
+    stopping = StoppingCriteriaList([_cancel_criterion(cancel)] if cancel is not None else [])
+    return {
+        "max_new_tokens": cfg.max_new_tokens,
+        "do_sample": sample,
+        "temperature": cfg.temperature if sample else None,
+        "top_p": cfg.top_p if sample else None,
+        "top_k": None,
+        "stopping_criteria": stopping,
+        "pad_token_id": pad_token_id,
+    }
+
+
+def eos_token_ids(model: Any, tok: Any) -> set[int]:
+    """The ids that end a sequence: the model's generation config's and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+
+
+def mark_truncated(texts: list[str], new_tokens: Any, eos_ids: set[int]) -> list[tuple[str, str]]:
+    """(text, error) per generated sequence: `error:truncated_output` where no end-of-sequence token came, as
+    `max_new_tokens` cut it off (said so instead of the parser's "invalid JSON")."""
+    finished = [bool(eos_ids & set(row.tolist())) for row in new_tokens]
+    return [(t, "" if done else "error:truncated_output") for t, done in zip(texts, finished)]
 
 
 def _cancel_criterion(cancel: threading.Event) -> Any:
@@ -135,8 +162,17 @@ def _cancel_criterion(cancel: threading.Event) -> Any:
     return Cancelled()
 
 
+class ChatEngine(Protocol):
+    """A transformers engine as its Ray Data UDF calls it (`HFChatJSON`, models/vlm.py `HFVisionChat`)."""
+
+    def generate(
+        self, conversations: list[list[dict] | None], batch_size: int, watchdog: Watchdog | None = None
+    ) -> list[tuple[str, str]]: ...
+
+
 class HFGenerateFn:
-    """Ray Data UDF (one model per actor): `_messages` in, `_raw` and `_llm_error` out.
+    """Ray Data UDF (one model per actor): `_messages` in, `_raw` and `_llm_error` out (models/vlm.py's
+    `HFVisionGenerateFn` is this around a vision engine).
 
     Raises:
         InferenceHungError: `max_consecutive_timeouts` batches in a row hung (see models/watchdog.py).
@@ -147,13 +183,13 @@ class HFGenerateFn:
         self._bind(HFChatJSON(model_path, config, schema), config, batch_size)
 
     @classmethod
-    def from_engine(cls, engine: HFChatJSON, cfg: LLMConfig, batch_size: int) -> HFGenerateFn:
+    def from_engine(cls, engine: ChatEngine, cfg: LLMConfig, batch_size: int) -> Self:
         """An instance around an engine that is already built (tests share one loaded model)."""
         fn = cls.__new__(cls)
         fn._bind(engine, cfg, batch_size)
         return fn
 
-    def _bind(self, engine: HFChatJSON, cfg: LLMConfig, batch_size: int) -> None:
+    def _bind(self, engine: ChatEngine, cfg: LLMConfig, batch_size: int) -> None:
         self.engine = engine
         self.batch_size = batch_size
         self.watchdog = Watchdog(cfg.timeout_s, cfg.max_consecutive_timeouts, cfg.model)

@@ -22,7 +22,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.logging import get_logger
 
@@ -118,12 +120,17 @@ def build_tiny_qwen2(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) 
     Returns the directory, which `AutoModelForCausalLM.from_pretrained` and
     `AutoTokenizer.from_pretrained` load as they would a hub checkpoint.
     """
+    return _build_once(out_dir, "Qwen2", _write_tiny_qwen2, seed, vocab_size)
+
+
+def _build_once(out_dir: str | Path, what: str, write: Callable[..., None], *args: Any) -> Path:
+    """`out_dir`, after `write(folder, *args)` built the model there unless a complete build already is."""
     out = Path(out_dir)
     if _complete(out):
         return out  # before importing torch: a no-op re-run should not pay for it
     with _building(out) as tmp:
-        _write_tiny_qwen2(tmp, seed, vocab_size)
-    log.info("built tiny Qwen2 in %s", out)
+        write(tmp, *args)
+    log.info("built tiny %s in %s", what, out)
     return out
 
 
@@ -188,13 +195,7 @@ def build_tiny_gme(out_dir: str | Path, seed: int = 0, vocab_size: int = 600) ->
     `model.*` keys and no `lm_head`, the tokenizer with its chat template, and a Qwen2-VL
     `preprocessor_config.json`, from which `AutoProcessor` builds a `Qwen2VLProcessor`.
     """
-    out = Path(out_dir)
-    if _complete(out):
-        return out
-    with _building(out) as tmp:
-        _write_tiny_gme(tmp, seed, vocab_size)
-    log.info("built tiny GME (Qwen2-VL) in %s", out)
-    return out
+    return _build_once(out_dir, "GME (Qwen2-VL)", _write_tiny_gme, seed, vocab_size)
 
 
 def released_gme_key(key: str) -> str | None:
@@ -291,13 +292,7 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, vocab_size: int = 60
     tied LM head) with its processor to `out_dir`: `AutoModelForImageTextToText` / `AutoProcessor` and
     vLLM load it as a Qwen2-VL-Instruct checkpoint. Images are bounded to 4..16 image tokens so a prompt
     with two images stays short."""
-    out = Path(out_dir)
-    if _complete(out):
-        return out
-    with _building(out) as tmp:
-        _write_tiny_qwen2_vl(tmp, seed, vocab_size)
-    log.info("built tiny Qwen2-VL in %s", out)
-    return out
+    return _build_once(out_dir, "Qwen2-VL", _write_tiny_qwen2_vl, seed, vocab_size)
 
 
 def _write_tiny_qwen2_vl(out: Path, seed: int, vocab_size: int) -> None:
@@ -347,13 +342,7 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random open_clip model (32-pixel ViT, 1-layer text tower, 32-d embeddings) that
     `open_clip.create_model_and_transforms("local-dir:<out_dir>")` loads. It keeps open_clip's real
     tokenizer (the BPE vocabulary ships inside the open_clip package)."""
-    out = Path(out_dir)
-    if _complete(out):
-        return out
-    with _building(out) as tmp:
-        _write_tiny_clip(tmp, seed)
-    log.info("built tiny CLIP in %s", out)
-    return out
+    return _build_once(out_dir, "CLIP", _write_tiny_clip, seed)
 
 
 _TINY_CLIP_CFG = {
@@ -380,13 +369,7 @@ def _write_tiny_clip(out: Path, seed: int) -> None:
 def build_tiny_diffusion(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random Stable Diffusion pipeline (UNet, VAE, CLIP text encoder, DDIM) that
     `diffusers.DiffusionPipeline.from_pretrained` loads; it draws 64x64 images by default."""
-    out = Path(out_dir)
-    if _complete(out):
-        return out
-    with _building(out) as tmp:
-        _write_tiny_diffusion(tmp, seed)
-    log.info("built tiny diffusion pipeline in %s", out)
-    return out
+    return _build_once(out_dir, "diffusion pipeline", _write_tiny_diffusion, seed)
 
 
 def _write_tiny_diffusion(out: Path, seed: int) -> None:
@@ -427,13 +410,7 @@ def _write_tiny_diffusion(out: Path, seed: int) -> None:
 def build_tiny_dinov2(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random DINOv2 (28-pixel crops of 7-pixel patches, 2 layers, 32-d) with a
     `BitImageProcessor` config as facebook/dinov2-* ship it, for `AutoModel.from_pretrained`."""
-    out = Path(out_dir)
-    if _complete(out):
-        return out
-    with _building(out) as tmp:
-        _write_tiny_dinov2(tmp, seed)
-    log.info("built tiny DINOv2 in %s", out)
-    return out
+    return _build_once(out_dir, "DINOv2", _write_tiny_dinov2, seed)
 
 
 # facebook/dinov2-base's preprocessor_config.json at a tiny size (resize 32, crop 28).

@@ -18,16 +18,18 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import json
 import threading
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
-import pyarrow as pa
-
-from pipeline.models.llm import _cancel_criterion
-from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
+from pipeline.models.llm import (
+    HFGenerateFn,
+    eos_token_ids,
+    generate_by_length,
+    generation_kwargs,
+    mark_truncated,
+)
+from pipeline.models.llm_config import LLMConfig
 from pipeline.models.watchdog import Watchdog
 
 
@@ -78,8 +80,7 @@ class HFVisionChat:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         tok = self.processor.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+        self.eos_ids = eos_token_ids(self.model, tok)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def generate(
@@ -100,48 +101,25 @@ class HFVisionChat:
                 results[i] = ("", "error:prompt_too_long")
                 continue
             prompts[i], lengths[i] = (text, images), enc["input_ids"].shape[1]
-        # Sorted by length so a batch pads little; the order is fixed by the input (deterministic).
-        todo = sorted(prompts, key=lambda i: (lengths[i], i))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            call = partial(self._generate_batch, [prompts[i] for i in chunk])
-            outputs = call() if watchdog is None else watchdog.run_rows(call, len(chunk))
-            for i, result in zip(chunk, outputs):
-                results[i] = result
+        generate_by_length(prompts, lengths, batch_size, self._generate_batch, watchdog, results)
         return results
 
     def _generate_batch(
         self, prompts: list[tuple[str, list]], cancel: threading.Event | None = None
     ) -> list[tuple[str, str]]:
-        from transformers import StoppingCriteriaList
-
         texts = [t for t, _ in prompts]
         images = [im for _, ims in prompts for im in ims]
         enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True).to(self.device)
-        sample = self.cfg.temperature > 0
-        if sample:
-            self.torch.manual_seed(self.cfg.seed)
-        stopping = StoppingCriteriaList([_cancel_criterion(cancel)] if cancel is not None else [])
+        kwargs = generation_kwargs(self.cfg, cancel, self.pad_id)
         with self.torch.inference_mode():
-            out = self.model.generate(
-                **enc,
-                max_new_tokens=self.cfg.max_new_tokens,
-                do_sample=sample,
-                temperature=self.cfg.temperature if sample else None,
-                top_p=self.cfg.top_p if sample else None,
-                top_k=None,
-                stopping_criteria=stopping,
-                pad_token_id=self.pad_id,
-            )
+            out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
-        decoded = self.processor.batch_decode(new, skip_special_tokens=True)
-        # No end-of-sequence token: max_new_tokens cut the text off.
-        finished = [bool(self.eos_ids & set(row.tolist())) for row in new]
-        return [(t, "" if done else "error:truncated_output") for t, done in zip(decoded, finished)]
+        return mark_truncated(self.processor.batch_decode(new, skip_special_tokens=True), new, self.eos_ids)
 
 
-class HFVisionGenerateFn:
-    """Ray Data UDF (one model per actor): `_messages` with image parts in, `_raw` and `_llm_error` out.
+class HFVisionGenerateFn(HFGenerateFn):
+    """Ray Data UDF (one model per actor): `_messages` with image parts in, `_raw` and `_llm_error` out;
+    models/llm.py's `HFGenerateFn` (same batching, watchdog and columns) around an `HFVisionChat`.
 
     Raises:
         InferenceHungError: `max_consecutive_timeouts` batches in a row hung (see models/watchdog.py).
@@ -150,23 +128,6 @@ class HFVisionGenerateFn:
     def __init__(self, model_path: str, cfg: dict, batch_size: int) -> None:
         config = LLMConfig(**cfg)
         self._bind(HFVisionChat(model_path, config), config, batch_size)
-
-    @classmethod
-    def from_engine(cls, engine: HFVisionChat, cfg: LLMConfig, batch_size: int) -> HFVisionGenerateFn:
-        """An instance around an engine that is already built (tests share one loaded model)."""
-        fn = cls.__new__(cls)
-        fn._bind(engine, cfg, batch_size)
-        return fn
-
-    def _bind(self, engine: HFVisionChat, cfg: LLMConfig, batch_size: int) -> None:
-        self.engine, self.batch_size = engine, batch_size
-        self.watchdog = Watchdog(cfg.timeout_s, cfg.max_consecutive_timeouts, cfg.model)
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        conversations = [json.loads(m) if m is not None else None for m in table[MESSAGES].to_pylist()]
-        results = self.engine.generate(conversations, self.batch_size, self.watchdog)
-        table = table.append_column(RAW, pa.array([r for r, _ in results], pa.string()))
-        return table.append_column(LLM_ERROR, pa.array([e for _, e in results], pa.string()))
 
 
 def generate_text_with_images(

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -248,19 +248,8 @@ class Ingest(Stage):
         return {"hash": kept["content_hash"].to_pylist(), "doc_id": kept["doc_id"].to_pylist()}
 
     def commit_hook(self, keys: dict[str, list], state: dict) -> dict[int, tuple[str, str]]:
-        seen_hash = state.setdefault("hash", set())
-        seen_id = state.setdefault("id", set())
-        overrides: dict[int, tuple[str, str]] = {}
-        for i, (h, doc_id) in enumerate(zip(keys["hash"], keys["doc_id"])):
-            h, key = _key(h), _id_key(doc_id)
-            if h in seen_hash:
-                overrides[i] = (FILTERED, "filter:duplicate_text")
-            elif key in seen_id:
-                overrides[i] = (REJECTED, "error:duplicate_doc_id")
-            else:
-                seen_hash.add(h)
-                seen_id.add(key)
-        return overrides
+        return first_seen(map(_key, keys["hash"]), map(_id_key, keys["doc_id"]), state.setdefault("hash", set()),
+                          state.setdefault("id", set()), "filter:duplicate_text", "error:duplicate_doc_id")
 
     def resume_state(self, run_fs, parts: tuple[str, ...]) -> dict:
         state = {"hash": set(), "id": set()}
@@ -275,6 +264,25 @@ class Ingest(Stage):
 # of the hex strings / ids (measured at 1M rows, docs/benchmarks.md); collisions are out of reach.
 def _key(content_hash: str) -> int:
     return int(content_hash, 16)
+
+
+def first_seen(
+    contents: Iterable[int], ids: Iterable[int], seen_content: set[int], seen_id: set[int], duplicate: str,
+    reused_id: str,
+) -> dict[int, tuple[str, str]]:
+    """The driver's dedup of one shard's kept rows, in order (ingest, mp_pool): a row whose content key an
+    earlier row holds is filtered as `duplicate`, else one whose id key it holds is rejected as `reused_id`;
+    the other rows' keys join the seen sets. Returns row index -> (status, reason) for the rows it drops."""
+    overrides: dict[int, tuple[str, str]] = {}
+    for i, (content, key) in enumerate(zip(contents, ids)):
+        if content in seen_content:
+            overrides[i] = (FILTERED, duplicate)
+        elif key in seen_id:
+            overrides[i] = (REJECTED, reused_id)
+        else:
+            seen_content.add(content)
+            seen_id.add(key)
+    return overrides
 
 
 def _id_key(doc_id: str) -> int:

@@ -33,8 +33,8 @@ from pipeline.io.image_pool import (
     plan_pool,
     pool_identity,
 )
-from pipeline.stage import FILTERED, REJECTED, BlockStep, Resources, Stage, StageConfig
-from pipeline.stages.ingest import _id_key
+from pipeline.stage import BlockStep, Resources, Stage, StageConfig
+from pipeline.stages.ingest import _id_key, first_seen
 
 IDENTITY_MODES = ("auto", "hash", "stat")
 
@@ -107,19 +107,8 @@ class MegaPool(Stage):
         return {"sha": _shas(kept["image"]), "id": kept["id"].to_pylist()}
 
     def commit_hook(self, keys: dict[str, list], state: dict) -> dict[int, tuple[str, str]]:
-        seen_sha = state.setdefault("sha", set())
-        seen_id = state.setdefault("id", set())
-        overrides: dict[int, tuple[str, str]] = {}
-        for i, (sha, pool_id) in enumerate(zip(keys["sha"], keys["id"])):
-            s, key = _sha_key(sha), _id_key(pool_id)
-            if s in seen_sha:
-                overrides[i] = (FILTERED, "filter:duplicate_image")
-            elif key in seen_id:
-                overrides[i] = (REJECTED, "error:duplicate_id")
-            else:
-                seen_sha.add(s)
-                seen_id.add(key)
-        return overrides
+        return first_seen(map(_sha_key, keys["sha"]), map(_id_key, keys["id"]), state.setdefault("sha", set()),
+                          state.setdefault("id", set()), "filter:duplicate_image", "error:duplicate_id")
 
     def resume_state(self, run_fs, parts: tuple[str, ...]) -> dict:
         state: dict[str, set] = {"sha": set(), "id": set()}

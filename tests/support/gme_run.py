@@ -10,22 +10,16 @@ every stage, so `RUN_DIR/export/data/{train,validation}-*.parquet` are exactly w
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
-import yaml
-from PIL import Image
 
-from pipeline import __version__
-from pipeline.io.commit import ShardCommitter, write_pieces
 from pipeline.io.fs import RunFS
 from pipeline.io.image_store import IMAGE_REF, ImageStore
-from pipeline.io.manifest import aggregate_markers
 from pipeline.io.shards import tag_rows
-from pipeline.stages.export import Export, ExportConfig, gme_batch
+from pipeline.stages.export import ExportConfig, gme_batch
+from tests.support.export_run import commit_export, png, typed_table, write_run_files
 
 STAGES = ["ingest", "doc2query", "consistency", "entities", "images", "clip_filter", "gme_score", "negatives", "export"]
 PASSAGES = [
@@ -36,13 +30,8 @@ PASSAGES = [
     ("Golden Gate Bridge", "The Golden Gate Bridge is a suspension bridge spanning the strait at San Francisco."),
     ("Sagrada Família", "La Sagrada Família es una basílica católica de Barcelona diseñada por Antoni Gaudí."),
 ]
+SIZE = (24, 16)
 QUERIES = ["When was this landmark built?", "Who designed this structure?", "What is this building made of?"]
-
-
-def png(color: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def doc_color(d: int) -> tuple[int, int, int]:
@@ -51,13 +40,13 @@ def doc_color(d: int) -> tuple[int, int, int]:
 
 def upstream_rows(store: ImageStore, n: int = 8, negatives: int = 3, docs: int = 6) -> pa.Table:
     """`n` query rows over `docs` passages (several queries share a passage), as after `negatives`."""
-    images = {d: store.put(png(doc_color(d)), "png", 24, 16) for d in range(docs)}
+    images = {d: store.put(png(doc_color(d), SIZE), "png", *SIZE) for d in range(docs)}
     rows = []
     for i in range(n):
         d = i % docs
         title, text = PASSAGES[d % len(PASSAGES)]
         generated = i % 3 == 2
-        query_image = store.put(png((255 - d, 3 * i % 256, 40)), "png", 24, 16) if generated else images[d]
+        query_image = store.put(png((255 - d, 3 * i % 256, 40), SIZE), "png", *SIZE) if generated else images[d]
         neg = [(d + k) % docs for k in range(1, negatives + 1)]
         rows.append({
             "id": f"d{d}-q{i // docs}", "doc_id": f"d{d}", "text": f"{text} ({d})", "title": title,
@@ -79,44 +68,22 @@ def upstream_rows(store: ImageStore, n: int = 8, negatives: int = 3, docs: int =
     types = {"image": IMAGE_REF, "query_image": IMAGE_REF, "neg_images": pa.list_(IMAGE_REF),
              "consistency_rank": pa.int32(), "clip_score": pa.float32(), "gme_pos_score": pa.float32(),
              "neg_scores": pa.list_(pa.float32()), "neg_ranks": pa.list_(pa.int32()), "instruction": pa.string()}
-    table = pa.Table.from_pylist(rows)
-    for name, tp in types.items():
-        table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(tp))
-    return table
-
-
-def manifest(stage: str, rows: dict, reasons: dict | None = None) -> dict:
-    return {
-        "stage": stage, "fingerprint": f"fp-{stage}", "status": "complete", "rows": rows,
-        "reasons": reasons or {}, "seconds": 1.0, "models": {}, "decision": "run: first run", "config": {},
-    }
+    return typed_table(rows, types)
 
 
 def make_gme_run(root: Path, rows: int = 8, negatives: int = 3, validation_ratio: float = 0.4,
                  task: str = "it2it", upstream: pa.Table | None = None) -> Path:
     """A run dir whose every stage is complete and whose export holds GME triplets of real PNGs."""
     run = root / "run"
-    run_fs = RunFS.from_uri(str(run))
-    store = ImageStore(run_fs)
-    table = upstream if upstream is not None else upstream_rows(store, rows, negatives)
+    table = upstream if upstream is not None else upstream_rows(ImageStore(RunFS.from_uri(str(run))), rows, negatives)
     config = ExportConfig(task=task, validation_ratio=validation_ratio, split_seed=1)
-    stage = Export(config, SimpleNamespace(run_uri=str(run)))
-    out = gme_batch(tag_rows(table, "000000"), config)
-    progress = SimpleNamespace(update=lambda n, counts: None)
-    committer = ShardCommitter(run_fs, stage, "export", [SimpleNamespace(shard="000000", rows=table.num_rows)],
-                               {}, progress)
-    committer.add(write_pieces(out, str(run), stage, "export", "export/data"))
-    committer.finish()
-    counts, reasons, _ = aggregate_markers(run_fs, "export")
-    run_fs.write_bytes("run.yaml", yaml.safe_dump({
-        "fusegen_version": __version__, "name": "gme-test", "pipeline": "gme", "stages": STAGES,
-        "export": {"schema": "gme", "task": task, "validation_ratio": validation_ratio},
-    }).encode())
+    counts, reasons = commit_export(run, config, table.num_rows, gme_batch(tag_rows(table, "000000"), config))
     n_in = table.num_rows
-    for i, name in enumerate(STAGES, start=1):
-        folder = "export" if name == "export" else f"{i:02d}_{name}"
-        rows_ = counts if name == "export" else {"in": n_in, "out": n_in, "filtered": 0, "rejected": 0}
-        run_fs.write_json(f"{folder}/_manifest.json", manifest(name, rows_, dict(reasons) if name == "export" else {}))
+    ledgers = {name: ({"in": n_in, "out": n_in, "filtered": 0, "rejected": 0}, {}) for name in STAGES[:-1]}
+    write_run_files(run, {
+        "name": "gme-test", "pipeline": "gme", "stages": STAGES,
+        "export": {"schema": "gme", "task": task, "validation_ratio": validation_ratio},
+    }, {**ledgers, "export": (counts, reasons)}, {})
     return run
 
 

@@ -11,23 +11,18 @@ export stage's worker and driver halves) and writes run.yaml plus a complete man
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
-import yaml
-from PIL import Image
 
-from pipeline import __version__
-from pipeline.io.commit import ShardCommitter, write_pieces
 from pipeline.io.fs import RunFS
 from pipeline.io.image_store import IMAGE_REF, ImageStore
-from pipeline.io.manifest import aggregate_markers
 from pipeline.io.shards import tag_rows
-from pipeline.stages.export import Export, ExportConfig
+from pipeline.stages.export import ExportConfig
 from pipeline.triplets_megapairs import MegaPairsExportConfig, megapairs_batch, run_models
+from tests.support.export_run import commit_export, png, typed_table, write_run_files
 
+SIZE = (30, 20)
 MP_STAGES = ["pool", "mine_pairs", "describe", "instruct", "export"]
 MODELS = {
     "mine_pairs": {"view:clip_image": "tiny:clip (random tiny model, seed 0)", "view:text": "sentence-transformers/all-MiniLM-L6-v2"},
@@ -42,15 +37,9 @@ INSTRUCTIONS = [
 ]
 
 
-def png(color: tuple[int, int, int], size: tuple[int, int] = (30, 20)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def mp_upstream_rows(store: ImageStore, n: int = 8, images: int = 8, negatives: int = 3) -> pa.Table:
     """`n` pairs over `images` pool images: query i % images with 1-2 targets each, `negatives` negatives."""
-    refs = {k: store.put(png((29 * k % 256, 60 + 17 * k % 180, 250 - 23 * k % 200)), "png", 30, 20)
+    refs = {k: store.put(png((29 * k % 256, 60 + 17 * k % 180, 250 - 23 * k % 200), SIZE), "png", *SIZE)
             for k in range(images)}
     rows = []
     for i in range(n):
@@ -74,41 +63,19 @@ def mp_upstream_rows(store: ImageStore, n: int = 8, images: int = 8, negatives: 
     types = {"query_image": IMAGE_REF, "target_image": IMAGE_REF, "neg_images": pa.list_(IMAGE_REF),
              "pair_scores": pa.list_(pa.float32()), "pair_rank": pa.int32(), "neg_scores": pa.list_(pa.float32()),
              "word_limit": pa.int32(), "mine_seed": pa.int64()}
-    table = pa.Table.from_pylist(rows)
-    for name, tp in types.items():
-        table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(tp))
-    return table
-
-
-def manifest(stage: str, rows: dict, reasons: dict | None = None) -> dict:
-    return {
-        "stage": stage, "fingerprint": f"fp-{stage}", "status": "complete", "rows": rows,
-        "reasons": reasons or {}, "seconds": 1.0, "models": MODELS.get(stage, {}), "decision": "run: first run",
-        "config": {},
-    }
+    return typed_table(rows, types)
 
 
 def make_megapairs_run(root: Path, rows: int = 8, validation_ratio: float = 0.4, upstream: pa.Table | None = None,
                        **mp: object) -> Path:
     """A run dir whose every section is complete and whose export holds MegaPairs triplets of real PNGs."""
     run = root / "run"
-    run_fs = RunFS.from_uri(str(run))
-    table = upstream if upstream is not None else mp_upstream_rows(ImageStore(run_fs), rows)
+    table = upstream if upstream is not None else mp_upstream_rows(ImageStore(RunFS.from_uri(str(run))), rows)
     config = ExportConfig(schema="megapairs", validation_ratio=validation_ratio, split_seed=1,
                           megapairs=MegaPairsExportConfig(**mp))
-    stage = Export(config, SimpleNamespace(run_uri=str(run)))
     models = run_models([{"stage": s, "models": m} for s, m in MODELS.items()])
     out = megapairs_batch(tag_rows(table, "000000"), config.megapairs, validation_ratio, 1, models=models)
-    progress = SimpleNamespace(update=lambda n, counts: None)
-    committer = ShardCommitter(run_fs, stage, "export", [SimpleNamespace(shard="000000", rows=table.num_rows)],
-                               {}, progress)
-    committer.add(write_pieces(out, str(run), stage, "export", "export/data"))
-    committer.finish()
-    counts, reasons, _ = aggregate_markers(run_fs, "export")
-    run_fs.write_bytes("run.yaml", yaml.safe_dump({
-        "fusegen_version": __version__, "name": "megapairs-test", "pipeline": "megapairs", "stages": MP_STAGES,
-        "export": {"schema": "megapairs", "validation_ratio": validation_ratio, "megapairs": dict(mp)},
-    }).encode())
+    counts, reasons = commit_export(run, config, table.num_rows, out)
     n = table.num_rows
     ledgers = {
         "pool": ({"in": 10, "out": 8, "filtered": 1, "rejected": 1},
@@ -116,9 +83,10 @@ def make_megapairs_run(root: Path, rows: int = 8, validation_ratio: float = 0.4,
         "mine_pairs": ({"in": n + 1, "out": n, "filtered": 1, "rejected": 0}, {"filter:no_pair_in_band": 1}),
         "describe": ({"in": n, "out": n, "filtered": 0, "rejected": 0}, {}),
         "instruct": ({"in": n, "out": n, "filtered": 0, "rejected": 0}, {}),
+        "export": (counts, reasons),
     }
-    for i, name in enumerate(MP_STAGES, start=1):
-        folder = "export" if name == "export" else f"{i:02d}_{name}"
-        rows_, why = (counts, dict(reasons)) if name == "export" else ledgers[name]
-        run_fs.write_json(f"{folder}/_manifest.json", manifest(name, rows_, why))
+    write_run_files(run, {
+        "name": "megapairs-test", "pipeline": "megapairs", "stages": MP_STAGES,
+        "export": {"schema": "megapairs", "validation_ratio": validation_ratio, "megapairs": dict(mp)},
+    }, ledgers, MODELS)
     return run
