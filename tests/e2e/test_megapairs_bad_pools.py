@@ -1,6 +1,6 @@
 """The MegaPairs track on pools that leave little or nothing to mine: every run completes, every dropped
-row has a reason, `fusegen status` shows the funnel and the card is written (an in-process run on the
-session's cluster, as `fusegen run` does it). Two views keep it short: the real MiniLM over captions and
+row has a reason, `fusegen status` shows the funnel, and the card (nothing to publish) says which stage
+no row got past (an in-process run on the session's cluster, as `fusegen run` does it). Two views keep it short: the real MiniLM over captions and
 the tiny CLIP image tower (its band wide, so that what can pair does)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.card import build_card
+from pipeline.errors import PublishError
 from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
@@ -56,7 +57,8 @@ def pool_of(kind: str, root: Path) -> tuple[Path, dict]:
         return write_pool(root, rows, {"a.png": png(colours[0])}), {
             "out": 1, "reasons": {"filter:duplicate_image": 4}}
     if kind == "all_broken":
-        files = {"cut.png": png(colours[0])[:40], "empty.png": b"", "text.png": b"not an image at all"}
+        whole = png(colours[0], 128)
+        files = {"cut.png": whole[: len(whole) * 2 // 3], "empty.png": b"", "text.png": b"not an image at all"}
         rows = [{"id": n, "image": f"images/{n}"} for n in files] + [{"id": "gone", "image": "images/none.png"}]
         return write_pool(root, rows, files), {"out": 0, "reasons": {
             "error:image_truncated": 1, "error:image_empty": 1, "error:image_not_an_image": 1,
@@ -74,11 +76,15 @@ def server():
         yield s
 
 
-@pytest.mark.parametrize("kind", ["empty", "one_image", "all_identical", "all_broken", "no_captions"])
+STOPPED_AT = {"empty": "pool", "one_image": "mine_pairs", "all_identical": "mine_pairs", "all_broken": "pool",
+              "no_captions": "describe"}
+
+
+@pytest.mark.parametrize("kind", list(STOPPED_AT))
 def test_a_bad_pool_completes_with_every_drop_reasoned(kind, tmp_path, tiny_cache, server):
     path, expected = pool_of(kind, tmp_path / "pool")
     config = load_config(REPO / "configs" / "megapairs-demo.yaml", [
-        f"pool.path={path}", f"cache_dir={tiny_cache}", VIEWS, "mine_pairs.search_k=20",
+        f"pool.path={path}", f"cache_dir={tiny_cache}", VIEWS, "mine_pairs.search_k=20", "mine_pairs.num_negatives=2",
         "instruct.llm.backend=openai", "instruct.llm.model=served", f"instruct.llm.base_url={server.base_url}",
     ])
     ctx = RunContext.create(config, str(tmp_path / "run"))
@@ -100,5 +106,5 @@ def test_a_bad_pool_completes_with_every_drop_reasoned(kind, tmp_path, tiny_cach
         assert mine["rows"]["out"] > 0
         assert manifests["describe"]["reasons"] == {"filter:no_caption": manifests["describe"]["rows"]["in"]}
     assert "mine_pairs" in format_status(ctx.run_fs)
-    card = Path(build_card(str(tmp_path / "run"))).read_text()
-    assert "## Pipeline funnel" in card and "| mine_pairs |" in card
+    with pytest.raises(PublishError, match=f"no row got past the {STOPPED_AT[kind]} stage"):
+        build_card(str(tmp_path / "run"))
