@@ -21,7 +21,6 @@ ratio = bare s / stage s; target >= 0.8. Model load is excluded from both.
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import sys
 import tempfile
