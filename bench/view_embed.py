@@ -21,6 +21,7 @@ ratio = bare s / stage s; target >= 0.8. Model load is excluded from both.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import sys
 import tempfile
@@ -129,12 +130,12 @@ def main() -> None:
             from transformers import AutoImageProcessor, AutoModel
 
             loaded = (AutoImageProcessor.from_pretrained(path), AutoModel.from_pretrained(path).eval())
-            bare = lambda: bare_dino(loaded, store, refs)
+            bare = functools.partial(bare_dino, loaded, store, refs)
         else:
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(path, device="cpu")
-            bare = lambda: bare_text(model, captions)
+            bare = functools.partial(bare_text, model, captions)
         stage_times, bare_times = [], []
         for _ in range(2):
             started = time.perf_counter()
