@@ -17,7 +17,7 @@ from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
 from pipeline.status import collect_manifests, format_status
-from tests.e2e.test_megapairs import instructions_from_captions
+from tests.e2e.test_megapairs_track import instructions_from_captions
 from tests.support.openai_server import OpenAIServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
