@@ -87,7 +87,7 @@ def build_messages(sources: dict[str, str], cfg: Doc2QueryConfig, title: str | N
     n = cfg.queries_per_passage
     system, user = PROMPTS[0], PROMPTS[1]
     messages = [{"role": "system", "content": render(sources[system], system, n=n)}]
-    for ex in load_examples(sources[PROMPTS[2]], PROMPTS[2])[: cfg.few_shot]:
+    for ex in shown_examples(sources, cfg):
         pairs = list(ex["pairs"])[:n]
         messages.append({"role": "user", "content": render(sources[user], user, title=ex.get("title"), text=ex["text"], n=len(pairs))})
         messages.append({"role": "assistant", "content": json.dumps({"pairs": pairs}, ensure_ascii=False)})
@@ -101,11 +101,15 @@ def clean(value: Any) -> str:
     return " ".join(_CTRL.sub(" ", value).split()) if isinstance(value, str) else ""
 
 
-def foreign_keys(sources: dict[str, str], cfg: Doc2QueryConfig, title: str | None, text: str) -> list[str]:
+def shown_examples(sources: dict[str, str], cfg: Doc2QueryConfig) -> list[dict]:
+    """The few-shot examples the prompt shows (the first `few_shot`)."""
+    return load_examples(sources[PROMPTS[2]], PROMPTS[2])[: cfg.few_shot]
+
+
+def foreign_keys(shown: list[dict], title: str | None, text: str) -> list[str]:
     """Copy keys of the shown examples' queries and answers, for the examples whose title the passage
     (title and text) does not name: asked of such a passage, they can only be copied."""
     passage = f"{title or ''}\n{text}"
-    shown = load_examples(sources[PROMPTS[2]], PROMPTS[2])[: cfg.few_shot]
     foreign = [ex for ex in shown if not ex.get("title") or not contains(passage, ex["title"])]
     return sorted(example_keys(v for ex in foreign for p in ex["pairs"] for v in (p["query"], p["answer"])))
 
@@ -160,7 +164,8 @@ def prompt_batch(table: pa.Table, sources: dict[str, str], cfg: dict) -> pa.Tabl
     config = Doc2QueryConfig.from_dict(cfg)
     titles, texts = table["title"].to_pylist(), table["text"].to_pylist()
     msgs = [json.dumps(build_messages(sources, config, t, x), ensure_ascii=False) for t, x in zip(titles, texts)]
-    keys = [json.dumps(foreign_keys(sources, config, t, x), ensure_ascii=False) for t, x in zip(titles, texts)]
+    shown = shown_examples(sources, config)  # parsed once per block, not once per row
+    keys = [json.dumps(foreign_keys(shown, t, x), ensure_ascii=False) for t, x in zip(titles, texts)]
     table = table.append_column(COPY_COL, pa.array(keys, pa.string()))
     return table.append_column(MESSAGES, pa.array(msgs, pa.string()))
 

@@ -290,12 +290,13 @@ def test_doc2query_resume_state_accepts_the_runner_call(tmp_path):
 
 
 def test_foreign_keys_hold_the_examples_about_things_the_passage_never_names():
-    from pipeline.stages.doc2query import foreign_keys
+    from pipeline.stages.doc2query import foreign_keys, shown_examples
 
     sources = load_sources(default_prompts_dir(), PROMPTS)
     cfg = Doc2QueryConfig(few_shot=2)
-    about_gg = foreign_keys(sources, cfg, "Golden Gate Bridge", PASSAGE)
-    elsewhere = foreign_keys(sources, cfg, "长城", "长城是中国古代的军事防御工程。")
+    shown = shown_examples(sources, cfg)
+    about_gg = foreign_keys(shown, "Golden Gate Bridge", PASSAGE)
+    elsewhere = foreign_keys(shown, "长城", "长城是中国古代的军事防御工程。")
     assert "when did the golden gate bridge open" in elsewhere
     assert "when did the golden gate bridge open" not in about_gg
     assert set(about_gg) < set(elsewhere)
