@@ -167,7 +167,10 @@ def id_hashes(ids: list[str]) -> np.ndarray:
 def id_lookup(ids: list[str]) -> np.ndarray:
     """A (2, n) uint64 array: row 0 the ids' hashes sorted, row 1 the pool row of each (rows of equal
     hashes in row order). Two contiguous rows, so that a memory-mapped search reads, not copies."""
-    hashes = id_hashes(ids)
+    return lookup_of_hashes(id_hashes(ids))
+
+
+def lookup_of_hashes(hashes: np.ndarray) -> np.ndarray:
     order = np.argsort(hashes, kind="stable")
     return np.stack([hashes[order], order.astype(np.uint64)])
 
@@ -230,21 +233,60 @@ def build_faiss(matrix: np.ndarray, kind: str = "flat", nlist: int = 0):
     """Inner-product index over L2-normalised rows (= cosine). `ivf` for big pools, exact `flat` else.
 
     IVF falls back to flat below 40 points per list (faiss's own training minimum); nlist 0 = 4*sqrt(n).
+    The whole matrix in memory: `finish_index` streams the same build part by part.
     """
+    n, dim = matrix.shape
+    lists = ivf_lists(n, kind, nlist)
+    if lists:
+        index = _trained_ivf(matrix, dim, lists)
+        index.add(matrix)
+        return index
+    return _flat_filled(dim, n, [matrix])
+
+
+def ivf_lists(n: int, kind: str, nlist: int) -> int:
+    """The IVF list count for `n` vectors, or 0 where the index is flat (asked, or too few points)."""
+    if kind != "ivf":
+        return 0
+    lists = nlist or max(1, int(4 * np.sqrt(n)))
+    return lists if n >= 40 * lists else 0
+
+
+# faiss's k-means trains on at most this many points per centroid (it samples the rest away itself).
+_TRAIN_PER_LIST = 256
+
+
+def _trained_ivf(sample: np.ndarray, dim: int, lists: int):
     import faiss
 
-    n, dim = matrix.shape
-    if kind == "ivf":
-        lists = nlist or max(1, int(4 * np.sqrt(n)))
-        if n >= 40 * lists:
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = 1234  # deterministic k-means: reruns give the same lists, hence the same ranks
-            index.train(matrix)
-            index.add(matrix)
-            return index
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = 1234  # deterministic k-means: reruns give the same lists, hence the same ranks
+    index.train(sample)
+    return index
+
+
+def _flat_filled(dim: int, n: int, blocks) -> Any:
+    """An exact inner-product index of `n` vectors filled from `blocks` in order, with no second copy:
+    the index's own storage is sized once and written in place (`IndexFlat.add` would grow a vector,
+    and a flat index built from a matrix holds the matrix twice)."""
+    import faiss
+
     index = faiss.IndexFlatIP(dim)
-    index.add(matrix)
+    if n == 0:
+        return index
+    size = n * dim * 4
+    index.codes.resize(size)
+    storage = faiss.rev_swig_ptr(index.codes.data(), size).view(np.float32).reshape(n, dim)
+    row = 0
+    for block in blocks:
+        if row + len(block) > n:
+            raise ValueError(f"index parts hold more than the {n} vectors their metadata declared")
+        storage[row:row + len(block)] = block
+        row += len(block)
+    if row != n:
+        raise ValueError(f"index parts hold {row} vectors, their metadata declared {n}")
+    index.ntotal = n
     return index
 
 
@@ -276,35 +318,132 @@ def _write_ipc(sink, table: pa.Table) -> None:
         writer.write_table(table)
 
 
+def _part_sizes(run_fs: RunFS, parts: list[str]) -> tuple[list[int], int]:
+    """(rows of each part, vector dim) from the parts' Parquet footers, before any vector is read."""
+    import pyarrow.parquet as pq
+
+    sizes, dim = [], 0
+    for rel in parts:
+        with run_fs.fs.open_input_file(run_fs.path(rel)) as f:
+            meta = pq.read_metadata(f)
+            sizes.append(meta.num_rows)
+            dim = dim or meta.schema.to_arrow_schema().field("embedding").type.list_size
+    return sizes, max(dim, 0)
+
+
+def _part_blocks(run_fs: RunFS, parts: list[str], on_ids=None):
+    """Each part's float32 (rows x dim) block in order, one part in memory at a time; `on_ids` sees
+    each part's id column first."""
+    for rel in parts:
+        table = run_fs.read_parquet(rel, columns=["id", "embedding"])
+        if on_ids is not None:
+            on_ids(table["id"].cast(pa.string()))
+        column = table["embedding"].combine_chunks()
+        yield np.ascontiguousarray(
+            column.values.to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size),
+            dtype=np.float32,
+        )
+
+
+def _training_sample(run_fs: RunFS, parts: list[str], sizes: list[int], lists: int) -> np.ndarray:
+    """The rows faiss's k-means trains on: all of them up to `_TRAIN_PER_LIST` per list (what faiss would
+    use of a full matrix), else a seeded sample of that many, gathered one part at a time."""
+    n = sum(sizes)
+    cap = _TRAIN_PER_LIST * lists
+    chosen = None if n <= cap else np.sort(np.random.default_rng(1234).choice(n, cap, replace=False))
+    picked, start = [], 0
+    for block in _part_blocks(run_fs, parts):
+        if chosen is None:
+            picked.append(block)
+        else:
+            lo, hi = np.searchsorted(chosen, [start, start + len(block)])
+            picked.append(block[chosen[lo:hi] - start])
+        start += len(block)
+    return np.concatenate(picked)
+
+
+def _add_to_sized_lists(index, n: int, blocks) -> None:
+    """`index.add` of every block, with each inverted list allocated once at its final size: the vectors
+    are assigned to lists first (8 bytes a row), so no list grows by doubling (up to 2x its content)."""
+    import faiss
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    assigned = np.empty(n, np.int64)
+    row = 0
+    for block in blocks():
+        assigned[row:row + len(block)] = index.quantizer.search(block, 1)[1][:, 0]
+        row += len(block)
+    invlists = faiss.extract_index_ivf(index).invlists
+    for list_no, count in enumerate(np.bincount(assigned, minlength=index.nlist).tolist()):
+        if count:
+            invlists.resize(list_no, count)  # from empty: capacity exactly `count`
+            invlists.resize(list_no, 0)  # size back to 0, capacity kept
+    row = 0
+    for block in blocks():
+        add_preassigned(index, block, assigned[row:row + len(block)])
+        row += len(block)
+
+
+def _write_npy(out, n: int, dim: int, blocks) -> None:
+    np.lib.format.write_array_header_1_0(
+        out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (n, dim)})
+    for block in blocks:
+        out.write(block.tobytes())
+
+
 def finish_index(uri: str, folder: str, parts: list[str], kind: str, nlist: int) -> dict:
     """Ray task: embedding parts -> ids.parquet, index.faiss (and vectors.npy for IVF), rows.arrow
-    when the parts carry metadata columns, then _index.json."""
-    import tempfile
+    when the parts carry metadata columns, then _index.json.
 
+    Streamed: one part's vectors at a time besides the index itself (a flat index is filled in place;
+    IVF trains on its sample, drops it, then adds part by part), the faiss file written straight into
+    the run's output stream, the ids through Arrow writers; the driver-side id list is 8 bytes a row
+    (its hash). Peak memory is the index plus one part (and, for IVF, the training sample while training).
+    """
     import faiss
+    import pyarrow.parquet as pq
 
     started = time.monotonic()
     run_fs = RunFS.from_uri(uri)
-    ids, matrix = read_embeddings(run_fs, parts)
-    id_table = pa.table({"id": pa.array(ids, pa.string())})
-    run_fs.write_parquet(f"{folder}/ids.parquet", id_table)
-    run_fs.write_stream(f"{folder}/{IDS}", lambda out: _write_ipc(out, id_table))
-    run_fs.write_stream(f"{folder}/{LOOKUP}", lambda out: np.save(out, id_lookup(ids)))
+    sizes, dim = _part_sizes(run_fs, parts)
+    n = sum(sizes)
+    id_schema = pa.schema([pa.field("id", pa.string())])
+    hashes: list[np.ndarray] = []
+    lists = ivf_lists(n, kind, nlist)
+
+    def write_ids(parquet_out, ipc_out) -> None:
+        with pq.ParquetWriter(parquet_out, id_schema) as pw, pa.ipc.new_file(ipc_out, id_schema) as iw:
+            for rel in parts:
+                ids = run_fs.read_parquet(rel, columns=["id"])["id"].cast(pa.string())
+                batch = pa.table({"id": ids})
+                pw.write_table(batch)
+                iw.write_table(batch)
+                hashes.append(id_hashes(ids.to_pylist()))
+
+    run_fs.write_stream(
+        f"{folder}/ids.parquet",
+        lambda pq_out: run_fs.write_stream(f"{folder}/{IDS}", lambda ipc_out: write_ids(pq_out, ipc_out)),
+    )
+    lookup = lookup_of_hashes(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+    hashes.clear()
+    run_fs.write_stream(f"{folder}/{LOOKUP}", lambda out, arr=lookup: np.save(out, arr))
+    del lookup
     meta = write_rows(run_fs, folder, parts)
-    dim = int(matrix.shape[1]) if len(ids) else 0
     built = "flat"
-    if ids:
-        index = build_faiss(matrix, kind, nlist)
-        built = "flat" if isinstance(index, faiss.IndexFlat) else "ivf"
-        with tempfile.TemporaryDirectory() as tmp:
-            faiss.write_index(index, f"{tmp}/index.faiss")
-            with open(f"{tmp}/index.faiss", "rb") as f:
-                run_fs.write_bytes(f"{folder}/index.faiss", f.read())
-            if built != "flat":
-                np.save(f"{tmp}/vectors.npy", matrix)
-                with open(f"{tmp}/vectors.npy", "rb") as f:
-                    run_fs.write_bytes(f"{folder}/vectors.npy", f.read())
+    if n:
+        if lists:
+            index = _trained_ivf(_training_sample(run_fs, parts, sizes, lists), dim, lists)
+            _add_to_sized_lists(index, n, lambda: _part_blocks(run_fs, parts))
+            built = "ivf"
+            run_fs.write_stream(f"{folder}/vectors.npy",
+                                lambda out: _write_npy(out, n, dim, _part_blocks(run_fs, parts)))
+        else:
+            index = _flat_filled(dim, n, _part_blocks(run_fs, parts))
+        run_fs.write_stream(f"{folder}/index.faiss",
+                            lambda out: faiss.write_index(index, faiss.PyCallbackIOWriter(out.write)))
+        del index
     seconds = round(time.monotonic() - started, 3)
-    done = {"count": len(ids), "dim": dim, "kind": built, "meta": meta, "seconds": seconds}
+    done = {"count": n, "dim": dim if n else 0, "kind": built, "meta": meta, "seconds": seconds}
     run_fs.write_json(f"{folder}/{DONE}", done)
     return done
