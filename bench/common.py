@@ -110,3 +110,24 @@ def machine() -> str:
 
 def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's peak RSS (Linux: "5" to /proc/self/clear_refs) and return the RSS now.
+    `ru_maxrss` cannot be reset and a spawned child inherits its parent's, so peaks come from VmHWM."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last `reset_peak_rss` (VmHWM)."""
+    return _status_kib("VmHWM") * 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")

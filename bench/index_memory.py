@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import sys
 import tempfile
 import time
@@ -26,14 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine
+from common import machine, peak_rss_bytes, reset_peak_rss
 
 TARGET = 1.5
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def in_memory_build(uri: str, folder: str, parts: list[str], kind: str, nlist: int) -> None:
@@ -60,13 +54,13 @@ def child(variant: str, uri: str, parts: list[str], kind: str, nlist: int, out: 
 
     from pipeline.io.indexes import finish_index
 
-    base = rss_bytes()
+    base = reset_peak_rss()
     started = time.perf_counter()
     if variant == "streamed":
         finish_index(uri, f"{variant}-x", parts, kind, nlist)
     else:
         in_memory_build(uri, f"{variant}-x", parts, kind, nlist)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     out.put((variant, peak - base, time.perf_counter() - started))
 
 

@@ -215,13 +215,13 @@ def _collect(run_fs, dry_run: bool) -> None:
     # The run's store, and the store of its own index folder (pool images; a shared --index-dir is
     # not the run's to clean).
     for what, store_fs in (("image store", run_fs), ("index image store", RunFS(run_fs.fs, run_fs.path(INDEX_DIR)))):
-        garbage = store_garbage(store_fs) if dry_run else collect_store_garbage(store_fs)
-        for rel in garbage.files[:20]:
+        garbage = store_garbage(store_fs, keep=20) if dry_run else collect_store_garbage(store_fs, keep=20)
+        for rel in garbage.files:
             print(f"  {rel}")
-        if len(garbage.files) > 20:
-            print(f"  ... and {len(garbage.files) - 20} more")
+        if garbage.count > len(garbage.files):
+            print(f"  ... and {garbage.count - len(garbage.files)} more")
         verb = "would remove" if dry_run else "removed"
-        print(f"{what}: {verb} {len(garbage.files)} file(s), {garbage.bytes / 2**20:.1f} MiB")
+        print(f"{what}: {verb} {garbage.count} file(s), {garbage.bytes / 2**20:.1f} MiB")
 
 
 def _status(args) -> int:

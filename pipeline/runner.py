@@ -122,10 +122,10 @@ def _run_locked(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
         if not ctx.shared_indexes:
             stores["index image store"] = RunFS.from_uri(ctx.index_uri)
         for what, store_fs in stores.items():
-            garbage = collect_store_garbage(store_fs)
-            if garbage.files:
+            garbage = collect_store_garbage(store_fs, keep=0)
+            if garbage.count:
                 log.info("%s: removed %d file(s) nothing refers to (%.1f MiB)",
-                         what, len(garbage.files), garbage.bytes / 2**20)
+                         what, garbage.count, garbage.bytes / 2**20)
     return results
 
 

@@ -98,56 +98,115 @@ class ImageStore:
 
 @dataclass(frozen=True)
 class StoreGarbage:
-    files: list[str]  # paths relative to the run dir
+    files: list[str]  # paths relative to the run dir (the first `keep` of them, in path order)
     bytes: int
+    count: int = 0  # every garbage file, `files` kept or not
 
 
-def referenced_images(run_fs: RunFS) -> set[str]:
-    """SHA-256 of every image a Parquet file of the run refers to: stage parts, rejects and index parts,
-    committed or not (a folder an earlier, longer stage list left keeps its images)."""
+# sha256 hex digits: the store's folders are the first two (`_images/<aa>/`), 256 of them.
+_SHA_LEN = 64
+
+
+def _spill_references(run_fs: RunFS, spill_dir: str) -> None:
+    """Every image reference of every Parquet file of the run (stage parts, rejects and index parts,
+    committed or not: a folder an earlier, longer stage list left keeps its images), appended to one
+    spill file per store folder as fixed-width ASCII digests. Read in record batches of the image
+    columns only, so the driver holds one batch, whatever the number of images."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    shas: set[str] = set()
-    infos = run_fs.fs.get_file_info(pafs.FileSelector(run_fs.root, recursive=True))
-    for info in infos:
-        rel = info.path[len(run_fs.root) + 1 :]
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet") or rel.startswith(f"{STORE_DIR}/"):
+    for info in _files_outside_store(run_fs):
+        if not info.base_name.endswith(".parquet"):
             continue
-        schema = pq.read_schema(info.path, filesystem=run_fs.fs)
-        columns = [f.name for f in schema if is_image_ref(f.type) or is_image_ref_list(f.type)]
-        if not columns:
-            continue
-        table = pq.read_table(info.path, columns=columns, filesystem=run_fs.fs)
-        for name in columns:
-            column = table[name]
-            if is_image_ref_list(column.type):
-                column = pc.list_flatten(column)
-            shas.update(s for s in pc.struct_field(column, "sha256").to_pylist() if s is not None)
-    return shas
+        with run_fs.fs.open_input_file(info.path) as f:
+            parquet = pq.ParquetFile(f)
+            columns = [x.name for x in parquet.schema_arrow if is_image_ref(x.type) or is_image_ref_list(x.type)]
+            if not columns:
+                continue
+            for batch in parquet.iter_batches(batch_size=8192, columns=columns, use_threads=False):
+                buckets: dict[str, list[bytes]] = {}
+                for column in batch.columns:
+                    if is_image_ref_list(column.type):
+                        column = pc.list_flatten(column)
+                    for sha in pc.struct_field(column, "sha256").drop_null().to_pylist():
+                        if len(sha) == _SHA_LEN and sha.isascii():
+                            buckets.setdefault(sha[:2], []).append(sha.encode("ascii"))
+                for bucket, shas in buckets.items():
+                    with open(f"{spill_dir}/{bucket}", "ab") as out:
+                        out.write(b"".join(shas))
 
 
-def store_garbage(run_fs: RunFS) -> StoreGarbage:
-    """Stored images no Parquet file of the run refers to (an ingest row that dedup dropped, a stage
-    re-run that made other images), and temporaries of writes that never finished."""
+def _files_outside_store(run_fs: RunFS):
+    """Every file of the run dir but the image store's (never listed here: it is the big one)."""
+    for entry in run_fs.fs.get_file_info(pafs.FileSelector(run_fs.root)):
+        if entry.type == pafs.FileType.File:
+            yield entry
+        elif entry.type == pafs.FileType.Directory and entry.base_name != STORE_DIR:
+            for info in run_fs.fs.get_file_info(pafs.FileSelector(entry.path, recursive=True)):
+                if info.type == pafs.FileType.File:
+                    yield info
+
+
+def _bucket_references(spill_dir: str, bucket: str) -> set[str]:
+    import os
+
+    path = f"{spill_dir}/{bucket}"
+    if not os.path.exists(path):
+        return set()
+    with open(path, "rb") as f:
+        data = f.read()
+    return {data[i:i + _SHA_LEN].decode("ascii") for i in range(0, len(data), _SHA_LEN)}
+
+
+def _iter_garbage(run_fs: RunFS):
+    """(path relative to the run dir, size) of each stored image no Parquet file of the run refers to,
+    and of each temporary of a write that never finished, one store folder at a time in path order:
+    the references are spilled to local disk by folder first, so memory is one folder's share."""
+    import tempfile
+
     root = run_fs.path(STORE_DIR)
     if not run_fs.exists(STORE_DIR):
-        return StoreGarbage([], 0)
-    live = referenced_images(run_fs)
-    files, size = [], 0
-    for info in run_fs.fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
-        if info.base_name.startswith(".") or info.base_name.split(".")[0] not in live:
-            files.append(info.path[len(run_fs.root) + 1 :])
-            size += info.size or 0
-    return StoreGarbage(sorted(files), size)
+        return
+    with tempfile.TemporaryDirectory(prefix="fusegen-gc-") as spill_dir:
+        _spill_references(run_fs, spill_dir)
+        top = sorted(run_fs.fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path)
+        for entry in top:
+            if entry.type == pafs.FileType.File:
+                # Nothing but temporaries lives beside the folders.
+                yield entry.path[len(run_fs.root) + 1 :], entry.size or 0
+                continue
+            if entry.type != pafs.FileType.Directory:
+                continue
+            live = _bucket_references(spill_dir, entry.base_name)
+            files = run_fs.fs.get_file_info(pafs.FileSelector(entry.path, recursive=True))
+            for info in sorted(files, key=lambda i: i.path):
+                if info.type != pafs.FileType.File:
+                    continue
+                if info.base_name.startswith(".") or info.base_name.split(".")[0] not in live:
+                    yield info.path[len(run_fs.root) + 1 :], info.size or 0
 
 
-def collect_store_garbage(run_fs: RunFS) -> StoreGarbage:
-    """Delete `store_garbage`. Only while no run writes to this run dir (the runner calls it once a run
-    has finished every stage; `fusegen gc` on a run dir nothing else uses)."""
-    garbage = store_garbage(run_fs)
-    for rel in garbage.files:
-        run_fs.delete_file(rel)
-    return garbage
+def _garbage(run_fs: RunFS, keep: int | None, delete: bool) -> StoreGarbage:
+    files, size, count = [], 0, 0
+    for rel, nbytes in _iter_garbage(run_fs):
+        if delete:
+            run_fs.delete_file(rel)
+        if keep is None or count < keep:
+            files.append(rel)
+        size += nbytes
+        count += 1
+    return StoreGarbage(files, size, count)
+
+
+def store_garbage(run_fs: RunFS, keep: int | None = None) -> StoreGarbage:
+    """Stored images no Parquet file of the run refers to (an ingest row that dedup dropped, a stage
+    re-run that made other images), and temporaries of writes that never finished. `keep`: how many
+    of their names to return (all by default; the count and bytes always cover all)."""
+    return _garbage(run_fs, keep, delete=False)
+
+
+def collect_store_garbage(run_fs: RunFS, keep: int | None = None) -> StoreGarbage:
+    """Delete `store_garbage`, a store folder at a time. Only while no run writes to this run dir (the
+    runner calls it once a run has finished every stage, under the run-dir lock; `fusegen gc` takes
+    the lock too)."""
+    return _garbage(run_fs, keep, delete=True)

@@ -84,3 +84,28 @@ def test_cli_also_cleans_the_runs_own_index_store_of_pool_images_no_index_refers
     assert "index image store: would remove 1 file(s)" in out and ImageStore(index_fs).rel(stale) in out
     assert main(["gc", str(tmp_path)]) == 0
     assert (ImageStore(index_fs).exists(live), ImageStore(index_fs).exists(stale)) == (True, False)
+
+
+def test_names_are_capped_by_keep_but_count_and_bytes_cover_every_garbage_file(tmp_path):
+    run_fs = RunFS.from_uri(str(tmp_path))
+    refs = _store(run_fs, 40)
+    _write(run_fs, "02_x/part-0.parquet", refs[:10], [[r] for r in refs[10:20]])
+    run_fs.write_bytes("_images/.orphan.tmp", b"xy")  # a temporary beside the folders
+    everything = store_garbage(run_fs)
+    assert everything.count == 21 and len(everything.files) == 21
+    assert everything.files == sorted(everything.files) and "_images/.orphan.tmp" in everything.files
+    capped = collect_store_garbage(run_fs, keep=3)
+    assert (capped.count, capped.bytes, capped.files) == (21, everything.bytes, everything.files[:3])
+    assert sorted(ImageStore(run_fs).listing()) == sorted(r["sha256"] for r in refs[:20])
+
+
+def test_references_spread_over_many_batches_and_files_all_count(tmp_path):
+    run_fs = RunFS.from_uri(str(tmp_path))
+    store = ImageStore(run_fs)
+    refs = [store.put(f"img {i}".encode(), "png", 1, 1) for i in range(300)]
+    for k in range(3):  # each file refers to a third; an unreadable sha (wrong length) refers to nothing
+        chunk = refs[k * 100:(k + 1) * 100]
+        chunk[0] = dict(chunk[0], sha256=chunk[0]["sha256"][:10]) if k == 2 else chunk[0]
+        _write(run_fs, f"0{k}_s/part-0.parquet", chunk)
+    garbage = collect_store_garbage(run_fs)
+    assert garbage.files == [store.rel(refs[200])]
