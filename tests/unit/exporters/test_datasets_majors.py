@@ -1,0 +1,132 @@
+"""The exports load with both `datasets` majors their consumers run on: 3.6 (ms-swift 3.x pins
+datasets<4) and 5.x. Each check runs tests/support/datasets_loader.py in a venv of that version
+(scripts/install_datasets_venvs.sh builds both once per machine under ~/.cache/fusegen/datasets-venvs,
+a stamp says when; skipped with the reason when no package index is reachable) and compares what
+`datasets` yields, row by row, with the files as pyarrow / json read them, images as PIL sizes.
+
+Before the features metadata was written in the spelling both read (pipeline/stages/export.py
+`portable_features`), datasets 3.6 failed on every Parquet file: "Feature type 'List' not found".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.card import build_card
+from pipeline.exporters import export_run
+from tests.conftest import REPO
+from tests.support.gme_run import make_gme_run
+from tests.support.megapairs_run import make_megapairs_run
+
+MAJORS = {"ds3": "3.6.", "ds5": "5."}
+LOADER = REPO / "tests" / "support" / "datasets_loader.py"
+
+
+@pytest.fixture(scope="session")
+def datasets_venvs() -> Path:
+    root = Path(os.environ.get("FUSEGEN_DATASETS_VENVS", Path.home() / ".cache" / "fusegen" / "datasets-venvs"))
+    try:
+        done = subprocess.run(["bash", str(REPO / "scripts" / "install_datasets_venvs.sh")], check=False,
+                              capture_output=True, text=True, timeout=900, env={**os.environ, "FUSEGEN_DATASETS_VENVS": str(root)})
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"scripts/install_datasets_venvs.sh took over 900 s building {root}")
+    if done.returncode != 0:
+        failed = Path(f"{root}.failed")
+        pytest.skip(failed.read_text().splitlines()[0] if failed.exists() else done.stderr.strip()[-300:])
+    return root
+
+
+def load(venv: Path, *args: str) -> dict:
+    """What the loader script prints, run in `venv` with an empty HF cache of its own (nothing reused)."""
+    with tempfile.TemporaryDirectory(prefix="fusegen-hf-") as home:
+        return _load(venv, home, *args)
+
+
+def _load(venv: Path, home: str, *args: str) -> dict:
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": home}
+    done = subprocess.run([str(venv / "bin" / "python"), str(LOADER), *args], check=False, capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _image(struct: dict | None) -> dict | None:
+    return None if struct is None else {"pil": list(Image.open(io.BytesIO(struct["bytes"])).size)}
+
+
+def plain(value):
+    """A row as pyarrow reads it, image structs as the PIL sizes `datasets` decodes them to."""
+    if isinstance(value, dict) and set(value) == {"bytes", "path"}:
+        return _image(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def parquet_splits(folder: Path, names: dict[str, str] | None = None) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob("*.parquet")):
+        split = path.name.split("-", 1)[0]
+        out.setdefault((names or {}).get(split, split), []).extend(plain(pq.read_table(path).to_pylist()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    gme = make_gme_run(tmp_path_factory.mktemp("gme-majors"), rows=6, negatives=2, validation_ratio=0.4)
+    build_card(str(gme))
+    megapairs = make_megapairs_run(tmp_path_factory.mktemp("mp-majors"), rows=6, validation_ratio=0.4)
+    out = tmp_path_factory.mktemp("exports")
+    for fmt in ("gme", "mmeb", "ms-swift"):
+        export_run(str(gme), fmt, str(out / fmt))
+    export_run(str(megapairs), "mmeb", str(out / "mmeb-megapairs"))
+    return {"gme": gme, "megapairs": megapairs, "out": out}
+
+
+@pytest.fixture(params=list(MAJORS))
+def venv(request, datasets_venvs) -> Path:
+    return datasets_venvs / request.param
+
+
+def rows_of(loaded: dict) -> dict[str, list[dict]]:
+    return {split: s["rows"] for split, s in loaded["splits"].items()}
+
+
+@pytest.mark.parametrize("run", ["gme", "megapairs"])
+def test_the_run_export_loads_with_pil_images_on_both_majors(runs, venv, run):
+    data = runs[run] / "export" / "data"
+    loaded = load(venv, "parquet", str(data))
+    assert loaded["version"].startswith(MAJORS[venv.name])
+    assert rows_of(loaded) == parquet_splits(data) and loaded["splits"]
+    assert any("Image(" in s["features"] for s in loaded["splits"].values())
+
+
+def test_the_gme_export_loads_by_folder_through_its_cards_configs(runs, venv):
+    out = runs["out"] / "gme"
+    assert (out / "README.md").read_text().startswith("---\n")
+    loaded = load(venv, "folder", str(out))
+    assert rows_of(loaded) == parquet_splits(out / "data") and set(loaded["splits"]) == {"train", "validation"}
+
+
+@pytest.mark.parametrize("name", ["mmeb", "mmeb-megapairs"])
+def test_the_mmeb_export_loads_as_vlm2vecs_load_mmeb_dataset_calls_it(runs, venv, name):
+    out = runs["out"] / name
+    loaded = load(venv, "folder", str(out), "fusegen", "original")
+    assert rows_of(loaded) == {"original": parquet_splits(out / "fusegen")["original"]}
+
+
+def test_the_ms_swift_jsonl_loads_on_both_majors(runs, venv):
+    path = runs["out"] / "ms-swift" / "train.jsonl"
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert rows_of(load(venv, "json", str(path))) == {"train": lines}
