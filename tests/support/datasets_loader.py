@@ -6,9 +6,10 @@ builds (datasets 3.6 and 5.x); it imports nothing of fusegen. Usage:
     python datasets_loader.py parquet DATA_DIR        load_dataset("parquet", data_dir=DATA_DIR)
     python datasets_loader.py folder DIR [NAME SPLIT] load_dataset(DIR[, NAME, split=SPLIT]): the README's configs
     python datasets_loader.py json FILE               load_dataset("json", data_files=FILE)
+    python datasets_loader.py many SPECS.json         each [mode, path, ...] of the JSON list, in one process
 
 Output: {"version", "splits": {split: {"features": str, "rows": [...]}}} with every PIL image as
-{"pil": [width, height]}.
+{"pil": [width, height]}; for `many`, a list of those (a load that raised: {"error": "..."}).
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ def plain(value):
 
 
 def main(mode: str, path: str, *rest: str) -> None:
+    if mode == "many":
+        with open(path, encoding="utf-8") as f:
+            specs = json.load(f)
+        results = []
+        for spec in specs:
+            try:
+                results.append(load(*spec))
+            except Exception as exc:  # noqa: BLE001 - reported per load, the others still run
+                results.append({"error": f"{type(exc).__name__}: {exc}"})
+        print(json.dumps(results))
+    else:
+        print(json.dumps(load(mode, path, *rest)))
+
+
+def load(mode: str, path: str, *rest: str) -> dict:
     if mode == "parquet":
         loaded = datasets.load_dataset("parquet", data_dir=path)
     elif mode == "json":
@@ -45,7 +61,7 @@ def main(mode: str, path: str, *rest: str) -> None:
     out = {"version": datasets.__version__, "splits": {}}
     for split, ds in loaded.items():
         out["splits"][split] = {"features": str(ds.features), "rows": [plain(row) for row in ds]}
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -45,13 +45,13 @@ def datasets_venvs() -> Path:
     return root
 
 
-def load(venv: Path, *args: str) -> dict:
+def load(venv: Path, *args: str):
     """What the loader script prints, run in `venv` with an empty HF cache of its own (nothing reused)."""
     with tempfile.TemporaryDirectory(prefix="fusegen-hf-") as home:
         return _load(venv, home, *args)
 
 
-def _load(venv: Path, home: str, *args: str) -> dict:
+def _load(venv: Path, home: str, *args: str):
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": home}
     done = subprocess.run([str(venv / "bin" / "python"), str(LOADER), *args], check=False, capture_output=True,
                           text=True, env=env, timeout=300)
@@ -94,39 +94,57 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"gme": gme, "megapairs": megapairs, "out": out}
 
 
-@pytest.fixture(params=list(MAJORS))
-def venv(request, datasets_venvs) -> Path:
-    return datasets_venvs / request.param
+def loads(runs: dict[str, Path]) -> dict[str, list[str]]:
+    """Every load the tests check: name -> the loader's arguments."""
+    out = runs["out"]
+    return {
+        "run-gme": ["parquet", str(runs["gme"] / "export" / "data")],
+        "run-megapairs": ["parquet", str(runs["megapairs"] / "export" / "data")],
+        "gme-folder": ["folder", str(out / "gme")],
+        "mmeb": ["folder", str(out / "mmeb"), "fusegen", "original"],
+        "mmeb-megapairs": ["folder", str(out / "mmeb-megapairs"), "fusegen", "original"],
+        "ms-swift": ["json", str(out / "ms-swift" / "train.jsonl")],
+    }
 
 
-def rows_of(loaded: dict) -> dict[str, list[dict]]:
-    return {split: s["rows"] for split, s in loaded["splits"].items()}
+@pytest.fixture(scope="module", params=list(MAJORS))
+def loaded(request, datasets_venvs, runs, tmp_path_factory) -> dict:
+    """name -> what `datasets` of one major yielded, every load in one process with an empty HF cache."""
+    major = request.param
+    specs = loads(runs)
+    spec_file = tmp_path_factory.mktemp(f"loads-{major}") / "specs.json"
+    spec_file.write_text(json.dumps(list(specs.values())))
+    results = load(datasets_venvs / major, "many", str(spec_file))
+    return {"major": major, **dict(zip(specs, results))}
+
+
+def rows_of(result: dict) -> dict[str, list[dict]]:
+    assert "error" not in result, result.get("error")
+    return {split: s["rows"] for split, s in result["splits"].items()}
 
 
 @pytest.mark.parametrize("run", ["gme", "megapairs"])
-def test_the_run_export_loads_with_pil_images_on_both_majors(runs, venv, run):
-    data = runs[run] / "export" / "data"
-    loaded = load(venv, "parquet", str(data))
-    assert loaded["version"].startswith(MAJORS[venv.name])
-    assert rows_of(loaded) == parquet_splits(data) and loaded["splits"]
-    assert any("Image(" in s["features"] for s in loaded["splits"].values())
+def test_the_run_export_loads_with_pil_images_on_both_majors(runs, loaded, run):
+    result = loaded[f"run-{run}"]
+    assert rows_of(result) == parquet_splits(runs[run] / "export" / "data") and result["splits"]
+    assert result["version"].startswith(MAJORS[loaded["major"]])
+    assert any("Image(" in s["features"] for s in result["splits"].values())
 
 
-def test_the_gme_export_loads_by_folder_through_its_cards_configs(runs, venv):
+def test_the_gme_export_loads_by_folder_through_its_cards_configs(runs, loaded):
     out = runs["out"] / "gme"
     assert (out / "README.md").read_text().startswith("---\n")
-    loaded = load(venv, "folder", str(out))
-    assert rows_of(loaded) == parquet_splits(out / "data") and set(loaded["splits"]) == {"train", "validation"}
+    rows = rows_of(loaded["gme-folder"])
+    assert rows == parquet_splits(out / "data") and set(rows) == {"train", "validation"}
 
 
 @pytest.mark.parametrize("name", ["mmeb", "mmeb-megapairs"])
-def test_the_mmeb_export_loads_as_vlm2vecs_load_mmeb_dataset_calls_it(runs, venv, name):
+def test_the_mmeb_export_loads_as_vlm2vecs_load_mmeb_dataset_calls_it(runs, loaded, name):
     out = runs["out"] / name
-    loaded = load(venv, "folder", str(out), "fusegen", "original")
-    assert rows_of(loaded) == {"original": parquet_splits(out / "fusegen")["original"]}
+    assert rows_of(loaded[name]) == {"original": parquet_splits(out / "fusegen")["original"]}
 
 
-def test_the_ms_swift_jsonl_loads_on_both_majors(runs, venv):
+def test_the_ms_swift_jsonl_loads_on_both_majors(runs, loaded):
     path = runs["out"] / "ms-swift" / "train.jsonl"
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    assert rows_of(load(venv, "json", str(path))) == {"train": lines}
+    assert rows_of(loaded["ms-swift"]) == {"train": lines}
