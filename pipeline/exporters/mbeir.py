@@ -30,9 +30,11 @@ paths are relative to OUT; `src_content` / `query_src_content` are JSON strings 
 rows' instructions go there, keyed by (dataset id, query modality, candidate modality). Negatives: all
 of a row's by default (UniIR samples `hard_neg_num` of them, wrapping around), or `--negatives N`.
 
-Memory stays flat however many rows: query records, qrels lines and pool entries are written as the rows
-arrive, and the candidates seen so far (for the numbering: a candidate keeps its first did) are looked up
-in an SQLite table on disk beside the pool file (`DidIndex`, a bounded page cache), not in a dict.
+The pool does not grow memory with the rows: query records, qrels lines and pool entries are written as
+the rows arrive, and the candidates seen so far (for the numbering: a candidate keeps its first did) are
+looked up in an SQLite table on disk beside the pool file (`DidIndex`, a bounded page cache), not in a
+dict (bench/mbeir_pool_memory.py). (`OutDir.images`, the names of the image files written, is a set
+every format shares.)
 """
 
 from __future__ import annotations
