@@ -38,7 +38,10 @@ build() {  # name, requirement
 # The two builds run side by side (pip spends most of its time waiting on the index).
 build ds3 "datasets==3.6.0" & pid3=$!
 build ds5 "datasets>=5,<6" & pid5=$!
-wait "$pid3" || fail "could not build $ROOT/ds3 (python -m venv, then pip install datasets==3.6.0)"
-wait "$pid5" || fail "could not build $ROOT/ds5 (python -m venv, then pip install datasets>=5,<6)"
+rc3=0 rc5=0
+wait "$pid3" || rc3=$?
+wait "$pid5" || rc5=$?
+[ "$rc3" = 0 ] || fail "could not build $ROOT/ds3 (python -m venv, then pip install datasets==3.6.0)"
+[ "$rc5" = 0 ] || fail "could not build $ROOT/ds5 (python -m venv, then pip install datasets>=5,<6)"
 touch "$stamp"
 echo "[install-datasets] done: $ROOT (ds3, ds5) in $(( $(date +%s) - started )) s"
