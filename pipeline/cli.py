@@ -272,6 +272,12 @@ def _export(args) -> int:
     negatives = "as the run wrote them" if kept is None else f"{kept} per row"
     print(f"export: {args.format} to {os.path.abspath(args.out)}: {rows} rows; negatives {negatives}; "
           f"{marker['dropped']['fewer_negatives']} row(s) dropped for fewer negatives; {marker['images']} image file(s)")
+    if args.format == "ms-swift":
+        from pipeline.exporters.ms_swift import train_command
+
+        print(f"train it (also in {os.path.join(os.path.abspath(args.out), 'README.md')}):\n{train_command(args.out)}")
+    elif args.format == "mmeb":
+        print(f"train it with VLM2Vec: the --dataset_config entry in {os.path.join(os.path.abspath(args.out), 'README.md')}")
     return 0
 
 

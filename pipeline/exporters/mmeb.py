@@ -13,7 +13,9 @@ without one. The query text is `instruction + " " + query`, as MMEB writes its i
 Layout: `OUT/fusegen/original-00000.parquet` (train; VLM2Vec's default `dataset_split` is "original")
 and `OUT/fusegen/validation-00000.parquet`, with `OUT/README.md` declaring the `fusegen` config, so
 `datasets.load_dataset(OUT, "fusegen", split="original")` is what the loader calls with
-`--dataset_name OUT --subset_name fusegen`; image paths are relative to OUT (`--image_dir OUT`).
+`--dataset_name OUT --subset_name fusegen` (VLM2Vec's first release) or a `--dataset_config` YAML entry
+(`dataset_parser: mmeb`, `dataset_name`, `subset_name`, `dataset_split`, `image_dir`, `num_sample_per_subset`,
+`weight`; OUT/README.md shows it); image paths are relative to OUT (`image_dir: OUT`).
 Rows also carry `id`, `doc_id`, `neg_doc_id`, `query_id`, which the loaders never read (`fusegen validate` does).
 
 MegaPairs runs (triplets_megapairs.py `as_triplets`): `qry` = `<|image_1|>\n` + instruction with the
@@ -26,10 +28,12 @@ with the target image, and the hardest mined negative the same way, never the qu
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from pipeline.exporters.outdir import OutDir
 from pipeline.exporters.source import Negatives, RunSource
@@ -64,14 +68,31 @@ def record(row: dict, out: OutDir, negs: tuple) -> dict:
     }
 
 
-def readme(splits: list[str]) -> str:
+def readme(splits: list[str], folder: str, rows: int) -> str:
+    """The folder's README: the `configs` `load_dataset(OUT, "fusegen")` reads, then how to train on it.
+
+    VLM2Vec (TIGER-AI-Lab/VLM2Vec) trains from `train.py --dataset_config <yaml>`: one entry per dataset
+    with the keys of experiments/public/train/train_image.yaml, read by `load_mmeb_dataset`
+    (src/data/dataset/mmeb_dataset.py: `load_dataset(dataset_name, subset_name, split=dataset_split)`,
+    `num_sample_per_subset`, images at `os.path.join(image_dir, path)`) and `init_mixed_dataset`
+    (src/data/loader/mixed_dataset.py: `weight`). Its first release took the same as command-line flags.
+    """
     files = "".join(
         f"  - split: {SPLIT_NAMES.get(s, s)}\n    path: {CONFIG}/{SPLIT_NAMES.get(s, s)}-*.parquet\n" for s in splits
     )
+    entry = {"dataset_parser": "mmeb", "dataset_name": folder, "subset_name": CONFIG, "dataset_split": "original",
+             "image_dir": folder, "num_sample_per_subset": rows, "weight": 1}
     return (
         f"---\nconfigs:\n- config_name: {CONFIG}\n  data_files:\n{files}---\n\n"
-        "MMEB-train-style rows written by `fusegen export --format mmeb`. Train with VLM2Vec:\n"
-        f"`--dataset_name <this folder> --subset_name {CONFIG} --dataset_split original --image_dir <this folder>`.\n"
+        "MMEB-train-style rows written by `fusegen export --format mmeb`. The MMEB layout keeps one hard\n"
+        "negative per row (`neg_text` / `neg_image_path` are strings, VLM2Vec reads one), the run's hardest;\n"
+        "for all of a row's negatives export `--format ms-swift` or `--format mbeir`.\n\n"
+        "Train with VLM2Vec: an entry in the YAML file `train.py --dataset_config` reads (the paths are where\n"
+        "this folder was written; change them if you move it):\n\n"
+        f"```yaml\n{yaml.safe_dump({CONFIG: entry}, sort_keys=False, indent=4)}```\n\n"
+        "VLM2Vec's first release (command-line flags, no `--dataset_config`):\n"
+        f"`--dataset_name {shlex.quote(folder)} --subset_name {CONFIG} --dataset_split original "
+        f"--image_dir {shlex.quote(folder)}`.\n"
     )
 
 
@@ -101,7 +122,8 @@ def write(source: RunSource, out: OutDir, negatives: Negatives, instructions: st
 
         out.write_with(f"{CONFIG}/{SPLIT_NAMES.get(split, split)}-00000.parquet", fill)
         counts[split] = {"read": read, "written": written, "dropped": dropped}
-    out.write_text("README.md", readme(list(source.splits)))
+    train = counts.get("train", {}).get("written", 0)
+    out.write_text("README.md", readme(list(source.splits), out.path, train))
     return counts
 
 

@@ -25,15 +25,21 @@ negative per `hns` image (the query image first when the run wrote `query_first`
 trains); one line per pair (its first instruction) or, with `--instructions all`, one per (pair,
 instruction), ids `<id>#<k>`. Such lines also carry `query_id` (validate keeps a query's lines in one split).
 
-Image paths are relative to OUT: ms-swift opens a relative path from the working directory, or
-joins it to `ROOT_IMAGE_DIR` (swift/llm/template/vision_utils.py `load_file`), so train with
-`ROOT_IMAGE_DIR=OUT` or from inside OUT.
+Image paths are relative to OUT: ms-swift opens a relative path from the working directory, or joins it
+to `ROOT_IMAGE_DIR`, never to the JSONL's folder (`_check_path` in swift/llm/template/vision_utils.py
+lines 105-125 of v3.12.6, swift/template/vision_utils.py lines 104-124 of 4.6.0.dev0), so train with
+`ROOT_IMAGE_DIR=OUT` or from inside OUT. GME is a Qwen2-VL model, whose ms-swift loader stops without the
+`qwen-vl-utils` distribution ("The 'qwen_vl_utils' distribution was not found": v3.12.6
+swift/llm/model/model/qwen.py `get_model_tokenizer_qwen2_vl`, lines 778-796, which `qwen2_gme` loads with;
+4.6.0.dev0 swift/model/models/qwen.py `Qwen2VLLoader._check_qwen_vl_utils`, lines 773-782). `OUT/README.md`
+and `fusegen export` say both beside the command (`train_command`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Iterator
 
 from pipeline.exporters.outdir import OutDir
@@ -43,6 +49,30 @@ from pipeline.exporters.view import Candidate, Img, Problems, Triplet
 TAG = "<image>"
 FILES = {"train": "train.jsonl", "validation": "validation.jsonl"}
 _TAG = re.compile(re.escape(TAG))
+
+
+def train_command(out: str) -> str:
+    """How to train GME on the export at `out` with ms-swift, and the two things that trip it."""
+    root = os.path.abspath(out)
+    data = shlex.quote(os.path.join(root, "train.jsonl"))
+    return (
+        "pip install ms-swift qwen-vl-utils   # ms-swift's Qwen2-VL (GME) loader stops without qwen-vl-utils\n"
+        f"ROOT_IMAGE_DIR={shlex.quote(root)} swift sft --model iic/gme-Qwen2-VL-2B-Instruct --task_type embedding \\\n"
+        f"    --loss_type infonce --dataset {data} --train_type lora\n"
+        "# ms-swift opens the rows' relative image paths from the working directory or ROOT_IMAGE_DIR,\n"
+        "# never from the JSONL's folder: keep ROOT_IMAGE_DIR (or run from inside the export folder)."
+    )
+
+
+def readme(out: str, legacy: bool) -> str:
+    layout = "the layout before ms-swift 3.9 (`--ms-swift-legacy`)" if legacy else "ms-swift's 3.9+ layout"
+    older = ("\nThis layout is for ms-swift before 3.9: check the embedding training flags of that version.\n"
+             if legacy else "")
+    return (
+        f"ms-swift embedding (InfoNCE) rows in {layout}, written by `fusegen export --format ms-swift`:\n"
+        "`train.jsonl` / `validation.jsonl`, images under `images/` referenced by paths relative to this folder.\n\n"
+        f"```bash\n{train_command(out)}\n```\n{older}"
+    )
 
 
 def _tagged(text: str | None, image: str | None) -> str:
@@ -96,6 +126,7 @@ def write(source: RunSource, out: OutDir, negatives: Negatives, legacy: bool = F
 
         written = out.write_lines(FILES.get(split, f"{split}.jsonl"), records())
         counts[split] = {"read": read, "written": written, "dropped": dropped}
+    out.write_text("README.md", readme(out.path, legacy))
     return counts
 
 

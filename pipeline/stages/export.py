@@ -102,22 +102,47 @@ def _is_image_list(tp: pa.DataType) -> bool:
     return (pa.types.is_list(tp) or pa.types.is_large_list(tp)) and is_image_struct(tp.value_type)
 
 
+IMAGE_FEATURE = {"_type": "Image"}
+
+
 def hf_features_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
-    """Schema metadata `datasets` reads: image structs become Image(), lists of them List(Image())."""
-    from datasets import Features, Image, List
+    """Schema metadata `datasets` reads: image structs become Image(), lists of them lists of Image(), in
+    the spelling every `datasets` from 3.0 on reads (`portable_features`)."""
+    from datasets import Features
 
     plain = pa.schema([f for f in schema if not is_image_struct(f.type) and not _is_image_list(f.type)])
-    features = Features.from_arrow_schema(plain)
+    features = Features.from_arrow_schema(plain).to_dict()
     ordered = {}
     for field in schema:
         if is_image_struct(field.type):
-            ordered[field.name] = Image()
+            ordered[field.name] = IMAGE_FEATURE
         elif _is_image_list(field.type):
-            ordered[field.name] = List(Image())
+            ordered[field.name] = {"feature": IMAGE_FEATURE, "_type": "Sequence"}
         else:
             ordered[field.name] = features[field.name]
-    info = {"info": {"features": Features(ordered).to_dict()}}
+    info = {"info": {"features": portable_features(ordered)}}
     return {b"huggingface": json.dumps(info).encode()}
+
+
+def portable_features(features):
+    """A `Features.to_dict()` in the form `datasets` 3.x and 4+ both read.
+
+    `datasets` 4.0 writes lists as `{"_type": "List"}`, a type 3.x does not know ("Feature type 'List'
+    not found"), and ms-swift 3.x pins `datasets<4`. Both read `{"_type": "Sequence"}` (4+ turns it
+    back into a List) and a JSON list `[feature]`; a list of structs takes the latter, since
+    `Sequence({...})` means a struct of lists to both (the TFDS convention).
+    """
+    if isinstance(features, list):
+        return [portable_features(f) for f in features]
+    if not isinstance(features, dict):
+        return features
+    if features.get("_type") == "List":
+        inner = portable_features(features["feature"])
+        if isinstance(inner, dict) and "_type" not in inner:
+            return [inner]
+        length = features.get("length", -1)
+        return {"feature": inner, **({"length": length} if length != -1 else {}), "_type": "Sequence"}
+    return {k: portable_features(v) if k != "_type" else v for k, v in features.items()}
 
 
 def _hf_images(refs: pa.Array, store: ImageStore, transform=None) -> pa.StructArray:

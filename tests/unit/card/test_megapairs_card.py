@@ -78,3 +78,9 @@ def test_push_uploads_a_megapairs_run(tmp_path, hub):
     files = hub.files("me/mp")
     assert "README.md" in files and any(p.startswith("data/train-") for p in files)
     assert b"## MegaPairs triplets" in files["README.md"]
+
+
+def test_the_ms_swift_command_comes_with_root_image_dir_and_qwen_vl_utils(mp_card):
+    text = section(mp_card[1], "Fine-tuning with ms-swift")
+    assert "ROOT_IMAGE_DIR=swift_data swift sft" in text and "pip install ms-swift qwen-vl-utils" in text
+    assert "never from the\nJSONL's folder" in text

@@ -187,3 +187,10 @@ def test_a_run_whose_export_is_empty_names_the_stage_where_rows_ran_out(run_dir)
         path.write_text(json.dumps(m))
     with pytest.raises(PublishError, match="no row got past the entities stage"):
         build_card(str(run_dir))
+
+
+def test_the_gme_cards_ms_swift_command_says_where_images_resolve_and_needs_qwen_vl_utils(tmp_path):
+    card = Path(build_card(str(make_run_dir(tmp_path)))).read_text()
+    text = card.split("## Fine-tuning with ms-swift", 1)[1].split("\n## ", 1)[0]
+    assert "ROOT_IMAGE_DIR=swift_data swift sft" in text and "pip install ms-swift qwen-vl-utils" in text
+    assert "never from the\nJSONL's folder" in text and "`qwen-vl-utils` package" in text

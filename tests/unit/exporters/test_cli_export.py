@@ -59,3 +59,12 @@ def test_validate_exits_1_listing_the_first_violations(gme_run, tmp_path, capsys
 def test_validate_of_a_folder_that_is_no_export_exits_2(tmp_path, capsys):
     assert main(["validate", str(tmp_path)]) == 2
     assert "not an export fusegen knows" in capsys.readouterr().err
+
+
+def test_export_says_how_to_train_on_the_ms_swift_and_mmeb_folders(gme_run, tmp_path, capsys):
+    assert main(["export", str(gme_run), "--format", "ms-swift", "--out", str(tmp_path / "swift")]) == 0
+    said = capsys.readouterr().out
+    assert f"ROOT_IMAGE_DIR={tmp_path / 'swift'} swift sft" in said and "qwen-vl-utils" in said
+    assert "never from the JSONL's folder" in said
+    assert main(["export", str(gme_run), "--format", "mmeb", "--out", str(tmp_path / "mmeb")]) == 0
+    assert f"--dataset_config entry in {tmp_path / 'mmeb' / 'README.md'}" in capsys.readouterr().out

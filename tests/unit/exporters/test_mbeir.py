@@ -6,6 +6,13 @@ keys "<dataset_id>, <query_modality>, <cand_modality>" from columns 3, 0, 1 and 
 4 on; each query's positive looked up in the pool (evaluation keeps only positives of the query's
 dataset id); images opened at `os.path.join(mbeir_data_dir, path)`; `hash_qid` / `hash_did`
 (`dataset_id * 500000 + n`, `dataset_id * 10**7 + n`) on every id.
+
+Evaluation, read from UniIR's source (TIGER-AI-Lab/UniIR at 98dc570c): the retriever opens
+`os.path.join(qrel_dir, split, f"mbeir_{qrel_name}_{split}_qrels.txt")` (src/common/mbeir_retriever.py
+line 397) and parses it with `load_qrel` (lines 169-185), reimplemented in `uniir_load_qrel` below; the
+task of a query is `MBEIR_TASK[f"{query_modality} -> {cand_modality}"]` (src/data/preprocessing/utils.py
+lines 21-31 and `get_mbeir_task_id`, lines 90-93), which `MBEIRMainDataset` computes from the query and
+its positive (src/data/mbeir_dataset.py line 257).
 """
 
 from __future__ import annotations
@@ -16,10 +23,33 @@ import os
 import pytest
 from PIL import Image
 
-from pipeline.exporters import export_run
+from pipeline.exporters import export_run, mbeir
 from pipeline.exporters.mbeir import pool_file, query_file
+from pipeline.exporters.outdir import MARKER, OutDir
+from pipeline.exporters.source import negatives_policy, open_run
 
 QUERY_BOUND, CAND_BOUND = 500_000, 10_000_000
+# UniIR's MBEIR_TASK, src/data/preprocessing/utils.py lines 21-31.
+MBEIR_TASK = {
+    "text -> image": 0, "text -> text": 1, "text -> image,text": 2, "image -> text": 3, "image -> image": 4,
+    "image -> text,image": 5, "image,text -> text": 6, "image,text -> image": 7, "image,text -> image,text": 8,
+}
+UNIIR_SPLITS = {"train": "train", "validation": "val"}
+
+
+def uniir_load_qrel(filename: str) -> tuple[dict, dict]:
+    """UniIR's `load_qrel` (src/common/mbeir_retriever.py lines 169-185), statement for statement."""
+    qrel, qid_to_taskid = {}, {}
+    with open(filename) as f:
+        for line in f:
+            query_id, _, doc_id, relevance_score, task_id = line.strip().split()
+            if int(relevance_score) > 0:
+                if query_id not in qrel:
+                    qrel[query_id] = []
+                qrel[query_id].append(doc_id)
+                if query_id not in qid_to_taskid:
+                    qid_to_taskid[query_id] = task_id
+    return qrel, qid_to_taskid
 
 
 class MBEIR:
@@ -120,3 +150,56 @@ def test_queries_past_the_per_id_bound_move_to_the_next_dataset_id(gme_run, tmp_
     data = MBEIR(str(tmp_path / "out"), "train")
     assert [q["qid"] for q in data.queries][:5] == ["10:0", "10:1", "10:2", "11:0", "11:1"]
     assert all(data.item(q)["prompts"] for q in data.queries)
+
+
+@pytest.mark.parametrize("run, task", [("gme_run", 8), ("it2t_run", 6)])
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_uniir_reads_every_querys_positives_and_task_from_the_qrels(run, task, split, request, tmp_path):
+    out = tmp_path / "out"
+    export_run(str(request.getfixturevalue(run)), "mbeir", str(out))
+    data, s = MBEIR(str(out), split), UNIIR_SPLITS[split]
+    qrel, qid_to_taskid = uniir_load_qrel(os.path.join(out, "qrels", s, f"mbeir_fusegen_{s}_qrels.txt"))
+    assert data.queries and set(qrel) == {q["qid"] for q in data.queries}
+    for q in data.queries:
+        pos = data.pool[q["pos_cand_list"][0]]
+        uniir_task = MBEIR_TASK[f"{q['query_modality']} -> {pos['modality']}"]
+        assert (q["task_id"], qid_to_taskid[q["qid"]], qrel[q["qid"]]) == (task, str(uniir_task), q["pos_cand_list"])
+
+
+def test_task_ids_follow_uniirs_table_for_every_pair_of_modalities():
+    spelled = {"image,text": "image,text", "image": "image", "text": "text"}
+    for (query, cand), task in mbeir.TASK_IDS.items():
+        name = f"{spelled[query]} -> {cand if (query, cand) != ('image', 'image,text') else 'text,image'}"
+        assert MBEIR_TASK[name] == task
+
+
+def _export_mbeir(run, out, seen_factory=None) -> dict[str, bytes]:
+    source = open_run(str(run))
+    target = OutDir(str(out), source.root, "mbeir", {})
+    mbeir.write(source, target, negatives_policy(source, None, "all", None), seen_factory)
+    files = {}
+    for folder, _, names in os.walk(out):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                files[os.path.relpath(os.path.join(folder, name), out)] = f.read()
+    return files
+
+
+def test_the_on_disk_candidate_index_writes_what_an_in_memory_dict_writes(ragged_run, gme_run, tmp_path):
+    for run in (gme_run, ragged_run):
+        on_disk = _export_mbeir(run, tmp_path / f"{run.parent.name}-disk")
+        in_memory = _export_mbeir(run, tmp_path / f"{run.parent.name}-dict", dict)
+        on_disk.pop(MARKER), in_memory.pop(MARKER)
+        assert on_disk == in_memory and any(n.startswith("cand_pool") for n in on_disk)
+        assert not [n for n in on_disk if "sqlite" in n or n.endswith(".tmp")]
+
+
+def test_the_did_index_numbers_a_candidate_once_and_bounds_its_cache(tmp_path):
+    index = mbeir.DidIndex(str(tmp_path / "dids.sqlite"), cache_mib=1)
+    for n in range(100_000):
+        index[n.to_bytes(16, "big")] = f"10:{n}"
+    assert (index.get((7).to_bytes(16, "big")), index.get((99_999).to_bytes(16, "big")), index.get(b"x" * 16)) == (
+        "10:7", "10:99999", None)
+    assert os.path.getsize(tmp_path / "dids.sqlite") > 2**20  # the keys spilled to disk past the 1 MiB cache
+    index.close()
+    assert not os.path.exists(tmp_path / "dids.sqlite")

@@ -100,3 +100,23 @@ def test_negatives_one_drops_rows_without_a_negative(ragged_run, tmp_path, offli
 def test_more_than_one_negative_per_row_is_refused(gme_run, tmp_path):
     with pytest.raises(ExportError, match="at most 1 negative"):
         export_run(str(gme_run), "mmeb", str(tmp_path / "out"), negatives=2)
+
+
+def test_the_readmes_dataset_config_entry_is_what_vlm2vecs_train_yaml_holds(mmeb_out, gme_rows, offline_hf):
+    """The keys of VLM2Vec's experiments/public/train/train_image.yaml, used as load_mmeb_dataset uses them:
+    `load_dataset(dataset_name, subset_name, split=dataset_split)`, the first `num_sample_per_subset` rows,
+    images at `os.path.join(image_dir, path)`; `weight` for init_mixed_dataset."""
+    import datasets
+    import yaml
+
+    readme = (mmeb_out / "README.md").read_text()
+    entries = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    entry = entries["fusegen"]
+    assert set(entry) == {"dataset_parser", "dataset_name", "subset_name", "dataset_split", "image_dir",
+                          "num_sample_per_subset", "weight"} and entry["dataset_parser"] == "mmeb"
+    ds = datasets.load_dataset(entry["dataset_name"], entry["subset_name"], split=entry["dataset_split"],
+                               cache_dir=offline_hf)
+    train = sum(r["split"] == "train" for r in gme_rows.values())
+    assert ds.num_rows == entry["num_sample_per_subset"] == train
+    assert all(get_image(entry["image_dir"], r["qry_image_path"]) for r in ds)
+    assert "one hard\nnegative per row" in readme

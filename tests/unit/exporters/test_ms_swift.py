@@ -15,12 +15,14 @@ import io
 import json
 import os
 import re
+import shlex
 
 import pytest
 from PIL import Image
 
 from pipeline.errors import ExportError
 from pipeline.exporters import export_run
+from pipeline.exporters.ms_swift import train_command
 
 TAG = re.compile("<image>")
 
@@ -76,7 +78,7 @@ def image_bytes(struct: dict | None) -> list[bytes]:
 
 def test_every_split_is_one_jsonl_file_and_images_are_files_under_images(swift_out):
     names = sorted(os.listdir(swift_out))
-    assert names == ["_fusegen_export.json", "images", "train.jsonl", "validation.jsonl"]
+    assert names == ["README.md", "_fusegen_export.json", "images", "train.jsonl", "validation.jsonl"]
 
 
 def test_anchor_is_the_instruction_as_system_and_image_plus_query_text(swift_out, gme_rows, from_elsewhere, offline_hf):
@@ -172,3 +174,23 @@ def test_legacy_rows_have_no_system_prompt(gme_run, tmp_path):
     export_run(str(gme_run), "ms-swift", str(tmp_path / "legacy"), legacy=True)
     first = json.loads((tmp_path / "legacy" / "train.jsonl").read_text().splitlines()[0])
     assert "system" not in first and set(first) >= {"query", "response", "rejected_response", "images"}
+
+
+def test_the_readmes_command_trains_from_any_folder_with_qwen_vl_utils(swift_out, gme_rows, monkeypatch, tmp_path,
+                                                                     offline_hf):
+    """The README's `swift sft` line, run from elsewhere: its ROOT_IMAGE_DIR makes every image path resolve
+    (ms-swift's `_check_path`: the working directory, else ROOT_IMAGE_DIR, never the JSONL's folder), and
+    the install line names qwen-vl-utils, which ms-swift's Qwen2-VL loader requires."""
+    readme = (swift_out / "README.md").read_text()
+    assert train_command(str(swift_out)) in readme
+    words = shlex.split(readme.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " "), comments=True)
+    assert words[:4] == ["pip", "install", "ms-swift", "qwen-vl-utils"]
+    env = dict(w.split("=", 1) for w in words if w.startswith("ROOT_IMAGE_DIR="))
+    dataset = words[words.index("--dataset") + 1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROOT_IMAGE_DIR", env["ROOT_IMAGE_DIR"])
+    rows = swift_rows(dataset, offline_hf)
+    assert rows and all(text_and_images(split_inputs(r)["chosen"])[1] for r in rows)
+    monkeypatch.delenv("ROOT_IMAGE_DIR")
+    with pytest.raises(FileNotFoundError):  # without it, the JSONL's folder is not where ms-swift looks
+        text_and_images(split_inputs(rows[0])["chosen"])

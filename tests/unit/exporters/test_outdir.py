@@ -32,7 +32,7 @@ def test_the_marker_names_the_run_format_options_and_row_counts(run_copy, tmp_pa
     assert (m["format"], m["run_dir"], m["status"], m["options"]["negatives"], m["run_fingerprint"]) == (
         "ms-swift", str(run_copy), "complete", 2, "fp-export",
     )
-    assert sum(m["splits"].values()) == 8 and m["files"] == ["train.jsonl", "validation.jsonl"]
+    assert sum(m["splits"].values()) == 8 and m["files"] == ["train.jsonl", "validation.jsonl", "README.md"]
 
 
 @pytest.mark.parametrize(("stage", "status"), [("negatives", "running"), ("export", "failed")])
@@ -98,7 +98,7 @@ def test_forcing_over_another_format_removes_the_files_it_had_written(run_copy, 
     export_run(str(run_copy), "mmeb", str(tmp_path / "out"))
     export_run(str(run_copy), "ms-swift", str(tmp_path / "out"), force=True)
     assert not (tmp_path / "out" / "fusegen").exists() or not list((tmp_path / "out" / "fusegen").iterdir())
-    assert not (tmp_path / "out" / "README.md").exists()
+    assert "dataset_config" not in (tmp_path / "out" / "README.md").read_text()  # ms-swift's README now
 
 
 def test_the_same_run_exports_again_into_its_folder(run_copy, tmp_path):

@@ -221,6 +221,8 @@ MBEIR_QUERY_CASES = {
     "modality": (lambda rows: rows[0].update(query_modality="text"), "query_modality 'text' does not match"),
     "no-instruction": (lambda rows: rows[0].update(qid="99:0"), "no instruction for (99, image,text, image,text)"),
     "duplicate-id": (lambda rows: rows.append(dict(rows[0], qid="10:4000")), "duplicate triplet id"),
+    "task-id": (lambda rows: rows[0].update(task_id=6), "task_id 6, but UniIR's task for its modalities is 8"),
+    "no-qrels": (lambda rows: rows[0].update(pos_cand_list=rows[0]["neg_cand_list"][:1]), "qrels hold ['10:"),
 }
 
 
@@ -230,6 +232,19 @@ def test_mbeir_query_violations_are_caught(copy_of, case):
     out = copy_of("mbeir")
     edit_jsonl(out / "query" / "train" / "mbeir_fusegen_train.jsonl", change)
     assert message in problems_of(out)
+
+
+def test_an_mbeir_export_without_its_qrels_is_caught(copy_of):
+    out = copy_of("mbeir")
+    (out / "qrels" / "val" / "mbeir_fusegen_val_qrels.txt").unlink()
+    assert "qrels/val/mbeir_fusegen_val_qrels.txt: missing" in problems_of(out)
+
+
+def test_an_mbeir_qrels_line_uniir_cannot_split_is_caught(copy_of):
+    path = copy_of("mbeir") / "qrels" / "train" / "mbeir_fusegen_train_qrels.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([" ".join(lines[0].split()[:4]), *lines[1:]]) + "\n")
+    assert "needs five fields '<qid> 0 <did> <relevance> <task_id>'" in problems_of(path.parents[2])
 
 
 def test_an_mbeir_pool_entry_whose_modality_lies_is_caught(copy_of):

@@ -13,7 +13,14 @@ from PIL import Image
 
 from pipeline.io.image_store import HF_IMAGE, IMAGE_REF, ImageStore
 from pipeline.stage import REASON, STATUS
-from pipeline.stages.export import Export, ExportConfig, export_batch, hf_features_metadata, is_image_struct
+from pipeline.stages.export import (
+    Export,
+    ExportConfig,
+    export_batch,
+    hf_features_metadata,
+    is_image_struct,
+    portable_features,
+)
 
 IMAGE_TYPE = HF_IMAGE
 
@@ -81,7 +88,37 @@ def test_finish_part_describes_every_written_column(rows, store):
     meta = published(rows, store).schema.metadata
     features = json.loads(meta[b"huggingface"])["info"]["features"]
     assert list(features) == ["id", "query_index", "image", "neg_images", "llm_raw"]
-    assert features["neg_images"] == {"feature": {"_type": "Image"}, "_type": "List"}
+    assert features["neg_images"] == {"feature": {"_type": "Image"}, "_type": "Sequence"}
+
+
+def test_portable_features_spell_lists_the_way_datasets_3_reads_them():
+    written = {
+        "ids": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
+        "pair": {"feature": {"dtype": "int32", "_type": "Value"}, "length": 2, "_type": "List"},
+        "spans": {"feature": {"start": {"dtype": "int32", "_type": "Value"}}, "_type": "List"},
+        "nested": {"feature": {"feature": {"_type": "Image"}, "_type": "List"}, "_type": "List"},
+        "big": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "LargeList"},
+    }
+    assert portable_features(written) == {
+        "ids": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "Sequence"},
+        "pair": {"feature": {"dtype": "int32", "_type": "Value"}, "length": 2, "_type": "Sequence"},
+        "spans": [{"start": {"dtype": "int32", "_type": "Value"}}],
+        "nested": {"feature": {"feature": {"_type": "Image"}, "_type": "Sequence"}, "_type": "Sequence"},
+        "big": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "LargeList"},
+    }
+
+
+def test_portable_features_read_back_as_the_features_datasets_wrote():
+    """The installed `datasets` (5.x here) reads the portable spelling as the very Features it wrote
+    (tests/unit/exporters/test_datasets_majors.py loads real files with 3.6 and 5.x)."""
+    from datasets import Features
+
+    schema = pa.schema([("ids", pa.list_(pa.string())), ("pair", pa.list_(pa.int32(), 2)),
+                        ("spans", pa.list_(pa.struct([("start", pa.int32()), ("end", pa.int32())]))),
+                        ("grid", pa.list_(pa.list_(pa.float32()))), ("big", pa.large_list(pa.string())),
+                        ("meta", pa.struct([("tags", pa.list_(pa.string()))]))])
+    features = Features.from_arrow_schema(schema)
+    assert Features.from_dict(portable_features(features.to_dict())) == features
 
 
 def test_export_materialises_references_as_the_stored_bytes(rows, store, png):

@@ -186,8 +186,9 @@ def test_the_written_parts_carry_hf_image_features_for_single_and_list_columns(t
     meta = pq.read_schema(next((run / "export" / "data").glob("train-*.parquet"))).metadata
     features = json.loads(meta[b"huggingface"])["info"]["features"]
     assert (features["query_image"], features["neg_images"]) == (
-        {"_type": "Image"}, {"feature": {"_type": "Image"}, "_type": "List"},
+        {"_type": "Image"}, {"feature": {"_type": "Image"}, "_type": "Sequence"},
     )
+    assert '"List"' not in meta[b"huggingface"].decode()  # datasets 3.x knows no List
 
 
 # -- contamination ---------------------------------------------------------------------------------
