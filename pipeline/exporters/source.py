@@ -77,15 +77,20 @@ class RunSource:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns):
                     yield from batch.to_pylist()
 
-    def negative_counts(self) -> list[int]:
-        """Negatives per row over every split (reads the `neg_doc_ids` / `hn_ids` column only)."""
-        counts: list[int] = []
+    def fewest_negatives(self) -> int | None:
+        """The smallest number of negatives a row has over every split (None: no rows), read a batch of
+        the `neg_doc_ids` / `hn_ids` column at a time (nothing kept per row)."""
+        least = None
         name = "neg_doc_ids" if self.schema == "gme" else "hn_ids"
         for files in self.splits.values():
             for rel in files:
-                column = self.run_fs.read_parquet(rel, columns=[name])[name]
-                counts += pc.list_value_length(column).fill_null(0).to_pylist()
-        return counts
+                with self.run_fs.fs.open_input_file(self.run_fs.path(rel)) as f:
+                    for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=[name]):
+                        if batch.num_rows:
+                            lengths = pc.list_value_length(batch.column(0)).fill_null(0)
+                            low = pc.min(lengths).as_py()
+                            least = low if least is None else min(least, low)
+        return least
 
 
 def split_files(run_fs: RunFS, folder: str = DATA) -> dict[str, list[str]]:
@@ -163,6 +168,5 @@ def negatives_policy(source: RunSource, requested: int | None, default: str, cap
         return Negatives(None)
     if default == "one":
         return Negatives(1)
-    counts = source.negative_counts()
-    least = min(counts) if counts else 0
+    least = source.fewest_negatives() or 0
     return Negatives(least, least)
