@@ -1,4 +1,4 @@
-"""Peak memory of the M-BEIR exporter's candidate numbering: the on-disk `DidIndex` vs an in-memory dict.
+"""Peak memory of the M-BEIR exporter's candidate numbering: the on-disk `DiskKeys` vs an in-memory dict.
 
     python bench/mbeir_pool_memory.py [--candidates 1000000] [--work /tmp/fg-bench-mbeir]
 

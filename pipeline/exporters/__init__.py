@@ -55,16 +55,20 @@ def export_run(run_dir: str, fmt: str, out: str, force: bool = False, legacy: bo
     if source.schema == "megapairs":
         options["instructions"] = instructions
     target = OutDir(out, source.root, fmt, options, force)
-    if fmt == "gme":
-        counts = gme.write(source, target)
-    elif fmt == "megapairs":
-        counts = megapairs.write(source, target)
-    elif fmt == "ms-swift":
-        counts = ms_swift.write(source, target, policy, legacy, instructions)
-    elif fmt == "mmeb":
-        counts = mmeb.write(source, target, policy, instructions)
-    else:
-        counts = mbeir.write(source, target, policy)
+    try:
+        if fmt == "gme":
+            counts = gme.write(source, target)
+        elif fmt == "megapairs":
+            counts = megapairs.write(source, target)
+        elif fmt == "ms-swift":
+            counts = ms_swift.write(source, target, policy, legacy, instructions)
+        elif fmt == "mmeb":
+            counts = mmeb.write(source, target, policy, instructions)
+        else:
+            counts = mbeir.write(source, target, policy)
+    except BaseException:
+        target.abandon()
+        raise
     rows = source.export_manifest.get("rows") or {}
     return target.finish({
         "run_fingerprint": source.export_manifest.get("fingerprint"),

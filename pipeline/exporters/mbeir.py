@@ -32,8 +32,8 @@ of a row's by default (UniIR samples `hard_neg_num` of them, wrapping around), o
 
 The pool does not grow memory with the rows: query records, qrels lines and pool entries are written as
 the rows arrive, and the candidates seen so far (for the numbering: a candidate keeps its first did) are
-looked up in an SQLite table on disk beside the pool file (`DidIndex`, a bounded page cache), not in a
-dict (bench/mbeir_pool_memory.py). (`OutDir.images`, the names of the image files written, is a set
+looked up in an SQLite table on disk beside the pool file (`DiskKeys`, a bounded page cache), not in a
+dict (bench/mbeir_pool_memory.py). (`OutDir.images`, the names of the image files written, is a `DiskKeys`
 every format shares.)
 """
 
@@ -43,12 +43,12 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 from collections.abc import Iterator
 
 from pipeline.exporters.outdir import OutDir
 from pipeline.exporters.source import Negatives, RunSource
 from pipeline.exporters.view import Candidate, Img, Problems, Triplet
+from pipeline.io.disk_keys import DiskKeys
 
 DATASET_ID = 10
 QUERIES_PER_ID = 500_000
@@ -87,45 +87,16 @@ def modality(text: str | None, image: str | None) -> str:
     return ",".join(m for m, present in (("image", image), ("text", text)) if present) or "text"
 
 
-class DidIndex:
-    """Candidate key -> did, in an SQLite table on disk (`path`, removed by `close`): the keys of a pool of
-    millions of candidates would otherwise sit in memory. SQLite keeps at most `cache_mib` of pages."""
-
-    def __init__(self, path: str, cache_mib: int = 16) -> None:
-        self.path = path
-        if os.path.exists(path):
-            os.remove(path)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        # A scratch table: nothing to recover after a crash (the export is redone), so no journal.
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{cache_mib * 1024}",
-                       "temp_store=FILE", "locking_mode=EXCLUSIVE"):
-            self.db.execute(f"PRAGMA {pragma}")
-        self.db.execute("CREATE TABLE dids (k BLOB PRIMARY KEY, did TEXT NOT NULL) WITHOUT ROWID")
-        self.db.execute("BEGIN")
-
-    def get(self, key: bytes) -> str | None:
-        row = self.db.execute("SELECT did FROM dids WHERE k = ?", (key,)).fetchone()
-        return None if row is None else row[0]
-
-    def __setitem__(self, key: bytes, did: str) -> None:
-        self.db.execute("INSERT INTO dids VALUES (?, ?)", (key, did))
-
-    def close(self) -> None:
-        self.db.close()
-        if os.path.exists(self.path):
-            os.remove(self.path)
-
-
 class _Pool:
     """Candidates of one split, each written once per dataset id and numbered as it first appears
     (`numbers` is shared by the splits' pools, so a did is unique across them: pools can be merged).
-    `seen` maps a candidate's key to its did: a `DidIndex` on disk unless given (the tests pass a dict)."""
+    `seen` maps a candidate's key to its did: a `DiskKeys` on disk unless given (the tests pass a dict)."""
 
     def __init__(self, out: OutDir, name: str, numbers: dict[int, int], seen=None) -> None:
         self.out, self.name = out, name
         self.next = numbers
         self.f = open(out.rel(name) + ".tmp", "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.seen = seen if seen is not None else DidIndex(out.rel(name) + ".dids.sqlite")
+        self.seen = seen if seen is not None else DiskKeys(out.rel(name) + ".dids.sqlite")
 
     def did(self, dataset_id: int, doc_id: str, text: str, image: str | None) -> tuple[str, str]:
         key = hashlib.blake2b(json.dumps([dataset_id, doc_id, text, image]).encode(), digest_size=16).digest()
@@ -143,7 +114,7 @@ class _Pool:
     def close(self, keep: bool = True) -> None:
         """Close the index; the pool file takes its name when `keep` (else its partial copy goes)."""
         self.f.close()
-        if isinstance(self.seen, DidIndex):
+        if isinstance(self.seen, DiskKeys):
             self.seen.close()
         if keep:
             os.replace(self.out.rel(self.name) + ".tmp", self.out.rel(self.name))
@@ -180,7 +151,7 @@ def _queries(rows: Iterator[dict], pool: _Pool, qrels, out: OutDir, negatives: N
 
 
 def write(source: RunSource, out: OutDir, negatives: Negatives, seen_factory=None) -> dict:
-    """`seen_factory` (tests): makes each split's candidate index instead of a `DidIndex` (e.g. `dict`)."""
+    """`seen_factory` (tests): makes each split's candidate index instead of a `DiskKeys` (e.g. `dict`)."""
     counts, prompts, tally, numbers = {}, {}, {"queries": 0}, {}
     for split in source.splits:
         for name in (pool_file(split), qrels_file(split)):

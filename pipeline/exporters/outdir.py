@@ -8,7 +8,8 @@ another run's or another format's export, or files no fusegen export wrote, is r
 export wrote and this one did not.
 
 Images are files named by content, `images/<aa>/<sha256[:32]>.<ext>`, each written once however many
-rows use it, and referenced by that path relative to the out dir.
+rows use it, and referenced by that path relative to the out dir. Which images this export wrote is
+remembered on disk (`DiskKeys`, a scratch file removed at the end), not in a set that grows with them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from collections.abc import Iterable
 
 from pipeline import __version__
 from pipeline.errors import ExportError
+from pipeline.io.disk_keys import DiskKeys
 from pipeline.logging import get_logger
 
 log = get_logger(__name__)
 
 MARKER = "_fusegen_export.json"
 IMAGES = "images"
+_SEEN = ".fusegen-images.sqlite"  # scratch: the images this export wrote
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"))
 
 
@@ -58,9 +61,10 @@ class OutDir:
         self.run_root, self.fmt, self.options = run_root, fmt, options
         self.previous = self._claim(force)
         self.files: list[str] = []
-        self.images: set[str] = set()
+        self.image_count = 0
         self.image_bytes = 0
         self._write_marker({"status": "writing"})
+        self.images = DiskKeys(self.rel(_SEEN))
 
     def _claim(self, force: bool) -> dict | None:
         """The previous export's marker when the folder may be written, else ExportError."""
@@ -100,8 +104,8 @@ class OutDir:
         data = struct["bytes"]
         sha = hashlib.sha256(data).hexdigest()
         rel = f"{IMAGES}/{sha[:2]}/{sha[:32]}.{image_ext(data, struct.get('path'))}"
-        if rel not in self.images:
-            self.images.add(rel)
+        if self.images.add(rel.encode()):
+            self.image_count += 1
             if not os.path.isfile(self.rel(rel)):
                 self._atomic(rel, lambda f: f.write(data))
             self.image_bytes += len(data)
@@ -164,21 +168,26 @@ class OutDir:
                 os.remove(path)
         if self.previous is not None:
             self._remove_stale_images()
+        self.images.close()
         return self._write_marker({"status": "complete", **summary})
+
+    def abandon(self) -> None:
+        """The export failed: drop the scratch (the marker still says `writing`; a re-run redoes it)."""
+        self.images.close()
 
     def _remove_stale_images(self) -> None:
         root = self.rel(IMAGES)
         for folder, _, names in os.walk(root):
             for name in names:
                 rel = os.path.relpath(os.path.join(folder, name), self.path).replace(os.sep, "/")
-                if rel not in self.images:
+                if rel.encode() not in self.images:
                     os.remove(os.path.join(folder, name))
 
     def _write_marker(self, extra: dict) -> dict:
         marker = {
             "format": self.fmt, "run_dir": self.run_root, "fusegen_version": __version__,
             "options": self.options, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": list(self.files), "images": len(self.images), **extra,
+            "files": list(self.files), "images": self.image_count, **extra,
         }
         os.makedirs(self.path, exist_ok=True)
         self._atomic(MARKER, lambda f: f.write((json.dumps(marker, indent=2) + "\n").encode("utf-8")))

@@ -27,6 +27,7 @@ from pipeline.exporters import export_run, mbeir
 from pipeline.exporters.mbeir import pool_file, query_file
 from pipeline.exporters.outdir import MARKER, OutDir
 from pipeline.exporters.source import negatives_policy, open_run
+from pipeline.io.disk_keys import DiskKeys
 
 QUERY_BOUND, CAND_BOUND = 500_000, 10_000_000
 # UniIR's MBEIR_TASK, src/data/preprocessing/utils.py lines 21-31.
@@ -177,6 +178,7 @@ def _export_mbeir(run, out, seen_factory=None) -> dict[str, bytes]:
     source = open_run(str(run))
     target = OutDir(str(out), source.root, "mbeir", {})
     mbeir.write(source, target, negatives_policy(source, None, "all", None), seen_factory)
+    target.finish({})
     files = {}
     for folder, _, names in os.walk(out):
         for name in names:
@@ -195,7 +197,7 @@ def test_the_on_disk_candidate_index_writes_what_an_in_memory_dict_writes(ragged
 
 
 def test_the_did_index_numbers_a_candidate_once_and_bounds_its_cache(tmp_path):
-    index = mbeir.DidIndex(str(tmp_path / "dids.sqlite"), cache_mib=1)
+    index = DiskKeys(str(tmp_path / "dids.sqlite"), cache_mib=1)
     for n in range(100_000):
         index[n.to_bytes(16, "big")] = f"10:{n}"
     assert (index.get((7).to_bytes(16, "big")), index.get((99_999).to_bytes(16, "big")), index.get(b"x" * 16)) == (

@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.errors import ExportError
 from pipeline.exporters import export_run
-from pipeline.exporters.outdir import MARKER, image_ext
+from pipeline.exporters.outdir import MARKER, OutDir, image_ext
 from tests.support.run_dir import make_run_dir
 
 
@@ -164,3 +164,18 @@ def test_a_re_export_removes_no_file_outside_the_out_dir_whatever_the_marker_nam
     export_run(str(run_copy), "ms-swift", str(out), negatives=2)
     assert victim.read_text() == "not the export's"
     assert not stale.exists()
+
+
+def test_images_are_written_and_counted_once_and_the_scratch_is_gone_after_finish_or_failure(tmp_path):
+    from pipeline.exporters.outdir import _SEEN
+
+    out = OutDir(str(tmp_path / "out"), "/run", "gme", {})
+    first = out.image({"bytes": b"\x89PNG\r\n\x1a\nA", "path": "a.png"})
+    again = out.image({"bytes": b"\x89PNG\r\n\x1a\nA", "path": "other.png"})
+    other = out.image({"bytes": b"\x89PNG\r\n\x1a\nB", "path": "b.png"})
+    assert first == again != other and (out.image_count, out.image_bytes) == (2, 18)
+    assert (tmp_path / "out" / _SEEN).exists()
+    assert out.finish({})["images"] == 2 and not (tmp_path / "out" / _SEEN).exists()
+    failed = OutDir(str(tmp_path / "out"), "/run", "gme", {})
+    failed.abandon()
+    assert not (tmp_path / "out" / _SEEN).exists()
