@@ -71,8 +71,10 @@ def test_seeds_reproduce(tmp_path):
     assert losses[0]["train"]["final_loss"] != losses[1]["train"]["final_loss"]
 
 
-def test_cli_eval_with_the_tiny_clip_says_it_is_a_plumbing_run(tmp_path, tiny_cache, capsys):
+def test_cli_eval_with_the_tiny_clip_says_it_is_a_plumbing_run_and_the_card_shows_it(tmp_path, tiny_cache, capsys):
     run = make_gme_run(tmp_path, rows=12, validation_ratio=0.4)
+    assert main(["card", str(run)]) == 0
+    assert "## Evaluation" not in (run / "export" / "README.md").read_text(encoding="utf-8")
     code = main(["eval", str(run), "--set", "train.steps=5", "--set", f"cache_dir={tiny_cache}",
                  "--set", "train.seeds=[0]"])
     out = capsys.readouterr()
@@ -82,3 +84,10 @@ def test_cli_eval_with_the_tiny_clip_says_it_is_a_plumbing_run(tmp_path, tiny_ca
     assert "random tiny models" in out.out and "eval: report" in out.out
     assert "step 5/5" in out.err
     assert (run / "eval" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["card", str(run)]) == 0
+    card = (run / "export" / "README.md").read_text(encoding="utf-8")
+    section = card[card.index("## Evaluation"):card.index("## Models")]
+    assert "Plumbing run, not a measurement" in section and "tiny:clip" in section
+    assert "| `mined` |" in section and " ± " in section and "5 steps of batch" in section
+    assert "![evaluation](assets/eval_comparison.png)" in section
+    assert (run / "export" / "assets" / "eval_comparison.png").exists()
