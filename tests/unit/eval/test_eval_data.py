@@ -64,3 +64,10 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         load_eval_config(None, ["train.stepz=7"])
     with pytest.raises(Exception, match="must include untuned"):
         load_eval_config(None, ["variants=[mined]"])
+
+
+def test_shipped_eval_configs_load(repo_root):
+    cpu = load_eval_config(str(repo_root / "configs" / "eval.yaml"))
+    assert cpu == EvalConfig()
+    gpu = load_eval_config(str(repo_root / "configs" / "eval-gpu.yaml"))
+    assert gpu.device == "cuda" and gpu.train.steps == 1000 and gpu.image.pretrained == "openai"
