@@ -94,6 +94,8 @@ class EvalConfig:
     # Word n-gram overlap that marks an evaluation row as seen in training (the contamination check's).
     overlap_ngram: int = 13
     overlap_threshold: float = 0.5
+    # Bits (of a 64-bit dHash) within which an evaluation image counts as a training image's near-duplicate.
+    overlap_image_distance: int = 4
     # Texts / images per forward pass when embedding.
     embed_batch_size: int = 32
     # Training rows used at most (a seeded sample of the rest is left out); null: all.

@@ -36,19 +36,22 @@ COOKING = ["Simmer the onions in butter, add flour and stir the sauce until it t
            "Chop the garlic, fry it gently in olive oil and season the soup with pepper"]
 
 
-def keyword_upstream(store: ImageStore, docs: int = 40, queries: int = 2, distractors: int = 24,
-                     negatives: int = 4, seed: int = 0) -> pa.Table:
+def keyword_upstream(store: ImageStore, docs: range = range(40), queries: int = 2, distractors: int = 24,
+                     negatives: int = 4, seed: int = 0, image: bytes | None = None) -> pa.Table:
+    """`docs`: the key docs' numbers (their key words follow from the number); `image`: the PNG every
+    row shows (a flat colour by default)."""
     rng = random.Random(seed)
-    image = store.put(png((120, 60, 30), (24, 16)), "png", 24, 16)
-    keys = [(ANIMALS[d % 20], THINGS[(d * 7 + d // 20) % 20]) for d in range(docs)]
-    passages = {f"k{d}": f"{a} and {t}. {COOKING[d % len(COOKING)]}." for d, (a, t) in enumerate(keys)}
+    image = store.put(image or png((120, 60, 30), (24, 16)), "png", 24, 16)
+    keys = {d: (ANIMALS[d % 20], THINGS[(d * 7 + d // 20) % 20]) for d in docs}
+    passages = {f"k{d}": f"{a} and {t}. {COOKING[d % len(COOKING)]}." for d, (a, t) in keys.items()}
     passages.update({f"x{j}": f"{SEA[j % len(SEA)]}, {SEA[(j + 1) % len(SEA)].lower()} ({j})."
                      for j in range(distractors)})
     rows = []
-    for d, (a, t) in enumerate(keys):
+    numbers = list(docs)
+    for d, (a, t) in keys.items():
         for i in range(queries):
             sea = SEA[(d + i) % len(SEA)]
-            others = [f"k{(d + 1 + rng.randrange(docs - 1)) % docs}"]
+            others = [f"k{rng.choice([n for n in numbers if n != d])}"]
             negs = rng.sample([f"x{j}" for j in range(distractors)], negatives - 1) + others
             rows.append({
                 "id": f"k{d}-q{i}", "doc_id": f"k{d}", "text": passages[f"k{d}"], "title": "",
@@ -69,9 +72,11 @@ def keyword_upstream(store: ImageStore, docs: int = 40, queries: int = 2, distra
     return typed_table(rows, types)
 
 
-def make_keyword_run(root: Path, docs: int = 40, shuffle_train: bool = False, validation_ratio: float = 0.3) -> Path:
+def make_keyword_run(root: Path, docs: int | range = 40, shuffle_train: bool = False, validation_ratio: float = 0.3,
+                     image: bytes | None = None) -> Path:
     run = root / "run"
-    table = keyword_upstream(ImageStore(RunFS.from_uri(str(run))), docs)
+    table = keyword_upstream(ImageStore(RunFS.from_uri(str(run))), range(docs) if isinstance(docs, int) else docs,
+                             image=image)
     make_gme_run(root, validation_ratio=validation_ratio, task="it2t", upstream=table)
     if shuffle_train:
         for path in glob.glob(str(run / "export" / "data" / "train-*.parquet")):
