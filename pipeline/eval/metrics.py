@@ -17,7 +17,9 @@ from pipeline.errors import EvalError
 
 def ranks(scores: np.ndarray, positives: Sequence[int]) -> np.ndarray:
     """(queries,) 1-based rank of each query's positive among the pool's candidates (columns)."""
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
     n_queries = len(positives)
     if n_queries == 0:
         return np.zeros(0, np.int64)

@@ -61,19 +61,17 @@ class FusedDualEncoder(nn.Module):
         return F.normalize(self.cand(feats), dim=-1)
 
 
-def info_nce(q: torch.Tensor, pos: torch.Tensor, negs: torch.Tensor | None, pos_ids: torch.Tensor,
-             neg_ids: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """Mean InfoNCE of B queries over [B positives; B x N hard negatives]; `*_ids` are candidate ids."""
+def info_nce(q: torch.Tensor, cands: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean InfoNCE of B queries over `cands`: the B positives first (row i's is candidate i), then any
+    hard negatives; `ids` are the candidates' pool ids, so a repeat of a row's positive is masked."""
     b = q.shape[0]
-    cands, ids = pos, pos_ids
-    if negs is not None and negs.shape[1] > 0:
-        cands = torch.cat([pos, negs.reshape(-1, negs.shape[-1])])
-        ids = torch.cat([pos_ids, neg_ids.reshape(-1)])
     logits = q @ cands.T / temperature
     arange = torch.arange(b, device=q.device)
-    same = ids[None, :] == pos_ids[:, None]
+    same = ids[None, :] == ids[:b, None]
     same[arange, arange] = False
-    return F.cross_entropy(logits.masked_fill(same, float("-inf")), arange)
+    if bool(same.any()):
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, arange)
 
 
 @dataclass
@@ -124,11 +122,10 @@ def _batch_loss(model: FusedDualEncoder, rows: Tensors, pool: torch.Tensor, idx:
     image = rows.image[idx] if rows.image is not None else None
     has = rows.has_image[idx] if rows.has_image is not None else None
     q = model.queries(rows.text[idx], image, has)
-    pos_ids = rows.pos[idx]
-    neg_ids = rows.negs[idx] if rows.negs is not None else None
-    pos = model.candidates(pool[pos_ids])
-    negs = model.candidates(pool[neg_ids]) if neg_ids is not None and neg_ids.shape[1] else None
-    return info_nce(q, pos, negs, pos_ids, neg_ids, temperature)
+    ids = rows.pos[idx]
+    if rows.negs is not None and rows.negs.shape[1]:
+        ids = torch.cat([ids, rows.negs[idx].reshape(-1)])
+    return info_nce(q, model.candidates(pool[ids]), ids, temperature)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ def test_info_nce_equals_the_hand_computed_cross_entropy():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     pos = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     negs = torch.tensor([[[0.0, 1.0]], [[0.8, 0.6]]])
-    loss = info_nce(q, pos, negs, torch.tensor([0, 1]), torch.tensor([[2], [3]]), temperature=0.5)
+    loss = info_nce(q, torch.cat([pos, negs.reshape(-1, 2)]), torch.tensor([0, 1, 2, 3]), temperature=0.5)
     # Candidates [pos0, pos1, neg0, neg1]; row 0 scores [1, .6, 0, .8], row 1 [0, .8, 1, .6], over 0.5.
     def ce(scores, target):
         logits = [s / 0.5 for s in scores]
@@ -27,7 +27,7 @@ def test_info_nce_equals_the_hand_computed_cross_entropy():
 def test_in_batch_only_uses_the_other_rows_positives():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     pos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    loss = info_nce(q, pos, None, torch.tensor([0, 1]), None, temperature=1.0)
+    loss = info_nce(q, pos, torch.tensor([0, 1]), temperature=1.0)
     assert float(loss) == pytest.approx(-1 + math.log(math.e + 1))
 
 
@@ -35,13 +35,13 @@ def test_a_candidate_that_is_the_rows_own_positive_is_not_its_negative():
     q = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     pos = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     # Both rows share passage 7: each other's positive would be a false negative; masked, the loss is 0.
-    masked = info_nce(q, pos, None, torch.tensor([7, 7]), None, temperature=0.1)
+    masked = info_nce(q, pos, torch.tensor([7, 7]), temperature=0.1)
     assert float(masked) == pytest.approx(0.0, abs=1e-6)
     negs = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
     # Row 0's hard negative is passage 7 again (its own positive): masked too. What is left for each row
     # is its positive (score 10) and row 1's hard negative, passage 3 (score 0): hard negatives are shared
     # by the whole batch.
-    also = info_nce(q, pos, negs, torch.tensor([7, 7]), torch.tensor([[7], [3]]), temperature=0.1)
+    also = info_nce(q, torch.cat([pos, negs.reshape(-1, 2)]), torch.tensor([7, 7, 7, 3]), temperature=0.1)
     assert float(also) == pytest.approx(-10 + math.log(math.exp(10) + 1), abs=1e-6)
 
 
