@@ -60,6 +60,7 @@ class Towers:
         self.text_model_name = cfg.text.model
         self.image_model = None
         self.image_id = None
+        self.image_model_name = cfg.image.model
         if cfg.image.model:
             from pipeline.models.clip import ClipConfig, ClipModel, open_clip_name
 
@@ -71,7 +72,7 @@ class Towers:
         out = {"text": {"model": self.text_model_name, "identity": self.text_id, "dim": int(dim()),
                         "random_tiny": _is_tiny(self.text_id)}}
         if self.image_model is not None:
-            out["image"] = {"model": self.image_id, "identity": self.image_id, "dim": self.image_model.dim,
+            out["image"] = {"model": self.image_model_name, "identity": self.image_id, "dim": self.image_model.dim,
                             "random_tiny": _is_tiny(self.image_id)}
         else:
             out["image"] = None
