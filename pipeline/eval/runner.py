@@ -88,9 +88,10 @@ def variants(cfg: EvalConfig, data: EvalData, negatives: int) -> tuple[list[Vari
     if "in_batch" in cfg.variants:
         out.append(Variant("in_batch", "the same rows, in-batch negatives only", rows, None))
     sources = Counter(q.source for q in rows if q.source)
-    if "image_source" in cfg.variants:
-        if len(sources) < 2:
-            notes["image_source"] = f"not run: the training rows have {len(sources)} image source(s) recorded"
+    if "image_source" in cfg.variants and len(sources) < 2:
+        # One source: its model would be `mined` again.
+        notes["image_source"] = f"not run: the training rows have {len(sources)} image source(s) recorded"
+    elif "image_source" in cfg.variants:
         for source in sorted(sources):
             picked = [q for q in rows if q.source == source]
             if len(picked) < 2:

@@ -71,3 +71,21 @@ def test_shipped_eval_configs_load(repo_root):
     assert cpu == EvalConfig()
     gpu = load_eval_config(str(repo_root / "configs" / "eval-gpu.yaml"))
     assert gpu.device == "cuda" and gpu.train.steps == 1000 and gpu.image.pretrained == "openai"
+
+
+def test_image_source_ablations_run_per_source_with_enough_rows_and_say_why_not_otherwise():
+    from pipeline.eval.data import EvalData
+    from pipeline.eval.runner import variants
+
+    def row(i: int, source: str, negs: int = 2) -> EvalQuery:
+        return EvalQuery(f"q{i}", "t", None, f"d{i}", tuple(f"n{j}" for j in range(negs)), f"d{i}", "it2t", source)
+
+    train = [row(0, "doc"), row(1, "doc"), row(2, "generated"), row(3, "generated"), row(4, "retrieved"),
+             row(5, "doc", negs=1)]
+    data = EvalData("gme", "/x", train, [], {}, {})
+    planned, notes = variants(EvalConfig(), data, negatives=2)
+    assert [v.name for v in planned] == ["untuned", "mined", "in_batch", "source:doc", "source:generated"]
+    assert notes == {"fewer_negatives": 1, "source:retrieved": "not run: 1 training row(s)"}
+    assert [len(v.rows) for v in planned] == [0, 5, 5, 2, 2]
+    one_source, notes = variants(EvalConfig(), EvalData("gme", "/x", train[:2], [], {}, {}), negatives=2)
+    assert [v.name for v in one_source] == ["untuned", "mined", "in_batch"] and "image_source" in notes
