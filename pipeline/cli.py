@@ -1,5 +1,5 @@
 """`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push, export, validate,
-gc, render-prompt."""
+gc, render-prompt, eval."""
 
 from __future__ import annotations
 
@@ -76,6 +76,12 @@ def _main(argv: list[str] | None) -> int:
     validate = sub.add_parser("validate", help="check an export (any format) or a run's export folder")
     validate.add_argument("dir")
     validate.add_argument("--max-problems", type=int, default=20, metavar="N", help="violations listed (default 20)")
+    evaluate = sub.add_parser("eval", help="fine-tune a small retriever on a run's triplets and report the gain")
+    evaluate.add_argument("run_dir", help="a finished run dir, or an export folder in any format fusegen writes")
+    evaluate.add_argument("--config", help="eval config YAML (default: the built-in CPU config; configs/eval-gpu.yaml)")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override an eval config value, e.g. --set train.steps=50")
+    evaluate.add_argument("--out", metavar="DIR", help="where report.json and the plot go (default RUN_DIR/eval)")
     render = sub.add_parser("render-prompt", help="print the chat messages a stage would send for one row")
     render.add_argument("stage", help="stage name, e.g. doc2query")
     render.add_argument("--row", required=True, help="JSON file with one input row")
@@ -297,6 +303,27 @@ def _validate(args) -> int:
     return 1
 
 
+def _eval(args) -> int:
+    from pipeline.eval import default_out, evaluate, load_eval_config
+
+    cfg = load_eval_config(args.config, args.overrides)
+    tty = sys.stderr.isatty()
+
+    def progress(what: str, step: int, steps: int, loss: float) -> None:
+        # One line per step on a terminal (overwritten); in a log, every tenth of the steps.
+        if tty:
+            print(f"\reval: {what}: step {step}/{steps} loss {loss:.4f}", end="" if step < steps else "\n",
+                  file=sys.stderr, flush=True)
+        elif step == steps or step % max(steps // 10, 1) == 0:
+            print(f"eval: {what}: step {step}/{steps} loss {loss:.4f}", file=sys.stderr, flush=True)
+
+    report = evaluate(args.run_dir, cfg, args.out or default_out(args.run_dir), progress)
+    for line in report["summary"]:
+        print(line)
+    print(f"eval: report {report['report']}")
+    return 0
+
+
 def _render_prompt(args, parser: argparse.ArgumentParser) -> int:
     from pathlib import Path
 
@@ -335,7 +362,7 @@ def _render_prompt(args, parser: argparse.ArgumentParser) -> int:
 COMMANDS = {
     "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny, "index-images": _index_images,
     "gc": _gc,
-    "card": _card, "push": _push, "export": _export, "validate": _validate,
+    "card": _card, "push": _push, "export": _export, "validate": _validate, "eval": _eval,
 }
 
 if __name__ == "__main__":

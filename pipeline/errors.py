@@ -43,3 +43,7 @@ class StageUnschedulableError(PipelineError):
 class ExportError(PipelineError):
     """`fusegen export` / `fusegen validate` cannot go on: the run is not finished or has no GME export,
     the out dir holds another run's files, or the folder is no export fusegen knows."""
+
+
+class EvalError(PipelineError):
+    """`fusegen eval` cannot evaluate this input (no triplets, leaking splits, nothing to hold out)."""

@@ -163,7 +163,7 @@ def megapairs_problems(table: pa.Table) -> list[str]:
 
 
 def megapairs_batch(table: pa.Table, cfg: MegaPairsExportConfig, validation_ratio: float, split_seed: int,
-                    eval_set=None, models: str | None = None) -> pa.Table:
+                    eval_set=None, models: str | None = None, store=None) -> pa.Table:
     """megapairs: upstream rows -> triplet rows with `_status` / `_reason` and `_split` (one for one);
     image columns still hold references (`finish_part` materialises, and resizes, the kept rows')."""
     check_columns("export", MP_INPUTS, table.column_names)
@@ -173,6 +173,12 @@ def megapairs_batch(table: pa.Table, cfg: MegaPairsExportConfig, validation_rati
         texts = rows[cfg.text_field].to_pylist()
         reasons = [r or (CONTAMINATION if any(eval_set.contaminated(t) for t in ts or []) else "")
                    for r, ts in zip(reasons, texts)]
+        if store is not None and eval_set.checks_images:
+            from pipeline.text.contamination_images import rows_with_near_duplicates
+
+            hits = rows_with_near_duplicates(table, ("query_image", "target_image", "neg_images"), store, eval_set,
+                                             reasons)
+            reasons = [r or (CONTAMINATION if hit else "") for r, hit in zip(reasons, hits)]
     statuses = [OK if not r else FILTERED if r.startswith("filter:") else REJECTED for r in reasons]
     splits = [split_of(str(q), validation_ratio, split_seed) for q in table["query_id"].to_pylist()]
     rows = rows.append_column(SPLIT, pa.array(splits, pa.string()))

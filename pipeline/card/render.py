@@ -16,6 +16,7 @@ import jinja2
 import yaml
 
 from pipeline.card.assets import ASSETS, write_examples, write_histograms
+from pipeline.card.evaluation import evaluation_context
 from pipeline.card.facts import RunFacts, check_publishable, read_run
 from pipeline.card.licenses import license_of, obligations
 from pipeline.card.megapairs import is_megapairs, megapairs_examples, megapairs_stats
@@ -177,9 +178,10 @@ def _cell(value: object) -> str:
 
 
 def render(facts: RunFacts, stats: ExportStats, cfg: CardConfig, examples: list, histograms: dict,
-           megapairs: dict | None = None) -> str:
+           megapairs: dict | None = None, evaluation: dict | None = None) -> str:
     """`megapairs` (MegaPairs exports: megapairs_stats plus `examples`) fills the MegaPairs section; the
-    GME-only sections then say they do not apply."""
+    GME-only sections then say they do not apply. `evaluation` (card/evaluation.py) adds the Evaluation
+    section when the run has a `fusegen eval` report."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
@@ -193,6 +195,7 @@ def render(facts: RunFacts, stats: ExportStats, cfg: CardConfig, examples: list,
         "examples": examples,
         "histograms": histograms,
         "megapairs": megapairs,
+        "evaluation": evaluation,
     }
     return env.get_template("dataset_card.md.j2").render(**ctx)
 
@@ -217,5 +220,6 @@ def build_card(run_dir: str, cfg: CardConfig | None = None) -> str:
                      "examples": megapairs_examples(facts.run_fs, first, cfg.examples, cfg.seed)}
     else:
         examples = write_examples(facts.run_fs, first, cfg.examples, cfg.seed)
-    facts.run_fs.write_bytes(CARD, render(facts, stats, cfg, examples, histograms, megapairs).encode())
+    evaluation = evaluation_context(facts.run_fs)
+    facts.run_fs.write_bytes(CARD, render(facts, stats, cfg, examples, histograms, megapairs, evaluation).encode())
     return facts.run_fs.path(CARD)

@@ -48,12 +48,15 @@ from pipeline.stage import (
     set_status,
 )
 from pipeline.text.contamination import ContaminationConfig, EvalNgrams, build_eval_set, eval_identity
+from pipeline.text.contamination_images import rows_with_near_duplicates
 from pipeline.triplets import GME_COLUMNS, GME_INPUTS, SPLITS, TASKS, gme_row_problems, split_of, to_gme_rows
 
 log = get_logger(__name__)
 SCHEMAS = ("gme", "megapairs", "passthrough")
 TRIPLETS = ("gme", "megapairs")
 CONTAMINATION = "filter:contamination"
+# The upstream image columns the image contamination check reads: query, passage, negatives.
+GME_IMAGE_COLUMNS = ("query_image", "image", "neg_images")
 
 
 @dataclass(frozen=True)
@@ -198,27 +201,35 @@ def export_batch(table: pa.Table, drop_raw: bool, run_uri: str | None = None) ->
     return table
 
 
-def gme_batch(table: pa.Table, config: ExportConfig, eval_set: EvalNgrams | None = None) -> pa.Table:
+def gme_batch(table: pa.Table, config: ExportConfig, eval_set: EvalNgrams | None = None,
+              store: ImageStore | None = None) -> pa.Table:
     """gme: upstream rows -> triplet rows with `_status` / `_reason` and `_split` (one for one); image
-    columns still hold references (`finish_part` materialises the kept rows')."""
+    columns still hold references (`finish_part` materialises the kept rows'). `store` reads the images
+    when the evaluation set holds images (`contamination.image_distance`)."""
     check_columns("export", GME_INPUTS, table.column_names)
     rows = to_gme_rows(table, config.task, config.instruction)
     reasons = gme_row_problems(table, rows)
     if eval_set is not None:
-        reasons = contamination_reasons(table, reasons, eval_set)
+        reasons = contamination_reasons(table, reasons, eval_set, store)
     statuses = [OK if not r else FILTERED if r.startswith("filter:") else REJECTED for r in reasons]
     splits = [split_of(str(d), config.validation_ratio, config.split_seed) for d in table["doc_id"].to_pylist()]
     rows = rows.append_column(SPLIT, pa.array(splits, pa.string()))
     return set_status(rows, statuses, reasons)
 
 
-def contamination_reasons(table: pa.Table, reasons: list[str], eval_set: EvalNgrams) -> list[str]:
+def contamination_reasons(table: pa.Table, reasons: list[str], eval_set: EvalNgrams,
+                          store: ImageStore | None = None) -> list[str]:
     """`filter:contamination` for rows (not already dropped) whose passage text, rewritten query or
-    original query overlaps the evaluation set."""
+    original query overlaps the evaluation set, or (evaluation images given) whose query image, passage
+    image or a negative's image is a near-duplicate of an evaluation image."""
     fields = [c for c in ("text", "rewritten_query", "query") if c in table.column_names]
     values = zip(*(table[c].to_pylist() for c in fields))
-    return [r or (CONTAMINATION if any(eval_set.contaminated(t) for t in texts) else "")
-            for r, texts in zip(reasons, values)]
+    reasons = [r or (CONTAMINATION if any(eval_set.contaminated(t) for t in texts) else "")
+               for r, texts in zip(reasons, values)]
+    if store is None or not eval_set.checks_images:
+        return reasons
+    hits = rows_with_near_duplicates(table, GME_IMAGE_COLUMNS, store, eval_set, reasons)
+    return [r or (CONTAMINATION if hit else "") for r, hit in zip(reasons, hits)]
 
 
 def _export_block(table: pa.Table, drop_raw: bool) -> pa.Table:
@@ -230,7 +241,8 @@ def _export_block(table: pa.Table, drop_raw: bool) -> pa.Table:
 _EVAL_SETS: dict[str, EvalNgrams] = {}
 
 
-def _triplet_block(table: pa.Table, cfg: dict, eval_ref, models: str | None = None) -> pa.Table:
+def _triplet_block(table: pa.Table, cfg: dict, eval_ref, models: str | None = None,
+                   run_uri: str | None = None) -> pa.Table:
     eval_set = None
     if eval_ref is not None:
         import ray
@@ -241,9 +253,11 @@ def _triplet_block(table: pa.Table, cfg: dict, eval_ref, models: str | None = No
             _EVAL_SETS[key] = ray.get(eval_ref)
         eval_set = _EVAL_SETS[key]
     config = ExportConfig.from_dict(cfg)
+    store = ImageStore.from_uri(run_uri) if run_uri and eval_set is not None and eval_set.checks_images else None
     if config.schema == "megapairs":
-        return mp.megapairs_batch(table, config.megapairs, config.validation_ratio, config.split_seed, eval_set, models)
-    return gme_batch(table, config, eval_set)
+        return mp.megapairs_batch(table, config.megapairs, config.validation_ratio, config.split_seed, eval_set, models,
+                                  store)
+    return gme_batch(table, config, eval_set, store)
 
 
 class Export(Stage):
@@ -301,8 +315,9 @@ class Export(Stage):
             import ray
 
             self._eval_ref = ray.put(self._eval_set)
+        run_uri = self.context.run_uri if self.context is not None else None
         return [BlockStep(_triplet_block, {"cfg": to_dict(self.config), "eval_ref": self._eval_ref,
-                                           "models": self._models})]
+                                           "models": self._models, "run_uri": run_uri})]
 
     def finish_part(self, table: pa.Table) -> pa.Table:
         """Image references -> HF image structs with the stored bytes, then the `datasets` features.

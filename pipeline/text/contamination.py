@@ -12,10 +12,15 @@ Evaluation files: JSONL (or a JSON array of records) and Parquet whose records c
 (`qry`, `pos_text`, `neg_text`), M-BEIR queries and pools (`query_txt`, `txt`), fusegen's GME rows
 (`query_text`, `pos_text`, `neg_texts`) or plain `{"text": ...}`. A file that is missing, empty,
 malformed or of no known shape is a PipelineConfigError before any work starts.
+
+Images (`image_distance` set): the images the evaluation files name (contamination_images.py
+`EVAL_IMAGE_FIELDS`) are hashed (64-bit dHash), and a row whose query or candidate image is within
+`image_distance` bits of one of them is contaminated too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +31,13 @@ import numpy as np
 
 from pipeline.config import check
 from pipeline.errors import PipelineConfigError
+from pipeline.text.contamination_images import (
+    EVAL_IMAGE_FIELDS,
+    dhash,
+    eval_image_hashes,
+    record_images,
+    within,
+)
 from pipeline.text.leak import fold
 
 EVAL_TEXT_FIELDS = (
@@ -47,9 +59,18 @@ class ContaminationConfig:
     ngram: int = 13
     # Share of a text's n-grams found in the evaluation set at which the row is dropped.
     threshold: float = 0.5
+    # Near-duplicate images: a query or candidate image whose dHash is within this many bits (of 64) of
+    # an evaluation image's is contamination too (0: the same picture re-encoded; 4-6 survives resizing).
+    # null: images are not compared (evaluation files often name images that are not on this machine).
+    image_distance: int | None = None
+    # Folder that relative image paths in the evaluation files resolve against; "": each file's own folder.
+    image_root: str = ""
 
     def __post_init__(self) -> None:
         check(self.ngram >= 1, "export", "contamination.ngram", f"must be >= 1 (got {self.ngram})")
+        if self.image_distance is not None:
+            check(0 <= self.image_distance <= 32, "export", "contamination.image_distance",
+                  f"must be within 0..32 bits, or null (got {self.image_distance})")
         check(0 < self.threshold <= 1, "export", "contamination.threshold",
               f"must be in (0, 1] (got {self.threshold})")
 
@@ -97,6 +118,9 @@ class EvalNgrams:
     n: int
     threshold: float
     texts: int
+    # dHashes of the evaluation images (sorted, unique) and the distance that counts as a near-duplicate.
+    images: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.uint64))
+    image_distance: int | None = None
 
     @classmethod
     def build(cls, texts: list[str], n: int, threshold: float) -> EvalNgrams:
@@ -122,6 +146,18 @@ class EvalNgrams:
     def contaminated(self, text: str | None) -> bool:
         return bool(text) and self.overlap(text) >= self.threshold
 
+    @property
+    def checks_images(self) -> bool:
+        return self.image_distance is not None and len(self.images) > 0
+
+    def near_duplicate(self, data: bytes | None) -> bool:
+        """Whether the image is within `image_distance` bits of an evaluation image (False when images are
+        not checked or the bytes are no image: the stages that decode images reject those)."""
+        if not data or not self.checks_images:
+            return False
+        h = dhash(data)
+        return h is not None and within(self.images, h, self.image_distance)
+
 
 def _member(sorted_set: np.ndarray, values: np.ndarray) -> np.ndarray:
     if not len(sorted_set):
@@ -132,13 +168,18 @@ def _member(sorted_set: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def read_eval_texts(path: str) -> list[str]:
     """Every evaluation text of one file; PipelineConfigError naming the file when it is unusable."""
+    return read_eval_file(path)[0]
+
+
+def read_eval_file(path: str, images: bool = False, image_root: str = "") -> tuple[list[str], list[bytes]]:
+    """(texts, image bytes when `images`) of one evaluation file; PipelineConfigError when it is unusable."""
     where = f"export: `contamination.eval_files` entry {path!r}"
     if not os.path.isfile(path):
         raise PipelineConfigError(f"{where} does not exist or is not a file; fix the path or remove it")
     if os.path.getsize(path) == 0:
         raise PipelineConfigError(f"{where} is empty; give a file of evaluation texts or remove it")
     if path.endswith(".parquet"):
-        records, seen = _parquet_records(path, where)
+        records, seen = _parquet_records(path, where, images)
     elif path.endswith((".jsonl", ".ndjson", ".json")):
         records, seen = _json_records(path, where)
     else:
@@ -146,12 +187,14 @@ def read_eval_texts(path: str) -> list[str]:
     texts = [t for record in records for t in _texts(record)]
     if not records:
         raise PipelineConfigError(f"{where} holds no records")
-    if not texts:
+    folder = image_root or os.path.dirname(os.path.abspath(path))
+    blobs = [b for r in records for b in record_images(r, folder, where)] if images else []
+    if not texts and not blobs:
         raise PipelineConfigError(
             f"{where} has no text field fusegen knows (its fields: {', '.join(sorted(seen)) or 'none'}); "
             f"known fields: {', '.join(EVAL_TEXT_FIELDS)}"
         )
-    return texts
+    return texts, blobs
 
 
 def _texts(record: dict) -> list[str]:
@@ -192,12 +235,13 @@ def _json_records(path: str, where: str) -> tuple[list[dict], set[str]]:
     return records, {k for r in records[:100] for k in r}
 
 
-def _parquet_records(path: str, where: str) -> tuple[list[dict], set[str]]:
+def _parquet_records(path: str, where: str, images: bool = False) -> tuple[list[dict], set[str]]:
     import pyarrow.parquet as pq
 
     try:
         schema = pq.read_schema(path)
-        fields = [f for f in EVAL_TEXT_FIELDS if f in schema.names]
+        wanted = EVAL_TEXT_FIELDS + (EVAL_IMAGE_FIELDS if images else ())
+        fields = [f for f in wanted if f in schema.names]
         table = pq.read_table(path, columns=fields)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError or ArrowInvalid for junk files
         raise PipelineConfigError(f"{where} is not a readable Parquet file: {exc}") from None
@@ -222,5 +266,12 @@ def build_eval_set(cfg: ContaminationConfig) -> EvalNgrams | None:
     """Read and index every evaluation file (driver side, before work starts); None when none is set."""
     if not cfg.eval_files:
         return None
-    texts = [t for path in cfg.eval_files for t in read_eval_texts(path)]
-    return EvalNgrams.build(texts, cfg.ngram, cfg.threshold)
+    texts: list[str] = []
+    hashes = []
+    for path in cfg.eval_files:
+        file_texts, blobs = read_eval_file(path, cfg.image_distance is not None, cfg.image_root)
+        texts += file_texts
+        hashes.append(eval_image_hashes(blobs, f"export: `contamination.eval_files` entry {path!r}"))
+    built = EvalNgrams.build(texts, cfg.ngram, cfg.threshold)
+    images = np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64)
+    return dataclasses.replace(built, images=images, image_distance=cfg.image_distance)
