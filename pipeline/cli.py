@@ -1,5 +1,5 @@
-"""`fusegen` command line: run, status, stages, make-tiny-models, index-images, card, push, export, validate,
-gc, render-prompt, eval."""
+"""`fusegen` command line: run, plan, status, stages, make-tiny-models, index-images, card, push, export,
+validate, gc, render-prompt, eval."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def _main(argv: list[str] | None) -> int:
     run.add_argument("--force", action="store_true", help="reuse a run dir made by another pipeline or version")
     run.add_argument("--index-dir", help="shared folder (path or URI) for indexes, reused across runs")
     run.add_argument("--push", metavar="OWNER/NAME", help="then push the export to this Hub dataset repo")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print each stage's worker pools and check them against the cluster; run nothing")
+    plan = sub.add_parser("plan", help="print each stage's worker pools (GPU bundles, actors) and check that the "
+                                       "cluster can start them; run nothing")
+    plan.add_argument("config", help="YAML config, e.g. configs/gpu.yaml")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. --set doc2query.llm.tensor_parallel_size=8")
+    plan.add_argument("--cluster", metavar="JSON|FILE",
+                      help="plan against these nodes instead of the cluster (RAY_ADDRESS, `ray.address` or an "
+                           'embedded Ray): a JSON list of node resources, e.g. \'[{"CPU": 96, "GPU": 8}]\'')
     status = sub.add_parser("status", help="print the per-stage funnel of a run directory")
     status.add_argument("run_dir")
     status.add_argument("--json", action="store_true", help="print the manifests as JSON")
@@ -102,6 +112,9 @@ def _run(args) -> int:
     from pipeline.settings import build_stages, load_config
     from pipeline.status import format_status
 
+    if args.dry_run:
+        return _plan_config(args.config, args.overrides, None)
+
     if args.push:
         from pipeline.io.hub import check_repo_id, resolve_token
 
@@ -117,6 +130,55 @@ def _run(args) -> int:
     if args.push:
         return _push_to(ctx.run_uri, args.push)
     return 0
+
+
+def _plan(args) -> int:
+    return _plan_config(args.config, args.overrides, args.cluster)
+
+
+def _plan_config(path: str, overrides: list[str], cluster: str | None) -> int:
+    """Print the stages' worker pools against the nodes; a plan the nodes cannot start is an error
+    naming each stage and what it lacks (the check a run makes before any work)."""
+    from pipeline.errors import StageUnschedulableError
+    from pipeline.rundir import RunContext
+    from pipeline.runner import stage_plan
+    from pipeline.scheduling import format_plan, plan_error, plan_problems
+    from pipeline.settings import build_stages, load_config
+
+    config = load_config(path, overrides)
+    # Nothing is written: the context only names where a run would go.
+    plan = stage_plan(build_stages(config, RunContext.create(config)))
+    if cluster is None:
+        from pipeline.raycluster import cluster_nodes
+
+        nodes = cluster_nodes(config.ray)
+    else:
+        nodes = _cluster_nodes(cluster)
+    print(f"plan: {path} (pipeline {config.pipeline})")
+    print("\n".join(format_plan(plan, nodes)))
+    problems = plan_problems(plan, nodes)
+    if problems:
+        raise StageUnschedulableError(plan_error(problems, nodes, "checked once; a run waits up to "
+                                                                  "`ray.schedule_grace_s` on a cluster it joins"))
+    print("plan: every stage can start on these nodes")
+    return 0
+
+
+def _cluster_nodes(text: str) -> list[dict]:
+    """`--cluster`: a JSON list (inline or in a file) of node resources, or of `ray.nodes()` entries."""
+    from pathlib import Path
+
+    source = Path(text).read_text(encoding="utf-8") if not text.lstrip().startswith("[") else text
+    try:
+        nodes = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise PipelineConfigError(f"--cluster: not a JSON list of nodes ({exc}); e.g. '[{{\"CPU\": 96, \"GPU\": 8}}]'") from None
+    ok = isinstance(nodes, list) and all(isinstance(n, dict) for n in nodes)
+    if not ok or not all(isinstance(v, (int, float)) for n in nodes for v in n.get("Resources", n).values()):
+        raise PipelineConfigError(f"--cluster: must be a JSON list of objects of resource amounts, e.g. "
+                                  f"'[{{\"CPU\": 96, \"GPU\": 8}}]' (got {source[:200]!r})")
+    return [n if "Resources" in n else {"NodeManagerAddress": f"node{i}", "Resources": n}
+            for i, n in enumerate(nodes, start=1)]
 
 
 def _index_images(args) -> int:
@@ -360,7 +422,7 @@ def _render_prompt(args, parser: argparse.ArgumentParser) -> int:
 
 
 COMMANDS = {
-    "run": _run, "status": _status, "stages": _stages, "make-tiny-models": _tiny, "index-images": _index_images,
+    "run": _run, "plan": _plan, "status": _status, "stages": _stages, "make-tiny-models": _tiny, "index-images": _index_images,
     "gc": _gc,
     "card": _card, "push": _push, "export": _export, "validate": _validate, "eval": _eval,
 }

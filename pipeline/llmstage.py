@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from pipeline.config import to_dict
 from pipeline.models.llm import generate_json
 from pipeline.prompts import load_sources
+from pipeline.scheduling import Phase
 from pipeline.stage import Stage, glue_map
 
 
@@ -42,6 +43,12 @@ class LLMStage(Stage):
 
     def models(self) -> dict[str, str]:
         return {"llm": f"{self.model_id} via {self.config.llm.backend}"}
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """The LLM backend's pools (glue tasks around it take no CPU)."""
+        from pipeline.models.llm import llm_pools
+
+        return (Phase(self.name, llm_pools(self.config.llm, self.config.resources, self.name, f"{self.name}.llm")),)
 
     def apply(self, ds: Any) -> Any:
         cfg = to_dict(self.config)

@@ -79,6 +79,29 @@ def quiet_ray() -> None:
         warnings.showwarning = functools.partial(_show_warning, _original=warnings.showwarning)
 
 
+def cluster_nodes(cfg) -> list[dict]:
+    """The nodes of the cluster a run would use (`ray.nodes()`), connecting to it (or starting the
+    embedded one) as the run does."""
+    import ray
+
+    init_ray(cfg)
+    return ray.nodes()
+
+
+def check_plan(cfg, plan: list) -> None:
+    """Before any work: wait until the cluster can start every stage's worker pools, up to
+    `ray.schedule_grace_s` on a cluster it connects to (an embedded Ray cannot grow: checked once).
+
+    Raises:
+        StageUnschedulableError: naming each stage that cannot start and what it lacks.
+    """
+    from pipeline.scheduling import wait_until_plan_fits
+
+    init_ray(cfg)
+    connected = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
+    wait_until_plan_fits(plan, cfg.schedule_grace_s if connected else 0.0, "ray.schedule_grace_s")
+
+
 def init_ray(cfg) -> None:
     import ray
     import ray.data

@@ -35,6 +35,7 @@ from pipeline.io.runlock import run_lock
 from pipeline.io.shards import ShardSpec, tag_rows
 from pipeline.logging import get_logger
 from pipeline.progress import StageProgress
+from pipeline.raycluster import check_plan
 from pipeline.rundir import RunContext, check_run_dir, stage_dirs
 from pipeline.stage import Stage, StageOutput, glue_map, run_steps
 from pipeline.stallguard import guarded
@@ -90,6 +91,10 @@ def run_pipeline(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
 
 def _run_locked(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
     check_run_dir(ctx)
+    # Before any stage prepares (resolves models, reads prompts and inputs): a config the cluster cannot
+    # start (a TP group larger than any node, a custom resource no node has) fails now, every such
+    # stage named with what it lacks, not at its turn hours later or queued forever by Ray.
+    check_plan(ctx.config.ray, stage_plan(stages))
     # Every stage prepares (renders its prompts, resolves its models, identifies its input files)
     # before any stage runs: a bad prompt or model of the last stage stops the run before hours of work.
     fingerprints, identities, upstream_fp = [], [], ""
@@ -127,6 +132,11 @@ def _run_locked(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
                 log.info("%s: removed %d file(s) nothing refers to (%.1f MiB)",
                          what, garbage.count, garbage.bytes / 2**20)
     return results
+
+
+def stage_plan(stages: list[Stage]) -> list[tuple]:
+    """(stage name, its phases) for every stage: what pipeline/scheduling.py checks and prints."""
+    return [(stage.name, stage.schedule()) for stage in stages]
 
 
 def prompt_hashes(prompts_dir, files: tuple[str, ...]) -> dict[str, str]:

@@ -25,6 +25,13 @@ class RayConfig:
     num_cpus: int | None = None
     object_store_mb: int = 512
     log_to_driver: bool = True
+    # Seconds the run waits, before any work, for a cluster it connects to (an autoscaler adding nodes)
+    # to be able to start every stage's worker pools (pipeline/scheduling.py); then it fails naming
+    # each stage and what it lacks. 0: fail at once. An embedded Ray cannot grow: checked once.
+    schedule_grace_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        check(self.schedule_grace_s >= 0, "ray", "schedule_grace_s", f"must be >= 0 (got {self.schedule_grace_s})")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from pipeline.columns import (  # noqa: F401 - re-exported: stages import these 
 )
 from pipeline.config import check
 from pipeline.errors import StageInputError
+from pipeline.scheduling import ActorPool, Phase
 
 # CPUs asked for by the light glue tasks around a model (shard reads, prompt rendering, parsing).
 # Zero, so they always schedule beside model actors that hold every CPU: on a 2-CPU cluster two
@@ -62,16 +63,44 @@ def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: fl
     """
     import ray.data
 
+    request = actor_request(resources, num_gpus)
     return ds.map_batches(
         fn_cls,
         fn_constructor_kwargs=kwargs,
         batch_size=None,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus if num_gpus is None else num_gpus,
-        **resources.remote_args(),
+        num_cpus=request.pop("CPU"),
+        num_gpus=request.pop("GPU", 0.0),
+        **({"resources": request} if request else {}),
     )
+
+
+def actor_request(resources: Resources, num_gpus: float | None = None) -> dict[str, float]:
+    """What one `actor_map` actor asks Ray for: CPUs, GPUs if any (`num_gpus` overrides the config's)
+    and the custom resources."""
+    gpus = resources.num_gpus if num_gpus is None else num_gpus
+    return {"CPU": float(resources.num_cpus), **({"GPU": float(gpus)} if gpus else {}), **resources.custom}
+
+
+def actor_pool(role: str, resources: Resources, knob: str, num_gpus: float | None = None) -> ActorPool:
+    """The pool `actor_map` starts with these arguments, for the plan (`Stage.schedule`); `knob` is the
+    config section whose `resources` set it."""
+    n = resources.concurrency
+    return ActorPool(f"{role} actor", (actor_request(resources, num_gpus),), n, n,
+                     knob=f"`{knob}.resources.num_gpus` / `num_cpus` / `custom`",
+                     scale=f"`{knob}.resources.concurrency`")
+
+
+def task_pool(
+    role: str, resources: Resources, knob: str, num_cpus: float | None = None, custom: bool = True
+) -> ActorPool:
+    """Model-less Ray tasks at `resources.num_cpus` (or `num_cpus`), with the custom resources unless
+    `custom` is False: no fixed pool, but one must fit a node."""
+    cpus = resources.num_cpus if num_cpus is None else num_cpus
+    extra = resources.custom if custom else {}
+    return ActorPool(f"{role} task", ({"CPU": float(cpus), **extra},), 1, 1,
+                     knob=f"`{knob}.resources.num_cpus` / `custom`")
 
 
 @dataclass(frozen=True)
@@ -232,6 +261,12 @@ class Stage(abc.ABC):
     def bind(self, inputs: dict[str, StageOutput], indexes: dict[str, Any]) -> None:
         """Receive the resolved `inputs` and built `indexes` (driver side, before `apply`)."""
         self.bound_inputs, self.bound_indexes = dict(inputs), dict(indexes)
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """The Ray worker pools the stage starts, from its config alone (no model is resolved), for
+        `fusegen plan` and the runner's check before any work: its index builds, then the stage. The
+        default is the runner's shard task (`task_steps`) at `resources.num_cpus`."""
+        return (Phase(self.name, (task_pool("shard", self.config.resources, self.name),)),)
 
     def before_execute(self, ctx: Any) -> None:
         """Driver-side work once the stage is known to run, after `bind`, before its shards."""

@@ -42,14 +42,15 @@ def open_clip_name(model: str, cache_dir) -> tuple[str, str]:
 
 
 class ClipModel:
-    """An open_clip model and its preprocessing, loaded once (per Ray actor)."""
+    """An open_clip model and its preprocessing, loaded once (per Ray actor); on `device`, by default CUDA
+    when there is one."""
 
-    def __init__(self, name: str, cfg: ClipConfig) -> None:
+    def __init__(self, name: str, cfg: ClipConfig, device: str | None = None) -> None:
         import open_clip
         import torch
 
         self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         pretrained = None if name.startswith(("local-dir:", "hf-hub:")) else cfg.pretrained
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=self.device)
         self.model = model.eval()

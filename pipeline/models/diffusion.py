@@ -42,9 +42,9 @@ class DiffusionConfig:
 
 
 class Drawer:
-    """A diffusers pipeline loaded once (per Ray actor)."""
+    """A diffusers pipeline loaded once (per Ray actor); on `device`, by default CUDA when there is one."""
 
-    def __init__(self, model_path: str, cfg: DiffusionConfig) -> None:
+    def __init__(self, model_path: str, cfg: DiffusionConfig, device: str | None = None) -> None:
         import torch
         from diffusers import DiffusionPipeline
         from diffusers.utils import logging as dlogging
@@ -56,7 +56,7 @@ class Drawer:
         quiet_transformers()  # the pipeline's text encoder loads through transformers
         self.torch = torch
         self.cfg = cfg
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(cfg.dtype)
         if dtype is None:
             dtype = torch.bfloat16 if self.device == "cuda" else torch.float32

@@ -201,6 +201,21 @@ class HFGenerateFn:
         return table.append_column(LLM_ERROR, pa.array([e for _, e in results], pa.string()))
 
 
+def llm_pools(cfg: LLMConfig, resources, section: str, llm_key: str, multimodal: bool = False) -> tuple:
+    """The Ray worker pools `generate_json` (and models/vlm.py's `generate_text_with_images`, with
+    `multimodal`) start for `cfg.backend`, for the plan; `section` names the config section whose
+    `resources` they use, `llm_key` the LLM config's key (e.g. `images.generation.llm`)."""
+    from pipeline.stage import actor_pool
+
+    if cfg.backend == "vllm":
+        from pipeline.models.vllm_backend import replica_pools
+
+        return replica_pools(cfg, resources, section, llm_key, multimodal)
+    if cfg.backend == "openai":
+        return (actor_pool("OpenAIChatFn", resources, section, num_gpus=0),)
+    return (actor_pool("HFVisionGenerateFn" if multimodal else "HFGenerateFn", resources, section),)
+
+
 def generate_json(ds, cfg: LLMConfig, model_path: str, schema: dict, resources, stage: str = "llm") -> Any:
     """Add `_raw` / `_llm_error` to every row of `ds` with the configured backend.
 

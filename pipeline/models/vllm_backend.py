@@ -135,6 +135,30 @@ def engine_bundles(cfg: LLMConfig, resources: Any) -> list[dict[str, float]]:
     return [engine_bundle(cfg, resources)] * (cfg.tensor_parallel_size * cfg.pipeline_parallel_size)
 
 
+def replica_pools(cfg: LLMConfig, resources: Any, section: str, llm_key: str, multimodal: bool = False) -> tuple:
+    """What one `vllm_processor_config` processor starts, for the plan (pipeline/scheduling.py): engine
+    replicas (1 to `resources.concurrency`; each a placement group of `engine_bundles`, a tensor-
+    parallel group per node, with the `accelerator_type` label ray.data.llm adds) and its CPU helper
+    actors (1 to `resources.concurrency` each; `helper_num_cpus` or Ray's 1 CPU)."""
+    from pipeline.scheduling import ActorPool
+
+    tp, pp = cfg.tensor_parallel_size, cfg.pipeline_parallel_size
+    label = {f"accelerator_type:{cfg.accelerator_type}": 0.001} if cfg.accelerator_type else {}
+    bundles = tuple({**b, **label} for b in engine_bundles(cfg, resources))
+    note = f"tensor_parallel_size={tp}" + (f", pipeline_parallel_size={pp}" if pp > 1 else "")
+    n = resources.concurrency
+    engine = ActorPool(
+        "vLLM engine replica", bundles, 1, n, group=tp, note=note,
+        knob=f"`{llm_key}.tensor_parallel_size` / `{section}.resources.num_cpus` / `{llm_key}.vllm_device`",
+        scale=f"`{llm_key}.tensor_parallel_size`",
+    )
+    helpers = helper_num_cpus(cfg)
+    cpus = {"CPU": 1.0 if helpers is None else float(helpers)}
+    names = (("prepare_multimodal",) if multimodal else ()) + ("chat_template", "tokenize", "detokenize")
+    knob = f"`{llm_key}.vllm_helper_num_cpus`"
+    return (engine, *(ActorPool(f"vLLM {name} actor", (dict(cpus),), 1, n, knob=knob) for name in names))
+
+
 def helper_num_cpus(cfg: LLMConfig) -> float | None:
     if cfg.vllm_helper_num_cpus is not None:
         return cfg.vllm_helper_num_cpus

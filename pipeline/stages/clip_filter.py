@@ -25,7 +25,18 @@ from pipeline.config import check, to_dict
 from pipeline.io.image_store import ImageStore
 from pipeline.models.clip import ClipConfig
 from pipeline.prompts import load_sources, render
-from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, actor_map, set_status
+from pipeline.scheduling import Phase
+from pipeline.stage import (
+    FILTERED,
+    OK,
+    REJECTED,
+    Resources,
+    Stage,
+    StageConfig,
+    actor_map,
+    actor_pool,
+    set_status,
+)
 
 PROMPTS = ("clip_filter/text.j2",)
 IMAGE_SOURCES = ("doc", "retrieved", "generated")
@@ -112,6 +123,9 @@ class ClipFilter(Stage):
     def models(self) -> dict[str, str]:
         pretrained = f", {self.config.clip.pretrained}" if self.config.clip.pretrained else ""
         return {"clip": f"{self.model_id} (open_clip{pretrained})"}
+
+    def schedule(self) -> tuple[Phase, ...]:
+        return (Phase(self.name, (actor_pool("ClipScoreFn", self.config.resources, self.name),)),)
 
     def apply(self, ds):
         kwargs = {"model": self.model_path, "cfg": to_dict(self.config), "sources": self.sources,

@@ -24,7 +24,18 @@ from pipeline.config import check, to_dict
 from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
 from pipeline.io.indexes import IndexHandle, IndexSpec, embedding_array
 from pipeline.models.text_embed import TextEmbedConfig, TextEmbedder, passage_texts
-from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, actor_map, set_status
+from pipeline.scheduling import Phase
+from pipeline.stage import (
+    FILTERED,
+    OK,
+    REJECTED,
+    Resources,
+    Stage,
+    StageConfig,
+    actor_map,
+    actor_pool,
+    set_status,
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,9 @@ class PoolEmbed(Stage):
         super().__init__(config, context)
         self.model_path = model_path
 
+    def schedule(self) -> tuple[Phase, ...]:
+        return (Phase(self.name, (actor_pool("PoolEmbedFn", self.config.resources, "consistency"),)),)
+
     def apply(self, ds):
         return actor_map(ds, PoolEmbedFn, {"model_path": self.model_path, "cfg": to_dict(self.config.embedder),
                                             "batch_size": self.config.resources.batch_size}, self.config.resources)
@@ -139,6 +153,11 @@ class Consistency(Stage):
         pool = PoolEmbed(self.config, self.context, self.model_path)
         index = self.config.index
         return (IndexSpec("text", "ingest", pool, embedder, index.kind, index.nlist),)
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """The passage pool index's build (`PoolEmbed`), then the ConsistencyFn actors."""
+        own = Phase(self.name, (actor_pool("ConsistencyFn", self.config.resources, self.name),))
+        return (*PoolEmbed(self.config, self.context, "").schedule(), own)
 
     def apply(self, ds):
         kwargs = {"model_path": self.model_path, "cfg": to_dict(self.config), "index": self.bound_indexes["text"]}

@@ -33,6 +33,7 @@ from pipeline.config import check, to_dict
 from pipeline.errors import PipelineConfigError
 from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW, LLMConfig
 from pipeline.prompts import load_sources, render
+from pipeline.scheduling import Phase
 from pipeline.stage import (
     FILTERED,
     OK,
@@ -266,6 +267,15 @@ class Describe(Stage):
 
     def models(self) -> dict[str, str]:
         return {"vlm": f"{self.model_id} via {self.config.vlm.backend}"} if self.config.mode == "vlm" else {}
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """`captions`: the shard task; `vlm`: the VLM backend's pools."""
+        if self.config.mode == "captions":
+            return super().schedule()
+        from pipeline.models.llm import llm_pools
+
+        cfg = self.config
+        return (Phase(self.name, llm_pools(cfg.vlm, cfg.resources, self.name, f"{self.name}.vlm", multimodal=True)),)
 
     def task_steps(self) -> list[BlockStep] | None:
         if self.config.mode == "captions":

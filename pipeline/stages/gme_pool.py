@@ -38,7 +38,8 @@ from pipeline.config import to_dict
 from pipeline.io.image_store import IMAGE_REF, ImageStore
 from pipeline.io.indexes import IndexSpec, embedding_array
 from pipeline.models.gme import GmeConfig
-from pipeline.stage import SHARD, SRC, Resources, Stage, StageConfig, actor_map, mark_all_ok
+from pipeline.scheduling import Phase
+from pipeline.stage import SHARD, SRC, Resources, Stage, StageConfig, actor_map, actor_pool, mark_all_ok
 
 POOL_SCHEMA = pa.schema(
     [
@@ -185,6 +186,10 @@ class GmePoolEmbed(Stage):
     ) -> None:
         super().__init__(config, context, section)
         self.model_path = model_path
+
+    def schedule(self) -> tuple[Phase, ...]:
+        # Named `<stage>:pool`; the stage's own `resources` set the pool.
+        return (Phase(self.name, (actor_pool("GmePoolEmbedFn", self.config.resources, self.name.split(":")[0]),)),)
 
     def apply(self, ds):
         kwargs = {"model_path": self.model_path, "cfg": to_dict(self.config), "run_uri": self.context.run_uri}

@@ -28,7 +28,18 @@ from pipeline.errors import PipelineConfigError
 from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
 from pipeline.io.indexes import IndexHandle, IndexSpec
 from pipeline.models.gme import GmeConfig
-from pipeline.stage import FILTERED, OK, REJECTED, Resources, Stage, StageConfig, actor_map, set_status
+from pipeline.scheduling import Phase
+from pipeline.stage import (
+    FILTERED,
+    OK,
+    REJECTED,
+    Resources,
+    Stage,
+    StageConfig,
+    actor_map,
+    actor_pool,
+    set_status,
+)
 from pipeline.stages import gme_pool
 from pipeline.stages.consistency import source_ranks
 
@@ -214,15 +225,26 @@ class GmeStage(Stage):
     def models(self) -> dict[str, str]:
         return {"gme": self.model_id}
 
-    def pool_index(self) -> tuple[IndexSpec, ...]:
-        """The GME passage pool: one index for both stages when their GME candidate settings agree."""
+    def uses_pool(self) -> bool:
+        """Whether the stage declares the GME passage pool index."""
+        return True
+
+    def indexes(self) -> tuple[IndexSpec, ...]:
+        """The GME passage pool (`uses_pool`): one index for both stages when their GME candidate
+        settings agree."""
+        return (self.pool_spec(self.model_path, self.model_id),) if self.uses_pool() else ()
+
+    def pool_spec(self, model_path: str, model_id: str) -> IndexSpec:
         cfg = self.config
-        return (
-            gme_pool.pool_spec(
-                self.name, cfg.gme, self.model_path, self.model_id, cfg.passage_images,
-                cfg.index.kind, cfg.index.nlist, cfg.resources, self.context,
-            ),
+        return gme_pool.pool_spec(
+            self.name, cfg.gme, model_path, model_id, cfg.passage_images,
+            cfg.index.kind, cfg.index.nlist, cfg.resources, self.context,
         )
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """The GME pool index's build (when declared), then the stage's actors."""
+        pool = self.pool_spec("", "").embed.schedule() if self.uses_pool() else ()
+        return (*pool, Phase(self.name, (actor_pool(type(self).actor.__name__, self.config.resources, self.name),)))
 
     def apply(self, ds):
         kwargs = {
@@ -250,6 +272,6 @@ class GmeScore(GmeStage):
     output_columns: ClassVar[tuple[str, ...]] = ("instruction", "gme_pos_score", "gme_pos_rank")
     actor: ClassVar[type] = GmeScoreFn
 
-    def indexes(self) -> tuple[IndexSpec, ...]:
+    def uses_pool(self) -> bool:
         """The GME passage pool, only when the rank check is on."""
-        return self.pool_index() if self.config.top_k else ()
+        return bool(self.config.top_k)

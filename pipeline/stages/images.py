@@ -43,6 +43,7 @@ from pipeline.io.image_store import ImageStore
 from pipeline.io.indexes import IndexHandle, IndexSpec
 from pipeline.models.llm_config import LLM_ERROR, MESSAGES, RAW
 from pipeline.prompts import load_sources, render
+from pipeline.scheduling import Phase
 from pipeline.stage import (
     FILTERED,
     NROWS,
@@ -51,6 +52,7 @@ from pipeline.stage import (
     SLOT,
     Stage,
     actor_map,
+    actor_pool,
     glue_map,
     set_status,
 )
@@ -64,7 +66,7 @@ from pipeline.stages.images_config import (
     ImagesConfig,
     RetrievalConfig,
 )
-from pipeline.stages.images_pool import OpenImagePool, PoolVectorsFn, pool_spec, retriever_model
+from pipeline.stages.images_pool import ImagePool, OpenImagePool, PoolVectorsFn, pool_spec, retriever_model
 
 # Names the images stage's callers import from here (its config and pool index live beside it).
 __all__ = ["ATTEMPT", "GEN", "OUT_FIELDS", "PROMPTS", "SOURCES", "DrawFn", "GenerationConfig", "Images",
@@ -390,6 +392,20 @@ class Images(Stage):
         if not self.retriever_path:
             return ()
         return (pool_spec(self.config, self.context, self.retriever_path, self.retriever_id),)
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """The pool index's build (retrieval from a pool), then ImagesFn, the describer LLM's pools
+        (generation with `describe: llm`) and DrawFn, all at once and all on `images.resources`."""
+        cfg = self.config
+        index = ImagePool(cfg, self.context, "").schedule() if "retrieval" in cfg.sources and cfg.pool.path else ()
+        pools = [actor_pool("ImagesFn", cfg.resources, self.name)]
+        if "generation" in cfg.sources:
+            if cfg.generation.describe == "llm":
+                from pipeline.models.llm import llm_pools
+
+                pools += llm_pools(cfg.generation.llm, cfg.resources, self.name, f"{self.name}.generation.llm")
+            pools.append(actor_pool("DrawFn", cfg.resources, self.name))
+        return (*index, Phase(self.name, tuple(pools)))
 
     def apply(self, ds):
         cfg = self.config

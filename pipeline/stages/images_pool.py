@@ -13,7 +13,8 @@ from pipeline.config import to_dict
 from pipeline.io.image_pool import POOL_READERS, load_pool_batch, plan_pool, pool_identity
 from pipeline.io.image_store import ImageStore
 from pipeline.io.indexes import IndexHandle, IndexSpec, embedding_array
-from pipeline.stage import FILTERED, OK, Stage, actor_map, set_status
+from pipeline.scheduling import Phase
+from pipeline.stage import FILTERED, OK, Stage, actor_map, actor_pool, set_status, task_pool
 from pipeline.stages.images_config import ImagesConfig
 
 
@@ -85,6 +86,12 @@ class ImagePool(Stage):
 
     def readers(self) -> dict:
         return dict(POOL_READERS)
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """The pool's fetch tasks (at most 1 CPU, no custom resources) and the PoolVectorsFn actors."""
+        res = self.config.resources
+        fetch = task_pool("load_pool_batch", res, "images", num_cpus=min(1.0, res.num_cpus), custom=False)
+        return (Phase(self.name, (fetch, actor_pool("PoolVectorsFn", res, "images"))),)
 
     def apply(self, ds):
         cfg = self.config

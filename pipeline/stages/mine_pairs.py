@@ -33,6 +33,7 @@ from pipeline.config import build, check, to_dict
 from pipeline.io.image_store import IMAGE_REF
 from pipeline.io.indexes import IndexHandle, IndexSpec
 from pipeline.mining import SKIP_CAUSES, MineSettings, QueryResult
+from pipeline.scheduling import Phase
 from pipeline.stage import (
     FILTERED,
     NROWS,
@@ -45,6 +46,7 @@ from pipeline.stage import (
     Stage,
     StageConfig,
     actor_map,
+    actor_pool,
     set_status,
 )
 from pipeline.stages.mine_search import META, mine_shard, read_meta
@@ -235,6 +237,11 @@ class MinePairs(Stage):
         return tuple(
             view_spec(v, self.context, *self.resolved[v.name], stage=self.name) for v in self.config.views
         )
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """Each view's index build (one after another), then the MinePairsFn actors."""
+        views = [p for v in self.config.views for p in view_spec(v, self.context, "", "", self.name).embed.schedule()]
+        return (*views, Phase(self.name, (actor_pool("MinePairsFn", self.config.resources, self.name),)))
 
     def apply(self, ds):
         kwargs = {"cfg": to_dict(self.config), "indexes": dict(self.bound_indexes)}

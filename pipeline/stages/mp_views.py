@@ -32,6 +32,7 @@ from pipeline.config import check, to_dict
 from pipeline.io.image_store import ImageStore
 from pipeline.io.index_config import IndexConfig
 from pipeline.io.indexes import IndexSpec, embedding_array
+from pipeline.scheduling import Phase
 from pipeline.stage import (
     FILTERED,
     OK,
@@ -42,6 +43,7 @@ from pipeline.stage import (
     Stage,
     StageConfig,
     actor_map,
+    actor_pool,
     set_status,
 )
 
@@ -246,6 +248,11 @@ class ViewEmbed(Stage):
     ) -> None:
         super().__init__(config, context, section)
         self.model_path = model_path
+
+    def schedule(self) -> tuple[Phase, ...]:
+        # Named `<stage>:<view>`; the view's own `resources` set the pool.
+        knob = f"{self.name.split(':')[0]}.views[{self.config.view.name}]"
+        return (Phase(self.name, (actor_pool("ViewEmbedFn", self.config.resources, knob),)),)
 
     def apply(self, ds):
         kwargs = {

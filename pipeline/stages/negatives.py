@@ -38,7 +38,6 @@ import pyarrow as pa
 from pipeline.config import check
 from pipeline.io.image_store import IMAGE_REF
 from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
-from pipeline.io.indexes import IndexSpec
 from pipeline.models.gme import GmeConfig
 from pipeline.stage import FILTERED, OK, REJECTED, Resources, StageConfig, set_status
 from pipeline.stages.gme_score import GmeQueryFn, GmeStage
@@ -279,6 +278,3 @@ class Negatives(GmeStage):
     output_columns: ClassVar[tuple[str, ...]] = tuple(OUTPUT_TYPES)
     actor: ClassVar[type] = NegativesFn
 
-    def indexes(self) -> tuple[IndexSpec, ...]:
-        """The GME passage pool (the same index as gme_score's when the GME candidate settings agree)."""
-        return self.pool_index()
