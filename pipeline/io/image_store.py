@@ -72,7 +72,12 @@ class ImageStore:
         return self.put(image.data, image.format, image.width, image.height)
 
     def get(self, ref: dict) -> bytes:
-        return self.run_fs.read_bytes(self.rel(ref))
+        """The stored bytes; a failing read is retried (io/images.read_with_retries), then raises
+        ImageReadError; a missing file raises FileNotFoundError. Neither is ever a verdict on the row."""
+        from pipeline.io.images import read_with_retries
+
+        rel = self.rel(ref)
+        return read_with_retries(lambda: self.run_fs.read_bytes(rel), rel)
 
     def exists(self, ref: dict) -> bool:
         return self.run_fs.exists(self.rel(ref))
