@@ -375,7 +375,7 @@ def test_an_empty_or_all_broken_pool_fails_over_with_a_reason(tmp_path, models, 
     handle, batches = build_pool_index(str(tmp_path / "_index"), cfg, models["text"])
     assert handle.count == 0
     if kind == "all-broken":
-        assert sorted(pa.concat_tables(batches)[REASON].to_pylist()) == ["error:image_empty", "error:image_not_an_image"]
+        assert sorted(pa.concat_tables(batches)[REASON].to_pylist()) == ["error:image_empty", "error:image_format_not_allowed"]
     out = images_fn(cfg, str(tmp_path / "run"), handle, models["text"])(
         shard_of([{"id": "x", "doc_id": "x", "entity": "bridge", "entity_type": "bridge"}]))
     assert out["image_attempts"].to_pylist() == [[{"source": "retrieval", "reason": "retrieval:empty_pool"}]]
