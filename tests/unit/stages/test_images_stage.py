@@ -431,3 +431,23 @@ def test_any_pool_line_gives_a_record_or_a_reason(raw):
     else:
         assert set(rec) == {"id", "image", "image_url", "caption", "license"}
         assert all(rec[k] is None or isinstance(rec[k], str) for k in ("caption", "license", "image_url"))
+
+
+def test_a_failing_diffusion_pipeline_fails_the_shard_rather_than_rejecting_its_rows(tmp_path):
+    import torch
+
+    from pipeline.models.diffusion import DiffusionConfig
+    from pipeline.stages.images import GenerationConfig
+
+    class OutOfMemoryDrawer:
+        def draw(self, prompts, seeds):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    run_uri = str(tmp_path / "run")
+    cfg = config(sources=("generation",), generation=GenerationConfig(diffusion=DiffusionConfig(steps=1)))
+    looked_up = images_fn(cfg, run_uri, None, None)(shard_of([{"id": "a", "doc_id": "a", "entity": "Saturn",
+                                                                 "entity_type": "planet"}]))
+    fn = DrawFn(to_dict(cfg), run_uri, "unused", "unused")
+    fn._drawer = OutOfMemoryDrawer()
+    with pytest.raises(torch.OutOfMemoryError):
+        fn(looked_up)
