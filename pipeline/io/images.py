@@ -161,7 +161,7 @@ def decode_image(data: bytes, limits: ImageLimits = STORED_LIMITS, max_side: int
                 w, h = img.size
                 img.draft("RGB", (max_side * w // max(w, h), max_side * h // max(w, h)))
             img.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            rgb = _normalised(img)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for cut or damaged input
@@ -183,12 +183,13 @@ def load_stored(store: Any, ref: dict, max_side: int | None = None) -> Image.Ima
 
 def normalise_image(data: bytes, limits: ImageLimits) -> FittedImage:
     """The image bytes ready to store, their format and size: the original bytes when already plain
-    RGB/L JPEG/PNG, else an RGB PNG."""
+    upright RGB/L JPEG/PNG, else an RGB PNG (`_normalised`: first frame, EXIF orientation applied)."""
     img = _open_checked(data, limits)
     width, height = img.size
     fmt = (img.format or "").upper()
-    # A plain RGB/grey JPEG or PNG is kept as is (if it holds one frame), once checked.
-    plain = fmt in ("JPEG", "PNG") and img.mode in ("RGB", "L")
+    # A plain RGB/grey upright JPEG or PNG is kept as is (if it holds one frame), once checked; a rotated
+    # one is stored upright, so its reference's width and height are what every reader decodes.
+    plain = fmt in ("JPEG", "PNG") and img.mode in ("RGB", "L") and _orientation(img) == 1
     if plain and limits.check == "structure" and not getattr(img, "is_animated", False):
         _check_structure(data, fmt)
         return FittedImage(data, fmt.lower(), width, height)
@@ -212,7 +213,7 @@ def normalise_image(data: bytes, limits: ImageLimits) -> FittedImage:
             return FittedImage(data, fmt.lower(), width, height)
         if animated:
             img.seek(0)
-        rgb = _to_rgb(img)
+        rgb = _normalised(img)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for cut input
         raise ImageError("truncated", f"{type(exc).__name__}: {str(exc)[:100]}") from None
     buf = io.BytesIO()
@@ -242,11 +243,13 @@ def _check_structure(data: bytes, fmt: str) -> None:
 
 def other_format(data: bytes) -> str | None:
     """The name of a format outside ALLOWED_FORMATS that `data` starts like, else None: markup (SVG,
-    HTML, XML) by its first non-blank byte, else the first Pillow plugin whose magic-byte check accepts
+    HTML, XML) by its first non-blank byte, PDF by its header, else the first Pillow plugin whose magic-byte check accepts
     the first 16 bytes (that check only compares bytes; the plugin itself never runs)."""
     head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n\x0c")
     if head.startswith(b"<"):
         return "SVG/HTML/XML markup"
+    if data.startswith(b"%PDF-"):
+        return "PDF"
     Image.init()
     for fmt, (_factory, accept) in Image.OPEN.items():
         if fmt in ALLOWED_FORMATS or accept is None:
@@ -284,7 +287,7 @@ def fit_image(
     fmt = (img.format or "").upper()
     try:
         animated = bool(getattr(img, "is_animated", False))
-        upright = img.getexif().get(0x0112, 1) == 1
+        upright = _orientation(img) == 1
         if fmt == "JPEG" and max(w, h) > max_side:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (never below max_side): most of the speed-up.
             img.draft("RGB", (max_side * w // max(w, h), max_side * h // max(w, h)))
@@ -299,7 +302,7 @@ def fit_image(
             return FittedImage(data, fmt.lower(), w, h)
         if animated:
             img.seek(0)
-        rgb = _to_rgb(ImageOps.exif_transpose(img))
+        rgb = _normalised(img)
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         if fmt in ("JPEG", "WEBP"):
@@ -338,6 +341,21 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     if min(w, h) < limits.min_side:
         raise ImageError("too_small", f"{w}x{h}")
     return img
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 = upright); a damaged EXIF block counts as upright, not as a bad image."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on damaged blocks
+        return 1
+
+
+def _normalised(img: Image.Image) -> Image.Image:
+    """The one normalisation of decoded pixels (the current frame): EXIF orientation applied, then RGB."""
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
+    return _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
