@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.io.fs import RunFS
-from pipeline.io.images import READ_RETRY, ReadRetry, read_with_retries
+from pipeline.io.images import ReadRetry, read_with_retries
 
 STORE_DIR = "_images"
 IMAGE_REF = pa.struct(
@@ -51,8 +51,8 @@ def file_name(ref: dict) -> str:
 @dataclass(frozen=True)
 class ImageStore:
     run_fs: RunFS
-    # How a failing read is retried before it fails the shard (io/images.read_with_retries).
-    retry: ReadRetry = READ_RETRY
+    # How a failing read is retried before it fails the shard (None: io/images.READ_RETRY).
+    retry: ReadRetry | None = None
 
     @classmethod
     def from_uri(cls, run_uri: str) -> ImageStore:

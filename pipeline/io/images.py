@@ -111,14 +111,17 @@ READ_RETRY = ReadRetry()
 _FINAL = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
-def read_with_retries(read: Callable[[], bytes], what: str, retry: ReadRetry = READ_RETRY) -> bytes:
-    """`read()`, retried on OSError (a throttled or flaky S3/GCS/NFS read) with exponential backoff.
+def read_with_retries(read: Callable[[], bytes], what: str, retry: ReadRetry | None = None) -> bytes:
+    """`read()`, retried on OSError (a throttled or flaky S3/GCS/NFS read) with exponential backoff
+    (`retry`, else READ_RETRY).
 
     Raises:
         ImageReadError: every attempt failed with a retryable OSError (chained to the last one).
         FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError: at once, unchanged.
     """
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+
+    retry = retry or READ_RETRY
 
     def retryable(exc: BaseException) -> bool:
         return isinstance(exc, OSError) and not isinstance(exc, _FINAL)
