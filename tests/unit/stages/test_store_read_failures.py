@@ -152,3 +152,61 @@ def test_mp_view_fails_the_shard_on_a_failing_store_instead_of_rejecting_the_ima
     with pytest.raises(ImageReadError):
         fn(table)
     assert fs.refused == [failing] * FAST.attempts
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_cache) -> str:
+    from pipeline.models.sources import resolve_model
+
+    path, _ = resolve_model("tiny:clip", tiny_cache)
+    return f"local-dir:{path}"
+
+
+def clip_shard(run_uri: str, tiny_clip: str, store: ImageStore | None = None):
+    """One clip_filter shard as a worker runs it: two good images, one junk one, then write_pieces."""
+    from pipeline.prompts import default_prompts_dir, load_sources
+    from pipeline.stages.clip_filter import ClipFilter, ClipFilterConfig, ClipScoreFn
+
+    refs = [put_image(run_uri, size=(32, 32)), put_image(run_uri, png((32, 32), (1, 200, 3)), (32, 32)),
+            put_image(run_uri, b"GIF89a cut")]
+    table = pa.table({"id": ["a", "b", "c"], "entity": ["tower"] * 3, "entity_type": ["t"] * 3,
+                      "query_image": pa.array(refs, IMAGE_REF), "image_source": ["retrieved"] * 3,
+                      SHARD: ["000000"] * 3, SRC: [0, 1, 2]})
+    sources = load_sources(default_prompts_dir(), ("clip_filter/text.j2",))
+    cfg = ClipFilterConfig(threshold=-1.0)
+    fn = ClipScoreFn(tiny_clip, to_dict(cfg), sources, run_uri)
+    if store is not None:
+        fn.store = store
+    write_pieces(fn(table), run_uri, ClipFilter(cfg, None), "06_clip_filter", "06_clip_filter/_parts")
+    return refs
+
+
+def test_clip_filter_fails_the_shard_on_a_failing_store_and_resume_matches_a_clean_run(tmp_path, tiny_clip):
+    clean_dir, run_dir = tmp_path / "clean", tmp_path / "run"
+    clip_shard(str(clean_dir), tiny_clip)
+    clean = stage_files(clean_dir, "06_clip_filter")
+    assert [r["reason"] for k, v in clean.items() if "_rejects" in k for r in v] == ["error:image_not_an_image"]
+
+    refs = [put_image(str(run_dir), size=(32, 32))]
+    name = os.path.basename(ImageStore.from_uri(str(run_dir)).rel(refs[0]))
+    store, fs = flaky_store(str(run_dir), {name})
+    with pytest.raises(ImageReadError):
+        clip_shard(str(run_dir), tiny_clip, store)
+    assert stage_files(run_dir, "06_clip_filter") == {}
+    fs.failing.clear()
+    clip_shard(str(run_dir), tiny_clip, store)
+    assert stage_files(run_dir, "06_clip_filter") == clean
+
+
+def test_vllm_embed_request_lets_a_failing_store_read_propagate(tmp_path):
+    from pipeline.models.gme import GmeConfig
+    from pipeline.models.vllm_embed import EmbedColumns, embed_request
+
+    run_uri = str(tmp_path / "run")
+    good, junk = put_image(run_uri), put_image(run_uri, b"junk")
+    store, _ = flaky_store(run_uri, {os.path.basename(ImageStore.from_uri(run_uri).rel(good))})
+    columns = EmbedColumns(image="image")
+    bad = embed_request({"text": "x", "image": junk}, columns, GmeConfig(), store.get)
+    assert bad["_skip_reason"] == "error:image_not_an_image"
+    with pytest.raises(ImageReadError):
+        embed_request({"text": "x", "image": good}, columns, GmeConfig(), store.get)
