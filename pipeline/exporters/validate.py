@@ -105,7 +105,8 @@ class _Images:
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
                 im.verify()
         except ImageError as exc:
-            self.problems.add(img.where, f"image {img.path or '(inline)'} does not decode (error:image_{exc})")
+            where = img.path or "(inline)"
+            self.problems.add(img.where, f"image {where} does not decode (error:image_{exc})")
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken images
             self.problems.add(img.where, f"image {img.path or '(inline)'} does not decode ({type(exc).__name__}: {exc})")
         return hashlib.sha256(data).hexdigest()

@@ -12,7 +12,7 @@ Two kinds of failure, never confused:
 Only ALLOWED_FORMATS reach a Pillow decoder (Image.open(formats=...)); other formats are recognised by
 their plugin's magic-byte check alone (no parsing) or as markup (SVG, HTML) and refused as
 `format_not_allowed`, so EPS/PS never reaches Ghostscript. Odd modes are converted in one place
-(`_to_rgb`), never silently kept: CMYK, 16-bit, palette and alpha images become RGB (alpha composited on
+(`_normalised`), never silently kept: CMYK, 16-bit, palette and alpha images become RGB (alpha composited on
 white); animated images keep their first frame; EXIF orientation is applied where pixels are used.
 """
 
@@ -128,11 +128,14 @@ def read_with_retries(read: Callable[[], bytes], what: str, retry: ReadRetry | N
 
     def before_sleep(state: Any) -> None:
         exc = state.outcome.exception()
-        log.warning("reading %s: %s: %s (attempt %d), retrying", what, type(exc).__name__, exc, state.attempt_number)
+        log.warning("reading %s: %s: %s (attempt %d), retrying", what, type(exc).__name__, exc,
+                    state.attempt_number)
 
     retrying = Retrying(
         stop=stop_after_attempt(retry.attempts),
-        wait=wait_exponential(multiplier=retry.base_wait_s, max=retry.max_wait_s) + wait_random(0, retry.base_wait_s),
+        # Jitter, so the workers a throttled bucket refused do not all come back at once.
+        wait=wait_exponential(multiplier=retry.base_wait_s, max=retry.max_wait_s)
+        + wait_random(0, retry.base_wait_s),
         retry=retry_if_exception(retryable),
         before_sleep=before_sleep,
         reraise=True,
@@ -142,12 +145,16 @@ def read_with_retries(read: Callable[[], bytes], what: str, retry: ReadRetry | N
     except _FINAL:
         raise
     except OSError as exc:
-        raise ImageReadError(f"reading {what} failed {retry.attempts} times: {type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(
+            f"reading {what} failed {retry.attempts} times: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
-def decode_image(data: bytes, limits: ImageLimits = STORED_LIMITS, max_side: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes, limits: ImageLimits = STORED_LIMITS, max_side: int | None = None
+) -> Image.Image:
     """Encoded bytes -> the RGB image every model sees: an allowed format under the caps, its first frame,
-    EXIF orientation applied, converted to RGB (`_to_rgb`), shrunk to `max_side` when given.
+    EXIF orientation applied, converted to RGB (`_normalised`), shrunk to `max_side` when given.
 
     Raises:
         ImageError: and nothing else for any bytes (kinds of `_open_checked`, and `truncated`); a
@@ -246,8 +253,8 @@ def _check_structure(data: bytes, fmt: str) -> None:
 
 def other_format(data: bytes) -> str | None:
     """The name of a format outside ALLOWED_FORMATS that `data` starts like, else None: markup (SVG,
-    HTML, XML) by its first non-blank byte, PDF by its header, else the first Pillow plugin whose magic-byte check accepts
-    the first 16 bytes (that check only compares bytes; the plugin itself never runs)."""
+    HTML, XML) by its first non-blank byte, PDF by its header, else the first Pillow plugin whose
+    magic-byte check accepts the first 16 bytes (that check only compares bytes; the plugin never runs)."""
     head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n\x0c")
     if head.startswith(b"<"):
         return "SVG/HTML/XML markup"
@@ -280,8 +287,8 @@ def fit_image(
     and small enough keeps its bytes; anything else is re-encoded (JPEG from JPEG/WEBP, else PNG).
 
     Raises:
-        ImageError: kinds `empty`, `too_large`, `not_an_image`, `decompression_bomb`, `too_small`,
-            `aspect_ratio`, `truncated`.
+        ImageError: kinds `empty`, `too_large`, `not_an_image`, `format_not_allowed`,
+            `decompression_bomb`, `too_small`, `aspect_ratio`, `truncated`.
     """
     img = _open_checked(data, limits)
     w, h = img.size
@@ -336,7 +343,8 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for junk input
             other = other_format(data)
             if other is not None:
-                raise ImageError("format_not_allowed", f"{other} (allowed: {', '.join(ALLOWED_FORMATS)})") from None
+                allowed = ", ".join(ALLOWED_FORMATS)
+                raise ImageError("format_not_allowed", f"{other} (allowed: {allowed})") from None
             raise ImageError("not_an_image", type(exc).__name__) from None
     w, h = img.size
     if w * h > limits.max_pixels:

@@ -95,7 +95,8 @@ class Drawer:
 
     def _call(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         gens = [self.torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        kwargs = {"num_inference_steps": self.cfg.steps, "guidance_scale": self.cfg.guidance, "generator": gens}
+        kwargs = {"num_inference_steps": self.cfg.steps, "guidance_scale": self.cfg.guidance,
+                  "generator": gens}
         if self.cfg.height:
             kwargs["height"] = self.cfg.height
         if self.cfg.width:

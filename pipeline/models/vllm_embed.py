@@ -18,8 +18,8 @@ positions, so text embeddings agree; image-only and fused embeddings may differ 
 Input columns (names set by `EmbedColumns`): text, optionally title, image and instruction (null: the
 candidate default). Output: every input column plus `_embedding` (float32 list of unit length; null for a
 reject) and `_embed_error` ("" or one fixed reason): `error:empty_input` (no text, title or image),
-`error:image_<kind>` (io/images.decode_image: not a valid image), `resize_for_gme`'s reasons (`error:image_too_small`, `error:image_aspect_ratio`)
--- these send only a one-token stand-in to the engine -- and `error:prompt_too_long` /
+`error:image_<kind>` (io/images.decode_image: not a valid image), `resize_for_gme`'s reasons
+(`error:image_too_small`, `error:image_aspect_ratio`) -- these send only a one-token stand-in to the engine -- and `error:prompt_too_long` /
 `error:inference_failed` for rows the engine failed on, whose message goes into `_embed_detail`.
 """
 

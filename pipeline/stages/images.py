@@ -305,7 +305,8 @@ class DrawFn:
                 self._drawer = Drawer(self.model_path, g.diffusion)
             # A failing pipeline (CUDA OOM after the drawer's smaller retries, a dead device) is the system,
             # not these rows: it propagates, the shard fails and resume redoes it (R31, R35).
-            images = self._drawer.draw([cols["image_prompt"][i] for i in todo], [cols["image_seed"][i] for i in todo])
+            images = self._drawer.draw([cols["image_prompt"][i] for i in todo],
+                                       [cols["image_seed"][i] for i in todo])
             for i, img in zip(todo, images):
                 cols["query_image"][i] = _store_png(self.store, img)
                 cols["image_source"][i], cols["image_origin"][i] = "generated", self.model_id

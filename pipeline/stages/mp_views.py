@@ -200,7 +200,8 @@ class ViewEmbedFn:
                     statuses[i], reasons[i] = FILTERED, "filter:no_caption"
                     continue
             else:
-                # A failing storage read propagates (R35); only bytes that are not a valid image are a verdict.
+                # A failing storage read propagates (R35); only bytes that are not a valid image are a
+                # verdict.
                 if refs[i] is None:
                     statuses[i], reasons[i] = REJECTED, "error:no_image"
                     continue

@@ -20,8 +20,8 @@ Input columns: id, doc_id, rewritten_query, query_image. Output: every input col
 passages without an image), `neg_scores` (list<float32>), `neg_ranks` (list<int32>, 1-based rank in
 the GME search), `num_negatives` (int32) and `neg_pos_score` (float32). Dropped rows:
 `error:no_query_image`, `error:image_<kind>` (io/images.decode_image), GME image errors
-(`error:image_too_small`...), `error:source_not_in_pool`, `filter:empty_query`, `filter:too_few_negatives` (fewer than
-`min_negatives` survived; the mined ones stay in the reject for inspection).
+(`error:image_too_small`...), `error:source_not_in_pool`, `filter:empty_query`, `filter:too_few_negatives`
+(fewer than `min_negatives` survived; the mined ones stay in the reject for inspection).
 """
 
 from __future__ import annotations
