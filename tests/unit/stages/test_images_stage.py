@@ -451,3 +451,19 @@ def test_a_failing_diffusion_pipeline_fails_the_shard_rather_than_rejecting_its_
     fn._drawer = OutOfMemoryDrawer()
     with pytest.raises(torch.OutOfMemoryError):
         fn(looked_up)
+
+
+def test_pool_vectors_reject_a_stored_pool_image_that_is_not_a_valid_image(tmp_path, models, image_bytes):
+    from pipeline.io.image_pool import POOL_SCHEMA
+    from pipeline.stages.images_pool import PoolVectorsFn
+
+    index_uri = str(tmp_path / "_index")
+    store = ImageStore.from_uri(index_uri)
+    refs = [store.put(image_bytes("PNG", size=(32, 32)), "png", 32, 32), store.put(b"GIF89a cut", "gif", 1, 1)]
+    table = pa.Table.from_pylist([{"id": f"p{i}", "image": r, "caption": None, "license": None, "origin": "o"}
+                                  for i, r in enumerate(refs)], schema=POOL_SCHEMA)
+    table = table.append_column(STATUS, pa.array(["ok", "ok"])).append_column(REASON, pa.array(["", ""]))
+    fn = PoolVectorsFn("clip", models["clip"], to_dict(config()), index_uri)
+    out = fn(table)
+    assert out[REASON].to_pylist() == ["", "error:image_not_an_image"]
+    assert not np.any(out["embedding"].to_pylist()[1])
