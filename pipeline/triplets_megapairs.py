@@ -215,14 +215,16 @@ def square_jpeg(size: int, mode: str = "stretch", quality: int = 95):
     def transform(data: bytes) -> tuple[bytes, str]:
         from PIL import Image, ImageOps
 
-        with Image.open(io.BytesIO(data)) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            if mode == "crop":
-                img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
-            else:
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=quality)
+        from pipeline.io.images import decode_image
+
+        # The one loader: allowed formats only, EXIF orientation, first frame, RGB (ImageError otherwise).
+        img = decode_image(data)
+        if mode == "crop":
+            img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+        else:
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
         return buf.getvalue(), "jpg"
 
     return transform

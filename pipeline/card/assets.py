@@ -64,19 +64,18 @@ def write_histograms(run_fs: RunFS, scores: dict[str, np.ndarray]) -> dict[str, 
 
 
 def _thumbnail(image: dict | None) -> bytes | None:
-    from PIL import Image
+    from pipeline.io.images import ImageError, decode_image
 
     if not image or not image.get("bytes"):
         return None
     try:
-        with Image.open(io.BytesIO(image["bytes"])) as img:
-            img = img.convert("RGB")
-            img.thumbnail((THUMB_PX, THUMB_PX))
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=85)
-            return buf.getvalue()
-    except Exception:  # noqa: BLE001 - a broken image must not stop the card; the row shows no thumbnail
+        img = decode_image(image["bytes"], max_side=THUMB_PX)
+    except ImageError:
+        # A broken image must not stop the card; the row shows no thumbnail.
         return None
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
 
 
 def _opening(text: str | None) -> str:

@@ -29,6 +29,7 @@ from pipeline.exporters import gme, mbeir, megapairs, mmeb, ms_swift
 from pipeline.exporters.outdir import MARKER, read_marker
 from pipeline.exporters.view import Candidate, Img, Problems, Triplet
 from pipeline.io.fs import RunFS
+from pipeline.io.images import ALLOWED_FORMATS, ImageError, decode_image
 from pipeline.io.manifest import MANIFEST
 
 READERS = {"gme": gme.read, "megapairs": megapairs.read, "ms-swift": ms_swift.read, "mmeb": mmeb.read,
@@ -98,10 +99,14 @@ class _Images:
             self.problems.add(img.where, f"image {img.path} cannot be read ({exc.strerror or exc})")
             return None
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            # The one loader first (allowed formats only: an exported dataset is untrusted input too),
+            # then Pillow's structure check (a PNG chunk CRC the decoder does not read).
+            decode_image(data)
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
                 im.verify()
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
+        except ImageError as exc:
+            where = img.path or "(inline)"
+            self.problems.add(img.where, f"image {where} does not decode (error:image_{exc})")
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken images
             self.problems.add(img.where, f"image {img.path or '(inline)'} does not decode ({type(exc).__name__}: {exc})")
         return hashlib.sha256(data).hexdigest()

@@ -8,6 +8,7 @@ per-record problems (bad UTF-8, bad JSON) come back as records that ingest rejec
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import math
@@ -281,16 +282,26 @@ class RecordReject(Exception):
 
 
 def load_local_image(base_dir: str, path: str, max_bytes: int) -> bytes:
-    """Read a local image; any problem is a reject (`error:image_*`), never a crash, a hang or an OOM.
+    """Read a local image; a bad path or file is a reject (`error:image_*`), never a crash, a hang or an
+    OOM; a failing read is retried, then raises ImageReadError (the shard fails, resume redoes it).
 
     Paths are relative to the corpus file's folder; absolute paths are allowed. Only a regular file is
     opened (a directory, FIFO or device such as /dev/zero is `image_not_a_file`), its size is checked
     before reading, and at most max_bytes + 1 bytes are read (a file that grew, or a /proc file that
     reports size 0, cannot exhaust memory).
     """
+    from pipeline.io.images import read_with_retries
+
     full = path if os.path.isabs(path) else os.path.join(base_dir, path)
-    try:
-        info = os.stat(full)
+
+    def read() -> bytes:
+        try:
+            info = os.stat(full)
+        except OSError as exc:
+            # A name too long or a symlink loop: the record's path is bad, no retry changes that.
+            if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+                raise RecordReject("error:image_unreadable") from None
+            raise
         if not stat.S_ISREG(info.st_mode):
             raise RecordReject("error:image_not_a_file")
         if info.st_size > max_bytes:
@@ -299,13 +310,19 @@ def load_local_image(base_dir: str, path: str, max_bytes: int) -> bytes:
         with os.fdopen(os.open(full, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise RecordReject("error:image_not_a_file")
-            data = f.read(max_bytes + 1)
+            return f.read(max_bytes + 1)
+
+    try:
+        # Any other OSError (EIO, a stale NFS handle, a throttled mount) is the storage failing, not the
+        # record: retried, then ImageReadError fails the shard for resume (R35).
+        data = read_with_retries(read, full)
     except FileNotFoundError:
         raise RecordReject("error:image_missing") from None
     except ValueError:
         # os.stat refuses an embedded NUL; ingest checks paths first, this covers other callers.
         raise RecordReject("error:nul_byte") from None
-    except OSError:
+    except NotADirectoryError:
+        # A path through a file (`a.png/inner.png`): the record names no file that can exist.
         raise RecordReject("error:image_unreadable") from None
     if len(data) > max_bytes:
         raise RecordReject("error:image_too_large")

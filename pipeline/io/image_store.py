@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.io.fs import RunFS
+from pipeline.io.images import ReadRetry, read_with_retries
 
 STORE_DIR = "_images"
 IMAGE_REF = pa.struct(
@@ -50,6 +51,8 @@ def file_name(ref: dict) -> str:
 @dataclass(frozen=True)
 class ImageStore:
     run_fs: RunFS
+    # How a failing read is retried before it fails the shard (None: io/images.READ_RETRY).
+    retry: ReadRetry | None = None
 
     @classmethod
     def from_uri(cls, run_uri: str) -> ImageStore:
@@ -72,7 +75,10 @@ class ImageStore:
         return self.put(image.data, image.format, image.width, image.height)
 
     def get(self, ref: dict) -> bytes:
-        return self.run_fs.read_bytes(self.rel(ref))
+        """The stored bytes; a failing read is retried (io/images.read_with_retries), then raises
+        ImageReadError; a missing file raises FileNotFoundError. Neither is ever a verdict on the row."""
+        rel = self.rel(ref)
+        return read_with_retries(lambda: self.run_fs.read_bytes(rel), rel, self.retry)
 
     def exists(self, ref: dict) -> bool:
         return self.run_fs.exists(self.rel(ref))

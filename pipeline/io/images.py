@@ -1,23 +1,43 @@
-"""Image validation and normalisation for input images (DESIGN.md §6).
+"""The one image loader (DESIGN.md §6, STYLE R34/R35): every path that reads or decodes an image goes
+through here.
 
-Bad images raise `ImageError(kind)`; the caller turns the kind into a reject reason
-(`error:image_<kind>`). Odd modes are converted, never silently kept: CMYK, 16-bit, palette and
-alpha images become RGB (alpha composited on white); animated images keep their first frame.
+Two kinds of failure, never confused:
+- `ImageError(kind)`: the bytes are not a valid image (empty, not an image, a format outside
+  ALLOWED_FORMATS, a decompression bomb, cut short, too small...). The caller turns the kind into a
+  reject reason, `error:image_<kind>`, committed and final.
+- A failing read (`read_with_retries`, used by the image store and by local corpus files): an OSError
+  is retried with backoff, then `ImageReadError` propagates and fails the shard, which resume redoes.
+  Nothing here turns a storage failure, an OOM or a bug into a data verdict: only ImageError is one.
+
+Only ALLOWED_FORMATS reach a Pillow decoder (Image.open(formats=...)); other formats are recognised by
+their plugin's magic-byte check alone (no parsing) or as markup (SVG, HTML) and refused as
+`format_not_allowed`, so EPS/PS never reaches Ghostscript. Odd modes are converted in one place
+(`_normalised`), never silently kept: CMYK, 16-bit, palette and alpha images become RGB (alpha composited on
+white); animated images keep their first frame; EXIF orientation is applied where pixels are used.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image, ImageOps
 
 from pipeline.config import check
+from pipeline.logging import get_logger
 
-# What a fetched URL may be (sniff_format); Pillow is asked for nothing else, so none of its other
-# decoders (EPS calls Ghostscript) ever sees a downloaded byte.
+log = get_logger(__name__)
+
+# The formats any input image may be (corpus, pool, fetched, stored); Pillow is asked for nothing else,
+# so none of its other decoders (EPS calls Ghostscript; PSD, ICNS, FITS, SPIDER... parse untrusted
+# headers) ever sees an input byte. TIFF is left out on purpose: its dozens of libtiff codecs are the
+# largest decoder surface of the common formats, and web/corpus images are these five (a TIFF is
+# `error:image_format_not_allowed`; convert it before ingest).
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
+# What a fetched URL may be before decoding (sniff_format): the magic bytes of ALLOWED_FORMATS.
 MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -25,7 +45,6 @@ MAGIC = (
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
 )
-FETCH_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 
 
 @dataclass(frozen=True)
@@ -37,9 +56,16 @@ class FittedImage:
 
 
 class ImageError(Exception):
+    """The bytes are not a valid image: `kind` becomes the reject reason `error:image_<kind>`."""
+
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
+
+
+class ImageReadError(Exception):
+    """The image's bytes could not be read (storage), after retries: a system failure that fails the
+    shard for resume, never a reject."""
 
 
 @dataclass(frozen=True)
@@ -64,14 +90,116 @@ class ImageLimits:
         check(self.check in choices, "images", "check", f"must be one of {choices} (got {self.check!r})")
 
 
+# Caps for images read back from the run's store: they passed the input checks once (with whatever limits
+# the run configured), so only a bomb is refused here, never a size the input checks allowed.
+STORED_LIMITS = ImageLimits(max_bytes=1 << 30, max_pixels=Image.MAX_IMAGE_PIXELS, min_side=1)
+
+
+@dataclass(frozen=True)
+class ReadRetry:
+    """How a failing image read is retried: `attempts` tries in all, waits doubling from `base_wait_s`
+    (with jitter) up to `max_wait_s`."""
+
+    attempts: int = 5
+    base_wait_s: float = 0.5
+    max_wait_s: float = 10.0
+
+
+READ_RETRY = ReadRetry()
+# Errors a retry cannot fix: raised at once, as they are (the caller decides what they mean: a missing
+# corpus file is a reject, a missing stored image a failed shard).
+_FINAL = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def read_with_retries(read: Callable[[], bytes], what: str, retry: ReadRetry | None = None) -> bytes:
+    """`read()`, retried on OSError (a throttled or flaky S3/GCS/NFS read) with exponential backoff
+    (`retry`, else READ_RETRY).
+
+    Raises:
+        ImageReadError: every attempt failed with a retryable OSError (chained to the last one).
+        FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError: at once, unchanged.
+    """
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+
+    retry = retry or READ_RETRY
+
+    def retryable(exc: BaseException) -> bool:
+        return isinstance(exc, OSError) and not isinstance(exc, _FINAL)
+
+    def before_sleep(state: Any) -> None:
+        exc = state.outcome.exception()
+        log.warning("reading %s: %s: %s (attempt %d), retrying", what, type(exc).__name__, exc,
+                    state.attempt_number)
+
+    retrying = Retrying(
+        stop=stop_after_attempt(retry.attempts),
+        # Jitter, so the workers a throttled bucket refused do not all come back at once.
+        wait=wait_exponential(multiplier=retry.base_wait_s, max=retry.max_wait_s)
+        + wait_random(0, retry.base_wait_s),
+        retry=retry_if_exception(retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(read)
+    except _FINAL:
+        raise
+    except OSError as exc:
+        raise ImageReadError(
+            f"reading {what} failed {retry.attempts} times: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def decode_image(
+    data: bytes, limits: ImageLimits = STORED_LIMITS, max_side: int | None = None
+) -> Image.Image:
+    """Encoded bytes -> the RGB image every model sees: an allowed format under the caps, its first frame,
+    EXIF orientation applied, converted to RGB (`_normalised`), shrunk to `max_side` when given.
+
+    Raises:
+        ImageError: and nothing else for any bytes (kinds of `_open_checked`, and `truncated`); a
+            MemoryError (the machine, not the image: the pixel cap bounds what an image may ask for)
+            propagates.
+    """
+    img = _open_checked(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if getattr(img, "is_animated", False):
+                img.seek(0)
+            if max_side is not None and img.format == "JPEG" and max(img.size) > max_side:
+                w, h = img.size
+                img.draft("RGB", (max_side * w // max(w, h), max_side * h // max(w, h)))
+            img.load()
+            rgb = _normalised(img)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for cut or damaged input
+        raise ImageError("truncated", f"{type(exc).__name__}: {str(exc)[:100]}") from None
+    if max_side is not None:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return rgb
+
+
+def load_stored(store: Any, ref: dict, max_side: int | None = None) -> Image.Image:
+    """A stored image (`ImageStore.get`: retried reads) decoded as `decode_image` does.
+
+    Raises:
+        ImageError: the stored bytes are not a valid image (a reject for the row).
+        ImageReadError / FileNotFoundError: the store failed or lost the file (the shard fails).
+    """
+    return decode_image(store.get(ref), STORED_LIMITS, max_side)
+
+
 def normalise_image(data: bytes, limits: ImageLimits) -> FittedImage:
     """The image bytes ready to store, their format and size: the original bytes when already plain
-    RGB/L JPEG/PNG, else an RGB PNG."""
+    upright RGB/L JPEG/PNG, else an RGB PNG (`_normalised`: first frame, EXIF orientation applied)."""
     img = _open_checked(data, limits)
     width, height = img.size
     fmt = (img.format or "").upper()
-    # A plain RGB/grey JPEG or PNG is kept as is (if it holds one frame), once checked.
-    plain = fmt in ("JPEG", "PNG") and img.mode in ("RGB", "L")
+    # A plain RGB/grey upright JPEG or PNG is kept as is (if it holds one frame), once checked; a rotated
+    # one is stored upright, so its reference's width and height are what every reader decodes.
+    plain = fmt in ("JPEG", "PNG") and img.mode in ("RGB", "L") and _orientation(img) == 1
     if plain and limits.check == "structure" and not getattr(img, "is_animated", False):
         _check_structure(data, fmt)
         return FittedImage(data, fmt.lower(), width, height)
@@ -95,7 +223,7 @@ def normalise_image(data: bytes, limits: ImageLimits) -> FittedImage:
             return FittedImage(data, fmt.lower(), width, height)
         if animated:
             img.seek(0)
-        rgb = _to_rgb(img)
+        rgb = _normalised(img)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for cut input
         raise ImageError("truncated", f"{type(exc).__name__}: {str(exc)[:100]}") from None
     buf = io.BytesIO()
@@ -123,6 +251,27 @@ def _check_structure(data: bytes, fmt: str) -> None:
         raise ImageError("truncated", f"{type(exc).__name__}: {str(exc)[:100]}") from None
 
 
+def other_format(data: bytes) -> str | None:
+    """The name of a format outside ALLOWED_FORMATS that `data` starts like, else None: markup (SVG,
+    HTML, XML) by its first non-blank byte, PDF by its header, else the first Pillow plugin whose
+    magic-byte check accepts the first 16 bytes (that check only compares bytes; the plugin never runs)."""
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n\x0c")
+    if head.startswith(b"<"):
+        return "SVG/HTML/XML markup"
+    if data.startswith(b"%PDF-"):
+        return "PDF"
+    Image.init()
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        if fmt in ALLOWED_FORMATS or accept is None:
+            continue
+        try:
+            if accept(data[:16]):
+                return fmt
+        except Exception:  # noqa: BLE001, S112 - a plugin's check on a short prefix: not that format
+            continue
+    return None
+
+
 def sniff_format(data: bytes) -> str | None:
     """The image format named by the first bytes (JPEG, PNG, GIF, WEBP, BMP), else None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
@@ -138,17 +287,17 @@ def fit_image(
     and small enough keeps its bytes; anything else is re-encoded (JPEG from JPEG/WEBP, else PNG).
 
     Raises:
-        ImageError: kinds `empty`, `too_large`, `not_an_image`, `decompression_bomb`, `too_small`,
-            `aspect_ratio`, `truncated`.
+        ImageError: kinds `empty`, `too_large`, `not_an_image`, `format_not_allowed`,
+            `decompression_bomb`, `too_small`, `aspect_ratio`, `truncated`.
     """
-    img = _open_checked(data, limits, FETCH_FORMATS)
+    img = _open_checked(data, limits)
     w, h = img.size
     if max(w, h) > max_aspect * min(w, h):
         raise ImageError("aspect_ratio", f"{w}x{h} is more than {max_aspect:g}:1")
     fmt = (img.format or "").upper()
     try:
         animated = bool(getattr(img, "is_animated", False))
-        upright = img.getexif().get(0x0112, 1) == 1
+        upright = _orientation(img) == 1
         if fmt == "JPEG" and max(w, h) > max_side:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (never below max_side): most of the speed-up.
             img.draft("RGB", (max_side * w // max(w, h), max_side * h // max(w, h)))
@@ -163,7 +312,7 @@ def fit_image(
             return FittedImage(data, fmt.lower(), w, h)
         if animated:
             img.seek(0)
-        rgb = _to_rgb(ImageOps.exif_transpose(img))
+        rgb = _normalised(img)
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         if fmt in ("JPEG", "WEBP"):
@@ -177,8 +326,8 @@ def fit_image(
     return FittedImage(buf.getvalue(), out, rgb.width, rgb.height)
 
 
-def _open_checked(data: bytes, limits: ImageLimits, formats: tuple[str, ...] | None = None) -> Image.Image:
-    """Open (header only) and apply the byte, pixel-count and minimum-side limits."""
+def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open (header only, ALLOWED_FORMATS only) and apply the byte, pixel-count and minimum-side limits."""
     if not data:
         raise ImageError("empty")
     if len(data) > limits.max_bytes:
@@ -186,10 +335,16 @@ def _open_checked(data: bytes, limits: ImageLimits, formats: tuple[str, ...] | N
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=formats)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError("decompression_bomb", str(exc)) from None
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for junk input
+            other = other_format(data)
+            if other is not None:
+                allowed = ", ".join(ALLOWED_FORMATS)
+                raise ImageError("format_not_allowed", f"{other} (allowed: {allowed})") from None
             raise ImageError("not_an_image", type(exc).__name__) from None
     w, h = img.size
     if w * h > limits.max_pixels:
@@ -197,6 +352,21 @@ def _open_checked(data: bytes, limits: ImageLimits, formats: tuple[str, ...] | N
     if min(w, h) < limits.min_side:
         raise ImageError("too_small", f"{w}x{h}")
     return img
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 = upright); a damaged EXIF block counts as upright, not as a bad image."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on damaged blocks
+        return 1
+
+
+def _normalised(img: Image.Image) -> Image.Image:
+    """The one normalisation of decoded pixels (the current frame): EXIF orientation applied, then RGB."""
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
+    return _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

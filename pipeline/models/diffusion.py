@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import check
+from pipeline.logging import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,39 @@ class Drawer:
         self.pipe.set_progress_bar_config(disable=True)
 
     def draw(self, prompts: list[str], seeds: list[int]) -> list[Any]:
-        """One PIL image per prompt, each from its own seeded generator."""
+        """One PIL image per prompt, each from its own seeded generator.
+
+        Raises:
+            torch.OutOfMemoryError: one prompt alone does not fit (a bigger chunk is retried in halves
+                first); like any other pipeline error it propagates, so the shard fails and resume redoes
+                it: an engine failure is never a verdict on the rows (STYLE R31, R35).
+        """
         images: list[Any] = []
         for start in range(0, len(prompts), self.cfg.batch_size):
-            chunk = prompts[start : start + self.cfg.batch_size]
-            gens = [self.torch.Generator(device="cpu").manual_seed(s) for s in seeds[start : start + len(chunk)]]
-            kwargs = {"num_inference_steps": self.cfg.steps, "guidance_scale": self.cfg.guidance, "generator": gens}
-            if self.cfg.height:
-                kwargs["height"] = self.cfg.height
-            if self.cfg.width:
-                kwargs["width"] = self.cfg.width
-            with self.torch.inference_mode():
-                images += list(self.pipe(chunk, **kwargs).images)
+            end = start + self.cfg.batch_size
+            images += self._draw_chunk(prompts[start:end], seeds[start:end])
         return images
+
+    def _draw_chunk(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        try:
+            return self._call(prompts, seeds)
+        except self.torch.OutOfMemoryError:
+            if len(prompts) == 1:
+                raise
+            log.warning("diffusion: out of memory on %d prompts, retrying in halves", len(prompts))
+        # Outside the except block, so the failed call's tensors are released before the retry.
+        if self.torch.cuda.is_available():
+            self.torch.cuda.empty_cache()
+        half = len(prompts) // 2
+        return self._draw_chunk(prompts[:half], seeds[:half]) + self._draw_chunk(prompts[half:], seeds[half:])
+
+    def _call(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        gens = [self.torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        kwargs = {"num_inference_steps": self.cfg.steps, "guidance_scale": self.cfg.guidance,
+                  "generator": gens}
+        if self.cfg.height:
+            kwargs["height"] = self.cfg.height
+        if self.cfg.width:
+            kwargs["width"] = self.cfg.width
+        with self.torch.inference_mode():
+            return list(self.pipe(prompts, **kwargs).images)

@@ -18,8 +18,8 @@ positions, so text embeddings agree; image-only and fused embeddings may differ 
 Input columns (names set by `EmbedColumns`): text, optionally title, image and instruction (null: the
 candidate default). Output: every input column plus `_embedding` (float32 list of unit length; null for a
 reject) and `_embed_error` ("" or one fixed reason): `error:empty_input` (no text, title or image),
-`error:image_unreadable`, `resize_for_gme`'s reasons (`error:image_too_small`, `error:image_aspect_ratio`)
--- these send only a one-token stand-in to the engine -- and `error:prompt_too_long` /
+`error:image_<kind>` (io/images.decode_image: not a valid image), `resize_for_gme`'s reasons
+(`error:image_too_small`, `error:image_aspect_ratio`) -- these send only a one-token stand-in to the engine -- and `error:prompt_too_long` /
 `error:inference_failed` for rows the engine failed on, whose message goes into `_embed_detail`.
 """
 
@@ -90,19 +90,19 @@ def row_input(row: dict, columns: EmbedColumns, image: Any = None) -> GmeInput:
 def load_row_image(
     value: Any, gme: GmeConfig, load_image: Callable[[Any], bytes | None] | None
 ) -> tuple[Any, str]:
-    """(the sized RGB PIL image, "") / (None, "") for no image / (None, reason) for one GME cannot take."""
-    from PIL import Image
+    """(the sized RGB PIL image, "") / (None, "") for no image / (None, reason) for one GME cannot take.
+    A failing read in `load_image` propagates (R35): only bytes that are not a valid image are a reason."""
+    from pipeline.io.images import ImageError, decode_image
 
     if value is None:
         return None, ""
+    data = load_image(value) if load_image is not None else image_bytes(value)
+    if data is None:
+        return None, ""
     try:
-        data = load_image(value) if load_image is not None else image_bytes(value)
-        if data is None:
-            return None, ""
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-    except Exception:  # noqa: BLE001 - a missing file, a cut file or not an image: all unreadable
-        return None, IMAGE_UNREADABLE
+        rgb = decode_image(data)
+    except ImageError as exc:
+        return None, f"error:image_{exc.kind}"
     try:
         return resize_for_gme(rgb, gme.min_image_tokens, gme.max_image_tokens), ""
     except GmeImageError as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import io
 import json
 import pickle
 from collections.abc import Callable
@@ -55,24 +54,31 @@ def image_bytes(value: Any) -> bytes | None:
 
 
 def data_url(data: bytes) -> str:
-    """`data:<mime>;base64,...` for encoded image bytes (the format PIL reads decides the mime type).
+    """`data:<mime>;base64,...` for image bytes the loader made or checked (`model_image`); the magic bytes
+    must name an allowed format (io/images.sniff_format), so nothing else reaches the engine's decoder.
 
     Raises:
-        ValueError: the bytes are not an image PIL can identify.
+        ValueError: the bytes do not start as an allowed image format.
     """
-    from PIL import Image, UnidentifiedImageError
+    from pipeline.io.images import sniff_format
 
-    try:
-        fmt = Image.open(io.BytesIO(data)).format
-    except UnidentifiedImageError as exc:
-        raise ValueError(f"not an image: {exc}") from None
-    mime = _MIME.get(fmt or "", "image/png")
-    if fmt not in _MIME:
-        # Formats the model's processor may not decode from a URL are re-encoded as PNG.
-        buf = io.BytesIO()
-        Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="PNG")
-        data = buf.getvalue()
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ValueError(f"not an allowed image format: first bytes {data[:8]!r}")
+    return f"data:{_MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def model_image(data: bytes) -> bytes:
+    """Input image bytes as the engine should get them, through the one image loader (io/images.fit_image:
+    allowed formats, pixel cap): a plain upright JPEG/PNG keeps its bytes; anything else (EXIF-rotated,
+    CMYK, 16-bit, animated, WebP, BMP) is sent normalised.
+
+    Raises:
+        ImageError: the bytes are not a valid image.
+    """
+    from pipeline.io.images import STORED_LIMITS, fit_image
+
+    return fit_image(data, STORED_LIMITS, max_side=1 << 16, max_aspect=float("inf")).data
 
 
 def attach_image(messages: list[dict], url: str) -> list[dict]:
@@ -94,11 +100,14 @@ def vlm_preprocess_row(row: dict, sampling: dict, image_column: str | None, load
         messages = json.loads(row[MESSAGES]) if row.get(MESSAGES) is not None else None
         return {"messages": messages or [], "sampling_params": dict(sampling), CARRY: pickle.dumps(carry),
                 HAS_IMAGE: messages is not None}
+    from pipeline.io.images import ImageError
+
     value = row.get(image_column)
+    # A failing read in `load_image` propagates (R35); bytes that are not a valid image skip the engine.
     data = load_image(value) if load_image is not None and value is not None else image_bytes(value)
     try:
-        messages = attach_image(json.loads(row[MESSAGES]), data_url(data)) if data else None
-    except ValueError:
+        messages = attach_image(json.loads(row[MESSAGES]), data_url(model_image(data))) if data else None
+    except (ImageError, ValueError):
         messages = None
     return {
         "messages": messages or [],

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import io
 import threading
 from dataclasses import asdict
 from typing import Any
@@ -38,9 +37,9 @@ def split_images(messages: list[dict]) -> tuple[list[dict], list[Any]]:
     images in prompt order): what a transformers processor's chat template and `images=` take.
 
     Raises:
-        ValueError: an image part that is not a base64 data URL of an image.
+        ValueError: an image part that is not a base64 data URL of a valid image (io/images.decode_image).
     """
-    from PIL import Image
+    from pipeline.io.images import ImageError, decode_image
 
     out, images = [], []
     for message in messages:
@@ -57,7 +56,10 @@ def split_images(messages: list[dict]) -> tuple[list[dict], list[Any]]:
             if not url.startswith("data:") or ";base64," not in url:
                 raise ValueError(f"image part is not a base64 data URL: {url[:40]!r}")
             data = base64.b64decode(url.split(";base64,", 1)[1])
-            images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+            try:
+                images.append(decode_image(data))
+            except ImageError as exc:
+                raise ValueError(f"image part is not a valid image: error:image_{exc.kind}") from None
             parts.append({"type": "image"})
         out.append({**message, "content": parts})
     return out, images

@@ -8,13 +8,13 @@ reject. Generated images are scored and kept unless `generated` is added to `fil
 
 Input columns: id, entity, entity_type, query_image, image_source. Output: every input column plus
 `clip_score` (float32, cosine of the normalised image and text vectors). Dropped rows:
-`filter:clip_score`, `error:no_query_image`, `error:image_unreadable`.
+`filter:clip_score`, `error:no_query_image`, `error:image_<kind>` (the stored bytes are not a valid image:
+io/images.decode_image's kinds). A failing store read is retried, then fails the shard (never a reject).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from pipeline.config import check, to_dict
 from pipeline.io.image_store import ImageStore
+from pipeline.io.images import ImageError, load_stored
 from pipeline.models.clip import ClipConfig
 from pipeline.prompts import load_sources, render
 from pipeline.scheduling import Phase
@@ -78,8 +79,6 @@ class ClipScoreFn:
         self.store = ImageStore.from_uri(run_uri)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from PIL import Image
-
         refs = table["query_image"].to_pylist()
         srcs = table["image_source"].to_pylist()
         captions = table["image_prompt"].to_pylist() if "image_prompt" in table.column_names else [None] * len(refs)
@@ -88,11 +87,12 @@ class ClipScoreFn:
         for i, ref in enumerate(refs):
             if ref is None:
                 continue
+            # Only bytes that are not a valid image cost their row; a failing read propagates (R35).
             try:
-                images.append(Image.open(io.BytesIO(self.store.get(ref))).convert("RGB"))
+                images.append(load_stored(self.store, ref))
                 todo.append(i)
-            except Exception:  # noqa: BLE001 - a missing or unreadable file costs its row
-                errors[i] = "error:image_unreadable"
+            except ImageError as exc:
+                errors[i] = f"error:image_{exc.kind}"
         texts = [render(self.sources[PROMPTS[0]], PROMPTS[0], entity=row_e or "", entity_type=row_t or "",
                         caption=captions[i]) for i, row_e, row_t in
                  ((i, table["entity"][i].as_py(), table["entity_type"][i].as_py()) for i in todo)]

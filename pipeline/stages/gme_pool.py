@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -94,16 +93,15 @@ class ImageLoader:
         self.cfg = cfg
 
     def load(self, ref: dict) -> tuple[Any, str]:
-        """(image, "") or (None, `error:image_unreadable` | the GmeImageError's reason)."""
-        from PIL import Image
-
+        """(image, "") or (None, `error:image_<kind>` | the GmeImageError's reason). A failing store read
+        (ImageReadError, a lost file) propagates: the shard fails and resume redoes it (R35)."""
+        from pipeline.io.images import ImageError, load_stored
         from pipeline.models import gme
 
         try:
-            with Image.open(io.BytesIO(self.store.get(ref))) as img:
-                rgb = img.convert("RGB")
-        except Exception:  # noqa: BLE001 - a missing file, a cut file or not an image: all unreadable
-            return None, "error:image_unreadable"
+            rgb = load_stored(self.store, ref)
+        except ImageError as exc:
+            return None, f"error:image_{exc.kind}"
         try:
             return gme.resize_for_gme(rgb, self.cfg.min_image_tokens, self.cfg.max_image_tokens), ""
         except gme.GmeImageError as exc:
@@ -115,7 +113,8 @@ def encode_queries(
 ) -> tuple[np.ndarray, list[str]]:
     """Fused-query vectors (zero rows where a row failed) and per-row reasons ("" = encoded).
 
-    Reasons: `error:no_query_image` (null reference), `error:image_unreadable`, GmeImageError reasons.
+    Reasons: `error:no_query_image` (null reference), `error:image_<kind>` (bytes that are not a valid
+    image), GmeImageError reasons.
     """
     from pipeline.models.gme import GmeInput
 

@@ -8,7 +8,7 @@ Input columns: id, doc_id, text, title, image, rewritten_query, query_image. Out
 column plus `instruction` (the task instruction the query was encoded under), `gme_pos_score`
 (float32 cosine of query and positive; null when the query could not be encoded) and `gme_pos_rank`
 (int32 1-based rank of the positive in the pool search; null when `top_k` is 0 or it is not in the
-top k). Dropped rows: `error:no_query_image`, `error:image_unreadable`, GME image errors
+top k). Dropped rows: `error:no_query_image`, `error:image_<kind>` (io/images.decode_image), GME image errors
 (`error:image_too_small`...), `error:source_not_in_pool` (with `top_k`: the doc_id is no pooled
 passage), `filter:empty_query`, `filter:gme_score` (below `threshold`), `filter:gme_rank` (not in the
 top k).

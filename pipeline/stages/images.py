@@ -18,7 +18,8 @@ generated), `image_origin` (URL, `doc:<doc_id>`, `pool:<pool id>` or `<model>`),
 `image_score` (retrieval similarity), `image_rank` (retrieval rank, 1-based), `image_prompt`,
 `image_seed`, `image_model` (generation), and `image_attempts` (list of {source, reason}: each source
 tried before the one that gave the image, or all of them). Dropped rows: `filter:no_image` (no
-source gave an image; the attempts say why), `error:generation_failed`.
+source gave an image; the attempts say why). A failing diffusion pipeline (OOM included) fails the shard
+for resume; it is never a row's verdict.
 Attempt reasons: `doc:no_image`, `error:fetch_<kind>`, `error:image_<kind>`, `retrieval:no_pool`,
 `retrieval:empty_pool`, `retrieval:below_min_score`, `retrieval:empty_query`, and the LLM's
 `error:invalid_json` / `error:schema` / `error:truncated_output` / `error:timeout`... for descriptions.
@@ -48,7 +49,6 @@ from pipeline.stage import (
     FILTERED,
     NROWS,
     OK,
-    REJECTED,
     SLOT,
     Stage,
     actor_map,
@@ -305,14 +305,10 @@ class DrawFn:
                 from pipeline.models.diffusion import Drawer
 
                 self._drawer = Drawer(self.model_path, g.diffusion)
-            try:
-                images = self._drawer.draw([cols["image_prompt"][i] for i in todo], [cols["image_seed"][i] for i in todo])
-            except Exception as exc:  # noqa: BLE001 - a pipeline error costs these rows, not the run
-                for i in todo:
-                    statuses[i], reasons[i] = REJECTED, "error:generation_failed"
-                    cols["image_attempts"][i] = [*cols["image_attempts"][i],
-                                                 {"source": "generation", "reason": f"error:{type(exc).__name__}"}]
-                todo, images = [], []
+            # A failing pipeline (CUDA OOM after the drawer's smaller retries, a dead device) is the system,
+            # not these rows: it propagates, the shard fails and resume redoes it (R31, R35).
+            images = self._drawer.draw([cols["image_prompt"][i] for i in todo],
+                                       [cols["image_seed"][i] for i in todo])
             for i, img in zip(todo, images):
                 cols["query_image"][i] = _store_png(self.store, img)
                 cols["image_source"][i], cols["image_origin"][i] = "generated", self.model_id

@@ -12,9 +12,10 @@ import pyarrow as pa
 from pipeline.config import to_dict
 from pipeline.io.image_pool import POOL_READERS, load_pool_batch, plan_pool, pool_identity
 from pipeline.io.image_store import ImageStore
+from pipeline.io.images import ImageError, load_stored
 from pipeline.io.indexes import IndexHandle, IndexSpec, embedding_array
 from pipeline.scheduling import Phase
-from pipeline.stage import FILTERED, OK, Stage, actor_map, actor_pool, set_status, task_pool
+from pipeline.stage import FILTERED, OK, REJECTED, Stage, actor_map, actor_pool, set_status, task_pool
 from pipeline.stages.images_config import ImagesConfig
 
 
@@ -40,16 +41,23 @@ class PoolVectorsFn:
 
         statuses, reasons = table[STATUS].to_pylist(), table[REASON].to_pylist()
         refs, captions = table["image"].to_pylist(), table["caption"].to_pylist()
-        todo = []
+        todo, images = [], []
         for i, (status, ref, caption) in enumerate(zip(statuses, refs, captions)):
             if status != OK:
                 continue
             if self.retriever == "caption" and not caption:
                 statuses[i], reasons[i] = FILTERED, "filter:no_caption"
                 continue
+            if self.retriever == "clip":
+                # Bytes that are not a valid image cost their row; a failing read fails the shard (R35).
+                try:
+                    images.append(load_stored(self.store, ref))
+                except ImageError as exc:
+                    statuses[i], reasons[i] = REJECTED, f"error:image_{exc.kind}"
+                    continue
             todo.append(i)
         if self.retriever == "clip":
-            vectors = self.model.encode_images([_load(self.store, refs[i]) for i in todo])
+            vectors = self.model.encode_images(images)
         else:
             prefix = self.cfg.embedder.passage_prefix
             vectors = self.model.encode([prefix + captions[i] for i in todo], self.cfg.resources.batch_size)
@@ -58,15 +66,6 @@ class PoolVectorsFn:
         full[todo] = vectors
         table = table.append_column("embedding", embedding_array(full))
         return set_status(table, statuses, reasons)
-
-
-def _load(store: ImageStore, ref: dict):
-    import io
-
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(store.get(ref)))
-    return img.convert("RGB")
 
 
 class ImagePool(Stage):

@@ -7,8 +7,8 @@ A view embeds every pool image under one notion of similarity (MegaPairs §3.1):
 - `text`: a sentence-transformers model over the caption (our extra option).
 Vectors are L2-normalised (inner product = cosine). Text views skip caption-less images:
 `filter:no_caption`, recorded in the index's `_rejects/`, so the image is absent from that view's
-index and mined by the other views only. A stored image that does not decode is `error:image_unreadable`;
-a storage failure propagates (R35).
+index and mined by the other views only. A stored image that is not a valid image is `error:image_<kind>`
+(io/images.decode_image); a storage failure propagates after retries (R35).
 
 The runner builds each view as `IndexSpec(view.name, "pool", ViewEmbed, identity, kind, nlist)`: the
 side stage reads the pool section's output (id, image, caption, license, origin) and writes those
@@ -20,7 +20,6 @@ pooling, text prefix and length); NOT the band nor the resources: a new band re-
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -30,6 +29,7 @@ import pyarrow as pa
 
 from pipeline.config import check, to_dict
 from pipeline.io.image_store import ImageStore
+from pipeline.io.images import ImageError, load_stored
 from pipeline.io.index_config import IndexConfig
 from pipeline.io.indexes import IndexSpec, embedding_array
 from pipeline.scheduling import Phase
@@ -180,17 +180,6 @@ def load_view_model(view: ViewConfig, model_path: str) -> Any:
     return ViewModel(view, model_path)
 
 
-def decode_image(data: bytes):
-    """Stored bytes -> RGB PIL image, or None when they do not decode."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except Exception:  # noqa: BLE001 - any decoder error on bytes that were read: the image is bad
-        return None
-
-
 class ViewEmbedFn:
     """Ray actor: pool rows in, the same rows plus `embedding` out (zeros on rows it did not embed)."""
 
@@ -213,12 +202,16 @@ class ViewEmbedFn:
                     statuses[i], reasons[i] = FILTERED, "filter:no_caption"
                     continue
             else:
-                # A failing storage read propagates (R35); only bytes that do not decode are a verdict.
-                image = decode_image(self.store.get(refs[i])) if refs[i] is not None else None
-                if image is None:
-                    statuses[i], reasons[i] = REJECTED, "error:image_unreadable"
+                # A failing storage read propagates (R35); only bytes that are not a valid image are a
+                # verdict.
+                if refs[i] is None:
+                    statuses[i], reasons[i] = REJECTED, "error:no_image"
                     continue
-                images.append(image)
+                try:
+                    images.append(load_stored(self.store, refs[i]))
+                except ImageError as exc:
+                    statuses[i], reasons[i] = REJECTED, f"error:image_{exc.kind}"
+                    continue
             todo.append(i)
         full = np.zeros((n, self.model.dim), np.float32)
         if todo:

@@ -19,9 +19,9 @@ Input columns: id, doc_id, rewritten_query, query_image. Output: every input col
 `neg_doc_ids`, `neg_texts`, `neg_titles` (list<string>), `neg_images` (list<IMAGE_REF>, null items for
 passages without an image), `neg_scores` (list<float32>), `neg_ranks` (list<int32>, 1-based rank in
 the GME search), `num_negatives` (int32) and `neg_pos_score` (float32). Dropped rows:
-`error:no_query_image`, `error:image_unreadable`, GME image errors (`error:image_too_small`...),
-`error:source_not_in_pool`, `filter:empty_query`, `filter:too_few_negatives` (fewer than
-`min_negatives` survived; the mined ones stay in the reject for inspection).
+`error:no_query_image`, `error:image_<kind>` (io/images.decode_image), GME image errors
+(`error:image_too_small`...), `error:source_not_in_pool`, `filter:empty_query`, `filter:too_few_negatives`
+(fewer than `min_negatives` survived; the mined ones stay in the reject for inspection).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ IMAGE_KINDS = (
     "too_large",
     "empty",
     "not_an_image",
+    "format_not_allowed",
     "truncated",
     "too_small",
     "decompression_bomb",

@@ -4,7 +4,7 @@ build, compared row by row with a transformers reference on the same checkpoint 
 Text: the tiny Qwen2 (a causal LM vLLM runs as an embedding model), against its transformers base model's
 last-token hidden state, L2-normalised, float32; one engine start serves the module. The prompts are
 `gme.render_text`'s, one of them cut at `max_length` tokens by both sides, and the rows carry an image
-column (all null but one unreadable image), so the prepare-multimodal stage runs as it does for GME.
+column (all null but one image that is not an image), so the prepare-multimodal stage runs as it does for GME.
 
 GME (Qwen2-VL) against `pipeline.models.gme.GmeEmbedder`: vLLM 0.29's Qwen2-VL needs torchvision, which
 does not load beside torch 2.13.0+cpu here, so it is skipped with that reason (tiny_vl.torchvision_error).
@@ -150,7 +150,7 @@ def test_rows_without_input_or_with_a_bad_image_are_rejects_that_keep_their_colu
     }
     assert got == {
         "empty": ("error:empty_input", None, "  "),
-        "bad-image": ("error:image_unreadable", None, "What is this?"),
+        "bad-image": ("error:image_not_an_image", None, "What is this?"),
     }
 
 

@@ -475,3 +475,13 @@ def test_jsonl_shards_stop_once_they_reach_the_byte_cap(jsonl, cap, rows):
     assert [s.rows for s in specs] == rows
     raws = [r for t in read_all(specs) for r in t["_raw"].to_pylist()]
     assert raws == [line.encode() for line in LINES if line.strip()]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_local_image_whose_read_fails_is_retried_then_fails_the_shard_not_the_row(monkeypatch):
+    from pipeline.io import images
+
+    # /proc/self/mem is a regular file whose read at offset 0 fails with EIO: a real failing read.
+    monkeypatch.setattr(images, "READ_RETRY", images.ReadRetry(attempts=2, base_wait_s=0.0, max_wait_s=0.0))
+    with pytest.raises(images.ImageReadError, match="failed 2 times"):
+        load_local_image("/", "/proc/self/mem", 1000)

@@ -120,7 +120,7 @@ def test_image_rows_are_cut_before_the_placeholder_expands_so_both_backends_keep
     ("row", "reason"),
     [
         ({"text": "  ", "title": None, "image": None}, "error:empty_input"),
-        ({"text": "x", "image": {"bytes": b"not an image", "path": None}}, "error:image_unreadable"),
+        ({"text": "x", "image": {"bytes": b"not an image", "path": None}}, "error:image_not_an_image"),
         ({"text": "x", "image": _png((4000, 4))}, "error:image_aspect_ratio"),
     ],
 )

@@ -4,6 +4,7 @@ a usable image are marked and restored as `error:image_missing` (pure functions,
 from __future__ import annotations
 
 import base64
+import io
 import json
 import pickle
 
@@ -17,6 +18,7 @@ from pipeline.models.vllm_vision import (
     data_url,
     image_bytes,
     missing_image_row,
+    model_image,
     vlm_preprocess_row,
 )
 
@@ -47,13 +49,30 @@ def test_data_url_names_the_format_and_holds_the_bytes(image_bytes):
     assert url.startswith("data:image/jpeg;base64,") and base64.b64decode(url.split(",", 1)[1]) == jpeg
 
 
-def test_data_url_reencodes_formats_a_processor_may_not_read_as_png(image_bytes):
-    assert data_url(image_bytes("TIFF")).startswith("data:image/png;base64,")
+@pytest.mark.parametrize(
+    ("fmt", "mode", "mime"),
+    [("BMP", "RGB", "png"), ("WEBP", "RGB", "jpeg"), ("PNG", "RGBA", "png"), ("JPEG", "CMYK", "jpeg")],
+)
+def test_model_image_sends_what_is_not_plain_jpeg_or_png_as_rgb(image_bytes, fmt, mode, mime):
+    from PIL import Image
+
+    url = data_url(model_image(image_bytes(fmt, mode)))
+    assert url.startswith(f"data:image/{mime};base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).mode == "RGB"
 
 
-def test_data_url_refuses_bytes_that_are_not_an_image():
-    with pytest.raises(ValueError, match="not an image"):
-        data_url(b"plain text")
+@pytest.mark.parametrize("data", [b"plain text", b"%!PS-Adobe-3.0 EPSF-3.0\n", b"II*\x00\x08\x00\x00\x00"])
+def test_data_url_refuses_bytes_that_are_not_an_allowed_format(data):
+    with pytest.raises(ValueError, match="not an allowed image format"):
+        data_url(data)
+
+
+def test_model_image_refuses_an_eps_before_any_decoder_sees_it():
+    from pipeline.io.images import ImageError
+
+    with pytest.raises(ImageError) as err:
+        model_image(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    assert err.value.kind == "format_not_allowed"
 
 
 def test_image_goes_before_the_text_of_the_last_user_message():

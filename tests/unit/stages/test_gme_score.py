@@ -174,20 +174,22 @@ def test_actor_rejects_a_doc_missing_from_the_pool(world):
     assert (out[STATUS].to_pylist(), out[REASON].to_pylist()) == (["rejected"], ["error:source_not_in_pool"])
 
 
-def test_actor_rejects_missing_and_unreadable_query_images(world):
+def test_actor_rejects_missing_and_invalid_query_images(world):
     run_uri = world[0]
-    images = [
-        None,
-        put_image(run_uri, b"\x89PNG cut"),
-        {"sha256": "0" * 64, "width": 1, "height": 1, "format": "png"},
-    ]
+    images = [None, put_image(run_uri, b"\x89PNG cut"), put_image(run_uri, b"%!PS-Adobe-3.0 EPSF-3.0\n")]
     out = actor(world)(rows(world, ["bridge"] * 3, images))
     assert out[REASON].to_pylist() == [
         "error:no_query_image",
-        "error:image_unreadable",
-        "error:image_unreadable",
+        "error:image_not_an_image",
+        "error:image_format_not_allowed",
     ]
     assert out["gme_pos_score"].to_pylist() == [None, None, None]
+
+
+def test_actor_fails_the_shard_when_a_stored_image_is_lost_rather_than_rejecting_the_row(world):
+    lost = {"sha256": "0" * 64, "width": 1, "height": 1, "format": "png"}
+    with pytest.raises(FileNotFoundError):
+        actor(world)(rows(world, ["bridge"], [lost]))
 
 
 def test_actor_rejects_with_the_gme_image_error_reason(world, monkeypatch):

@@ -375,7 +375,7 @@ def test_an_empty_or_all_broken_pool_fails_over_with_a_reason(tmp_path, models, 
     handle, batches = build_pool_index(str(tmp_path / "_index"), cfg, models["text"])
     assert handle.count == 0
     if kind == "all-broken":
-        assert sorted(pa.concat_tables(batches)[REASON].to_pylist()) == ["error:image_empty", "error:image_not_an_image"]
+        assert sorted(pa.concat_tables(batches)[REASON].to_pylist()) == ["error:image_empty", "error:image_format_not_allowed"]
     out = images_fn(cfg, str(tmp_path / "run"), handle, models["text"])(
         shard_of([{"id": "x", "doc_id": "x", "entity": "bridge", "entity_type": "bridge"}]))
     assert out["image_attempts"].to_pylist() == [[{"source": "retrieval", "reason": "retrieval:empty_pool"}]]
@@ -431,3 +431,39 @@ def test_any_pool_line_gives_a_record_or_a_reason(raw):
     else:
         assert set(rec) == {"id", "image", "image_url", "caption", "license"}
         assert all(rec[k] is None or isinstance(rec[k], str) for k in ("caption", "license", "image_url"))
+
+
+def test_a_failing_diffusion_pipeline_fails_the_shard_rather_than_rejecting_its_rows(tmp_path):
+    import torch
+
+    from pipeline.models.diffusion import DiffusionConfig
+    from pipeline.stages.images import GenerationConfig
+
+    class OutOfMemoryDrawer:
+        def draw(self, prompts, seeds):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    run_uri = str(tmp_path / "run")
+    cfg = config(sources=("generation",), generation=GenerationConfig(diffusion=DiffusionConfig(steps=1)))
+    looked_up = images_fn(cfg, run_uri, None, None)(shard_of([{"id": "a", "doc_id": "a", "entity": "Saturn",
+                                                                 "entity_type": "planet"}]))
+    fn = DrawFn(to_dict(cfg), run_uri, "unused", "unused")
+    fn._drawer = OutOfMemoryDrawer()
+    with pytest.raises(torch.OutOfMemoryError):
+        fn(looked_up)
+
+
+def test_pool_vectors_reject_a_stored_pool_image_that_is_not_a_valid_image(tmp_path, models, image_bytes):
+    from pipeline.io.image_pool import POOL_SCHEMA
+    from pipeline.stages.images_pool import PoolVectorsFn
+
+    index_uri = str(tmp_path / "_index")
+    store = ImageStore.from_uri(index_uri)
+    refs = [store.put(image_bytes("PNG", size=(32, 32)), "png", 32, 32), store.put(b"GIF89a cut", "gif", 1, 1)]
+    table = pa.Table.from_pylist([{"id": f"p{i}", "image": r, "caption": None, "license": None, "origin": "o"}
+                                  for i, r in enumerate(refs)], schema=POOL_SCHEMA)
+    table = table.append_column(STATUS, pa.array(["ok", "ok"])).append_column(REASON, pa.array(["", ""]))
+    fn = PoolVectorsFn("clip", models["clip"], to_dict(config()), index_uri)
+    out = fn(table)
+    assert out[REASON].to_pylist() == ["", "error:image_not_an_image"]
+    assert not np.any(out["embedding"].to_pylist()[1])

@@ -378,3 +378,36 @@ def test_resume_state_of_an_empty_parts_folder_is_empty(tmp_path):
         "hash": set(),
         "id": set(),
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("scan.tif", "TIFF"),
+        ("logo.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 setgray showpage\n"),
+        ("logo.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16"/>'),
+        ("page.png", b"<!DOCTYPE html><html><body>Forbidden</body></html>"),
+        ("icon.ico", "ICO"),
+    ],
+)
+def test_ingest_batch_rejects_a_corpus_image_outside_the_allowed_formats(corpus_dir, name, data):
+    from PIL import Image
+
+    if isinstance(data, str):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (9, 9, 9)).save(buf, format=data)
+        data = buf.getvalue()
+    (corpus_dir / "images" / name).write_bytes(data)
+    (row,) = ingest(shard_table(corpus_dir, [{"doc_id": "d", "text": "a", "image": f"images/{name}"}]),
+                    corpus_dir).to_pylist()
+    assert (row[STATUS], row[REASON]) == ("rejected", "error:image_format_not_allowed")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_ingest_batch_fails_the_shard_when_an_image_read_fails(corpus_dir, monkeypatch):
+    from pipeline.io import images
+
+    monkeypatch.setattr(images, "READ_RETRY", images.ReadRetry(attempts=2, base_wait_s=0.0, max_wait_s=0.0))
+    table = shard_table(corpus_dir, [{"doc_id": "ok", "text": "a"}, {"doc_id": "d", "text": "b", "image": "/proc/self/mem"}])
+    with pytest.raises(images.ImageReadError):
+        ingest(table, corpus_dir)

@@ -376,7 +376,7 @@ def test_image_views_embed_every_image_and_reject_bytes_that_do_not_decode(tmp_p
     run_uri = str(tmp_path / "run")
     table = stored_pool(run_uri, [None, "x"], [png(), b"not an image"])
     out = ViewEmbedFn(to_dict(ViewConfig(name="i", kind="clip_image")), "unused", run_uri)(table)
-    assert out[REASON].to_pylist() == ["", "error:image_unreadable"]
+    assert out[REASON].to_pylist() == ["", "error:image_not_an_image"]
     assert fake.seen == [(1, [None])]
 
 

@@ -333,7 +333,7 @@ def test_actor_rejects_query_image_and_pool_errors(world):
     out = actor(world)(queries(world, ["bridge", "bridge", "no-such-doc"], images))
     assert out[REASON].to_pylist() == [
         "error:no_query_image",
-        "error:image_unreadable",
+        "error:image_not_an_image",
         "error:source_not_in_pool",
     ]
     assert out["num_negatives"].to_pylist() == [0, 0, 0]
