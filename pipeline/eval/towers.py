@@ -88,14 +88,15 @@ class Towers:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def embed_images(self, blobs: list[bytes]) -> np.ndarray:
-        from pipeline.stages.mp_views import decode_image
+        from pipeline.io.images import ImageError, decode_image
 
         images = []
         for no, data in enumerate(blobs):
-            img = decode_image(data)
-            if img is None:
-                raise EvalError(f"eval: image {no} of the input does not decode; run `fusegen validate` on it")
-            images.append(img)
+            try:
+                images.append(decode_image(data))
+            except ImageError as exc:
+                raise EvalError(f"eval: image {no} of the input does not decode ({exc}); "
+                                "run `fusegen validate` on it") from None
         return self.image_model.encode_images(images)
 
 

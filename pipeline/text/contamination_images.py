@@ -13,7 +13,6 @@ file's folder, or to `contamination.image_root`), an HF image struct `{bytes, pa
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
@@ -29,10 +28,12 @@ EVAL_IMAGE_FIELDS = (
 
 def dhash(data: bytes) -> int | None:
     """The image's 64-bit dHash, or None when the bytes do not decode as an image."""
+    from pipeline.io.images import ImageError, decode_image
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            grey = img.convert("L").resize((9, 8), Image.Resampling.LANCZOS)
-    except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are no image
+        # The one loader: allowed formats only, EXIF orientation and first frame as every model sees them.
+        grey = decode_image(data).convert("L").resize((9, 8), Image.Resampling.LANCZOS)
+    except ImageError:
         return None
     px = np.asarray(grey, dtype=np.int16)
     bits = (px[:, 1:] > px[:, :-1]).flatten()
