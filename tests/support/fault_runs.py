@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 from tests.support.openai_server import RecordedRequest, Reply, ok
 
 KEY_ENV = "FUSEGEN_TEST_KEY"
+# A piece file the committer names in a marker: `<prefix>-<shard>-<first row>-<slot>.parquet`.
+PIECE = re.compile(r"^[a-z_]+-\d{6}-\d{6}-\d{3}\.parquet$")
 KEY = "sk-fault-test"
 STAGES = ("ingest", "doc2query", "consistency", "entities", "images", "clip_filter", "gme_score", "negatives",
           "export")
@@ -81,6 +83,14 @@ def stage_folders(run_dir: Path) -> dict[str, Path]:
         if (folder / "_manifest.json").exists():
             out[json.loads((folder / "_manifest.json").read_text())["stage"]] = folder
     return out
+
+
+def all_folders(run_dir: Path) -> dict[str, Path]:
+    """The stage folders and the run's own index folders (`_index/<name>-<key>`, their embed stages)."""
+    index = run_dir / "_index"
+    extra = {f"_index/{p.name}": p for p in sorted(index.iterdir()) if (p / "_manifest.json").exists()} \
+        if index.exists() else {}
+    return {**stage_folders(run_dir), **extra}
 
 
 def committed_shards(run_dir: Path) -> dict[str, list[str]]:
@@ -184,7 +194,7 @@ def snapshot(run_dir: Path) -> dict:
 def ledger_problems(run_dir: Path) -> list[str]:
     """Stages whose manifest is not complete or whose ledger does not balance (empty: all good)."""
     problems = []
-    for stage, folder in stage_folders(run_dir).items():
+    for stage, folder in all_folders(run_dir).items():
         m = json.loads((folder / "_manifest.json").read_text())
         rows = m["rows"]
         if m["status"] != "complete":
@@ -197,12 +207,15 @@ def ledger_problems(run_dir: Path) -> list[str]:
 
 
 def leftovers(run_dir: Path) -> list[str]:
-    """Temporaries, and part/reject files no marker names, anywhere in the run dir."""
+    """Temporaries anywhere in the run dir, and part or reject files (`<prefix>-<shard>-...parquet`) that no
+    marker names, in every stage and index folder (an index's markers name files under `_index/`)."""
     left = [str(p) for p in run_dir.rglob(".*.tmp")]
-    for folder in stage_folders(run_dir).values():
+    for name, folder in all_folders(run_dir).items():
+        base = run_dir / "_index" if name.startswith("_index/") else run_dir
         named = set()
         for marker in (folder / "_parts").glob("*.json"):
             files = json.loads(marker.read_text())["files"]
-            named |= {(run_dir / f).resolve() for f in files["parts"] + files["rejects"]}
-        left += [str(p) for p in folder.rglob("*.parquet") if "_parts" not in p.parts and p.resolve() not in named]
+            named |= {(base / f).resolve() for f in files["parts"] + files["rejects"]}
+        left += [str(p) for p in folder.rglob("*.parquet")
+                 if PIECE.match(p.name) and "_parts" not in p.parts and p.resolve() not in named]
     return left
