@@ -36,6 +36,7 @@ from pipeline.io.hub import (
     same_as_remote,
     with_retries,
 )
+from pipeline.io.runlock import run_lock
 from pipeline.logging import get_logger
 
 log = get_logger(__name__)
@@ -143,14 +144,24 @@ def batches(files: list[LocalFile], max_bytes: int, max_files: int) -> list[list
 
 
 def push_run(run_dir: str, cfg: PushConfig) -> PushReport:
-    """Raises PublishError on anything that stops a publish (no token, bad run, Hub refusal)."""
-    from huggingface_hub import HfApi
-
+    """Raises PublishError on anything that stops a publish (no token, bad run, Hub refusal), RunDirBusy
+    while another fusegen process holds the run dir."""
     run_fs = RunFS.from_uri(run_dir)
     if "://" in run_dir:
         raise PublishError(
             f"push: {run_dir} is not a local path; copy its export/ folder locally and push that run dir"
         )
+    if not run_fs.exists(""):
+        raise PublishError(f"push: no run dir at {run_dir}")
+    # The run dir's lock for the whole push: a run or gc would rewrite the export under the upload, and
+    # a second push would write the same card and archives and commit the same files.
+    with run_lock(run_fs, "fusegen push"):
+        return _push_locked(run_dir, run_fs, cfg)
+
+
+def _push_locked(run_dir: str, run_fs: RunFS, cfg: PushConfig) -> PushReport:
+    from huggingface_hub import HfApi
+
     token = _login_token() if cfg.dry_run else resolve_token()
     build_card(run_dir, cfg.card)
     export_dir = run_fs.path("export")

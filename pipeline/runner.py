@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipeline import __version__
+from pipeline import __version__, faults
 from pipeline.errors import LedgerError, StageInputError
 from pipeline.io.commit import ShardCommitter, committed_files, remove_garbage, rewrite_parts, write_pieces
 from pipeline.io.fs import RunFS
@@ -69,6 +69,7 @@ def read_shards(batch: dict, source_uri: str, readers: dict) -> pa.Table:
     tables = []
     for i in range(len(batch["shard"])):
         spec = ShardSpec(**{k: _py(batch[k][i]) for k in ShardSpec.__dataclass_fields__})
+        faults.storage("read", spec.source)
         tables.append(tag_rows(readers[spec.kind](spec, run_fs.fs), spec.shard))
     return pa.concat_tables(tables, promote_options="default")
 

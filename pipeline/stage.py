@@ -63,7 +63,12 @@ def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: fl
     """
     import ray.data
 
+    from pipeline import faults
+
     request = actor_request(resources, num_gpus)
+    if faults.active():
+        # A fault plan may kill this actor mid-batch (tests/e2e/test_fault_resume.py); off otherwise.
+        fn_cls, kwargs = faults.FaultyFn, {"_fault_inner": fn_cls, **kwargs}
     return ds.map_batches(
         fn_cls,
         fn_constructor_kwargs=kwargs,

@@ -29,3 +29,26 @@ def tiny_cache(tmp_path_factory) -> Path:
     # The vLLM venv lacks open_clip and diffusers: its tests need neither tiny CLIP nor diffusion.
     build_all(root / "tiny", skip_unavailable=True)
     return root
+
+
+def _selected(config, marker: str) -> bool:
+    """True when `-m` asks for `marker` itself (not `not marker`): the long variants run then."""
+    expr = config.option.markexpr or ""
+    return marker in expr and f"not {marker}" not in expr
+
+
+def fault_seeds(config) -> list[int]:
+    """Seeds of tests/e2e/test_fault_resume.py: FUSEGEN_FAULT_SEEDS as a count (`10`: seeds 0-9) or a list
+    (`3,8`; one seed: `5,`); unset, 10 under `-m faults` and 2 otherwise (the short CI variant)."""
+    raw = os.environ.get("FUSEGEN_FAULT_SEEDS", "").strip()
+    if "," in raw:
+        return [int(s) for s in raw.split(",") if s.strip()]
+    if raw:
+        return list(range(int(raw)))
+    return list(range(10 if _selected(config, "faults") else 2))
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "fault_seed" in metafunc.fixturenames:
+        seeds = fault_seeds(metafunc.config)
+        metafunc.parametrize("fault_seed", seeds, ids=[f"seed{s}" for s in seeds])

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import faults
 from pipeline.columns import (
     FILTERED,
     INTERNAL,
@@ -100,6 +101,7 @@ def write_pieces(table: pa.Table, run_uri: str, stage, stage_dir: str, parts_dir
             raise LedgerError(f"{stage.name}: rows for shard {shard!r}, which is already committed; "
                               "its files are left as they are")
         piece = select(table, pc.equal(table[SHARD], shard))
+        faults.batch(stage.name, piece)
         receipts.append(_write_piece(piece, shard, run_fs, stage, stage_dir, parts_dir))
     return pa.Table.from_pylist(receipts, schema=RECEIPT)
 

@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline import faults
+
 
 @dataclass(frozen=True)
 class RunFS:
@@ -83,7 +85,9 @@ class RunFS:
         self.fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
         write(tmp)
+        faults.storage("write", final)
         self.fs.move(tmp, final)
+        faults.written(final)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         def write(tmp: str) -> None:
@@ -105,6 +109,7 @@ class RunFS:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
     def read_bytes(self, rel: str) -> bytes:
+        faults.storage("read", self.path(rel))
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read()
 
@@ -131,6 +136,7 @@ class RunFS:
         self._atomic(rel, write)
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        faults.storage("read", self.path(rel))
         return pq.read_table(self.path(rel), filesystem=self.fs, columns=columns)
 
     def parquet_rows(self, rel: str) -> int:

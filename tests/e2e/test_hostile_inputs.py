@@ -1,0 +1,138 @@
+"""Hostile inputs (tests/support/hostile.py) through real runs on an embedded Ray: every bad row is a reject
+with an `error:` reason, every valid-but-awkward row and every good row is kept, and the run completes.
+
+Short variant (the default suite): the mixed corpus through ingest and export, and each whole-file Parquet
+kind alone. Long variant (`pytest -m badinput`): the mixed corpus through the whole GME track (the LLM
+stages on a local OpenAI-compatible server), where every good row must end in the final funnel, kept or
+filtered for a normal reason, never with an `error:`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.rundir import RunContext
+from pipeline.runner import run_pipeline
+from pipeline.settings import build_stages, load_config
+from samples.corpus_source import is_good, load_rows
+from tests.conftest import _selected
+from tests.support.fault_runs import KEY, KEY_ENV, GroundedLLM, ledger_problems, stage_folders
+from tests.support.hostile import FILE_KINDS, REJECT, write_file_kind, write_mixed_corpus
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.badinput, pytest.mark.usefixtures("embedded_ray")]
+REPO = Path(__file__).resolve().parents[2]
+SHORT = ["stages=[ingest, export]", "export.schema=passthrough"]
+
+
+def run(run_dir: Path, sets: list[str]):
+    config = load_config(REPO / "configs" / "demo.yaml", sets)
+    ctx = RunContext.create(config, str(run_dir))
+    return run_pipeline(ctx, build_stages(config, ctx))
+
+
+def good_sample_rows(n: int) -> list[dict]:
+    return [r for r in load_rows() if is_good(r) and "line" not in r][:n]
+
+
+def rows_of(folder: Path) -> list[dict]:
+    return [r for p in sorted(folder.glob("*.parquet")) for r in pq.read_table(p).to_pylist()] if folder.exists() else []
+
+
+def ingest_verdicts(run_dir: Path, corpus: dict) -> list[str]:
+    """What went wrong: hostile rows not rejected with an error, awkward or good rows not kept."""
+    ingest = stage_folders(run_dir)["ingest"]
+    kept = {r["source"]: r for r in rows_of(ingest)}
+    rejected = {r["source"]: r["reason"] for r in rows_of(ingest / "_rejects")}
+    wrong = []
+    for source, (kind, expected) in corpus["hostile"].items():
+        if expected == REJECT and not rejected.get(source, "").startswith("error:"):
+            wrong.append(f"{kind} ({source}): expected a reject with an error: reason, got "
+                         f"{'kept' if source in kept else rejected.get(source, 'nothing')}")
+        if expected != REJECT and source not in kept:
+            wrong.append(f"{kind} ({source}): expected kept, got {rejected.get(source, 'nothing')}")
+    kept_ids = {r["doc_id"] for r in kept.values()}
+    wrong += [f"good row {d} not kept by ingest" for d in corpus["good"] if d not in kept_ids]
+    return wrong
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, tiny_cache):
+    root = tmp_path_factory.mktemp("hostile")
+    corpus = write_mixed_corpus(root / "corpus", good_sample_rows(6), REPO / "samples" / "corpus")
+    run(root / "run", [f"cache_dir={tiny_cache}", f"ingest.path={root / 'corpus'}", *SHORT])
+    return root / "run", corpus
+
+
+def test_every_hostile_row_is_rejected_with_an_error_and_every_good_row_kept(short_run):
+    run_dir, corpus = short_run
+    assert len(corpus["hostile"]) >= 30
+    assert ingest_verdicts(run_dir, corpus) == []
+
+
+def test_a_hostile_corpus_run_completes_with_balanced_ledgers_and_good_rows_exported(short_run):
+    run_dir, corpus = short_run
+    assert ledger_problems(run_dir) == []
+    exported = {r["doc_id"] for r in rows_of(run_dir / "export" / "data")}
+    assert set(corpus["good"]) <= exported
+    ingest = json.loads((stage_folders(run_dir)["ingest"] / "_manifest.json").read_text())
+    assert ingest["rows"]["in"] == len(corpus["good"]) + len(corpus["hostile"])
+
+
+@pytest.mark.parametrize("kind", sorted(FILE_KINDS))
+def test_a_hostile_parquet_file_stops_the_run_naming_it_or_ingests_every_row(kind, tmp_path, tiny_cache):
+    path = write_file_kind(tmp_path / "corpus", kind)
+    sets = [f"cache_dir={tiny_cache}", f"ingest.path={path}", *SHORT]
+    if FILE_KINDS[kind][0] == "error":
+        with pytest.raises(PipelineError) as err:
+            run(tmp_path / "run", sets)
+        assert str(path) in str(err.value) and str(err.value).startswith("ingest:"), str(err.value)
+        assert not list((tmp_path / "run").rglob("part-*.parquet")), "a refused input left stage output"
+        return
+    run(tmp_path / "run", sets)
+    assert ledger_problems(tmp_path / "run") == []
+    ingest = json.loads((stage_folders(tmp_path / "run")["ingest"] / "_manifest.json").read_text())
+    assert ingest["rows"]["in"] == pq.ParquetFile(path).metadata.num_rows
+
+
+@pytest.fixture(scope="module")
+def track_run(request, tmp_path_factory, tiny_cache):
+    if not _selected(request.config, "badinput"):
+        pytest.skip("the whole track over hostile inputs is the long variant: run it with `pytest -m badinput`")
+    root = tmp_path_factory.mktemp("hostile-track")
+    corpus = write_mixed_corpus(root / "corpus", good_sample_rows(10), REPO / "samples" / "corpus")
+    mp = pytest.MonkeyPatch()
+    mp.setenv(KEY_ENV, KEY)
+    with OpenAIServer(default=GroundedLLM()) as server:
+        url = server.base_url
+        run(root / "run", [
+            f"cache_dir={tiny_cache}", f"ingest.path={root / 'corpus'}", "consistency.top_k=10",
+            "doc2query.llm.backend=openai", "doc2query.llm.model=served-qwen", f"doc2query.llm.base_url={url}",
+            f"doc2query.llm.api_key_env={KEY_ENV}", "entities.llm.backend=openai", "entities.llm.model=served-qwen",
+            f"entities.llm.base_url={url}", f"entities.llm.api_key_env={KEY_ENV}", "entities.repair=none",
+        ])
+    mp.undo()
+    return root / "run", corpus
+
+
+def test_the_whole_track_over_hostile_inputs_keeps_every_good_row_in_the_funnel(track_run):
+    run_dir, corpus = track_run
+    assert ledger_problems(run_dir) == []
+    assert ingest_verdicts(run_dir, corpus) == []
+    ingest = stage_folders(run_dir)["ingest"]
+    survivors = {r["doc_id"] for r in rows_of(ingest)}
+    exported = {r["doc_id"] for r in rows_of(run_dir / "export" / "data")}
+    filtered, errors = set(), []
+    for stage, folder in stage_folders(run_dir).items():
+        for r in rows_of(folder / "_rejects"):
+            if stage != "ingest" and r.get("doc_id") in survivors:
+                (errors.append(f"{stage}: {r['doc_id']} {r['reason']}") if r["reason"].startswith("error:")
+                 else filtered.add(r["doc_id"]))
+    assert errors == [], "rows ingest kept met an error later"
+    assert survivors <= exported | filtered, f"lost: {sorted(survivors - exported - filtered)}"
+    assert exported, "no row reached export"
