@@ -202,7 +202,7 @@ def normalise_image(data: bytes, limits: ImageLimits) -> FittedImage:
     plain = fmt in ("JPEG", "PNG") and img.mode in ("RGB", "L") and _orientation(img) == 1
     if plain and limits.check == "structure" and not getattr(img, "is_animated", False):
         _check_structure(data, fmt)
-        return FittedImage(data, fmt.lower(), width, height)
+        return FittedImage(image_bytes_only(data, fmt), fmt.lower(), width, height)
     if plain and fmt == "JPEG":
         # Kept as is: its pixels are never used here, only checked. libjpeg still entropy-decodes the
         # whole stream (a truncated or corrupt file fails as before) but scales the IDCT by 1/8: 1.45x
@@ -220,7 +220,7 @@ def normalise_image(data: bytes, limits: ImageLimits) -> FittedImage:
         animated = getattr(img, "n_frames", 1) > 1
         if plain and not animated:
             # The size from the header: after `draft` the image object holds the 1/8-scale size.
-            return FittedImage(data, fmt.lower(), width, height)
+            return FittedImage(image_bytes_only(data, fmt), fmt.lower(), width, height)
         if animated:
             img.seek(0)
         rgb = _normalised(img)
@@ -229,6 +229,58 @@ def normalise_image(data: bytes, limits: ImageLimits) -> FittedImage:
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
     return FittedImage(buf.getvalue(), "png", rgb.width, rgb.height)
+
+
+def image_bytes_only(data: bytes, fmt: str) -> bytes:
+    """A JPEG or PNG kept as is, without whatever follows its end (the JPEG's end-of-image marker, the
+    PNG's IEND chunk): a polyglot's appended ZIP or script is not stored, hashed or published. Bytes
+    whose end cannot be found come back unchanged (the decoders above judged them)."""
+    end = _png_end(data) if fmt == "PNG" else _jpeg_end(data) if fmt == "JPEG" else None
+    return data[:end] if end is not None and end < len(data) else data
+
+
+def _png_end(data: bytes) -> int | None:
+    i = 8  # after the signature: chunks of (length, type, data, CRC)
+    while i + 8 <= len(data):
+        length = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8]
+        i += 12 + length
+        if kind == b"IEND":
+            return i if i <= len(data) else None
+    return None
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """The offset after the main image's end-of-image marker, walking the segments (an EXIF thumbnail's
+    markers sit inside its APP1 segment and are skipped with it) and each scan's entropy-coded data (where
+    a 0xFF byte is always followed by 0x00, a restart marker or the next marker)."""
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return i + 2
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        if i + 4 > n:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: skip its entropy-coded data to the next marker
+            while True:
+                i = data.find(b"\xff", i)
+                if i < 0 or i + 1 >= n:
+                    return None
+                following = data[i + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                    i += 1 if following == 0xFF else 2
+                    continue
+                break
+    return None
 
 
 def _check_structure(data: bytes, fmt: str) -> None:
