@@ -306,22 +306,29 @@ class ShardCommitter:
         # Pieces sort by their first (input row, unit): the file order a clean run has. The name after
         # the prefix carries it (`<prefix>-<shard>-<src>-<slot>`; a piece may hold only validation rows).
         pieces = sorted(self.pieces.pop(shard), key=lambda r: _piece_key((r["parts"] + r["rejects"])[0]))
-        self.units.pop(shard, None)
+        where = f"{self.stage.name} shard {shard}"
+        # `in` is what the shard was given, not the sum it is checked against: the plan's rows times the
+        # stage's fan-out, or (variable fan-out) the units each of the plan's rows announced (`_n`).
+        rows = {"in": self._units_in(spec, self.units.pop(shard, {})), "out": 0, "filtered": 0, "rejected": 0}
         self.complete.pop(shard, None)
-        rows = {"in": 0, "out": 0, "filtered": 0, "rejected": 0}
         reasons: Counter = Counter()
         for r in pieces:
             rows["out"] += r["out"]
             rows["filtered"] += r["filtered"]
             rows["rejected"] += r["rejected"]
             reasons.update(json.loads(r["reasons"]))
-        rows["in"] = rows["out"] + rows["filtered"] + rows["rejected"]
         parts = [p for r in pieces for p in r["parts"]]
         part_rows = [n for r in pieces for n in r["part_rows"]]
         rejects = [p for r in pieces for p in r["rejects"]]
-        if self.stage.fanout is not None and rows["in"] != spec.rows * self.stage.fanout:
-            raise LedgerError(f"{self.stage.name} shard {shard}: {rows['in']} units for {spec.rows} rows")
+        check_ledger(where, rows)
+        if sum(part_rows) != rows["out"]:
+            raise LedgerError(f"{where}: its part files hold {sum(part_rows)} rows but {rows['out']} were kept; "
+                              "the shard is not committed (rerun to redo it)")
         overrides = self._overrides(pieces)
+        outside = sorted(p for p in overrides if not 0 <= p < rows["out"])
+        if outside:
+            raise LedgerError(f"{where}: commit_hook turned away row position(s) {outside[:5]}, but the shard "
+                              f"kept {rows['out']} rows")
         future = None
         if overrides:
             future = _as_future(self.rewrite(parts, part_rows, overrides))
@@ -329,7 +336,6 @@ class ShardCommitter:
                 rows["out"] -= 1
                 rows[status] += 1
                 reasons[reason] += 1
-        check_ledger(f"{self.stage.name} shard {shard}", rows)
         marker = {
             "shard": shard, "input_rows": spec.rows, "rows": rows, "reasons": dict(reasons),
             "files": {"parts": parts, "part_rows": part_rows, "rejects": rejects},
@@ -337,6 +343,13 @@ class ShardCommitter:
         self.waiting.append((shard, marker, future))
         if sum(f is not None for _, _, f in self.waiting) > self.MAX_REWRITES:
             self._write_markers(block=True, keep=self.MAX_REWRITES)
+
+    def _units_in(self, spec, units: dict[int, list[int]]) -> int:
+        """The units the shard's planned input rows stand for: rows × fan-out from the plan, or the sum of
+        the `_n` its rows announced (each of the planned rows has announced one: the shard is complete)."""
+        if self.stage.fanout is not None:
+            return spec.rows * self.stage.fanout
+        return sum(expected for _, expected in units.values())
 
     def _write_markers(self, block: bool, keep: int | None = None) -> None:
         """Write the markers of decided shards, oldest first: up to one whose rewrite is still running
@@ -371,9 +384,15 @@ class ShardCommitter:
     def finish(self) -> None:
         self._write_markers(block=True)
         if self.order:
+            shard = self.order[0]
+            rows = self.specs[shard].rows
+            whole = self.complete.get(shard, 0)
+            seen = self.units.get(shard, {})
+            lost = next((src for src in range(rows) if src not in seen or seen[src][0] < seen[src][1]), None)
             raise LedgerError(
                 f"{self.stage.name}: the stream ended but {len(self.order)} shard(s) never came back "
-                f"complete (first: {self.order[0]}); rerun to resume"
+                f"complete; shard {shard}: {whole} of its {rows} input rows accounted for (first missing: "
+                f"row {lost}); nothing of it is committed, rerun to resume"
             )
 
 
