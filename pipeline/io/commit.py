@@ -5,12 +5,14 @@ the block: it splits the block by shard, writes each shard piece's kept rows (on
 when the stage sets `_split`, named `<split>-<shard>-<src>-<slot>.parquet`) and rejects as Parquet
 files under their final names in the run dir (each file itself written to a temporary name and
 renamed), and returns one small *receipt* per piece: shard id, the input rows it covers with their
-unit counts, status counts, reason counts, file names and, for stages with a stateful commit hook,
-keys. Row data never reaches the driver.
+unit counts, status counts, reason counts, file names, for stages with a stateful commit hook,
+keys, and the identities of local files its rows read (the `_read` column; ingest's images). Row data
+never reaches the driver.
 
 `ShardCommitter` (driver) collects receipts, and once every input row of a shard is accounted for
 (each input row's units all arrived: the stage's fixed fan-out or its `_n` column), it checks the
-ledger and writes the shard's marker `_parts/<shard>.json`, last. A shard counts as done only when its
+ledger (`in`, the units the plan's rows stand for, against the receipts' out + filtered + rejected) and
+writes the shard's marker `_parts/<shard>.json`, last. A shard counts as done only when its
 marker exists; files that no marker names are garbage (a crash between a piece's write and its
 commit) and `remove_garbage` deletes them on resume and when the stage completes. This holds when
 Ray Data splits a shard into several blocks or merges shards into one: pieces are per shard.
@@ -33,6 +35,7 @@ from pipeline.columns import (
     NROWS,
     OK,
     PARENT,
+    READ,
     REASON,
     REJECTED,
     SHARD,
@@ -62,6 +65,8 @@ RECEIPT = pa.schema([
     ("part_rows", pa.list_(pa.int64())),
     ("rejects", pa.list_(pa.string())),
     ("keys", pa.string()),
+    # Identities of the local files the piece's rows read (the `_read` column: a JSON list), if any.
+    ("read", pa.string()),
 ])
 
 
@@ -163,11 +168,15 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
         rejects = [rel]
     first, count, units, expected = _runs(*_coverage(piece, stage.fanout))
     counts = Counter(status.to_pylist())
+    read = None
+    if READ in piece.column_names:
+        entries = {json.dumps(e, sort_keys=True) for v in piece[READ].to_pylist() if v for e in json.loads(v)}
+        read = json.dumps([json.loads(e) for e in sorted(entries)]) if entries else None
     return {
         "shard": shard, "src_first": first, "src_count": count, "src_units": units, "src_expected": expected,
         "out": counts.get(OK, 0), "filtered": counts.get(FILTERED, 0), "rejected": counts.get(REJECTED, 0),
         "reasons": json.dumps(dict(Counter(dropped[REASON].to_pylist()))),
-        "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys,
+        "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys, "read": read,
     }
 
 
@@ -340,6 +349,9 @@ class ShardCommitter:
             "shard": shard, "input_rows": spec.rows, "rows": rows, "reasons": dict(reasons),
             "files": {"parts": parts, "part_rows": part_rows, "rejects": rejects},
         }
+        read = {json.dumps(e, sort_keys=True) for r in pieces for e in json.loads(r.get("read") or "[]")}
+        if read:
+            marker["read"] = [json.loads(e) for e in sorted(read)]
         self.waiting.append((shard, marker, future))
         if sum(f is not None for _, _, f in self.waiting) > self.MAX_REWRITES:
             self._write_markers(block=True, keep=self.MAX_REWRITES)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.columns import READ
 from pipeline.config import to_dict
 from pipeline.io.corpus import plan_corpus, read_jsonl_shard
 from pipeline.io.fs import RunFS
@@ -252,7 +253,7 @@ def test_ingest_batch_cites_file_and_line_as_source(batch):
 
 def test_ingest_batch_output_has_schema_plus_internal_columns(corpus_dir):
     table = ingest(shard_table(corpus_dir, [{"text": "x"}]), corpus_dir)
-    assert table.schema.names == OUTPUT_SCHEMA.names + ["_shard", "_src", "_parent", STATUS, REASON]
+    assert table.schema.names == OUTPUT_SCHEMA.names + ["_shard", "_src", "_parent", READ, STATUS, REASON]
 
 
 def test_ingest_batch_keeps_shard_tags_in_row_order(corpus_dir):
