@@ -18,6 +18,7 @@ from PIL import Image
 
 from pipeline.exporters import export_run
 from pipeline.exporters.mbeir import pool_file, query_file
+from tests.support.gme_run import split_ids
 
 QUERY_BOUND, CAND_BOUND = 500_000, 10_000_000
 
@@ -70,6 +71,7 @@ def image_bytes(struct: dict | None) -> bytes | None:
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_every_query_loads_with_its_text_image_positive_and_negatives(mbeir_out, gme_rows, split):
     data = MBEIR(mbeir_out, split)
+    assert sorted(data.item(q)["id"] for q in data.queries) == split_ids(gme_rows, split)
     for q in data.queries:
         item = data.item(q)
         gme = gme_rows[item["id"]]

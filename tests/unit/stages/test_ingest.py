@@ -244,7 +244,10 @@ def test_ingest_batch_gives_each_record_its_status_reason_and_id(batch, case):
 
 def test_ingest_batch_output_of_bad_records_writes_as_parquet(corpus_dir):
     table = ingest(shard_table(corpus_dir, [c[0] for c in CASES]), corpus_dir)
-    pq.write_table(table, io.BytesIO())
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    back = pq.read_table(io.BytesIO(buf.getvalue()))
+    assert back.num_rows == len(CASES) and back.to_pylist() == table.to_pylist()
 
 
 def test_ingest_batch_cites_file_and_line_as_source(batch):
