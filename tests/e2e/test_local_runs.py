@@ -19,6 +19,7 @@ from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
 from pipeline.stage import Resources, Stage, StageConfig, glue_map, status_columns
+from tests.support.ledger import check_ledgers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
 # The session cluster's workers cannot import this test module: its Stall stage travels by value.
@@ -45,6 +46,10 @@ def finished(tmp_path_factory, tiny_cache):
     run_dir = tmp_path_factory.mktemp("local") / "run"
     run(run_dir, tiny_cache)
     return run_dir
+
+
+def test_every_ledger_matches_its_plan_its_files_and_the_stage_before(finished):
+    check_ledgers(finished, ("01_ingest", "02_doc2query", "03_consistency", "export"))
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(finished, tiny_cache):
