@@ -231,7 +231,9 @@ def test_kill_of_workers_while_they_write_a_shard_then_resume_equals_clean_run(r
     assert resumed == clean
     assert stored_images(run_dir) == stored_images(clean_run)
     # Nothing a marker does not name is left in any stage folder (parts, rejects, temporaries).
-    for stage_dir in [p for p in run_dir.iterdir() if (p / "_manifest.json").exists()]:
+    stage_dirs = [p for p in run_dir.iterdir() if (p / "_manifest.json").exists()]
+    assert sorted(p.name for p in stage_dirs) == ["01_ingest", "02_doc2query", "03_consistency", "export"]
+    for stage_dir in stage_dirs:
         named = set()
         for marker in (stage_dir / "_parts").glob("*.json"):
             files = json.loads(marker.read_text())["files"]

@@ -65,9 +65,12 @@ def test_only_rows_that_reach_generation_ask_for_a_description(served):
 
 def test_openai_key_is_written_nowhere_in_the_run_dir(served):
     run_dir, _ = served
-    for path in run_dir.rglob("*"):
-        if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    # The files the key could have leaked into are there: the config, the manifests, the LLM stages' rows.
+    assert {"run.yaml", "_manifest.json"} <= {p.name for p in files}
+    assert any(p.parent.name == "02_doc2query" and p.suffix == ".parquet" for p in files)
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_openai_queries_survive_the_round_trip_filter(served):
