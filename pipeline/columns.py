@@ -20,7 +20,11 @@ STATUSES = (OK, FILTERED, REJECTED)
 # Set by a stage that writes its kept rows to several splits (export: train / validation): the split
 # becomes the part file's name prefix, one file per (shard piece, split).
 SPLIT = "_split"
-INTERNAL = (SHARD, SRC, PARENT, NROWS, SLOT, STATUS, REASON, SPLIT)
+# Set by a stage whose workers read local files the fingerprint cannot know in advance (ingest: the
+# images its records name): per row, a JSON list of those files' identities (io/corpus.read_entry). The
+# receipts carry them to the shard markers; the runner checks them again before it skips the stage.
+READ = "_read"
+INTERNAL = (SHARD, SRC, PARENT, NROWS, SLOT, STATUS, REASON, SPLIT, READ)
 
 
 def status_columns(n: int, status: str = OK, reason: str = "") -> dict[str, list]:

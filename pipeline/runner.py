@@ -30,6 +30,9 @@ from pipeline.io.manifest import (
     config_diff,
     fingerprint,
     inputs_diff,
+    output_fingerprint,
+    reads_summary,
+    recorded_reads,
 )
 from pipeline.io.runlock import run_lock
 from pipeline.io.shards import ShardSpec, tag_rows
@@ -98,26 +101,27 @@ def _run_locked(ctx: RunContext, stages: list[Stage]) -> list[StageResult]:
     check_plan(ctx.config.ray, stage_plan(stages))
     # Every stage prepares (renders its prompts, resolves its models, identifies its input files)
     # before any stage runs: a bad prompt or model of the last stage stops the run before hours of work.
-    fingerprints, identities, upstream_fp = [], [], ""
+    identities = []
     for stage in stages:
         stage.prepare()
-        identity = stage.input_identity()
-        semantic = {**stage.config.semantic_dict(), "models": stage.models(), "inputs": identity}
-        prompts = [ctx.prompts_dir / p for p in stage.prompt_files]
-        upstream_fp = fingerprint(stage.name, semantic, prompts, upstream_fp, __version__)
-        fingerprints.append(upstream_fp)
         # The prompt files the stage runs with, by hash, for its manifest (the card reads them there, so
         # a prompt edited after the run does not change what the run's card says).
-        identities.append((identity, prompt_hashes(ctx.prompts_dir, stage.prompt_files)))
+        identities.append((stage.input_identity(), prompt_hashes(ctx.prompts_dir, stage.prompt_files)))
     results: list[StageResult] = []
     outputs: dict[str, StageOutput] = {}
     upstream: StageOutput | None = None
-    for stage, (stage_dir, parts_dir), fp, (identity, prompts) in zip(stages, stage_dirs(stages), fingerprints,
-                                                                       identities):
+    fingerprints, upstream_fp = [], ""
+    for stage, (stage_dir, parts_dir), (identity, prompts) in zip(stages, stage_dirs(stages), identities):
+        semantic = {**stage.config.semantic_dict(), "models": stage.models(), "inputs": identity}
+        fp = fingerprint(stage.name, semantic, [ctx.prompts_dir / p for p in stage.prompt_files], upstream_fp,
+                         __version__)
         target = Target(ctx.run_uri, stage_dir, parts_dir)
         results.append(_run_stage(ctx, stage, target, upstream, fp, identity, outputs, prompts))
+        # The next stage chains on this one's output: its fingerprint and the files its workers read.
+        upstream_fp = output_fingerprint(fp, results[-1].manifest)
+        fingerprints.append(upstream_fp)
         parts, _ = committed_files(ctx.run_fs, stage_dir)
-        upstream = StageOutput(stage.name, fp, tuple(ctx.run_fs.path(p) for p in parts))
+        upstream = StageOutput(stage.name, upstream_fp, tuple(ctx.run_fs.path(p) for p in parts))
         outputs[stage.name] = upstream
     if not ctx.shared_indexes:
         prune_indexes(ctx, live_indexes(stages, fingerprints))
@@ -179,6 +183,14 @@ def _decide(run_fs: RunFS, stage: Stage, stage_dir: str, fp: str, identity: dict
         run_fs.delete_dir(stage_dir)
         return "run: no previous output", False
     if old.get("fingerprint") == fp:
+        # The files the workers read that the fingerprint could not know (ingest: the images its records
+        # name), checked again: one edited makes the stage run again, a file nobody read changes nothing.
+        if old.get("read") or old.get("status") != "complete":
+            changed = stage.changed_reads(recorded_reads(aggregate_markers(run_fs, stage_dir)[2]))
+            if changed:
+                run_fs.delete_dir(stage_dir)
+                more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+                return f"re-run: files read by the last run changed: {', '.join(changed[:5])}{more}", False
         if old.get("status") == "complete":
             return "skipped: complete with the same fingerprint", True
         return f"resume: previous attempt was {old.get('status')}", False
@@ -245,6 +257,9 @@ def _run_stage(ctx: RunContext, stage: Stage, target: Target, upstream: StageOut
         emitted_rows=rows["out"],
         driver_receipt_bytes=receipt_bytes,
     )
+    read = recorded_reads(markers)
+    if read:
+        manifest["read"] = reads_summary(read)
     run_fs.write_json(f"{target.stage_dir}/{MANIFEST}", manifest)
     log.info(
         "%s: in=%d out=%d filtered=%d rejected=%d in %.1fs",

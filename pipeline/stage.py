@@ -247,6 +247,11 @@ class Stage(abc.ABC):
         """What identifies the stage's external inputs (files it reads), for the fingerprint."""
         return {}
 
+    def changed_reads(self, read: list[dict]) -> list[str]:
+        """Of the files the stage's workers recorded reading (`_read`, kept in its markers), those that
+        differ now, for the re-run message; any makes the runner run the stage again."""
+        return []
+
     def plan(self, ctx: Any, upstream: tuple[str, ...]) -> list:
         """The shards of this stage's input: by default the upstream parts cut into `shard_rows`."""
         from pipeline.io.shards import plan_parts

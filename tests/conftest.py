@@ -1,4 +1,5 @@
-"""Shared fixtures: offline env, the repo root, and the tiny-model cache (built once per session)."""
+"""Shared fixtures: offline env, the repo root, the tiny-model cache (built once per session) and a local Hub
+server (card and push tests, unit and e2e)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.support.hub_server import TEST_TOKEN, HubServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,3 +55,17 @@ def pytest_generate_tests(metafunc) -> None:
     if "fault_seed" in metafunc.fixturenames:
         seeds = fault_seeds(metafunc.config)
         metafunc.parametrize("fault_seed", seeds, ids=[f"seed{s}" for s in seeds])
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The test Hub on 127.0.0.1 with HF_TOKEN set; huggingface_hub pointed at it and allowed online."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
+    with HubServer(TEST_TOKEN) as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        yield server

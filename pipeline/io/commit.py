@@ -5,12 +5,14 @@ the block: it splits the block by shard, writes each shard piece's kept rows (on
 when the stage sets `_split`, named `<split>-<shard>-<src>-<slot>.parquet`) and rejects as Parquet
 files under their final names in the run dir (each file itself written to a temporary name and
 renamed), and returns one small *receipt* per piece: shard id, the input rows it covers with their
-unit counts, status counts, reason counts, file names and, for stages with a stateful commit hook,
-keys. Row data never reaches the driver.
+unit counts, status counts, reason counts, file names, for stages with a stateful commit hook,
+keys, and the identities of local files its rows read (the `_read` column; ingest's images). Row data
+never reaches the driver.
 
 `ShardCommitter` (driver) collects receipts, and once every input row of a shard is accounted for
 (each input row's units all arrived: the stage's fixed fan-out or its `_n` column), it checks the
-ledger and writes the shard's marker `_parts/<shard>.json`, last. A shard counts as done only when its
+ledger (`in`, the units the plan's rows stand for, against the receipts' out + filtered + rejected) and
+writes the shard's marker `_parts/<shard>.json`, last. A shard counts as done only when its
 marker exists; files that no marker names are garbage (a crash between a piece's write and its
 commit) and `remove_garbage` deletes them on resume and when the stage completes. This holds when
 Ray Data splits a shard into several blocks or merges shards into one: pieces are per shard.
@@ -34,6 +36,7 @@ from pipeline.columns import (
     NROWS,
     OK,
     PARENT,
+    READ,
     REASON,
     REJECTED,
     SHARD,
@@ -63,6 +66,8 @@ RECEIPT = pa.schema([
     ("part_rows", pa.list_(pa.int64())),
     ("rejects", pa.list_(pa.string())),
     ("keys", pa.string()),
+    # Identities of the local files the piece's rows read (the `_read` column: a JSON list), if any.
+    ("read", pa.string()),
 ])
 
 
@@ -165,11 +170,15 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
         rejects = [rel]
     first, count, units, expected = _runs(*_coverage(piece, stage.fanout))
     counts = Counter(status.to_pylist())
+    read = None
+    if READ in piece.column_names:
+        entries = {json.dumps(e, sort_keys=True) for v in piece[READ].to_pylist() if v for e in json.loads(v)}
+        read = json.dumps([json.loads(e) for e in sorted(entries)]) if entries else None
     return {
         "shard": shard, "src_first": first, "src_count": count, "src_units": units, "src_expected": expected,
         "out": counts.get(OK, 0), "filtered": counts.get(FILTERED, 0), "rejected": counts.get(REJECTED, 0),
         "reasons": json.dumps(dict(Counter(dropped[REASON].to_pylist()))),
-        "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys,
+        "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys, "read": read,
     }
 
 
@@ -308,22 +317,29 @@ class ShardCommitter:
         # Pieces sort by their first (input row, unit): the file order a clean run has. The name after
         # the prefix carries it (`<prefix>-<shard>-<src>-<slot>`; a piece may hold only validation rows).
         pieces = sorted(self.pieces.pop(shard), key=lambda r: _piece_key((r["parts"] + r["rejects"])[0]))
-        self.units.pop(shard, None)
+        where = f"{self.stage.name} shard {shard}"
+        # `in` is what the shard was given, not the sum it is checked against: the plan's rows times the
+        # stage's fan-out, or (variable fan-out) the units each of the plan's rows announced (`_n`).
+        rows = {"in": self._units_in(spec, self.units.pop(shard, {})), "out": 0, "filtered": 0, "rejected": 0}
         self.complete.pop(shard, None)
-        rows = {"in": 0, "out": 0, "filtered": 0, "rejected": 0}
         reasons: Counter = Counter()
         for r in pieces:
             rows["out"] += r["out"]
             rows["filtered"] += r["filtered"]
             rows["rejected"] += r["rejected"]
             reasons.update(json.loads(r["reasons"]))
-        rows["in"] = rows["out"] + rows["filtered"] + rows["rejected"]
         parts = [p for r in pieces for p in r["parts"]]
         part_rows = [n for r in pieces for n in r["part_rows"]]
         rejects = [p for r in pieces for p in r["rejects"]]
-        if self.stage.fanout is not None and rows["in"] != spec.rows * self.stage.fanout:
-            raise LedgerError(f"{self.stage.name} shard {shard}: {rows['in']} units for {spec.rows} rows")
+        check_ledger(where, rows)
+        if sum(part_rows) != rows["out"]:
+            raise LedgerError(f"{where}: its part files hold {sum(part_rows)} rows but {rows['out']} were kept; "
+                              "the shard is not committed (rerun to redo it)")
         overrides = self._overrides(pieces)
+        outside = sorted(p for p in overrides if not 0 <= p < rows["out"])
+        if outside:
+            raise LedgerError(f"{where}: commit_hook turned away row position(s) {outside[:5]}, but the shard "
+                              f"kept {rows['out']} rows")
         future = None
         if overrides:
             future = _as_future(self.rewrite(parts, part_rows, overrides))
@@ -331,14 +347,23 @@ class ShardCommitter:
                 rows["out"] -= 1
                 rows[status] += 1
                 reasons[reason] += 1
-        check_ledger(f"{self.stage.name} shard {shard}", rows)
         marker = {
             "shard": shard, "input_rows": spec.rows, "rows": rows, "reasons": dict(reasons),
             "files": {"parts": parts, "part_rows": part_rows, "rejects": rejects},
         }
+        read = {json.dumps(e, sort_keys=True) for r in pieces for e in json.loads(r.get("read") or "[]")}
+        if read:
+            marker["read"] = [json.loads(e) for e in sorted(read)]
         self.waiting.append((shard, marker, future))
         if sum(f is not None for _, _, f in self.waiting) > self.MAX_REWRITES:
             self._write_markers(block=True, keep=self.MAX_REWRITES)
+
+    def _units_in(self, spec, units: dict[int, list[int]]) -> int:
+        """The units the shard's planned input rows stand for: rows × fan-out from the plan, or the sum of
+        the `_n` its rows announced (each of the planned rows has announced one: the shard is complete)."""
+        if self.stage.fanout is not None:
+            return spec.rows * self.stage.fanout
+        return sum(expected for _, expected in units.values())
 
     def _write_markers(self, block: bool, keep: int | None = None) -> None:
         """Write the markers of decided shards, oldest first: up to one whose rewrite is still running
@@ -373,9 +398,15 @@ class ShardCommitter:
     def finish(self) -> None:
         self._write_markers(block=True)
         if self.order:
+            shard = self.order[0]
+            rows = self.specs[shard].rows
+            whole = self.complete.get(shard, 0)
+            seen = self.units.get(shard, {})
+            lost = next((src for src in range(rows) if src not in seen or seen[src][0] < seen[src][1]), None)
             raise LedgerError(
                 f"{self.stage.name}: the stream ended but {len(self.order)} shard(s) never came back "
-                f"complete (first: {self.order[0]}); rerun to resume"
+                f"complete; shard {shard}: {whole} of its {rows} input rows accounted for (first missing: "
+                f"row {lost}); nothing of it is committed, rerun to resume"
             )
 
 

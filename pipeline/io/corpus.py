@@ -329,21 +329,85 @@ def load_local_image(base_dir: str, path: str, max_bytes: int) -> bytes:
     return data
 
 
+def corpus_root(path: str) -> str:
+    """The folder the corpus files have in common: the local images records name are recorded relative
+    to it, so the same corpus and images in another folder keep their identity."""
+    return os.path.commonpath([os.path.dirname(f) for f in find_files(path)])
+
+
+def read_entry(root: str | None, base_dir: str, path: str, mode: str, data: bytes | None) -> dict:
+    """The identity of one local image a record names, taken by the worker that read it: its path
+    (relative to the corpus root `root`, or to the record's folder without one; absolute when the record
+    gave it so), its size and the SHA-256 of the bytes read (`hash`, `auto`; the mtime is kept too, so a
+    later check hashes only a file whose mtime moved) or its mtime (`stat`). A file that was not read
+    (`data` None: too large, not a regular file) is identified by size and mtime, a missing one as
+    `missing` (it appearing later changes the identity too)."""
+    import hashlib
+
+    full = path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+    name = path if os.path.isabs(path) else os.path.relpath(full, root or base_dir)
+    try:
+        st = os.stat(full)
+    except FileNotFoundError:
+        return {"path": name, "missing": True}
+    except (OSError, ValueError):
+        return {"path": name, "unreadable": True}
+    entry = {"path": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if data is not None and mode != "stat":
+        entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    return entry
+
+
+def changed_reads(entries: list[dict], root: str) -> list[str]:
+    """The recorded local images (`read_entry`, paths relative to `root`) that differ now: edited,
+    removed, or there now where they were missing. A file whose size and mtime are as recorded is not
+    read again; one whose mtime moved is hashed and compared (a copy with new mtimes is unchanged)."""
+    changed = []
+    for entry in entries:
+        path = entry["path"]
+        full = path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
+        try:
+            st = os.stat(full)
+        except FileNotFoundError:
+            if not entry.get("missing"):
+                changed.append(f"{path} (removed)")
+            continue
+        except (OSError, ValueError):
+            if not entry.get("unreadable"):
+                changed.append(path)
+            continue
+        was_there = not (entry.get("missing") or entry.get("unreadable")) and st.st_size == entry["size"]
+        same = was_there and (st.st_mtime_ns == entry["mtime_ns"]
+                                   or ("sha256" in entry and _sha256(full) == entry["sha256"]))
+        if not same:
+            changed.append(path)
+    return changed
+
+
+def _sha256(file: str) -> str | None:
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 # Corpora up to this size are identified by content hash with `identity: auto` (~1-2 s per GiB).
 HASH_LIMIT = 2 * 1024**3
 
 
-def files_identity(path: str, mode: str = "auto", exclude: tuple[str, ...] = ()) -> dict:
-    """The input files' identity for the fingerprint: path relative to their common folder, size, and
+def files_identity(path: str, mode: str = "auto") -> dict:
+    """The corpus files' identity for the fingerprint: path relative to their common folder, size, and
     the SHA-256 of the contents (`hash`) or the modification time (`stat`); `auto` picks by total size.
-    Image files beside the corpus (records name them by relative path) are identified too, the same way
-    (`local_images_identity`; `exclude`: folders to leave out, the run's own)."""
-    files = find_files(path)
-    identity = {"files": file_entries(files, mode)}
-    images = local_images_identity(files, exclude, mode)
-    if images:
-        identity["images"] = images
-    return identity
+    The local images the records name are not walked for here: ingest's workers record the ones they
+    read (`read_entry`) and the runner checks those again (`changed_reads`), so a file beside the corpus
+    that no record names changes nothing; which images are named is in the corpus files themselves."""
+    return {"files": file_entries(find_files(path), mode)}
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")

@@ -46,6 +46,41 @@ def aggregate_markers(run_fs: RunFS, stage_dir: str) -> tuple[dict, Counter, dic
     return rows, reasons, markers
 
 
+# Up to this many files a stage's workers read are listed in its manifest; the markers keep them all.
+LISTED_READS = 1000
+
+
+def recorded_reads(markers: dict[str, dict]) -> list[dict]:
+    """The identities of the local files a stage's workers read (`read` of its markers), each once."""
+    seen = {json.dumps(e, sort_keys=True) for m in markers.values() for e in m.get("read", ())}
+    return sorted((json.loads(e) for e in seen), key=lambda e: (e["path"], json.dumps(e, sort_keys=True)))
+
+
+def reads_summary(read: list[dict]) -> dict:
+    """The manifest's `read`: how many files the workers read, a digest of their identities (path, size
+    and content hash or mtime; a hash makes the mtime irrelevant) and, up to LISTED_READS, their paths."""
+    keys = sorted({json.dumps(_read_identity(e)) for e in read})
+    out = {"count": len(keys), "sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest()}
+    if len(keys) <= LISTED_READS:
+        out["files"] = sorted({e["path"] for e in read})
+    return out
+
+
+def _read_identity(entry: dict) -> list:
+    if "sha256" in entry:
+        return [entry["path"], entry["size"], entry["sha256"]]
+    return [entry["path"], entry.get("size"), entry.get("mtime_ns"), bool(entry.get("missing"))]
+
+
+def output_fingerprint(fp: str, manifest: dict | None) -> str:
+    """What the next stage's fingerprint chains on: the stage's own, and the digest of the files its
+    workers read (a referenced image edited re-runs ingest, whose rows then differ, and all after it)."""
+    read = (manifest or {}).get("read")
+    if not read:
+        return fp
+    return hashlib.sha256(f"{fp}\0{read['sha256']}".encode()).hexdigest()[:24]
+
+
 def check_ledger(stage: str, rows: dict, expected_in: int | None = None) -> None:
     """rows_in = rows_out + filtered + rejected, and rows_in = what the stage was given."""
     total = rows["out"] + rows["filtered"] + rows["rejected"]

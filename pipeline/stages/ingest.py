@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 
+from pipeline.columns import READ
 from pipeline.config import check
 from pipeline.io.corpus import (
     CorpusColumns,
@@ -164,40 +166,57 @@ def _image(value: Any, cfg: IngestConfig, load_image) -> FittedImage | None:
         raise RecordReject(f"error:image_{exc.kind}") from None
 
 
-def ingest_batch(table: pa.Table, cfg: dict, run_uri: str) -> pa.Table:
+def ingest_batch(table: pa.Table, cfg: dict, run_uri: str, root: str | None = None) -> pa.Table:
     """Ray Data task: the raw corpus records of one shard -> validated rows with status and reason.
 
-    Images go into the run's image store here, in the worker; rows carry their references."""
+    Images go into the run's image store here, in the worker; rows carry their references. Each row
+    also carries, in `_read`, the identity of the local image file it read (paths relative to the corpus
+    root `root`): the shard's receipt takes them to the driver, which keeps them in the shard's marker."""
     from pipeline.config import build
     from pipeline.io.corpus import iter_records
 
     config = build(IngestConfig, cfg, "ingest", {})
     store = ImageStore.from_uri(run_uri)
-    rows, statuses, reasons = [], [], []
+    rows, statuses, reasons, read = [], [], [], []
     for record, where, base_dir in iter_records(table, config.columns):
-        row, status, reason = _ingest_record(record, where, base_dir, config, store.put_fitted)
+        seen: list[dict] = []
+        row, status, reason = _ingest_record(record, where, base_dir, config, store.put_fitted, root, seen)
         rows.append(row)
         statuses.append(status)
         reasons.append(reason)
+        read.append(json.dumps(seen, sort_keys=True) if seen else None)
     out = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
     for name in ("_shard", "_src", "_parent"):
         out = out.append_column(name, table[name])
+    out = out.append_column(READ, pa.array(read, pa.string()))
     return set_status(out, statuses, reasons)
 
 
 def _ingest_record(record, where: str, base_dir: str, config: IngestConfig,
-                   put_image: Callable[[FittedImage], dict]) -> tuple[dict, str, str]:
+                   put_image: Callable[[FittedImage], dict], root: str | None = None,
+                   read: list[dict] | None = None) -> tuple[dict, str, str]:
     """One record -> (output row, status, reason); a kept row's image is stored by `put_image`, which
-    returns its reference."""
-    from pipeline.io.corpus import load_local_image
+    returns its reference. The identity of a local image file the record names is appended to `read`
+    (`io/corpus.read_entry`), whether the image was kept or rejected."""
+    from pipeline.io.corpus import load_local_image, read_entry
 
     row = {k: None for k in OUTPUT_SCHEMA.names}
     row["source"], row["doc_id_derived"] = where, False
     max_bytes = config.images.max_bytes
+
+    def load_image(path: str) -> bytes:
+        data = None
+        try:
+            data = load_local_image(base_dir, path, max_bytes)
+            return data
+        finally:
+            if read is not None:
+                read.append(read_entry(root, base_dir, path, config.identity, data))
+
     try:
         if isinstance(record, RecordError):
             raise RecordReject(record.reason)
-        row.update(validate_record(record, config, lambda p: load_local_image(base_dir, p, max_bytes)))
+        row.update(validate_record(record, config, load_image))
         if row["image"] is not None:
             row["image"] = put_image(row["image"])
         row["id"] = row["doc_id"]
@@ -227,9 +246,12 @@ class Ingest(Stage):
     def input_identity(self) -> dict:
         from pipeline.io.corpus import files_identity
 
-        ctx = self.context
-        exclude = (ctx.run_uri, ctx.index_uri) if ctx is not None else ()
-        return files_identity(self.config.path, self.config.identity, exclude)
+        return files_identity(self.config.path, self.config.identity)
+
+    def changed_reads(self, read: list[dict]) -> list[str]:
+        from pipeline.io.corpus import changed_reads, corpus_root
+
+        return changed_reads(read, corpus_root(self.config.path))
 
     def plan(self, ctx, upstream):
         cfg = self.config
@@ -240,8 +262,10 @@ class Ingest(Stage):
 
     def task_steps(self) -> list[BlockStep]:
         from pipeline.config import to_dict
+        from pipeline.io.corpus import corpus_root
 
-        return [BlockStep(ingest_batch, {"cfg": to_dict(self.config), "run_uri": self.context.run_uri})]
+        return [BlockStep(ingest_batch, {"cfg": to_dict(self.config), "run_uri": self.context.run_uri,
+                                         "root": corpus_root(self.config.path)})]
 
     def commit_keys(self, kept: pa.Table) -> dict[str, list]:
         """Only what dedup needs reaches the driver: each kept row's content hash and doc_id."""

@@ -171,3 +171,30 @@ def embedded_ray(ray_cluster):
     if not ray.is_initialized():
         ray.init(address=ray_cluster.gcs, configure_logging=True, logging_level="WARNING")
     yield ray_cluster
+
+
+@pytest.fixture(scope="session")
+def gme_real_run(ray_cluster, tmp_path_factory, tiny_cache):
+    """The whole GME track as the real runner writes it (this process as the driver, like `embedded_ray`;
+    tests/support/gme_real_run.py), once per session: (run dir, the served LLM). The openai backend tests
+    check it, and the card and publish tests read it, so they see the manifests, markers and export the
+    writer produces rather than hand-written ones. A test that changes the run dir works on a copy."""
+    import ray
+
+    from tests.support.gme_real_run import SECRET, FlakyServer, run, write_eval_file
+    from tests.support.openai_server import OpenAIServer
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    if not ray.is_initialized():
+        ray.init(address=ray_cluster.gcs, configure_logging=True, logging_level="WARNING")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FUSEGEN_TEST_KEY", SECRET)
+    root = tmp_path_factory.mktemp("gme-real")
+    run_dir = root / "run"
+    eval_file = write_eval_file(root / "eval.jsonl", REPO)
+    try:
+        with OpenAIServer(default=FlakyServer()) as server:
+            run(run_dir, server, tiny_cache, eval_file)
+    finally:
+        mp.undo()
+    return run_dir, server

@@ -17,6 +17,7 @@ from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
 from pipeline.status import format_status
+from tests.support.ledger import check_ledgers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
 # The test track's stage lives in the tests, which Ray workers cannot import: send it by value.
@@ -62,6 +63,7 @@ def test_two_sections_of_one_stage_class_each_apply_their_own_config(track_run):
 
 
 def test_variable_fanout_ledger_counts_units_and_input_rows(track_run):
+    check_ledgers(track_run[0], ("01_ingest", "02_tag_a", "03_tag_b", "export"))
     a, b = manifest(track_run[0], "02_tag_a"), manifest(track_run[0], "03_tag_b")
     assert (a["input_rows"], a["rows"]) == (6, {"in": 6, "out": 5, "filtered": 1, "rejected": 0})
     assert (b["input_rows"], b["rows"]) == (5, {"in": 10, "out": 10, "filtered": 0, "rejected": 0})

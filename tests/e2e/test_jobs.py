@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from samples.corpus_source import expected_ingest, expected_reasons, load_rows
+from tests.support.ledger import check_ledgers
 
 pytestmark = pytest.mark.e2e
 
@@ -73,11 +74,7 @@ def clean_run(ray_cluster, tmp_path_factory, tiny_cache):
 
 
 def test_submitted_demo_writes_every_stage_with_a_balanced_ledger(clean_run):
-    for folder in ("01_ingest", "02_doc2query", "03_consistency", "export"):
-        m = manifest(clean_run, folder)
-        rows = m["rows"]
-        assert m["status"] == "complete"
-        assert rows["in"] == rows["out"] + rows["filtered"] + rows["rejected"], folder
+    check_ledgers(clean_run, ("01_ingest", "02_doc2query", "03_consistency", "export"))
     assert manifest(clean_run, "01_ingest")["rows"] == EXPECTED_INGEST
 
 
@@ -234,7 +231,9 @@ def test_kill_of_workers_while_they_write_a_shard_then_resume_equals_clean_run(r
     assert resumed == clean
     assert stored_images(run_dir) == stored_images(clean_run)
     # Nothing a marker does not name is left in any stage folder (parts, rejects, temporaries).
-    for stage_dir in [p for p in run_dir.iterdir() if (p / "_manifest.json").exists()]:
+    stage_dirs = [p for p in run_dir.iterdir() if (p / "_manifest.json").exists()]
+    assert sorted(p.name for p in stage_dirs) == ["01_ingest", "02_doc2query", "03_consistency", "export"]
+    for stage_dir in stage_dirs:
         named = set()
         for marker in (stage_dir / "_parts").glob("*.json"):
             files = json.loads(marker.read_text())["files"]

@@ -19,6 +19,7 @@ from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
 from pipeline.stage import Resources, Stage, StageConfig, glue_map, status_columns
+from tests.support.ledger import check_ledgers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("embedded_ray")]
 # The session cluster's workers cannot import this test module: its Stall stage travels by value.
@@ -45,6 +46,10 @@ def finished(tmp_path_factory, tiny_cache):
     run_dir = tmp_path_factory.mktemp("local") / "run"
     run(run_dir, tiny_cache)
     return run_dir
+
+
+def test_every_ledger_matches_its_plan_its_files_and_the_stage_before(finished):
+    check_ledgers(finished, ("01_ingest", "02_doc2query", "03_consistency", "export"))
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(finished, tiny_cache):
@@ -143,6 +148,40 @@ def test_parquet_corpus_with_mapped_columns_ingests_every_row(tiny_cache, tmp_pa
         "ingest.columns.text=passage")
     m = json.loads((tmp_path / "run" / "01_ingest" / "_manifest.json").read_text())
     assert m["rows"] == {"in": 3, "out": 2, "filtered": 0, "rejected": 1}
+
+
+def test_only_the_images_the_records_name_decide_whether_ingest_runs(tiny_cache, tmp_path):
+    """Issue 19/9: a folder of unrelated images written beside the corpus re-ran ingest and every stage
+    after it. Now an edit to an image a record names re-runs them, and nothing else beside the corpus does."""
+    from PIL import Image
+
+    def png(path: Path, color: tuple[int, int, int]) -> None:
+        Image.new("RGB", (16, 12), color).save(path, format="PNG")
+
+    folder = tmp_path / "corpus"
+    (folder / "img").mkdir(parents=True)
+    png(folder / "img" / "cat.png", (200, 20, 20))
+    png(folder / "img" / "dog.png", (20, 200, 20))
+    corpus = folder / "c.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"doc_id": "a", "text": "A red picture of a cat.", "image": "img/cat.png"},
+        {"doc_id": "b", "text": "A green picture of a dog.", "image": "img/dog.png"},
+        {"doc_id": "c", "text": "A passage without a picture."}]))
+    run_dir, sets = tmp_path / "run", ("stages=[ingest, doc2query, export]", f"ingest.path={corpus}",
+                                       "doc2query.queries_per_passage=1")
+    first = run(run_dir, tiny_cache, *sets)
+    assert set(first.values()) == {"run: no previous output"}
+    assert json.loads((run_dir / "01_ingest" / "_manifest.json").read_text())["read"]["files"] == [
+        "img/cat.png", "img/dog.png"]
+    (folder / "unrelated").mkdir()
+    for i in range(3):
+        png(folder / "unrelated" / f"u{i}.png", (i, i, i))
+    png(folder / "img" / "not_named.png", (1, 2, 3))
+    assert set(run(run_dir, tiny_cache, *sets).values()) == {"skipped: complete with the same fingerprint"}
+    png(folder / "img" / "dog.png", (20, 20, 200))
+    again = run(run_dir, tiny_cache, *sets)
+    assert again["ingest"] == "re-run: files read by the last run changed: img/dog.png"
+    assert again["doc2query"].startswith("re-run") and again["export"].startswith("re-run"), again
 
 
 class Stall(Stage):

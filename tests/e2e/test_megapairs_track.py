@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.e2e.test_jobs import _driver_pids, manifest, run_job
+from tests.support.ledger import check_ledgers
 from tests.support.openai_server import OpenAIServer, RecordedRequest, Reply, ok
 
 pytestmark = pytest.mark.e2e
@@ -103,12 +104,7 @@ def mp_clean(ray_cluster, tmp_path_factory, tiny_cache, llm_server):
 
 
 def test_megapairs_demo_completes_every_stage_with_balanced_ledgers(mp_clean):
-    for folder in FOLDERS:
-        m = manifest(mp_clean, folder)
-        rows = m["rows"]
-        assert m["status"] == "complete", folder
-        assert rows["in"] == rows["out"] + rows["filtered"] + rows["rejected"], folder
-        assert sum(m["reasons"].values()) == rows["filtered"] + rows["rejected"], folder
+    check_ledgers(mp_clean, FOLDERS)
     # samples/megapairs/README.md: 52 rows, one exact duplicate, one truncated PNG.
     pool = manifest(mp_clean, "01_pool")
     assert pool["rows"] == {"in": 52, "out": 50, "filtered": 1, "rejected": 1}

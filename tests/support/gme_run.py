@@ -100,3 +100,11 @@ def export_rows(run: Path) -> dict[str, list[dict]]:
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def split_ids(rows: dict[str, dict], split: str) -> list[str]:
+    """The ids of one split's rows, sorted: what a loop over a loaded split must have covered (a loop over
+    nothing asserts nothing)."""
+    ids = sorted(i for i, r in rows.items() if r["split"] == split)
+    assert ids, f"the run has no {split} rows"
+    return ids

@@ -1,5 +1,5 @@
 """Unit-test helpers: in-memory image encoders (image and ingest tests), a release event (hang tests), a
-hand-written finished run dir and a local Hub server (card and push tests)."""
+hand-written finished run dir (the local Hub server is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.hub_server import TEST_TOKEN, HubServer
 from tests.support.run_dir import make_run_dir
 
 
@@ -66,17 +65,3 @@ def release():
 @pytest.fixture
 def run_dir(tmp_path):
     return make_run_dir(tmp_path)
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The test Hub on 127.0.0.1 with HF_TOKEN set; huggingface_hub pointed at it and allowed online."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
-    with HubServer(TEST_TOKEN) as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        yield server

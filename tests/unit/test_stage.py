@@ -29,7 +29,7 @@ def test_resources_keep_only_shard_rows():
 
 def test_operational_names_are_real_fields():
     for cls in (LLMConfig, Resources):
-        assert cls.OPERATIONAL <= {f.name for f in dataclasses.fields(cls)}
+        assert cls.OPERATIONAL and cls.OPERATIONAL <= {f.name for f in dataclasses.fields(cls)}
 
 
 def test_named_inputs_resolve_to_the_output_of_the_named_earlier_stage():

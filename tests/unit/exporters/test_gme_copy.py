@@ -9,6 +9,7 @@ from PIL import Image
 
 from pipeline.errors import ExportError
 from pipeline.exporters import export_run
+from tests.support.gme_run import split_ids
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def test_datasets_yields_pil_images_in_every_image_column_of_every_split(gme_out
 
     ds = datasets.load_dataset("parquet", data_dir=str(gme_out / "data"), cache_dir=offline_hf)
     for split in ("train", "validation"):
+        assert sorted(ds[split]["id"]) == split_ids(gme_rows, split)
         for row in ds[split]:
             images = [row["query_image"], row["pos_image"], *row["neg_images"]]
             assert all(isinstance(im, Image.Image) for im in images)
@@ -38,6 +40,7 @@ def test_the_loaded_rows_equal_the_runs_rows_field_by_field(gme_out, gme_rows, o
 
     ds = datasets.load_dataset("parquet", data_dir=str(gme_out / "data"), cache_dir=offline_hf)
     texts = ["id", "task", "instruction", "query_text", "pos_text", "pos_title", "neg_texts", "neg_doc_ids", "doc_id"]
+    assert sorted(ds["train"]["id"]) == split_ids(gme_rows, "train")
     for row in ds["train"]:
         assert {k: row[k] for k in texts} == {k: gme_rows[row["id"]][k] for k in texts}
 

@@ -28,6 +28,7 @@ from pipeline.exporters.mbeir import pool_file, query_file
 from pipeline.exporters.outdir import MARKER, OutDir
 from pipeline.exporters.source import negatives_policy, open_run
 from pipeline.io.disk_keys import DiskKeys
+from tests.support.gme_run import split_ids
 
 QUERY_BOUND, CAND_BOUND = 500_000, 10_000_000
 # UniIR's MBEIR_TASK, src/data/preprocessing/utils.py lines 21-31.
@@ -101,6 +102,7 @@ def image_bytes(struct: dict | None) -> bytes | None:
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_every_query_loads_with_its_text_image_positive_and_negatives(mbeir_out, gme_rows, split):
     data = MBEIR(mbeir_out, split)
+    assert sorted(data.item(q)["id"] for q in data.queries) == split_ids(gme_rows, split)
     for q in data.queries:
         item = data.item(q)
         gme = gme_rows[item["id"]]

@@ -136,6 +136,7 @@ def test_mmeb_on_megapairs_rows_takes_the_hardest_mined_negative_never_the_query
     out = tmp_path / "out"
     export_run(str(mp_run), "mmeb", str(out))
     rows = pq.read_table(out / "fusegen" / "original-00000.parquet").to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(i for i, r in mp_rows.items() if r["split"] == "train")
     for rec in rows:
         row = mp_rows[rec["id"]]
         assert rec["qry"] == "<|image_1|>\n" + row["q_text"][0]

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.errors import ExportError
 from pipeline.exporters import export_run
+from tests.support.gme_run import split_ids
 
 PHI3V = "<|image_1|>"
 COLUMNS = ["qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path"]
@@ -60,21 +61,27 @@ def test_the_six_columns_are_strings(mmeb_out, offline_hf):
 
 
 def test_query_is_image_token_then_instruction_and_query_text(mmeb_out, gme_rows, offline_hf):
-    for row in load(mmeb_out, "original", offline_hf):
+    rows = load(mmeb_out, "original", offline_hf)
+    assert sorted(rows["id"]) == split_ids(gme_rows, "train")
+    for row in rows:
         gme = gme_rows[row["id"]]
         assert row["qry"] == side(f"{gme['instruction']} {gme['query_text']}", gme["query_image"])
         assert get_image(str(mmeb_out), row["qry_image_path"]) == gme["query_image"]["bytes"]
 
 
 def test_positive_text_and_image_match_the_gme_row(mmeb_out, gme_rows, offline_hf):
-    for row in load(mmeb_out, "original", offline_hf):
+    rows = load(mmeb_out, "original", offline_hf)
+    assert sorted(rows["id"]) == split_ids(gme_rows, "train")
+    for row in rows:
         gme = gme_rows[row["id"]]
         assert row["pos_text"] == side(gme["pos_text"], gme["pos_image"])
         assert get_image(str(mmeb_out), row["pos_image_path"]) == gme["pos_image"]["bytes"]
 
 
 def test_the_negative_is_the_hardest_one(mmeb_out, gme_rows, offline_hf):
-    for row in load(mmeb_out, "validation", offline_hf):
+    rows = load(mmeb_out, "validation", offline_hf)
+    assert sorted(rows["id"]) == split_ids(gme_rows, "validation")
+    for row in rows:
         gme = gme_rows[row["id"]]
         assert (row["neg_text"], row["neg_doc_id"]) == (side(gme["neg_texts"][0], gme["neg_images"][0]), gme["neg_doc_ids"][0])
         assert get_image(str(mmeb_out), row["neg_image_path"]) == gme["neg_images"][0]["bytes"]

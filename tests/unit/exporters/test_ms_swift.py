@@ -23,6 +23,7 @@ from PIL import Image
 from pipeline.errors import ExportError
 from pipeline.exporters import export_run
 from pipeline.exporters.ms_swift import train_command
+from tests.support.gme_run import split_ids
 
 TAG = re.compile("<image>")
 
@@ -82,7 +83,9 @@ def test_every_split_is_one_jsonl_file_and_images_are_files_under_images(swift_o
 
 
 def test_anchor_is_the_instruction_as_system_and_image_plus_query_text(swift_out, gme_rows, from_elsewhere, offline_hf):
-    for row in swift_rows(str(swift_out / "train.jsonl"), offline_hf):
+    rows = swift_rows(str(swift_out / "train.jsonl"), offline_hf)
+    assert sorted(r["id"] for r in rows) == split_ids(gme_rows, "train")
+    for row in rows:
         gme = gme_rows[row["id"]]
         chosen = split_inputs(row)["chosen"]
         assert chosen["messages"][0] == {"role": "system", "content": gme["instruction"]}
@@ -90,14 +93,18 @@ def test_anchor_is_the_instruction_as_system_and_image_plus_query_text(swift_out
 
 
 def test_exactly_one_positive_with_its_text_and_image(swift_out, gme_rows, from_elsewhere, offline_hf):
-    for row in swift_rows(str(swift_out / "train.jsonl"), offline_hf):
+    rows = swift_rows(str(swift_out / "train.jsonl"), offline_hf)
+    assert sorted(r["id"] for r in rows) == split_ids(gme_rows, "train")
+    for row in rows:
         gme = gme_rows[row["id"]]
         (positive,) = split_inputs(row)["positive"]
         assert text_and_images(positive) == (gme["pos_text"], image_bytes(gme["pos_image"]))
 
 
 def test_negatives_align_messages_with_images_in_rank_order(swift_out, gme_rows, from_elsewhere, offline_hf):
-    for row in swift_rows(str(swift_out / "validation.jsonl"), offline_hf) + swift_rows(str(swift_out / "train.jsonl"), offline_hf):
+    rows = swift_rows(str(swift_out / "validation.jsonl"), offline_hf) + swift_rows(str(swift_out / "train.jsonl"), offline_hf)
+    assert sorted(r["id"] for r in rows) == sorted(gme_rows)
+    for row in rows:
         gme = gme_rows[row["id"]]
         got = [text_and_images(n) for n in split_inputs(row)["negative"]]
         assert got == [(t, image_bytes(i)) for t, i in zip(gme["neg_texts"], gme["neg_images"])]
@@ -163,7 +170,9 @@ def test_legacy_rows_hand_out_the_flat_image_list_in_tag_order(gme_run, gme_rows
     out = tmp_path / "legacy"
     export_run(str(gme_run), "ms-swift", str(out), legacy=True)
     monkeypatch.setenv("ROOT_IMAGE_DIR", str(out))
-    for row in swift_rows(str(out / "train.jsonl"), offline_hf):
+    rows = swift_rows(str(out / "train.jsonl"), offline_hf)
+    assert sorted(r["id"] for r in rows) == split_ids(gme_rows, "train")
+    for row in rows:
         gme = gme_rows[row["id"]]
         expected = [(gme["query_text"], image_bytes(gme["query_image"])), (gme["pos_text"], image_bytes(gme["pos_image"]))]
         expected += [(t, image_bytes(i)) for t, i in zip(gme["neg_texts"], gme["neg_images"])]

@@ -206,6 +206,56 @@ def test_a_shard_that_never_completes_fails_finish(run_fs):
     assert markers(run_fs) == {}
 
 
+def test_finish_names_the_stage_the_shard_and_its_first_missing_row(run_fs):
+    stage = Pass(fanout=2)
+    c = committer(run_fs, stage, {"000000": 3})
+    c.add(receipts(run_fs, stage, block("000000", [0, 0, 1, 2, 2], slots=[0, 1, 0, 0, 1])))
+    with pytest.raises(LedgerError, match=r"pass: .*shard 000000: 2 of its 3 input rows .*first missing: row 1"):
+        c.finish()
+
+
+def edited(table: pa.Table, **values) -> pa.Table:
+    """A receipt table with some fields replaced in its one row (a worker that miscounted)."""
+    (row,) = table.to_pylist()
+    return pa.Table.from_pylist([{**row, **values}], schema=RECEIPT)
+
+
+@pytest.mark.parametrize("fanout", [1, None])
+def test_a_receipt_that_lost_a_unit_from_its_counts_fails_the_commit(run_fs, fanout):
+    # `in` comes from the plan (2 rows, fan-out 1) or the rows' `_n` (1 + 2 units), not from the counts.
+    stage = Pass(fanout=fanout)
+    c = committer(run_fs, stage, {"000000": 2})
+    totals = None if fanout else [1, 2, 2]
+    srcs, slots = ([0, 1], None) if fanout else ([0, 1, 1], [0, 0, 1])
+    table = block("000000", srcs, ["ok", "ok", "filtered"][: len(srcs)], slots=slots, totals=totals)
+    got = receipts(run_fs, stage, table)
+    want_in = 2 if fanout else 3
+    with pytest.raises(LedgerError, match=rf"pass shard 000000: ledger mismatch: in={want_in} but "
+                                          rf"out\+filtered\+rejected={want_in - 1}"):
+        c.add(edited(got, out=got["out"][0].as_py() - 1))
+    assert markers(run_fs) == {}
+
+
+def test_part_files_holding_fewer_rows_than_were_kept_fail_the_commit(run_fs):
+    stage = Pass()
+    c = committer(run_fs, stage, {"000000": 2})
+    got = receipts(run_fs, stage, block("000000", [0, 1]))
+    with pytest.raises(LedgerError, match="pass shard 000000: its part files hold 1 rows but 2 were kept"):
+        c.add(edited(got, part_rows=[1]))
+    assert markers(run_fs) == {}
+
+
+def test_a_commit_hook_naming_a_row_the_shard_did_not_keep_is_an_error(run_fs):
+    class Wild(Dedup):
+        def commit_hook(self, keys, state):
+            return {len(keys["text"]): ("filtered", "filter:duplicate_text")}
+
+    stage = Wild()
+    c = committer(run_fs, stage, {"000000": 2}, lambda *a: pytest.fail("no rewrite for a bad override"))
+    with pytest.raises(LedgerError, match=r"row position\(s\) \[2\], but the shard kept 2 rows"):
+        c.add(receipts(run_fs, stage, block("000000", [0, 1], texts=["a", "b"])))
+
+
 def test_fixed_fanout_waits_for_every_slot_of_a_row_split_across_blocks(run_fs):
     stage = Pass(fanout=3)
     c = committer(run_fs, stage, {"000000": 1})

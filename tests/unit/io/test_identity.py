@@ -1,10 +1,12 @@
-"""Input identity (io/corpus.files_identity) and the re-run message it gives (io/manifest.inputs_diff)."""
+"""Input identity (io/corpus.files_identity, and local_images_identity for an image pool's folder) and the
+re-run message it gives (io/manifest.inputs_diff). Ingest's identity of the images its records name is in
+test_read_identity.py."""
 
 from __future__ import annotations
 
 import os
 
-from pipeline.io.corpus import files_identity
+from pipeline.io.corpus import files_identity, local_images_identity
 from pipeline.io.manifest import inputs_diff
 
 
@@ -56,7 +58,14 @@ def test_unchanged_inputs_give_no_diff(tmp_path):
     assert inputs_diff(files_identity(str(folder)), files_identity(str(folder))) == []
 
 
-# --- image files beside the corpus ---------------------------------------------------------------------
+# --- image files under a folder (an image pool; ingest no longer walks its corpus folder) -----------------
+
+
+def images_identity(folder, mode="auto", exclude=()):
+    """The image pool's identity of the images under `folder` (as io/image_pool calls it), in the shape
+    `inputs_diff` compares."""
+    images = local_images_identity([str(folder / "a.jsonl")], exclude, mode)
+    return {"images": images} if images else {}
 
 
 def with_images(tmp_path):
@@ -69,20 +78,20 @@ def with_images(tmp_path):
 
 def test_an_image_edited_in_place_changes_the_identity_and_the_diff_names_it(tmp_path):
     folder = with_images(tmp_path)
-    before = files_identity(str(folder / "a.jsonl"))
+    before = images_identity(folder)
     assert [f["path"] for f in before["images"]["files"]] == ["images/cat.png"]
     (folder / "images" / "cat.png").write_bytes(b"png-two")
     os.utime(folder / "images" / "cat.png", ns=(1, 1))
-    after = files_identity(str(folder / "a.jsonl"))
+    after = images_identity(folder)
     assert inputs_diff(before, after) == ["local images changed: images/cat.png"]
     (folder / "images" / "dog.jpg").write_bytes(b"jpg")
-    assert inputs_diff(after, files_identity(str(folder / "a.jsonl"))) == [
+    assert inputs_diff(after, images_identity(folder)) == [
         "local images changed: images/dog.jpg (added)"]
 
 
 def test_run_dirs_stage_folders_hidden_and_excluded_folders_are_not_identified(tmp_path):
     folder = with_images(tmp_path)
-    before = files_identity(str(folder / "a.jsonl"), exclude=(str(folder / "mine"),))
+    before = images_identity(folder, exclude=(str(folder / "mine"),))
     # A run dir kept beside the corpus: its image store changes with every run.
     for run, marker in (("runs/demo", "run.yaml"), ("runs/demo/01_ingest", "_manifest.json"), ("mine", None),
                         (".cache", None)):
@@ -90,7 +99,7 @@ def test_run_dirs_stage_folders_hidden_and_excluded_folders_are_not_identified(t
         (folder / run / "_images" / "x.jpg").write_bytes(b"stored")
         if marker:
             (folder / run / marker).write_text("{}")
-    assert files_identity(str(folder / "a.jsonl"), exclude=(str(folder / "mine"),)) == before
+    assert images_identity(folder, exclude=(str(folder / "mine"),)) == before
 
 
 def test_many_local_images_are_identified_by_a_digest(tmp_path, monkeypatch):
@@ -100,33 +109,44 @@ def test_many_local_images_are_identified_by_a_digest(tmp_path, monkeypatch):
     folder = with_images(tmp_path)
     for name in ("b.png", "c.png"):
         (folder / "images" / name).write_bytes(b"img")
-    before = files_identity(str(folder / "a.jsonl"))
+    before = images_identity(folder)
     assert before["images"]["count"] == 3 and len(before["images"]["sha256"]) == 64
     (folder / "images" / "b.png").write_bytes(b"IMG")
-    after = files_identity(str(folder / "a.jsonl"))
+    after = images_identity(folder)
     assert inputs_diff(before, after) == ["local images changed: 3 -> 3 files"]
 
 
 def test_local_images_copied_elsewhere_keep_their_identity(tmp_path):
     """`ray job submit --working-dir .` unpacks a fresh copy (new mtimes) whenever the working dir changes:
-    the same corpus and images must not re-run ingest or the pool."""
+    the same pool images must not rebuild the pool."""
     import shutil
 
     folder = with_images(tmp_path)
-    before = files_identity(str(folder / "a.jsonl"))
+    before = images_identity(folder)
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     for path in copy.rglob("*"):
         os.utime(path, ns=(7, 7))
-    assert files_identity(str(copy / "a.jsonl")) == before
+    assert images_identity(copy) == before
 
 
 def test_stat_identity_sees_a_touched_local_image(tmp_path):
     folder = with_images(tmp_path)
-    before = files_identity(str(folder / "a.jsonl"), "stat")
+    before = images_identity(folder, "stat")
     os.utime(folder / "images" / "cat.png", ns=(5, 5))
-    assert files_identity(str(folder / "a.jsonl"), "stat") != before
+    assert images_identity(folder, "stat") != before
 
 
-def test_a_corpus_without_images_beside_it_has_no_image_identity(tmp_path):
-    assert "images" not in files_identity(str(corpus(tmp_path, a="one\n")))
+def test_a_folder_without_images_has_no_image_identity(tmp_path):
+    assert images_identity(corpus(tmp_path, a="one\n")) == {}
+
+
+def test_the_corpus_identity_leaves_images_beside_the_corpus_out(tmp_path):
+    """Ingest identifies the images its records name from what its workers read (test_read_identity.py): a
+    folder of unrelated images written beside the corpus must not re-run ingest and all after it."""
+    folder = with_images(tmp_path)
+    before = files_identity(str(folder / "a.jsonl"))
+    (folder / "unrelated").mkdir()
+    (folder / "unrelated" / "x.png").write_bytes(b"png")
+    (folder / "images" / "cat.png").write_bytes(b"png-two")
+    assert files_identity(str(folder / "a.jsonl")) == before == {"files": before["files"]}

@@ -74,10 +74,12 @@ def test_fusegen_gc_refuses_a_live_run_and_collects_nothing(holder, capsys):
 
 def test_the_lock_is_released_when_the_block_ends(tmp_path):
     fs = RunFS.from_uri(str(tmp_path / "run"))
-    with run_lock(fs, "fusegen run"):
+    # Held: a second holder (another open of the lock file, as another process makes) is refused...
+    with run_lock(fs, "fusegen run"), pytest.raises(RunDirBusy), run_lock(fs, "fusegen gc"):
         pass
-    with run_lock(fs, "fusegen run"):
-        pass
+    # ...and once the block has ended, taken.
+    with run_lock(fs, "fusegen gc") as again:
+        assert again["pid"] == os.getpid()
 
 
 # --- object stores: a lease with a heartbeat ---------------------------------------------------------------

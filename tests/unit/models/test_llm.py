@@ -67,6 +67,7 @@ def outputs(engine) -> list[tuple[str, str]]:
 
 
 def test_tiny_model_output_is_json_matching_the_schema(outputs):
+    assert len(outputs) == len(CONVERSATIONS)
     for raw, _ in outputs:
         jsonschema.validate(json.loads(raw), SCHEMA)
 

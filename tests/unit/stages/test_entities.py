@@ -261,7 +261,9 @@ def test_messages_are_system_then_examples_then_the_row(sources, few_shot):
 
 def test_every_few_shot_example_passes_the_stage_own_checks(sources):
     """A demonstration that the leak check would reject teaches the model to leak."""
-    for ex in load_examples(sources[PROMPTS[2]], PROMPTS[2]):
+    examples = load_examples(sources[PROMPTS[2]], PROMPTS[2])
+    assert examples
+    for ex in examples:
         a = ex["answer"]
         assert parse_entity(json.dumps(a, ensure_ascii=False), "", ex["query"], CFG)[:2] == ("ok", ""), ex[
             "title"

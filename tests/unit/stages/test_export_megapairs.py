@@ -168,7 +168,7 @@ def test_datasets_loads_the_splits_with_pil_images_and_instruction_lists(tmp_pat
     row = ds["train"][0]
     images = [row["q_img"], row["t_img"], *row["hns"]]
     assert [isinstance(im, Image.Image) for im in images] == [True] * 6
-    assert isinstance(row["q_texts"], list) and all(isinstance(t, str) for t in row["q_texts"])
+    assert row["q_texts"] and all(isinstance(t, str) and t.strip() for t in row["q_texts"]), row["q_texts"]
     assert ds["train"].num_rows + ds["validation"].num_rows == 8
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.columns import READ
 from pipeline.config import to_dict
 from pipeline.io.corpus import plan_corpus, read_jsonl_shard
 from pipeline.io.fs import RunFS
@@ -243,7 +244,10 @@ def test_ingest_batch_gives_each_record_its_status_reason_and_id(batch, case):
 
 def test_ingest_batch_output_of_bad_records_writes_as_parquet(corpus_dir):
     table = ingest(shard_table(corpus_dir, [c[0] for c in CASES]), corpus_dir)
-    pq.write_table(table, io.BytesIO())
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    back = pq.read_table(io.BytesIO(buf.getvalue()))
+    assert back.num_rows == len(CASES) and back.to_pylist() == table.to_pylist()
 
 
 def test_ingest_batch_cites_file_and_line_as_source(batch):
@@ -252,7 +256,7 @@ def test_ingest_batch_cites_file_and_line_as_source(batch):
 
 def test_ingest_batch_output_has_schema_plus_internal_columns(corpus_dir):
     table = ingest(shard_table(corpus_dir, [{"text": "x"}]), corpus_dir)
-    assert table.schema.names == OUTPUT_SCHEMA.names + ["_shard", "_src", "_parent", STATUS, REASON]
+    assert table.schema.names == OUTPUT_SCHEMA.names + ["_shard", "_src", "_parent", READ, STATUS, REASON]
 
 
 def test_ingest_batch_keeps_shard_tags_in_row_order(corpus_dir):
