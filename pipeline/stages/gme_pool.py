@@ -56,7 +56,7 @@ POOL_SCHEMA = pa.schema(
 # build, and a resumed build must plan the shards of the first attempt whichever stage resumes it.
 POOL_SHARD_ROWS = 512
 # GmeConfig fields that never change a candidate's vector: left out of the pool's identity.
-_QUERY_ONLY = ("query_instruction", "batch_size", "model")
+_QUERY_ONLY = ("query_instruction", "batch_size", "model", "backend", "vllm")
 _NON_WORD = re.compile(r"[\W_]+")
 
 
@@ -75,6 +75,9 @@ def text_hash(text: str | None) -> str:
 def candidate_identity(gme: GmeConfig, model_id: str, passage_images: bool) -> dict:
     """What makes the pool's vectors: the resolved model and every candidate-side GME setting."""
     values = {k: v for k, v in to_dict(gme).items() if k not in _QUERY_ONLY}
+    if gme.backend != "transformers":
+        # Another engine's vectors (equal to ~1e-6, not bit for bit): a pool of its own.
+        values.update(backend=gme.backend, engine_dtype=gme.vllm.dtype)
     return {"model_id": model_id, **values, "passage_images": passage_images}
 
 
@@ -187,8 +190,17 @@ class GmePoolEmbed(Stage):
         self.model_path = model_path
 
     def apply(self, ds):
-        kwargs = {"model_path": self.model_path, "cfg": to_dict(self.config), "run_uri": self.context.run_uri}
-        return actor_map(ds, GmePoolEmbedFn, kwargs, self.config.resources)
+        cfg, run_uri = self.config, self.context.run_uri
+        if cfg.gme.backend == "vllm":
+            from pipeline.stage import glue_map
+            from pipeline.stages import gme_vllm
+
+            ds = gme_vllm.embed_candidates(
+                ds, cfg.gme, self.model_path, cfg.passage_images, cfg.resources, self.name, run_uri
+            )
+            return glue_map(ds, gme_vllm.pool_table)
+        kwargs = {"model_path": self.model_path, "cfg": to_dict(cfg), "run_uri": run_uri}
+        return actor_map(ds, GmePoolEmbedFn, kwargs, cfg.resources)
 
 
 def pool_spec(

@@ -122,13 +122,24 @@ class GmeQueryFn:
     ) -> None:
         self.cfg = self.config_cls.from_dict(cfg)
         self.instruction = instruction
-        self.embedder = gme_pool.load_embedder(model_path, self.cfg.gme)
+        # gme.backend vllm: the vectors arrive in gme_vllm's columns, embedded before this actor.
+        self.vllm = self.cfg.gme.backend == "vllm"
+        self.embedder = None if self.vllm else gme_pool.load_embedder(model_path, self.cfg.gme)
         self.loader = gme_pool.ImageLoader(run_uri, self.cfg.gme)
         self.pool = index.open() if index is not None else None
+        self.dim = index.dim if index is not None else None
 
     def encode_queries(self, table: pa.Table) -> tuple[list[str], np.ndarray, list[str]]:
         """(query texts, vectors, per-row image reason or "")."""
         queries = [q or "" for q in table["rewritten_query"].to_pylist()]
+        if self.vllm:
+            from pipeline.stages.gme_vllm import QUERY, vectors_of
+
+            vectors, reasons = vectors_of(table, QUERY, self.dim)
+            refs = table["query_image"].to_pylist()
+            return queries, vectors, [
+                "error:no_query_image" if ref is None else reason for ref, reason in zip(refs, reasons)
+            ]
         vectors, reasons = gme_pool.encode_queries(
             self.embedder,
             self.loader,
@@ -138,6 +149,12 @@ class GmeQueryFn:
             self.cfg.resources.batch_size,
         )
         return queries, vectors, reasons
+
+    def drop_temp(self, table: pa.Table) -> pa.Table:
+        """The table without gme_vllm's temporary columns (backend vllm)."""
+        from pipeline.stages.gme_vllm import drop_temp
+
+        return drop_temp(table) if self.vllm else table
 
 
 class GmeScoreFn(GmeQueryFn):
@@ -152,6 +169,12 @@ class GmeScoreFn(GmeQueryFn):
             sources = self.pool.rows_of(table["doc_id"].to_pylist())
         else:
             sources = [0] * n
+        if self.vllm and self.pool is None:
+            from pipeline.stages.gme_vllm import POSITIVE, vectors_of
+
+            # The positive's own engine error (its image was sized before, so never an image reason).
+            pos_reasons = vectors_of(table, POSITIVE)[1]
+            reasons = [r or p for r, p in zip(reasons, pos_reasons)]
         live = [i for i in range(n) if queries[i].strip() and not reasons[i] and sources[i] is not None]
         scores: list[float | None] = [None] * n
         ranks: list[int | None] = [None] * n
@@ -175,6 +198,7 @@ class GmeScoreFn(GmeQueryFn):
             )
             for i in range(n)
         ]
+        table = self.drop_temp(table)
         table = table.append_column("instruction", pa.array([self.instruction] * n, pa.string()))
         table = table.append_column("gme_pos_score", pa.array(scores, pa.float32()))
         table = table.append_column("gme_pos_rank", pa.array(ranks, pa.int32()))
@@ -185,6 +209,10 @@ class GmeScoreFn(GmeQueryFn):
         else encoded here."""
         if self.pool is not None:
             return np.stack([self.pool.vector(sources[i]) for i in live]).astype(np.float32)
+        if self.vllm:
+            from pipeline.stages.gme_vllm import POSITIVE, vectors_of
+
+            return vectors_of(table.take(pa.array(live, pa.int64())), POSITIVE)[0]
         rows = table.take(pa.array(live, pa.int64()))
         loader = self.loader if self.cfg.passage_images else None
         step, out = self.cfg.resources.batch_size, []
@@ -198,6 +226,10 @@ class GmeScoreFn(GmeQueryFn):
 
 class GmeStage(Stage):
     """What gme_score and negatives share: the GME model, the query instruction and the GME pool."""
+
+    def needs_positives(self) -> bool:
+        """Whether the actors embed the positives themselves (no pool to read them from)."""
+        return not self.indexes()
 
     prompt_files: ClassVar[tuple[str, ...]] = (INSTRUCTION_FILE,)
     # The stage's actor class: (model_path, cfg, run_uri, instruction, index) -> table in, table out.
@@ -225,6 +257,16 @@ class GmeStage(Stage):
         )
 
     def apply(self, ds):
+        cfg = self.config
+        if cfg.gme.backend == "vllm":
+            from pipeline.stages import gme_vllm
+
+            run_uri, resources = self.context.run_uri, cfg.resources
+            ds = gme_vllm.embed_queries(ds, cfg.gme, self.model_path, self.instruction, resources, self.name, run_uri)
+            if self.needs_positives():
+                ds = gme_vllm.embed_candidates(
+                    ds, cfg.gme, self.model_path, cfg.passage_images, resources, self.name, run_uri
+                )
         kwargs = {
             "model_path": self.model_path,
             "cfg": to_dict(self.config),
