@@ -244,7 +244,8 @@ class GmeStage(Stage):
         self.instruction = load_instruction(self.context.prompts_dir, self.config.instruction, self.name)
 
     def models(self) -> dict[str, str]:
-        return {"gme": self.model_id}
+        backend = self.config.gme.backend
+        return {"gme": self.model_id if backend == "transformers" else f"{self.model_id} via {backend}"}
 
     def pool_index(self) -> tuple[IndexSpec, ...]:
         """The GME passage pool: one index for both stages when their GME candidate settings agree."""
