@@ -259,15 +259,21 @@ class GmeStage(Stage):
 
     def apply(self, ds):
         cfg = self.config
+        resources = cfg.resources
         if cfg.gme.backend == "vllm":
+            from pipeline.models.vllm_backend import CPU_HELPER_CPUS
             from pipeline.stages import gme_vllm
 
-            run_uri, resources = self.context.run_uri, cfg.resources
+            run_uri = self.context.run_uri
             ds = gme_vllm.embed_queries(ds, cfg.gme, self.model_path, self.instruction, resources, self.name, run_uri)
             if self.needs_positives():
+                # A second engine beside the first (without top_k there is no pool to read positives from).
                 ds = gme_vllm.embed_candidates(
                     ds, cfg.gme, self.model_path, cfg.passage_images, resources, self.name, run_uri
                 )
+            # The actors only score, search and mine: light beside the engine, which holds the stage's CPUs
+            # (a whole CPU each would leave a 2-CPU cluster no room for the engine's helpers).
+            resources = dataclasses.replace(resources, num_cpus=CPU_HELPER_CPUS, num_gpus=0.0)
         kwargs = {
             "model_path": self.model_path,
             "cfg": to_dict(self.config),
@@ -275,7 +281,7 @@ class GmeStage(Stage):
             "instruction": self.instruction,
             "index": self.bound_indexes.get("gme"),
         }
-        return actor_map(ds, type(self).actor, kwargs, self.config.resources)
+        return actor_map(ds, type(self).actor, kwargs, resources)
 
 
 class GmeScore(GmeStage):
