@@ -122,7 +122,7 @@ class GmeQueryFn:
     ) -> None:
         self.cfg = self.config_cls.from_dict(cfg)
         self.instruction = instruction
-        # gme.backend vllm: the vectors arrive in gme_vllm's columns, embedded before this actor.
+        # gme.backend vllm: the vectors arrive in temporary columns, embedded before this actor (gme_pool).
         self.vllm = self.cfg.gme.backend == "vllm"
         self.embedder = None if self.vllm else gme_pool.load_embedder(model_path, self.cfg.gme)
         self.loader = gme_pool.ImageLoader(run_uri, self.cfg.gme)
@@ -133,9 +133,7 @@ class GmeQueryFn:
         """(query texts, vectors, per-row image reason or "")."""
         queries = [q or "" for q in table["rewritten_query"].to_pylist()]
         if self.vllm:
-            from pipeline.stages.gme_vllm import QUERY, vectors_of
-
-            vectors, reasons = vectors_of(table, QUERY, self.dim)
+            vectors, reasons = gme_pool.vectors_of(table, gme_pool.QUERY, self.dim)
             refs = table["query_image"].to_pylist()
             return queries, vectors, [
                 "error:no_query_image" if ref is None else reason for ref, reason in zip(refs, reasons)
@@ -151,10 +149,8 @@ class GmeQueryFn:
         return queries, vectors, reasons
 
     def drop_temp(self, table: pa.Table) -> pa.Table:
-        """The table without gme_vllm's temporary columns (backend vllm)."""
-        from pipeline.stages.gme_vllm import drop_temp
-
-        return drop_temp(table) if self.vllm else table
+        """The table without the vllm backend's temporary columns."""
+        return gme_pool.drop_temp(table) if self.vllm else table
 
 
 class GmeScoreFn(GmeQueryFn):
@@ -170,10 +166,8 @@ class GmeScoreFn(GmeQueryFn):
         else:
             sources = [0] * n
         if self.vllm and self.pool is None:
-            from pipeline.stages.gme_vllm import POSITIVE, vectors_of
-
             # The positive's own engine error (its image was sized before, so never an image reason).
-            pos_reasons = vectors_of(table, POSITIVE)[1]
+            pos_reasons = gme_pool.vectors_of(table, gme_pool.POSITIVE)[1]
             reasons = [r or p for r, p in zip(reasons, pos_reasons)]
         live = [i for i in range(n) if queries[i].strip() and not reasons[i] and sources[i] is not None]
         scores: list[float | None] = [None] * n
@@ -210,9 +204,7 @@ class GmeScoreFn(GmeQueryFn):
         if self.pool is not None:
             return np.stack([self.pool.vector(sources[i]) for i in live]).astype(np.float32)
         if self.vllm:
-            from pipeline.stages.gme_vllm import POSITIVE, vectors_of
-
-            return vectors_of(table.take(pa.array(live, pa.int64())), POSITIVE)[0]
+            return gme_pool.vectors_of(table.take(pa.array(live, pa.int64())), gme_pool.POSITIVE)[0]
         rows = table.take(pa.array(live, pa.int64()))
         loader = self.loader if self.cfg.passage_images else None
         step, out = self.cfg.resources.batch_size, []
@@ -262,13 +254,12 @@ class GmeStage(Stage):
         resources = cfg.resources
         if cfg.gme.backend == "vllm":
             from pipeline.models.vllm_backend import CPU_HELPER_CPUS
-            from pipeline.stages import gme_vllm
 
             run_uri = self.context.run_uri
-            ds = gme_vllm.embed_queries(ds, cfg.gme, self.model_path, self.instruction, resources, self.name, run_uri)
+            ds = gme_pool.embed_queries(ds, cfg.gme, self.model_path, self.instruction, resources, self.name, run_uri)
             if self.needs_positives():
                 # A second engine beside the first (without top_k there is no pool to read positives from).
-                ds = gme_vllm.embed_candidates(
+                ds = gme_pool.embed_candidates(
                     ds, cfg.gme, self.model_path, cfg.passage_images, resources, self.name, run_uri
                 )
             # The actors only score, search and mine: light beside the engine, which holds the stage's CPUs

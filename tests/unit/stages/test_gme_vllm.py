@@ -1,4 +1,4 @@
-"""pipeline/stages/gme_vllm.py and the `gme.backend: vllm` side of the gme_score / negatives actors: the
+"""pipeline/stages/gme_pool.py and the `gme.backend: vllm` side of the gme_score / negatives actors: the
 vectors arrive in temporary columns (as vllm_embed leaves them, renamed) and the actors score from them
 exactly as from a GmeEmbedder, turn a null image or an engine reason into the row's reason, and drop the
 temporary columns. No Ray, no vLLM: the columns are written here as the engine pass would."""
@@ -14,7 +14,7 @@ from pipeline.io.image_store import IMAGE_REF
 from pipeline.models.gme import GmeConfig
 from pipeline.models.llm_config import LLMConfig
 from pipeline.stage import REASON, SHARD, SRC, STATUS
-from pipeline.stages import gme_pool, gme_vllm
+from pipeline.stages import gme_pool
 from pipeline.stages.gme_score import GmeScore, GmeScoreConfig, GmeScoreFn
 from tests.support.gme import png, put_image, scored
 
@@ -39,10 +39,10 @@ def table(run_uri: str, queries: list, positives: list, refs: list | None = None
             "image": pa.array([None] * n, IMAGE_REF),
             "rewritten_query": ["Q"] * n,
             "query_image": pa.array(refs, IMAGE_REF),
-            gme_vllm.QUERY[0]: pa.array([_vec(v) for v, _ in queries], pa.list_(pa.float32())),
-            gme_vllm.QUERY[1]: [r for _, r in queries],
-            gme_vllm.POSITIVE[0]: pa.array([_vec(v) for v, _ in positives], pa.list_(pa.float32())),
-            gme_vllm.POSITIVE[1]: [r for _, r in positives],
+            gme_pool.QUERY[0]: pa.array([_vec(v) for v, _ in queries], pa.list_(pa.float32())),
+            gme_pool.QUERY[1]: [r for _, r in queries],
+            gme_pool.POSITIVE[0]: pa.array([_vec(v) for v, _ in positives], pa.list_(pa.float32())),
+            gme_pool.POSITIVE[1]: [r for _, r in positives],
             SHARD: ["000000"] * n,
             SRC: list(range(n)),
         }
@@ -112,12 +112,12 @@ def test_pool_rows_keep_the_image_used_and_the_engine_vectors(tmp_path):
             "id": ["a", "b"], "doc_id": ["a", "b"], "title": ["A", None], "text": ["one", "two"],
             "image": pa.array([ref, ref], IMAGE_REF), "content_hash": ["h1", "h2"],
             "_gme_image": pa.array([ref, None], IMAGE_REF),
-            gme_vllm.POSITIVE[0]: pa.array([v, v], pa.list_(pa.float32())),
-            gme_vllm.POSITIVE[1]: ["", ""],
+            gme_pool.POSITIVE[0]: pa.array([v, v], pa.list_(pa.float32())),
+            gme_pool.POSITIVE[1]: ["", ""],
             SHARD: ["000000"] * 2, SRC: [0, 1],
         }
     )
-    out = gme_vllm.pool_table(rows)
+    out = gme_pool.pool_table(rows)
     assert out.column_names[: len(gme_pool.POOL_SCHEMA)] == gme_pool.POOL_SCHEMA.names
     assert out["image_used"].to_pylist() == [True, False]
     assert np.allclose(np.array(out["embedding"].to_pylist()), [v, v])
@@ -127,19 +127,19 @@ def test_a_pool_row_the_engine_failed_on_fails_the_shard(tmp_path):
     rows = pa.table(
         {
             "id": ["a"], "doc_id": ["a"], "title": ["A"], "text": ["one"], "image": pa.array([None], IMAGE_REF),
-            "content_hash": ["h1"], gme_vllm.POSITIVE[0]: pa.array([None], pa.list_(pa.float32())),
-            gme_vllm.POSITIVE[1]: ["error:inference_failed"], SHARD: ["000000"], SRC: [0],
+            "content_hash": ["h1"], gme_pool.POSITIVE[0]: pa.array([None], pa.list_(pa.float32())),
+            gme_pool.POSITIVE[1]: ["error:inference_failed"], SHARD: ["000000"], SRC: [0],
         }
     )
     with pytest.raises(RuntimeError, match="'a': error:inference_failed; the shard is not committed"):
-        gme_vllm.pool_table(rows)
+        gme_pool.pool_table(rows)
 
 
 def test_passage_images_gme_cannot_take_are_left_out_so_the_passage_is_embedded_as_text(tmp_path):
     run_uri = str(tmp_path / "run")
     good, thin = put_image(run_uri), put_image(run_uri, png((600, 2)), size=(600, 2))
     rows = pa.table({"image": pa.array([good, thin, None], IMAGE_REF)})
-    out = gme_vllm.usable_image(rows, run_uri, GmeConfig(), "image")
+    out = gme_pool.usable_image(rows, run_uri, GmeConfig(), "image")
     assert out["_gme_image"].to_pylist() == [good, None, None]
 
 
@@ -149,6 +149,6 @@ def test_store_image_bytes_reads_the_run_store_and_pickles_without_its_handle(tm
     run_uri = str(tmp_path / "run")
     data = png()
     ref = put_image(run_uri, data)
-    loader = gme_vllm.StoreImageBytes(run_uri)
+    loader = gme_pool.StoreImageBytes(run_uri)
     assert (loader(ref), loader(None)) == (data, None)
     assert pickle.loads(pickle.dumps(loader))(ref) == data
