@@ -19,6 +19,9 @@ re-mined with a fine-tuned checkpoint) prunes only its own stale pools, never th
 The fused query is GmeInput(text=rewritten query, image=the entity image, instruction=the task
 instruction); `encode_queries` loads the images by reference in the worker, in chunks, so a shard
 never holds more than one chunk of decoded images.
+
+With `gme.backend: vllm` the same inputs are embedded by vLLM through `ray.data.llm` before the actors
+run (`embed_queries`, `embed_candidates`, `pool_table`; the section at the end of this module).
 """
 
 from __future__ import annotations
