@@ -72,7 +72,13 @@ def test_rows_with_images_get_text_from_the_vlm(vl_rows):
 
 def test_row_without_an_image_is_image_missing_and_keeps_its_columns(vl_rows):
     row = vl_rows["none"]
-    assert (row[LLM_ERROR], row[RAW], row[MESSAGES]) == ("error:image_missing", "", vl_rows["red"][MESSAGES])
+    # The prompt itself (`_messages`) is consumed, as by the vllm text backend; the row's own columns stay.
+    assert (row[LLM_ERROR], row[RAW], row["id"], row["image"]) == (
+        "error:image_missing",
+        "",
+        "none",
+        {"bytes": None, "path": None},
+    )
 
 
 def test_rows_whose_image_is_unreadable_keep_that_reason_and_never_reach_the_engine(vl_rows):
