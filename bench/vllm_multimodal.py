@@ -9,7 +9,7 @@
 
 Run in the vLLM venv (scripts/install_vllm.sh), under the e2e lock on a shared machine:
 
-    PYTHONPATH=. ~/.cache/fusegen/vllm-venv/bin/python bench/vllm_multimodal.py [--rows 192]
+    PYTHONPATH=. ~/.cache/fusegen/vllm-venv/bin/python bench/vllm_multimodal.py [--rows 2000 --vision-rows 1000]
 
 Each ray.data.llm figure is steady-state: one embedded Ray (2 CPUs) runs the processor over 1 row
 (start-up: actors, engine load, one row) and then over N rows; rows/s = (N - 1) / (t_N - t_1). Raw vLLM:
@@ -36,12 +36,13 @@ INSTRUCTION = "Find a Wikipedia passage that answers the question about the imag
 WORDS = ["tower", "bridge", "painting", "river", "castle", "mountain", "museum", "garden", "statue", "harbour"]
 
 
-def png(seed: int) -> bytes:
+def png(seed: int, side: int = 0) -> bytes:
+    """A noise PNG: `side` x `side` pixels, or 56..112 px a side when `side` is 0."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    w, h = 56 + 28 * int(rng.integers(0, 3)), 56 + 28 * int(rng.integers(0, 3))
+    w, h = (side, side) if side else (56 + 28 * int(rng.integers(0, 3)), 56 + 28 * int(rng.integers(0, 3)))
     buf = io.BytesIO()
     Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
@@ -88,7 +89,7 @@ def timed_passes(rows: list[dict], run) -> tuple[float, float]:
 # --- GME ---------------------------------------------------------------------------------------------
 
 
-def gme_bench(model: str, n: int) -> dict:
+def gme_bench(model: str, n: int, tf_rows: int, side: int) -> dict:
     from PIL import Image
 
     from pipeline.models.gme import GmeConfig, GmeEmbedder, GmeInput, render_text, resize_for_gme
@@ -96,7 +97,7 @@ def gme_bench(model: str, n: int) -> dict:
     from pipeline.stage import Resources
 
     gme = GmeConfig(min_image_tokens=4, max_image_tokens=64, max_length=256, dtype="float32")
-    images, queries = [png(i) for i in range(n)], texts(n)
+    images, queries = [png(i, side) for i in range(n)], texts(n)
     rows = [
         {"id": str(i), "text": queries[i], "instruction": INSTRUCTION, "image": {"bytes": images[i], "path": None}}
         for i in range(n)
@@ -138,12 +139,13 @@ def gme_bench(model: str, n: int) -> dict:
     embedder = GmeEmbedder(model, gme, device="cpu")
     tf_load = time.perf_counter() - start
     start = time.perf_counter()
-    embedder.encode(inputs, batch_size=8)
+    embedder.encode(inputs[:tf_rows], batch_size=8)
     tf_s = time.perf_counter() - start
-    ray_rate, raw_rate, tf_rate = (n - 1) / (tn - t1), n / raw_s, n / tf_s
+    ray_rate, raw_rate, tf_rate = (n - 1) / (tn - t1), n / raw_s, tf_rows / tf_s
     return {
         "rows": n,
-        "inputs": "fused: query text + a 56..112 px image (4..64 image tokens), tiny GME, float32",
+        "transformers_rows": tf_rows,
+        "inputs": f"fused: query text + a {side or '56..112'} px noise image (<= 64 image tokens), tiny GME, float32",
         "ray_data_llm": {"one_row_s": round(t1, 1), "all_rows_s": round(tn, 1), "steady_rows_per_s": round(ray_rate, 2)},
         "raw_vllm_embed": {"load_s": round(raw_load, 1), "embed_s": round(raw_s, 2), "rows_per_s": round(raw_rate, 2)},
         "transformers": {"load_s": round(tf_load, 1), "encode_s": round(tf_s, 2), "rows_per_s": round(tf_rate, 2)},
@@ -159,12 +161,12 @@ def gme_bench(model: str, n: int) -> dict:
 # --- vision generation -------------------------------------------------------------------------------
 
 
-def vision_bench(model: str, n: int) -> dict:
+def vision_bench(model: str, n: int, side: int) -> dict:
     from pipeline.models.llm import LLM_ERROR, MESSAGES
     from pipeline.models.vllm_vision import attach_image, data_url
     from pipeline.stage import Resources
 
-    images = [png(1000 + i) for i in range(n)]
+    images = [png(100_000 + i, side) for i in range(n)]
     messages = [[{"role": "user", "content": f"Describe the {WORDS[i % len(WORDS)]} in this picture."}] for i in range(n)]
     rows = [{"id": str(i), MESSAGES: json.dumps(m), "image": {"bytes": b, "path": None}}
             for i, (m, b) in enumerate(zip(messages, images))]
@@ -197,7 +199,7 @@ def vision_bench(model: str, n: int) -> dict:
     ray_rate, raw_rate = (n - 1) / (tn - t1), n / raw_s
     return {
         "rows": n,
-        "inputs": "one 56..112 px image + a one-line question, tiny Qwen2-VL, greedy, max 16 new tokens, float32",
+        "inputs": f"one {side or '56..112'} px image + a one-line question, tiny Qwen2-VL, greedy, 16 new tokens, float32",
         "ray_data_llm": {"one_row_s": round(t1, 1), "all_rows_s": round(tn, 1), "steady_rows_per_s": round(ray_rate, 2)},
         "raw_vllm_chat": {"load_s": round(raw_load, 1), "chat_s": round(raw_s, 2), "rows_per_s": round(raw_rate, 2)},
         "ray_over_raw": round(ray_rate / raw_rate, 3),
@@ -208,7 +210,10 @@ def vision_bench(model: str, n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=192)
+    ap.add_argument("--rows", type=int, default=2000, help="GME inputs")
+    ap.add_argument("--vision-rows", type=int, default=1000)
+    ap.add_argument("--tf-rows", type=int, default=300, help="GME inputs the transformers backend embeds")
+    ap.add_argument("--side", type=int, default=224, help="image side in pixels (0: 56..112 mixed)")
     ap.add_argument("--tmp", default="/tmp/fusegen-bench-multimodal")
     ap.add_argument("--only", choices=("gme", "vision"), default=None)
     args = ap.parse_args()
@@ -217,9 +222,9 @@ def main() -> int:
     tmp = Path(args.tmp)
     result = {"machine": machine()}
     if args.only in (None, "gme"):
-        result["gme"] = gme_bench(str(build_tiny_gme(tmp / "gme")), args.rows)
+        result["gme"] = gme_bench(str(build_tiny_gme(tmp / "gme")), args.rows, min(args.tf_rows, args.rows), args.side)
     if args.only in (None, "vision"):
-        result["vision"] = vision_bench(str(build_tiny_qwen2_vl(tmp / "qwen2_vl")), args.rows)
+        result["vision"] = vision_bench(str(build_tiny_qwen2_vl(tmp / "qwen2_vl")), args.vision_rows, args.side)
     print(json.dumps(result, indent=1))
     return 0
 
