@@ -78,10 +78,11 @@ mapfile -t vllm_reqs <<< "$reqs"
 $pypi "$TORCH" "$TORCHVISION" "${vllm_reqs[@]}" "$RAY" >> "$log" 2>&1 \
   || fail "pip could not install the requirements of $VLLM / $RAY beside $TORCH $TORCHVISION"
 # What the project's vLLM path and its tests import besides vllm/ray (pyproject's list minus the
-# GPU/diffusion packages); spaCy without a model (entities then proposes candidates by rules).
+# CLIP/diffusion packages; faiss for the GME pool); spaCy without a model (entities then proposes
+# candidates by rules).
 $pypi "$TORCH" "$TORCHVISION" "spacy>=3.8,<4" "datasets>=3" "jinja2>=3.1" "pyyaml>=6" "tenacity>=8" \
   "httpx>=0.27" "tqdm>=4.66" "psutil>=5.9" "pillow>=10" "pytest>=8" "pytest-timeout>=2.3" \
-  "jsonschema>=4" >> "$log" 2>&1 || fail "pip could not install the project's vLLM-path dependencies"
+  "jsonschema>=4" "faiss-cpu>=1.8" >> "$log" 2>&1 || fail "pip could not install the project's vLLM-path dependencies"
 "$VENV/bin/python" -c "
 import torch, torchvision, torchvision.ops
 # PyPI's default build (2.13.0+cu130), not the +cpu one.
