@@ -19,10 +19,11 @@ unit length, so inner product = cosine similarity. Bad images raise `GmeImageErr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,7 @@ from PIL import Image
 from pipeline.config import check
 from pipeline.errors import PipelineConfigError
 from pipeline.logging import get_logger
+from pipeline.models.llm_config import LLMConfig
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +50,7 @@ FETCH_MIN_TOKENS, FETCH_MAX_TOKENS = 4, 16384
 # The weights a GME checkpoint does not ship: it embeds and never decodes.
 ABSENT_WEIGHTS = frozenset({"lm_head.weight"})
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+BACKENDS = ("transformers", "vllm")
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,16 @@ class GmeConfig:
     dtype: str = "auto"
     # Inputs per forward pass when `encode` is not given one.
     batch_size: int = 8
+    # transformers: `GmeEmbedder` in the stage's actors (dtype above); vllm: vLLM's pooling runner through
+    # `ray.data.llm` (models/vllm_embed.py, GME's sequential positions), the engine set by `vllm`.
+    backend: Literal["transformers", "vllm"] = "transformers"
+    # The engine for backend vllm: vllm_device, dtype, max_model_len (>= max_length), memory share,
+    # parallelism, schedule_grace_s. Its model and generation fields are unused (the model is `model`).
+    vllm: LLMConfig = dataclasses.field(default_factory=lambda: LLMConfig(backend="vllm"))
 
     def __post_init__(self) -> None:
         check(bool(self.model.strip()), "gme", "model", "must name a model")
+        check(self.backend in BACKENDS, "gme", "backend", f"must be one of {BACKENDS} (got {self.backend!r})")
         check(self.dtype in DTYPES, "gme", "dtype", f"must be one of {DTYPES} (got {self.dtype!r})")
         check(self.batch_size >= 1, "gme", "batch_size", f"must be >= 1 (got {self.batch_size})")
         check(

@@ -9,11 +9,14 @@ tokenize and detokenize stages are off: vLLM tokenises the prompt string itself,
 same tokens. Images travel as data-URL parts through the prepare-multimodal stage (models/vllm_vision.py);
 it only runs when the rows have an image column.
 
-Positions differ for images: `GmeEmbedder` runs the language model with plain sequential positions, as
-the released GME script did, while vLLM's Qwen2-VL applies M-RoPE (3D positions for image tokens, and
-text after an image shifted by the image's extent). For text-only inputs M-RoPE equals sequential
-positions, so text embeddings agree; image-only and fused embeddings may differ between the backends
-(tests/vllm/test_vllm_embed.py measures the worst cosine where vLLM can run Qwen2-VL).
+Positions are GME's: `GmeEmbedder` runs the language model with plain sequential positions, as the
+released GME script did, while vLLM's Qwen2-VL applies M-RoPE (3D positions for image tokens, and text
+after an image shifted by the image's extent). The engine is started with `hf_overrides=
+sequential_positions`, which drops `mrope_section` from the checkpoint's rope parameters: vLLM then
+builds the plain rotary embedding and feeds 1D positions 0..n-1 (`ModelConfig.uses_mrope` is false), which
+is exactly M-RoPE with the three position rows equal, i.e. what GmeEmbedder computes. No model code is
+replaced; the vision tower (its own 2D rotary) is untouched. tests/vllm/test_vllm_embed.py checks parity
+with GmeEmbedder per input kind (text, image, fused).
 
 Input columns (names set by `EmbedColumns`): text, optionally title, image and instruction (null: the
 candidate default). Output: every input column plus `_embedding` (float32 list of unit length; null for a
@@ -197,6 +200,25 @@ def typed_batch(table: Any) -> Any:
 # --- processor config ----------------------------------------------------------------------------
 
 
+def sequential_positions(config: Any) -> Any:
+    """vLLM `hf_overrides` for GME: the HF config without M-RoPE (see the module docstring).
+
+    vLLM calls it on the loaded config in the engine's process; it must be a module-level function so
+    the engine arguments pickle by reference. A config without `mrope_section` (a text model) is
+    returned as is.
+    """
+    for part in (config, config.get_text_config()):
+        params = getattr(part, "rope_parameters", None)
+        if not isinstance(params, dict) or "mrope_section" not in params:
+            continue
+        plain = {k: v for k, v in params.items() if k not in ("mrope_section", "mrope_interleaved")}
+        if plain.get("rope_type") == "mrope":  # the released configs' legacy name for default + sections
+            plain["rope_type"] = "default"
+        part.rope_parameters = plain
+    return config
+
+
+
 def check_lengths(cfg: LLMConfig, gme: GmeConfig, stage: str) -> None:
     """Every GME prompt, cut at `gme.max_length`, must fit the engine (vLLM refuses the cut otherwise).
 
@@ -221,7 +243,7 @@ def embed_processor_config(cfg: LLMConfig, model_path: str, resources: Any, mult
         model_path,
         resources,
         task_type="embed",
-        engine_kwargs={"pooler_config": dict(POOLER)},
+        engine_kwargs={"pooler_config": dict(POOLER), "hf_overrides": sequential_positions},
         prepare_multimodal_stage=mm,
         chat_template_stage={"enabled": False},
         tokenize_stage={"enabled": False},

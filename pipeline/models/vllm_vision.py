@@ -9,7 +9,8 @@ image store is resolved by the `load_image` callable the caller passes (it runs 
 With `image_column=None` the images are already image parts of `_messages` (several per prompt, up to
 `max_images`, e.g. models/vlm.py's two-image prompts); a row with a null `_messages` skips the engine.
 Output as for text: `_raw` / `_llm_error` with the fixed reasons of models/vllm_backend.py; a row
-without a usable image is `error:image_missing` and never reaches the engine.
+without an image is `error:image_missing`, one whose bytes are not a valid image `error:image_<kind>` (io/images),
+and neither reaches the engine (a failing `load_image`, e.g. storage, propagates: the shard is redone).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from pipeline.models.vllm_backend import (
     vllm_sampling_params,
 )
 
-IMAGE_MISSING = "error:image_missing"
-HAS_IMAGE = "_has_image"
+IMAGE_MISSING, IMAGE_UNREADABLE = "error:image_missing", "error:image_unreadable"
+HAS_IMAGE, IMAGE_REASON = "_has_image", "_image_reason"
 _MIME = {
     "JPEG": "image/jpeg",
     "PNG": "image/png",
@@ -105,22 +106,29 @@ def vlm_preprocess_row(row: dict, sampling: dict, image_column: str | None, load
     value = row.get(image_column)
     # A failing read in `load_image` propagates (R35); bytes that are not a valid image skip the engine.
     data = load_image(value) if load_image is not None and value is not None else image_bytes(value)
-    try:
-        messages = attach_image(json.loads(row[MESSAGES]), data_url(model_image(data))) if data else None
-    except (ImageError, ValueError):
-        messages = None
+    messages, reason = None, IMAGE_MISSING
+    if data:
+        try:
+            url = data_url(model_image(data))
+        except ImageError as exc:
+            reason = f"error:image_{exc.kind}"
+        except ValueError:
+            reason = IMAGE_UNREADABLE
+        else:
+            messages = attach_image(json.loads(row[MESSAGES]), url)
     return {
         "messages": messages or [],
         "sampling_params": dict(sampling),
         CARRY: pickle.dumps(carry),
         HAS_IMAGE: messages is not None,
+        IMAGE_REASON: "" if messages is not None else reason,
     }
 
 
 def missing_image_row(row: dict) -> dict:
-    """A row without an image, restored with `error:image_missing` (it never went to the engine)."""
+    """A row without a usable image, restored with its reason (it never went to the engine)."""
     out = pickle.loads(row[CARRY])
-    out[RAW], out[LLM_ERROR] = "", IMAGE_MISSING
+    out[RAW], out[LLM_ERROR] = "", row.get(IMAGE_REASON) or IMAGE_MISSING
     return out
 
 

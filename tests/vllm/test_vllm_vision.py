@@ -1,10 +1,9 @@
 """Vision-language prompts through the real multimodal path: `ray.data.llm`'s prepare-multimodal stage
 and the vLLM engine on a tiny local Qwen2-VL, images from the rows' image column as data URLs.
 
-vLLM 0.29's Qwen2-VL model imports torchvision, and only PyTorch's CPU index has a torchvision that
-loads beside torch 2.13.0+cpu (`torchvision==0.28.0+cpu`; PyPI's 0.28.0 is a CUDA build whose ops fail
-with "operator torchvision::nms does not exist"). scripts/install_vllm.sh installs it where that index
-is reachable; elsewhere these tests are skipped with the import error (tiny_vl.torchvision_error).
+vLLM 0.29's Qwen2-VL model imports torchvision: scripts/install_vllm.sh builds the venv on PyPI's default
+torch==2.13.0 (a CUDA build that runs without a GPU) and its torchvision==0.28.0. Where torchvision does
+not load, these tests are skipped with the import error (tiny_vl.torchvision_error).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ def _png(colour: tuple[int, int, int]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def vl_rows(tmp_path_factory):
+def vl_out(tmp_path_factory) -> list[dict]:
     import ray
 
     from pipeline.models.vllm_vision import vllm_vision_generate
@@ -42,22 +41,29 @@ def vl_rows(tmp_path_factory):
         {"id": "red", MESSAGES: messages, "image": {"bytes": _png((200, 30, 40)), "path": None}},
         {"id": "blue", MESSAGES: messages, "image": {"bytes": _png((20, 30, 200)), "path": None}},
         {"id": "none", MESSAGES: messages, "image": {"bytes": None, "path": None}},
+        {"id": "not-an-image", MESSAGES: messages, "image": {"bytes": b"not an image", "path": None}},
+        {"id": "cut", MESSAGES: messages, "image": {"bytes": _png((20, 200, 30))[:60], "path": None}},
     ]
     cfg = cpu_engine(max_model_len=1024, max_new_tokens=8)
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
     try:
         ds = ray.data.from_items(rows)
         out = vllm_vision_generate(ds, cfg, str(model), None, Resources(batch_size=4), "describe")
-        yield {r["id"]: r for r in out.take_all()}
+        yield out.take_all()
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vl_rows(vl_out) -> dict[str, dict]:
+    return {r["id"]: r for r in vl_out}
 
 
 def test_rows_with_images_get_text_from_the_vlm(vl_rows):
     assert {
         k: (bool(r[RAW]), r[LLM_ERROR] in ("", "error:truncated_output"))
         for k, r in vl_rows.items()
-        if k != "none"
+        if k in ("red", "blue")
     } == {
         "red": (True, True),
         "blue": (True, True),
@@ -66,4 +72,21 @@ def test_rows_with_images_get_text_from_the_vlm(vl_rows):
 
 def test_row_without_an_image_is_image_missing_and_keeps_its_columns(vl_rows):
     row = vl_rows["none"]
-    assert (row[LLM_ERROR], row[RAW], row[MESSAGES]) == ("error:image_missing", "", vl_rows["red"][MESSAGES])
+    # The prompt itself (`_messages`) is consumed, as by the vllm text backend; the row's own columns stay.
+    assert (row[LLM_ERROR], row[RAW], row["id"], row["image"]) == (
+        "error:image_missing",
+        "",
+        "none",
+        {"bytes": None, "path": None},
+    )
+
+
+def test_rows_whose_image_is_unreadable_keep_that_reason_and_never_reach_the_engine(vl_rows):
+    assert {k: (vl_rows[k][LLM_ERROR], vl_rows[k][RAW]) for k in ("not-an-image", "cut")} == {
+        "not-an-image": ("error:image_not_an_image", ""),
+        "cut": ("error:image_truncated", ""),
+    }
+
+
+def test_every_row_comes_back_once(vl_out):
+    assert sorted(r["id"] for r in vl_out) == ["blue", "cut", "none", "not-an-image", "red"]

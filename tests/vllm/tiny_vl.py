@@ -2,8 +2,8 @@
 vLLM and transformers through `from_pretrained`).
 
 Two layers of text (hidden 128, head_dim 64, M-RoPE sections 8/12/12) and two of vision (embed 64,
-patch 14, 2x2 merge), a byte-level BPE with Qwen2-VL's special tokens, the PIL image processor (the
-vLLM venv has no torchvision) with small pixel bounds, and a ChatML template that, like Qwen2-VL's,
+patch 14, 2x2 merge), a byte-level BPE with Qwen2-VL's special tokens, the PIL image processor with
+small pixel bounds, and a ChatML template that, like Qwen2-VL's,
 writes `<|vision_start|><|image_pad|><|vision_end|>` for an image part. Lives with the tests until
 pipeline/models/tiny.py gets a Qwen2-VL builder (the GME issue).
 """
@@ -49,8 +49,8 @@ def torchvision_error() -> str:
         return (
             f"vLLM's Qwen2-VL model needs torchvision, which does not load here: "
             f"{type(exc).__name__}: {exc}. "
-            "Only PyTorch's CPU index has torchvision==0.28.0+cpu (scripts/install_vllm.sh installs it "
-            "where that index is reachable)"
+            "scripts/install_vllm.sh installs PyPI's torchvision==0.28.0 beside PyPI's default torch==2.13.0 "
+            "(rerun it; its log says what failed)"
         )
     return ""
 

@@ -31,6 +31,7 @@ from pipeline.models.vllm_embed import (
     embed_request,
     embed_restore_row,
     prompt_max_tokens,
+    sequential_positions,
     typed_batch,
 )
 from pipeline.stage import Resources
@@ -202,6 +203,35 @@ def test_embed_config_pools_the_last_token_normalised_and_takes_the_prompt_as_gi
     stages = (built.chat_template_stage, built.tokenize_stage, built.detokenize_stage)
     assert [s["enabled"] for s in stages] == [False, False, False]
     assert built.prepare_multimodal_stage["enabled"] is False
+
+
+def test_embed_config_feeds_gme_sequential_positions():
+    built = embed_processor_config(LLMConfig(**CPU), "/m", Resources(), multimodal=True)
+    assert built.engine_kwargs["hf_overrides"] is sequential_positions
+
+
+def test_sequential_positions_drops_mrope_from_the_released_gme_config(tiny_cache):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_cache / "tiny" / "gme")
+    before = dict(config.get_text_config().rope_parameters)
+    after = sequential_positions(config)
+    # What vLLM reads (transformers_utils.config.uses_mrope and get_rope): no section anywhere, so the
+    # plain rotary embedding over 1D positions 0..n-1; theta and the rope type are kept.
+    assert before["mrope_section"] == [4, 6, 6]
+    assert [
+        "mrope_section" in (getattr(part, "rope_parameters", None) or {})
+        for part in (after, after.get_text_config())
+    ] == [False, False]
+    assert {k: v for k, v in before.items() if k != "mrope_section"} == after.get_text_config().rope_parameters
+
+
+def test_sequential_positions_leaves_a_text_model_config_alone(tiny_cache):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_cache / "tiny" / "qwen2")
+    before = dict(config.rope_parameters)
+    assert sequential_positions(config).rope_parameters == before
 
 
 def test_embed_config_needs_no_json_grammar():

@@ -1,5 +1,5 @@
 """pipeline/models/vllm_vision.py: images become data-URL parts of the last user message; rows without
-a usable image are marked and restored as `error:image_missing` (pure functions, no Ray, no vllm)."""
+a usable image are marked and restored with their reason (pure functions, no Ray, no vllm)."""
 
 from __future__ import annotations
 
@@ -99,12 +99,23 @@ def test_preprocess_resolves_image_references_with_the_given_loader(image_bytes)
     assert pre[HAS_IMAGE] is True
 
 
-@pytest.mark.parametrize("value", [None, {"bytes": None, "path": None}, b"not an image"])
-def test_row_without_a_usable_image_is_restored_as_image_missing(value):
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "error:image_missing"),
+        ({"bytes": None, "path": None}, "error:image_missing"),
+        (b"not an image", "error:image_not_an_image"),
+        ("cut", "error:image_not_an_image"),  # the fixture PNG is tiny: half of it ends inside its header
+    ],
+)
+def test_row_without_a_usable_image_is_restored_with_its_reason(value, reason, image_bytes):
+    if value == "cut":  # a real PNG cut in half: PIL identifies it from its header alone
+        whole = image_bytes("PNG")
+        value = {"bytes": whole[: len(whole) // 2], "path": None}
     pre = vlm_preprocess_row({"id": "a", MESSAGES: MESSAGES_JSON, "image": value}, {}, "image", None)
     assert pre[HAS_IMAGE] is False
     restored = missing_image_row(pre)
-    assert (restored["id"], restored[RAW], restored[LLM_ERROR]) == ("a", "", "error:image_missing")
+    assert (restored["id"], restored[RAW], restored[LLM_ERROR]) == ("a", "", reason)
 
 
 def test_preprocess_without_an_image_column_sends_the_messages_images_as_they_are():

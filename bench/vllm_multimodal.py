@@ -1,0 +1,233 @@
+"""Multimodal work through vLLM on CPU, side by side in one run (issue 22):
+
+- GME embeddings (fused text + image inputs, the tiny GME, GME's sequential positions): the vLLM backend
+  through `ray.data.llm` (`vllm_embed`, as gme_score runs it) vs raw `vllm.LLM.embed` on the same prompts
+  and images (target >= 0.9), and vLLM vs the transformers backend (`GmeEmbedder.encode`), both ways;
+- vision generation (one image per prompt, the tiny Qwen2-VL): `vllm_vision_generate` through
+  `ray.data.llm` vs raw `vllm.LLM.chat` on the same conversations (data-URL image parts) and sampling
+  (target >= 0.9).
+
+Run in the vLLM venv (scripts/install_vllm.sh), under the e2e lock on a shared machine:
+
+    PYTHONPATH=. ~/.cache/fusegen/vllm-venv/bin/python bench/vllm_multimodal.py [--rows 2000 --vision-rows 1000]
+
+Each ray.data.llm figure is steady-state: one embedded Ray (2 CPUs) runs the processor over 1 row
+(start-up: actors, engine load, one row) and then over N rows; rows/s = (N - 1) / (t_N - t_1). Raw vLLM:
+engine load, then one call over the N rows (rows/s = N / call time). transformers: model load, then
+`encode` over the N inputs in batches of 8. Load is reported apart. Only ratios from one run mean
+anything on a loaded machine (the 5-minute load average is printed after each part).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine
+
+TARGET = 0.9
+INSTRUCTION = "Find a Wikipedia passage that answers the question about the image."
+WORDS = ["tower", "bridge", "painting", "river", "castle", "mountain", "museum", "garden", "statue", "harbour"]
+
+
+def png(seed: int, side: int = 0) -> bytes:
+    """A noise PNG: `side` x `side` pixels, or 56..112 px a side when `side` is 0."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = (side, side) if side else (56 + 28 * int(rng.integers(0, 3)), 56 + 28 * int(rng.integers(0, 3)))
+    buf = io.BytesIO()
+    Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def texts(n: int) -> list[str]:
+    return [f"When was this {WORDS[i % len(WORDS)]} built, and by whom? ({i})" for i in range(n)]
+
+
+def engine(**overrides):
+    from pipeline.models.llm import LLMConfig
+
+    base = {
+        "backend": "vllm", "vllm_device": "cpu", "gpu_memory_utilization": 0.05, "max_model_len": 1024,
+        "enforce_eager": True, "dtype": "float32", "schedule_grace_s": 0, "max_new_tokens": 16,
+    }
+    return LLMConfig(**{**base, **overrides})
+
+
+def ray_init():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024 * 1024)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def timed_passes(rows: list[dict], run) -> tuple[float, float]:
+    """(t over 1 row, t over all rows) of `run(rows) -> output rows`, in one embedded Ray."""
+    import ray
+
+    ray_init()
+    times = []
+    try:
+        for part in (rows[:1], rows):
+            start = time.perf_counter()
+            out = run(part)
+            times.append(time.perf_counter() - start)
+            assert len(out) == len(part)
+    finally:
+        ray.shutdown()
+    return times[0], times[1]
+
+
+# --- GME ---------------------------------------------------------------------------------------------
+
+
+def gme_bench(model: str, n: int, tf_rows: int, side: int) -> dict:
+    from PIL import Image
+
+    from pipeline.models.gme import GmeConfig, GmeEmbedder, GmeInput, render_text, resize_for_gme
+    from pipeline.models.vllm_embed import EMBED_ERROR, EMBEDDING, POOLER, EmbedColumns, sequential_positions
+    from pipeline.stage import Resources
+
+    gme = GmeConfig(min_image_tokens=4, max_image_tokens=64, max_length=256, dtype="float32")
+    images, queries = [png(i, side) for i in range(n)], texts(n)
+    rows = [
+        {"id": str(i), "text": queries[i], "instruction": INSTRUCTION, "image": {"bytes": images[i], "path": None}}
+        for i in range(n)
+    ]
+    cfg, resources = engine(max_model_len=512), Resources(batch_size=32, concurrency=1, num_cpus=1)
+    columns = EmbedColumns(text="text", image="image", instruction="instruction")
+
+    def run(part: list[dict]) -> list[dict]:
+        import ray
+
+        from pipeline.models.vllm_embed import vllm_embed
+
+        out = vllm_embed(ray.data.from_items(part), cfg, model, gme, resources, "bench", columns).take_all()
+        assert all(r[EMBED_ERROR] == "" and r[EMBEDDING] for r in out)
+        return out
+
+    t1, tn = timed_passes(rows, run)
+    load_ray = os.getloadavg()[1]
+
+    from vllm import LLM
+
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    start = time.perf_counter()
+    llm = LLM(model, runner="pooling", max_model_len=512, gpu_memory_utilization=0.05, enforce_eager=True,
+              dtype="float32", pooler_config=dict(POOLER), hf_overrides=sequential_positions)
+    raw_load = time.perf_counter() - start
+    inputs = [GmeInput(text=q, image=Image.open(io.BytesIO(b)), instruction=INSTRUCTION) for q, b in zip(queries, images)]
+    prompts = [
+        {"prompt": render_text(x), "multi_modal_data": {"image": resize_for_gme(x.image, 4, 64)}} for x in inputs
+    ]
+    start = time.perf_counter()
+    raw = llm.embed(prompts, use_tqdm=False)
+    raw_s = time.perf_counter() - start
+    assert len(raw) == n
+    del llm
+    load_raw = os.getloadavg()[1]
+
+    start = time.perf_counter()
+    embedder = GmeEmbedder(model, gme, device="cpu")
+    tf_load = time.perf_counter() - start
+    start = time.perf_counter()
+    embedder.encode(inputs[:tf_rows], batch_size=8)
+    tf_s = time.perf_counter() - start
+    ray_rate, raw_rate, tf_rate = (n - 1) / (tn - t1), n / raw_s, tf_rows / tf_s
+    return {
+        "rows": n,
+        "transformers_rows": tf_rows,
+        "inputs": f"fused: query text + a {side or '56..112'} px noise image (<= 64 image tokens), tiny GME, float32",
+        "ray_data_llm": {"one_row_s": round(t1, 1), "all_rows_s": round(tn, 1), "steady_rows_per_s": round(ray_rate, 2)},
+        "raw_vllm_embed": {"load_s": round(raw_load, 1), "embed_s": round(raw_s, 2), "rows_per_s": round(raw_rate, 2)},
+        "transformers": {"load_s": round(tf_load, 1), "encode_s": round(tf_s, 2), "rows_per_s": round(tf_rate, 2)},
+        "ray_over_raw": round(ray_rate / raw_rate, 3),
+        "target": TARGET,
+        "raw_vllm_over_transformers": round(raw_rate / tf_rate, 3),
+        "ray_over_transformers": round(ray_rate / tf_rate, 3),
+        "loadavg_5min": {"after_ray": round(load_ray, 1), "after_raw": round(load_raw, 1),
+                         "after_transformers": round(os.getloadavg()[1], 1)},
+    }
+
+
+# --- vision generation -------------------------------------------------------------------------------
+
+
+def vision_bench(model: str, n: int, side: int) -> dict:
+    from pipeline.models.llm import LLM_ERROR, MESSAGES
+    from pipeline.models.vllm_vision import attach_image, data_url
+    from pipeline.stage import Resources
+
+    images = [png(100_000 + i, side) for i in range(n)]
+    messages = [[{"role": "user", "content": f"Describe the {WORDS[i % len(WORDS)]} in this picture."}] for i in range(n)]
+    rows = [{"id": str(i), MESSAGES: json.dumps(m), "image": {"bytes": b, "path": None}}
+            for i, (m, b) in enumerate(zip(messages, images))]
+    cfg, resources = engine(max_model_len=1024), Resources(batch_size=32, concurrency=1, num_cpus=1)
+
+    def run(part: list[dict]) -> list[dict]:
+        import ray
+
+        from pipeline.models.vllm_vision import vllm_vision_generate
+
+        out = vllm_vision_generate(ray.data.from_items(part), cfg, model, None, resources, "bench").take_all()
+        assert all(r[LLM_ERROR] in ("", "error:truncated_output") for r in out), {r[LLM_ERROR] for r in out}
+        return out
+
+    t1, tn = timed_passes(rows, run)
+    load_ray = os.getloadavg()[1]
+
+    from vllm import LLM, SamplingParams
+
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    start = time.perf_counter()
+    llm = LLM(model, max_model_len=1024, gpu_memory_utilization=0.05, enforce_eager=True, dtype="float32")
+    raw_load = time.perf_counter() - start
+    convs = [attach_image(m, data_url(b)) for m, b in zip(messages, images)]
+    start = time.perf_counter()
+    out = llm.chat(convs, SamplingParams(max_tokens=cfg.max_new_tokens, temperature=0.0), use_tqdm=False)
+    raw_s = time.perf_counter() - start
+    assert len(out) == n
+    del llm
+    ray_rate, raw_rate = (n - 1) / (tn - t1), n / raw_s
+    return {
+        "rows": n,
+        "inputs": f"one {side or '56..112'} px image + a one-line question, tiny Qwen2-VL, greedy, 16 new tokens, float32",
+        "ray_data_llm": {"one_row_s": round(t1, 1), "all_rows_s": round(tn, 1), "steady_rows_per_s": round(ray_rate, 2)},
+        "raw_vllm_chat": {"load_s": round(raw_load, 1), "chat_s": round(raw_s, 2), "rows_per_s": round(raw_rate, 2)},
+        "ray_over_raw": round(ray_rate / raw_rate, 3),
+        "target": TARGET,
+        "loadavg_5min": {"after_ray": round(load_ray, 1), "after_raw": round(os.getloadavg()[1], 1)},
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=2000, help="GME inputs")
+    ap.add_argument("--vision-rows", type=int, default=1000)
+    ap.add_argument("--tf-rows", type=int, default=300, help="GME inputs the transformers backend embeds")
+    ap.add_argument("--side", type=int, default=224, help="image side in pixels (0: 56..112 mixed)")
+    ap.add_argument("--tmp", default="/tmp/fusegen-bench-multimodal")
+    ap.add_argument("--only", choices=("gme", "vision"), default=None)
+    args = ap.parse_args()
+    from pipeline.models.tiny import build_tiny_gme, build_tiny_qwen2_vl
+
+    tmp = Path(args.tmp)
+    result = {"machine": machine()}
+    if args.only in (None, "gme"):
+        result["gme"] = gme_bench(str(build_tiny_gme(tmp / "gme")), args.rows, min(args.tf_rows, args.rows), args.side)
+    if args.only in (None, "vision"):
+        result["vision"] = vision_bench(str(build_tiny_qwen2_vl(tmp / "qwen2_vl")), args.vision_rows, args.side)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
