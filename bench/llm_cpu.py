@@ -47,7 +47,8 @@ def bandwidth_gbs(mib: int = 512, reps: int = 5) -> float:
 
 def passages(n: int) -> list[dict]:
     rows = []
-    for line in open(REPO / "samples/corpus/passages.jsonl", encoding="utf-8", errors="ignore"):
+    lines = (REPO / "samples/corpus/passages.jsonl").read_text(encoding="utf-8", errors="ignore").splitlines()
+    for line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -121,8 +122,8 @@ def main() -> int:
     from pipeline.models.llm import HFChatJSON
     from pipeline.models.sources import resolve_model
     from pipeline.prompts import load_sources
-    from pipeline.stages import doc2query as d2q
     from pipeline.settings import load_config
+    from pipeline.stages import doc2query as d2q
     from pipeline.stages import entities as ent
 
     demo = load_config(REPO / "configs/demo.yaml")

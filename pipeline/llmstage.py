@@ -41,7 +41,9 @@ class LLMStage(Stage):
         )
 
     def models(self) -> dict[str, str]:
-        return {"llm": f"{self.model_id} via {self.config.llm.backend}"}
+        llm = self.config.llm
+        int8 = ", Linear layers int8" if llm.quantize == "int8" and llm.backend == "transformers" else ""
+        return {"llm": f"{self.model_id}{int8} via {llm.backend}"}
 
     def apply(self, ds: Any) -> Any:
         cfg = to_dict(self.config)

@@ -230,8 +230,8 @@ SHARED = [
     [{"role": "system", "content": "You answer with JSON about places. Rules: be short, name one place, "
                                    "say whether it is big, and say what kind of place it is."},
      {"role": "user", "content": question}]
-    for question in ("Name a city in France.", "Name a town.", "Name a village in the mountains, with a long "
-                     "question that pads the batch more than the others.")
+    for question in ("Name a city in France.", "Name a town.",
+                     "Name a village in the mountains, with a long question that pads the batch more than the others.")
 ]
 
 
