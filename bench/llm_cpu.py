@@ -84,7 +84,8 @@ def bare_generate(engine, convs: list, batch: int):
 
 
 def tokens(tok, convs, results) -> tuple[int, int]:
-    prompt = sum(len(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True)) for c in convs)
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+    prompt = sum(len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"])
     new = sum(len(tok(r, add_special_tokens=False)["input_ids"]) + 1 for r, _ in results)
     return prompt, new
 
@@ -145,6 +146,7 @@ def main() -> int:
         return eng
 
     def run_variants(stage, variants, quality, batch):
+        batch = min(batch, args.rows)
         times = {name: [] for name in variants}
         results = {}
         for rep in range(args.reps):
@@ -175,8 +177,8 @@ def main() -> int:
         p, n = tokens(eng0.tok, variants["bare"][1], results["bare"])
         params = sum(x.numel() * x.element_size() for x in eng0.model.parameters())
         step = params / (gbs * 1e9)
-        print(f"bare: prefill {p / prefill:.0f} prompt tok/CPU s; decode {n / (bare_s - prefill):.1f} tok/CPU s "
-              f"at batch {batch} ({(bare_s - prefill) / bare_s:.0%} of the time); bandwidth bound "
+        print(f"bare: prefill {p / prefill:.0f} prompt tok/CPU s ({prefill / bare_s:.0%} of generate's time, its prefill); decode {n / (bare_s - prefill):.1f} tok/CPU s "
+              f"at batch {batch}; bandwidth bound "
               f"{batch / step:.0f} tok/s ({params / 2**20:.0f} MiB of weights per step, {step * 1e3:.0f} ms)\n")
         return results
 
