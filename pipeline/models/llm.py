@@ -103,10 +103,15 @@ class HFChatJSON:
 def quantize_int8(model: Any) -> Any:
     """The model with every `nn.Linear` replaced by torch's dynamically quantised int8 Linear (weights int8,
     activations quantised per batch): CPU only, about 4x fewer weight bytes per decode step."""
+    import warnings
+
     import torch
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        # torch 2.14 warns once per layer that quantized tensors are deprecated; said once in docs/benchmarks.md.
+        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor", category=UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class PrefixCache:
