@@ -31,7 +31,8 @@ pip_config() {
 }
 use_uv() {
   [ "${FUSEGEN_INSTALLER:-uv}" = uv ] || return 1
-  "$VENV/bin/python" -m pip install -q uv >>"$log" 2>&1 || return 1
+  # Short timeout: offline, this falls back to pip at once instead of retrying for minutes.
+  "$VENV/bin/python" -m pip install -q --timeout 15 --retries 1 uv >>"$log" 2>&1 || return 1
   uv_args=(--python "$VENV/bin/python" --index-strategy unsafe-best-match)
   local v
   while read -r v; do uv_args+=(--index-url "$v"); done < <(pip_config index-url)
