@@ -42,7 +42,9 @@ class LLMStage(Stage):
         )
 
     def models(self) -> dict[str, str]:
-        return {"llm": f"{self.model_id} via {self.config.llm.backend}"}
+        llm = self.config.llm
+        int8 = ", Linear layers int8" if llm.quantize == "int8" and llm.backend == "transformers" else ""
+        return {"llm": f"{self.model_id}{int8} via {llm.backend}"}
 
     def schedule(self) -> tuple[Phase, ...]:
         """The LLM backend's pools (glue tasks around it take no CPU)."""

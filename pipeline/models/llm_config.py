@@ -42,6 +42,12 @@ class LLMConfig:
     # False: no JSON grammar / structured output, for models or servers that lack it; the stage's
     # parser then rejects bad output (error:invalid_json) instead of the decoder preventing it.
     guided: bool = True
+    # transformers only. Reuse the KV cache of the prompt prefix all rows share (system prompt and few-shot
+    # examples) instead of prefilling it for every row (models/llm.py PrefixCache).
+    prefix_cache: bool = True
+    # transformers on CPU only: `int8` quantises every Linear layer dynamically (torch quantize_dynamic);
+    # faster on CPU, slightly different outputs (docs/benchmarks.md measures both).
+    quantize: Literal["none", "int8"] = "none"
     # Watchdog (transformers, openai): seconds one inference call may take before it is abandoned
     # and tried once more; a second timeout marks its rows error:timeout. A call is one `generate`
     # of resources.batch_size rows (transformers) or one row's HTTP request with its retries (openai).

@@ -54,9 +54,15 @@ class Doc2QueryConfig(StageConfig):
     # The passage is cut to this many characters inside the prompt (the row keeps the full text).
     passage_max_chars: int = 3000
     few_shot: int = 2
+    # Question types the model names for each pair (`{"type", "query", "answer"}`, the type first), asked to
+    # be all different within a passage: a small model otherwise often asks the same question twice
+    # (filter:duplicate_query). Empty: pairs without a type.
+    query_types: tuple[str, ...] = ()
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=16))
 
     def __post_init__(self) -> None:
+        check(len(set(self.query_types)) == len(self.query_types) and all(t.strip() for t in self.query_types),
+              "doc2query", "query_types", f"must be distinct non-empty names (got {list(self.query_types)})")
         check(1 <= self.queries_per_passage <= 20, "doc2query", "queries_per_passage", "must be in 1..20")
         check(self.max_query_chars >= 10, "doc2query", "max_query_chars", "must be >= 10")
         check(self.max_answer_chars >= 1, "doc2query", "max_answer_chars", "must be >= 1")
@@ -66,13 +72,15 @@ class Doc2QueryConfig(StageConfig):
 
 def output_schema(cfg: Doc2QueryConfig) -> dict:
     n = cfg.queries_per_passage
+    typed = {"type": {"enum": list(cfg.query_types)}} if cfg.query_types else {}
     pair = {
         "type": "object",
         "properties": {
+            **typed,
             "query": {"type": "string", "minLength": 1, "maxLength": cfg.max_query_chars},
             "answer": {"type": "string", "minLength": 1, "maxLength": cfg.max_answer_chars},
         },
-        "required": ["query", "answer"],
+        "required": [*typed, "query", "answer"],
         "additionalProperties": False,
     }
     return {
@@ -86,13 +94,15 @@ def output_schema(cfg: Doc2QueryConfig) -> dict:
 def build_messages(sources: dict[str, str], cfg: Doc2QueryConfig, title: str | None, text: str) -> list[dict]:
     n = cfg.queries_per_passage
     system, user = PROMPTS[0], PROMPTS[1]
-    messages = [{"role": "system", "content": render(sources[system], system, n=n)}]
+    types = list(cfg.query_types)
+    messages = [{"role": "system", "content": render(sources[system], system, n=n, types=types)}]
     for ex in shown_examples(sources, cfg):
-        pairs = list(ex["pairs"])[:n]
-        messages.append({"role": "user", "content": render(sources[user], user, title=ex.get("title"), text=ex["text"], n=len(pairs))})
+        # The examples' pairs carry a `type`; shown only when the config asks for types.
+        pairs = [{k: v for k, v in p.items() if k != "type" or types} for p in list(ex["pairs"])[:n]]
+        messages.append({"role": "user", "content": render(sources[user], user, title=ex.get("title"), text=ex["text"], n=len(pairs), types=types)})
         messages.append({"role": "assistant", "content": json.dumps({"pairs": pairs}, ensure_ascii=False)})
     messages.append(
-        {"role": "user", "content": render(sources[user], user, title=title, text=text[: cfg.passage_max_chars], n=n)}
+        {"role": "user", "content": render(sources[user], user, title=title, text=text[: cfg.passage_max_chars], n=n, types=types)}
     )
     return messages
 

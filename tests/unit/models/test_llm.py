@@ -223,3 +223,42 @@ def test_a_null_conversation_gets_an_empty_answer_without_a_model_call(engine, o
     assert results[0] == results[2] == ("", "")
     assert results[1] == outputs[0]
     assert [len(b) for b in batches] == [1]
+
+
+# --- the prefix cache: the shared system prompt is prefilled once, and the outputs do not change -----------
+
+SHARED = [
+    [{"role": "system", "content": "You answer with JSON about places. Rules: be short, name one place, "
+                                   "say whether it is big, and say what kind of place it is."},
+     {"role": "user", "content": question}]
+    for question in ("Name a city in France.", "Name a town.",
+                     "Name a village in the mountains, with a long question that pads the batch more than the others.")
+]
+
+
+def test_prefix_cache_gives_the_outputs_of_a_full_prefill(model_path):
+    cached = HFChatJSON(model_path, LLMConfig(max_new_tokens=48), SCHEMA)
+    full = HFChatJSON(model_path, LLMConfig(max_new_tokens=48, prefix_cache=False), SCHEMA)
+    # batch 3: rows of three lengths, padded between the cached prefix and their own tokens; then batch 2 + 1.
+    for batch in (3, 2):
+        assert cached.generate(SHARED, batch) == full.generate(SHARED, batch)
+    prefix = cached.tok.apply_chat_template(SHARED[0][:1], tokenize=False)
+    assert len(cached.prefix.ids) >= len(cached.tok(prefix, add_special_tokens=False)["input_ids"]) - 2
+    assert (cached.prefix.hits, full.prefix) == (2, None)  # filled by the first batch, reused by the next two
+
+
+def test_prefix_cache_is_skipped_when_rows_share_few_tokens(model_path):
+    cached = HFChatJSON(model_path, LLMConfig(max_new_tokens=48), SCHEMA)
+    assert cached.generate(CONVERSATIONS[1:], 2) == HFChatJSON(
+        model_path, LLMConfig(max_new_tokens=48, prefix_cache=False), SCHEMA).generate(CONVERSATIONS[1:], 2)
+    assert cached.prefix.ids == []
+
+
+def test_int8_quantised_engine_still_writes_schema_json(model_path):
+    import torch
+
+    int8 = HFChatJSON(model_path, LLMConfig(max_new_tokens=48, quantize="int8"), SCHEMA)
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
+    for raw, error in int8.generate(SHARED, 3):
+        jsonschema.validate(json.loads(raw), SCHEMA)
+        assert error == ""

@@ -318,3 +318,22 @@ def test_parse_pairs_keeps_an_example_answer_the_passage_contains():
     keys = frozenset({"in 1937"})
     out = parse_pairs(completion(("When was it finished?", "In 1937.")), "", 1, "It was finished in 1937.", keys)
     assert reasons(out) == [""]
+
+
+def test_query_types_are_asked_for_in_the_schema_and_shown_in_the_examples():
+    typed = Doc2QueryConfig(queries_per_passage=2, query_types=("what", "when", "why", "how much", "where"))
+    item = output_schema(typed)["properties"]["pairs"]["items"]
+    assert (item["required"][0], item["properties"]["type"]["enum"]) == ("type", list(typed.query_types))
+    sources = load_sources(default_prompts_dir(), PROMPTS)
+    shown = json.loads(build_messages(sources, typed, "T", "A passage. " * 20)[2]["content"])
+    assert [p["type"] for p in shown["pairs"]] == ["when", "how much"]
+    untyped = json.loads(build_messages(sources, Doc2QueryConfig(queries_per_passage=2), "T", "x " * 60)[2]["content"])
+    assert all("type" not in p for p in untyped["pairs"])
+    assert "different type" in build_messages(sources, typed, "T", "x " * 60)[0]["content"]
+
+
+def test_query_types_must_be_distinct():
+    from pipeline.errors import PipelineConfigError
+
+    with pytest.raises(PipelineConfigError, match="query_types"):
+        Doc2QueryConfig(query_types=("what", "what"))
