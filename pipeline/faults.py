@@ -1,4 +1,4 @@
-"""Declared fault injection, for the tests that prove resume (tests/e2e/test_faults.py); off unless asked.
+"""Declared fault injection, for the tests that prove resume (tests/e2e/test_fault_resume.py); off unless asked.
 
 `FUSEGEN_FAULTS` names a JSON plan file, read once per process:
 
