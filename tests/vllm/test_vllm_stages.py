@@ -164,8 +164,12 @@ def test_engine_asking_for_a_gpu_on_a_cpu_only_cluster_fails_fast_naming_stage_a
     args = _args(run_dir, corpus, tiny_cache, "doc2query.llm.vllm_device=cuda")
     done = fusegen.run(args, tmp_path / "log.txt", timeout=300)
     assert done.returncode == 2, done.stdout[-4000:]
-    assert "doc2query: its actors ask for {CPU: 1, GPU: 1} but no node has {CPU: 1, GPU: 1}" in done.stdout
-    assert _manifest(run_dir, "02_doc2query")["status"] == "failed"
+    # The run's plan check refuses before any stage prepares (pipeline/scheduling.py), naming the stage,
+    # what its engine asks for and the knob to change.
+    assert ("stage doc2query: vLLM engine replica needs 1 GPU + 1 CPU on one node (tensor_parallel_size=1); "
+            "no node has GPU") in done.stdout
+    assert "`doc2query.llm.vllm_device`" in done.stdout
+    assert not (run_dir / "01_ingest" / "_manifest.json").exists() and not (run_dir / "02_doc2query").exists()
 
 
 def _parses(text: str) -> bool:
