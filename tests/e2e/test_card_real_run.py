@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,6 +22,7 @@ from pipeline.io.fs import RunFS
 from pipeline.io.hub import RetryConfig
 from pipeline.publish import PushConfig, local_files, push_run
 from pipeline.status import collect_manifests
+from tests.support.card_html import card_image_sources
 from tests.support.ledger import check_ledgers
 
 pytestmark = pytest.mark.e2e
@@ -50,15 +50,6 @@ def split_rows(run: Path) -> dict[str, int]:
         rows[split] = rows.get(split, 0) + pq.ParquetFile(path).metadata.num_rows
     return rows
 
-
-class _Images(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.srcs: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        if tag == "img":
-            self.srcs.append(dict(attrs)["src"])
 
 
 def test_the_real_run_is_what_the_card_expects_a_run_to_be(real_run):
@@ -91,13 +82,9 @@ def test_the_card_metadata_of_the_real_run_passes_the_hub_validation(real_run, h
 
 
 def test_every_image_the_card_references_exists_in_the_real_export(real_run):
-    from markdown_it import MarkdownIt
-
-    card = Path(build_card(str(real_run))).read_text()
-    parser = _Images()
-    parser.feed(MarkdownIt("commonmark").enable("table").render(card.split("\n---\n", 1)[1]))
-    assert any(s.startswith("assets/example_") for s in parser.srcs)
-    assert [s for s in parser.srcs if not (real_run / "export" / s).is_file()] == []
+    srcs = card_image_sources(Path(build_card(str(real_run))).read_text())
+    assert any(s.startswith("assets/example_") for s in srcs)
+    assert [s for s in srcs if not (real_run / "export" / s).is_file()] == []
 
 
 def test_models_and_prompt_hashes_are_the_ones_the_manifests_recorded(real_run):

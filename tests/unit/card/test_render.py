@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -13,21 +12,13 @@ import yaml
 from pipeline.card import CardConfig, build_card
 from pipeline.card.render import size_category
 from pipeline.errors import PublishError
+from tests.support.card_html import card_image_sources
 from tests.support.run_dir import make_run_dir
 
 
 def front_matter(card: str) -> dict:
     return yaml.safe_load(re.match(r"^---\n(.*?)\n---\n", card, re.DOTALL).group(1))
 
-
-class _Images(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.srcs: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        if tag == "img":
-            self.srcs.append(dict(attrs)["src"])
 
 
 def test_card_configs_name_every_split_and_load_dataset_matches_them(tmp_path, monkeypatch):
@@ -71,15 +62,10 @@ def test_invalid_metadata_is_rejected_by_the_card_api(run_dir, hub):
 
 
 def test_every_image_the_rendered_card_references_exists_in_the_export(run_dir):
-    from markdown_it import MarkdownIt
-
-    card = Path(build_card(str(run_dir))).read_text()
-    html = MarkdownIt("commonmark").enable("table").render(card.split("\n---\n", 1)[1])
-    parser = _Images()
-    parser.feed(html)
-    assert any(s.startswith("assets/score_") for s in parser.srcs)
-    assert any(s.startswith("assets/example_") for s in parser.srcs)
-    missing = [s for s in parser.srcs if not (run_dir / "export" / s).is_file()]
+    srcs = card_image_sources(Path(build_card(str(run_dir))).read_text())
+    assert any(s.startswith("assets/score_") for s in srcs)
+    assert any(s.startswith("assets/example_") for s in srcs)
+    missing = [s for s in srcs if not (run_dir / "export" / s).is_file()]
     assert not missing
 
 
