@@ -133,8 +133,13 @@ def _models(facts: RunFacts) -> dict:
                 "url": lic.url,
             }
         )
+    from pipeline.stages.gme_score import TEXT_STAND_IN
+
+    stand_in = sorted({(use.stage, use.model_id) for use in facts.models if use.role == TEXT_STAND_IN})
     return {
         "models": rows,
+        # Stages whose GME scores are a text model's cosines (`embedder: text`): the card says so.
+        "gme_stand_in": stand_in,
         "obligations": obligations(identities),
         "non_commercial": ", ".join(
             sorted({license_of(i).name for i in identities if license_of(i).non_commercial})

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pipeline.config import check, to_dict
 from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
-from pipeline.io.indexes import IndexHandle, IndexSpec, embedding_array
+from pipeline.io.indexes import IndexHandle, IndexSpec
 from pipeline.models.text_embed import TextEmbedConfig, TextEmbedder, passage_texts
 from pipeline.scheduling import Phase
 from pipeline.stage import (
@@ -36,6 +36,7 @@ from pipeline.stage import (
     actor_pool,
     set_status,
 )
+from pipeline.stages.gme_pool import POOL_SCHEMA, pool_rows
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def decide(rank: int | None, src: int | None, query: str) -> tuple[str, str]:
 
 
 class PoolEmbedFn:
-    """Ray actor: passages in, (id, embedding) out. Only those two columns travel back."""
+    """Ray actor: passages in, (id, embedding) and the pool metadata out (gme_pool.pool_rows: negatives
+    with a text stand-in for GME mine from this pool)."""
 
     def __init__(self, model_path: str, cfg: dict, batch_size: int) -> None:
         self.cfg = TextEmbedConfig(**cfg)
@@ -80,13 +82,8 @@ class PoolEmbedFn:
         self.batch_size = batch_size
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from pipeline.stage import SHARD, SRC, mark_all_ok
-
         texts = passage_texts(table["title"].to_pylist(), table["text"].to_pylist(), self.cfg)
-        vectors = self.embedder.encode(texts, self.batch_size)
-        out = pa.table({"id": table["id"], "embedding": embedding_array(vectors),
-                        SHARD: table[SHARD], SRC: table[SRC]})
-        return mark_all_ok(out)
+        return pool_rows(table, self.embedder.encode(texts, self.batch_size), [False] * table.num_rows)
 
 
 class ConsistencyFn:
@@ -116,8 +113,8 @@ class PoolEmbed(Stage):
 
     name: ClassVar[str] = "consistency:pool"
     config_cls: ClassVar[type] = ConsistencyConfig
-    input_columns: ClassVar[tuple[str, ...]] = ("id", "text", "title")
-    output_columns: ClassVar[tuple[str, ...]] = ("id", "embedding")
+    input_columns: ClassVar[tuple[str, ...]] = ("id", "doc_id", "text", "title", "image", "content_hash")
+    output_columns: ClassVar[tuple[str, ...]] = ("embedding", *POOL_SCHEMA.names)
 
     def __init__(self, config: ConsistencyConfig, context, model_path: str) -> None:
         super().__init__(config, context)
@@ -129,6 +126,16 @@ class PoolEmbed(Stage):
     def apply(self, ds):
         return actor_map(ds, PoolEmbedFn, {"model_path": self.model_path, "cfg": to_dict(self.config.embedder),
                                             "batch_size": self.config.resources.batch_size}, self.config.resources)
+
+
+def text_pool_spec(embedder: TextEmbedConfig, model_path: str, model_id: str, index: IndexConfig,
+                   resources: Resources, context) -> IndexSpec:
+    """The `text` passage pool (every passage ingest kept, embedded with `embedder`): consistency's, and
+    gme_score's and negatives' with their text stand-in; equal embedder settings give one index."""
+    cfg = ConsistencyConfig(embedder=embedder, index=index, resources=resources)
+    # `rows`: the pool carries its passages' metadata (an older pool held vectors only: rebuilt once).
+    identity = {**to_dict(embedder), "model_id": model_id, "rows": "passages"}
+    return IndexSpec("text", "ingest", PoolEmbed(cfg, context, model_path), identity, index.kind, index.nlist)
 
 
 class Consistency(Stage):
@@ -149,10 +156,8 @@ class Consistency(Stage):
 
     def indexes(self) -> tuple[IndexSpec, ...]:
         """The passage pool: every passage ingest kept, embedded with this stage's embedder."""
-        embedder = {**to_dict(self.config.embedder), "model_id": self.model_id}
-        pool = PoolEmbed(self.config, self.context, self.model_path)
-        index = self.config.index
-        return (IndexSpec("text", "ingest", pool, embedder, index.kind, index.nlist),)
+        cfg = self.config
+        return (text_pool_spec(cfg.embedder, self.model_path, self.model_id, cfg.index, cfg.resources, self.context),)
 
     def schedule(self) -> tuple[Phase, ...]:
         """The passage pool index's build (`PoolEmbed`), then the ConsistencyFn actors."""

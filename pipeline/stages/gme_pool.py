@@ -85,6 +85,16 @@ def text_hash(text: str | None) -> str:
     return hashlib.sha256(" ".join(words).encode("utf-8")).hexdigest()[:32]
 
 
+def pool_rows(table: pa.Table, vectors: np.ndarray, image_used: list[bool]) -> pa.Table:
+    """A passage pool's embed output: each passage's metadata (POOL_SCHEMA: what a hit's exclusions
+    compare and a negative carries) beside its vector, tagged for the runner."""
+    meta = {name: table[name] for name in ("id", "doc_id", "title", "text", "image", "content_hash")}
+    meta.update(text_hash=[text_hash(t) for t in table["text"].to_pylist()], image_used=image_used)
+    out = pa.Table.from_pydict(meta, schema=POOL_SCHEMA)
+    out = out.append_column("embedding", embedding_array(np.asarray(vectors, np.float32)))
+    return mark_all_ok(out.append_column(SHARD, table[SHARD]).append_column(SRC, table[SRC]))
+
+
 def candidate_identity(gme: GmeConfig, model_id: str, passage_images: bool) -> dict:
     """What makes the pool's vectors: the resolved model and every candidate-side GME setting."""
     values = {k: v for k, v in to_dict(gme).items() if k not in _QUERY_ONLY}
@@ -181,11 +191,7 @@ class GmePoolEmbedFn:
             vectors.append(self.embedder.encode(inputs))
             used += kept
         matrix = np.concatenate(vectors) if vectors else np.zeros((0, self.embedder.dim), np.float32)
-        meta = {name: table[name] for name in ("id", "doc_id", "title", "text", "image", "content_hash")}
-        meta.update(text_hash=[text_hash(t) for t in texts], image_used=used)
-        out = pa.Table.from_pydict(meta, schema=POOL_SCHEMA)
-        out = out.append_column("embedding", embedding_array(np.asarray(matrix, np.float32)))
-        return mark_all_ok(out.append_column(SHARD, table[SHARD]).append_column(SRC, table[SRC]))
+        return pool_rows(table, matrix, used)
 
 
 class GmePoolEmbed(Stage):

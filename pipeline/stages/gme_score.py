@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +28,7 @@ from pipeline.errors import PipelineConfigError
 from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
 from pipeline.io.indexes import IndexHandle, IndexSpec
 from pipeline.models.gme import GmeConfig
+from pipeline.models.text_embed import TextEmbedConfig
 from pipeline.scheduling import Phase
 from pipeline.stage import (
     FILTERED,
@@ -41,9 +42,22 @@ from pipeline.stage import (
     set_status,
 )
 from pipeline.stages import gme_pool
-from pipeline.stages.consistency import source_ranks
+from pipeline.stages.consistency import source_ranks, text_pool_spec
 
 INSTRUCTION_FILE = "gme_score/instruction.txt"
+EMBEDDERS = ("gme", "text")
+
+
+def check_embedder(stage: str, embedder: str, gme: GmeConfig) -> None:
+    """The `embedder` switch shared by gme_score and negatives."""
+    check(embedder in EMBEDDERS, stage, "embedder", f"must be one of {EMBEDDERS} (got {embedder!r})")
+    check(
+        embedder == "gme" or gme.backend == "transformers",
+        stage,
+        "embedder",
+        f"is text: the text embedder stands in for GME, so gme.backend ({gme.backend}) would be unused; "
+        "set embedder: gme to embed with GME through that backend",
+    )
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,11 @@ class GmeScoreConfig(StageConfig):
     RENAMED: ClassVar[dict[str, str]] = RENAMED_KEYS
 
     gme: GmeConfig = dataclasses.field(default_factory=GmeConfig)
+    # gme: queries and candidates through `gme`. text: `text_embedder` stands in for GME (the demo, whose
+    # GME is a random tiny model): the query the rewrite came from (`query`, entity named) against the
+    # passages' text, over the same text pool as consistency; `gme_pos_score` is then that cosine.
+    embedder: Literal["gme", "text"] = "gme"
+    text_embedder: TextEmbedConfig = dataclasses.field(default_factory=TextEmbedConfig)
     # The query's task instruction; None reads prompts/gme_score/instruction.txt (in the fingerprint).
     instruction: str | None = None
     # Cosine floor for (fused query, positive). Real GME (gme-Qwen2-VL 2B/7B) puts matching
@@ -77,6 +96,7 @@ class GmeScoreConfig(StageConfig):
             f"must be in [-1, 1] (got {self.threshold})",
         )
         check(self.top_k >= 0, "gme_score", "top_k", f"must be >= 0, 0 = off (got {self.top_k})")
+        check_embedder("gme_score", self.embedder, self.gme)
         check(
             self.instruction is None or bool(self.instruction.strip()),
             "gme_score",
@@ -133,9 +153,16 @@ class GmeQueryFn:
     ) -> None:
         self.cfg = self.config_cls.from_dict(cfg)
         self.instruction = instruction
+        # embedder text: a text embedder stands in for GME (the stage's `text_embedder`).
+        self.text = self.cfg.embedder == "text"
         # gme.backend vllm: the vectors arrive in temporary columns, embedded before this actor (gme_pool).
-        self.vllm = self.cfg.gme.backend == "vllm"
-        self.embedder = None if self.vllm else gme_pool.load_embedder(model_path, self.cfg.gme)
+        self.vllm = not self.text and self.cfg.gme.backend == "vllm"
+        if self.text:
+            from pipeline.models.text_embed import TextEmbedder
+
+            self.embedder = TextEmbedder(model_path, self.cfg.text_embedder)
+        else:
+            self.embedder = None if self.vllm else gme_pool.load_embedder(model_path, self.cfg.gme)
         self.loader = gme_pool.ImageLoader(run_uri, self.cfg.gme)
         self.pool = index.open() if index is not None else None
         self.dim = index.dim if index is not None else None
@@ -143,6 +170,15 @@ class GmeQueryFn:
     def encode_queries(self, table: pa.Table) -> tuple[list[str], np.ndarray, list[str]]:
         """(query texts, vectors, per-row image reason or "")."""
         queries = [q or "" for q in table["rewritten_query"].to_pylist()]
+        if self.text:
+            # The fused query means the rewrite with its entity shown; in text, that is the query the
+            # rewrite came from (the entity named). The image is not read, but a row without one is no
+            # fused query.
+            prefix = self.cfg.text_embedder.query_prefix
+            texts = [prefix + (q or "") for q in table["query"].to_pylist()]
+            vectors = self.embedder.encode(texts, self.cfg.resources.batch_size)
+            refs = table["query_image"].to_pylist()
+            return queries, vectors, ["error:no_query_image" if ref is None else "" for ref in refs]
         if self.vllm:
             vectors, reasons = gme_pool.vectors_of(table, gme_pool.QUERY, self.dim)
             refs = table["query_image"].to_pylist()
@@ -227,6 +263,10 @@ class GmeScoreFn(GmeQueryFn):
         return np.concatenate(out).astype(np.float32)
 
 
+# The models() role of a text embedder standing in for GME (the card names it so).
+TEXT_STAND_IN = "text_embedder (stands in for GME)"
+
+
 class GmeStage(Stage):
     """What gme_score and negatives share: the GME model, the query instruction and the GME pool."""
 
@@ -238,15 +278,29 @@ class GmeStage(Stage):
     # The stage's actor class: (model_path, cfg, run_uri, instruction, index) -> table in, table out.
     actor: ClassVar[type]
 
+    def __init__(self, config, context, section: str | None = None) -> None:
+        super().__init__(config, context, section)
+        if self.text_mode():
+            # The text stand-in reads the query the rewrite came from.
+            self.input_columns = (*type(self).input_columns, "query")
+
+    def text_mode(self) -> bool:
+        """Whether the stage's text embedder stands in for GME (`embedder: text`)."""
+        return self.config.embedder == "text"
+
     def prepare(self) -> None:
         from pipeline.models.sources import resolve_model
 
-        self.model_path, self.model_id = resolve_model(
-            self.config.gme.model, self.context.cache_dir, None, f"{self.name}.gme"
+        model, role = (
+            (self.config.text_embedder.model, "text_embedder") if self.text_mode() else (self.config.gme.model, "gme")
         )
+        self.model_path, self.model_id = resolve_model(model, self.context.cache_dir, None, f"{self.name}.{role}")
         self.instruction = load_instruction(self.context.prompts_dir, self.config.instruction, self.name)
 
     def models(self) -> dict[str, str]:
+        if self.text_mode():
+            # Named for what it is: the card says the GME columns hold this model's text cosines.
+            return {TEXT_STAND_IN: self.model_id}
         backend = self.config.gme.backend
         return {"gme": self.model_id if backend == "transformers" else f"{self.model_id} via {backend}"}
 
@@ -261,6 +315,8 @@ class GmeStage(Stage):
 
     def pool_spec(self, model_path: str, model_id: str) -> IndexSpec:
         cfg = self.config
+        if self.text_mode():
+            return text_pool_spec(cfg.text_embedder, model_path, model_id, cfg.index, cfg.resources, self.context)
         return gme_pool.pool_spec(
             self.name, cfg.gme, model_path, model_id, cfg.passage_images,
             cfg.index.kind, cfg.index.nlist, cfg.resources, self.context,
@@ -274,7 +330,7 @@ class GmeStage(Stage):
     def apply(self, ds):
         cfg = self.config
         resources = cfg.resources
-        if cfg.gme.backend == "vllm":
+        if not self.text_mode() and cfg.gme.backend == "vllm":
             from pipeline.models.vllm_backend import CPU_HELPER_CPUS
 
             run_uri = self.context.run_uri
@@ -292,7 +348,7 @@ class GmeStage(Stage):
             "cfg": to_dict(self.config),
             "run_uri": self.context.run_uri,
             "instruction": self.instruction,
-            "index": self.bound_indexes.get("gme"),
+            "index": self.bound_indexes.get("text" if self.text_mode() else "gme"),
         }
         return actor_map(ds, type(self).actor, kwargs, resources)
 
@@ -313,5 +369,6 @@ class GmeScore(GmeStage):
     actor: ClassVar[type] = GmeScoreFn
 
     def uses_pool(self) -> bool:
-        """The GME passage pool, only when the rank check is on."""
-        return bool(self.config.top_k)
+        """The GME passage pool only when the rank check is on; the text pool always with the text
+        stand-in (the positives' vectors are read from it, and consistency built it already)."""
+        return bool(self.config.top_k) or self.text_mode()

