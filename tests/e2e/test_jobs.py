@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from samples.corpus_source import expected_ingest, expected_reasons, load_rows
+from tests.conftest import _selected
 from tests.support.ledger import check_ledgers
 
 pytestmark = pytest.mark.e2e
@@ -199,11 +200,16 @@ def _writer_pids() -> list[int]:
     return pids
 
 
-def test_kill_of_workers_while_they_write_a_shard_then_resume_equals_clean_run(ray_cluster, clean_run, tmp_path,
+def test_kill_of_workers_while_they_write_a_shard_then_resume_equals_clean_run(request, ray_cluster, tmp_path,
                                                                               tiny_cache):
     """`kill -9` of the worker writing a shard's parts and rejects (caught while its title names the write
     step, so the kill lands inside it), twice: Ray runs the task again or the run fails; a resume ends
-    with the clean run's rows and images, no leftover files."""
+    with the clean run's rows and images, no leftover files. The long variant (`-m faults`): in the
+    default suite the short track's seeded `kill` (tests/e2e/test_fault_resume.py) kills the worker that
+    computes and writes a shard, and its resume is compared with a clean run the same way."""
+    if not _selected(request.config, "faults"):
+        pytest.skip("repeated kills in the write step are the long variant: run them with `pytest -m faults`")
+    clean_run = request.getfixturevalue("clean_run")
     run_dir = tmp_path / "run"
     args = job_args(run_dir, tiny_cache)
     ray_cluster.submit("write-kill-a", args)
