@@ -78,6 +78,8 @@ def page_html(card: str, title: str = "dataset card") -> str:
     """The card's body as the Hub shows it, in a page that reports what loaded."""
     return (
         f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        # No favicon request: every request the server sees is the page or the card's own.
+        '<link rel="icon" href="data:,">'
         f"<style>{STYLE}</style></head>\n<body><article>\n{card_body_html(card)}\n</article>"
         f"<script>{CHECK_SCRIPT}</script></body></html>\n"
     )
