@@ -28,7 +28,8 @@ from tests.support.card_browser import (
 )
 from tests.support.card_html import card_image_sources
 
-pytestmark = pytest.mark.e2e
+# A mark, not a fixture: it skips before the session's Ray cluster and real run are set up.
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(chromium_unavailable()), reason=chromium_unavailable())]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = ["id", "image", "query", "positive passage (opening)", "one negative"]
@@ -37,14 +38,7 @@ MODELS = ["stage", "role", "model", "revision", "license"]
 
 
 @pytest.fixture(scope="module")
-def chromium() -> None:
-    reason = chromium_unavailable()
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def shown(chromium, gme_real_run, tmp_path_factory):
+def shown(gme_real_run, tmp_path_factory):
     """(run copy, card text, what Chromium showed); the screenshot stays under the test's tmp dir."""
     root = tmp_path_factory.mktemp("card-browser")
     run = root / "run"

@@ -101,14 +101,8 @@ def test_the_front_matter_is_hidden_and_the_table_and_image_are_html():
     assert "<table>" in page and '<img src="x.jpg">' in page
 
 
-@pytest.fixture
-def chromium():
-    reason = chromium_unavailable()
-    if reason:
-        pytest.skip(reason)
-
-
-def test_a_card_with_bad_images_and_a_local_path_fails_the_checks_in_chromium(chromium, tmp_path):
+@pytest.mark.skipif(bool(chromium_unavailable()), reason=chromium_unavailable())
+def test_a_card_with_bad_images_and_a_local_path_fails_the_checks_in_chromium(tmp_path):
     folder = tmp_path / "export"
     (folder / "assets").mkdir(parents=True)
     (folder / "assets" / "ok.png").write_bytes(png(Image.new("RGB", (64, 48), "#3b6ea5")))
