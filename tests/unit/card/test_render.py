@@ -135,6 +135,7 @@ def test_a_text_stand_in_for_gme_is_named_in_the_models_and_the_scores(tmp_path,
 def test_a_model_missing_from_the_table_is_flagged(run_dir):
     card = Path(build_card(str(run_dir))).read_text()
     assert "check before publishing: `acme/secret-ner`" in card
+    assert "The models used carry no obligations" not in card
 
 
 def test_prompt_files_are_listed_with_their_hashes(run_dir, repo_root):
