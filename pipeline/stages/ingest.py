@@ -50,7 +50,6 @@ OUTPUT_SCHEMA = pa.schema(
         ("source", pa.string()),
     ]
 )
-_WS = re.compile(r"\s+")
 _CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -85,8 +84,10 @@ class IngestConfig(StageConfig):
 
 
 def normalise_text(text: str) -> str:
-    """NFC, control characters to spaces, whitespace runs collapsed, trimmed."""
-    return _WS.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", text))).strip()
+    """NFC, control characters to spaces, whitespace runs collapsed, trimmed. `str.split()` splits at
+    exactly the characters the regex `\\s` matches (checked over every code point in the unit tests), at a
+    fifth of `re.sub`'s cost: it was a third of ingest's Python per row."""
+    return " ".join(_CONTROL.sub(" ", unicodedata.normalize("NFC", text)).split())
 
 
 def content_hash(text: str) -> str:

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
@@ -71,6 +72,20 @@ def test_normalise_text_composes_decomposed_characters():
 
 def test_normalise_text_collapses_whitespace_and_trims():
     assert normalise_text("  a \t b\n\n c\u00a0d  ") == "a b c d"
+
+
+def test_normalise_text_collapses_exactly_the_whitespace_the_regex_did():
+    """Every code point between two letters: the text as the regex version (`\\s+` -> space, trimmed) made it."""
+    import re
+    import sys
+
+    control, space = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]"), re.compile(r"\s+")
+    for code in range(1, sys.maxunicode + 1, 1):
+        if 0xD800 <= code < 0xE000:
+            continue
+        text = f" a{chr(code)}b "
+        before = space.sub(" ", control.sub(" ", unicodedata.normalize("NFC", text))).strip()
+        assert normalise_text(text) == before, hex(code)
 
 
 def test_normalise_text_turns_control_characters_into_spaces():
