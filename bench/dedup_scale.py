@@ -1,6 +1,7 @@
 """Dedup at corpus scale: the driver's memory while `io/dedup.FirstSeen` decides 100M rows (issue 20).
 
-    python bench/dedup_scale.py --rows 100000000 [--shard-rows 20000] [--owners 4] [--old-upto 10000000]
+    python bench/dedup_scale.py --rows 100000000 [--shard-rows 20000] [--owners 4]
+    python bench/dedup_scale.py --rows 10000000 --rule driver     # the rule it replaced (no Ray)
 
 Simulates what ingest's committer does, without the pipeline: shard after shard, the kept rows' keys
 (a content key and an id key, 128 bits each) go to `FirstSeen.decide` on an embedded Ray, whose key
@@ -8,8 +9,8 @@ owners are actors (other processes). Keys are computed from the row number (spli
 generator itself remembers nothing: ~2 % of rows repeat the text of a random earlier row and ~0.1 %
 reuse an earlier row's id. At 1M, 10M, 100M rows it prints the driver's peak RSS (VmHWM, reset at the
 start), the keys the owners hold and their bytes, and the rows decided per second; the driver must
-stay flat. `--old-upto N` also runs the rule it replaced (two Python sets of 128-bit ints on the driver)
-up to N rows, for the comparison.
+stay flat. `--rule driver` runs the rule it replaced instead (two Python sets of 128-bit ints on the
+driver), for the comparison: the same keys, so the same rows dropped.
 """
 
 from __future__ import annotations
@@ -74,10 +75,12 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=100_000_000)
     ap.add_argument("--shard-rows", type=int, default=20_000)
     ap.add_argument("--owners", type=int, default=4)
-    ap.add_argument("--old-upto", type=int, default=0)
+    ap.add_argument("--rule", choices=["owners", "driver"], default="owners")
     args = ap.parse_args()
     marks = sorted({m for m in (1_000_000, 10_000_000, 100_000_000) if m <= args.rows} | {args.rows})
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}", flush=True)
+    if args.rule == "driver":
+        return driver_sets(marks, args.shard_rows)
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -99,21 +102,24 @@ def main() -> int:
               f"{gib(nbytes)} | {done / (time.monotonic() - started):,.0f} |", flush=True)
     seen.close()
     ray.shutdown()
-    if args.old_upto:
-        rng = np.random.default_rng(0)
-        reset_peak_rss()
-        content: set = set()
-        ids: set = set()
-        done = dropped = 0
-        started = time.monotonic()
-        for mark in [m for m in marks if m <= args.old_upto]:
-            while done < mark:
-                n = min(args.shard_rows, mark - done)
-                dropped += old_rule(shard_keys(done, n, rng), content, ids)
-                done += n
-            print(f"| driver sets (before) | {done:,} | {dropped:,} | {gib(peak_rss_bytes())} | "
-                  f"{len(content) + len(ids):,} | (in the driver) | {done / (time.monotonic() - started):,.0f} |",
-                  flush=True)
+    return 0
+
+
+def driver_sets(marks: list[int], shard_rows: int) -> int:
+    rng = np.random.default_rng(0)
+    reset_peak_rss()
+    content: set = set()
+    ids: set = set()
+    done = dropped = 0
+    started = time.monotonic()
+    for mark in marks:
+        while done < mark:
+            n = min(shard_rows, mark - done)
+            dropped += old_rule(shard_keys(done, n, rng), content, ids)
+            done += n
+        print(f"| driver sets (before) | {done:,} | {dropped:,} | {gib(peak_rss_bytes())} | "
+              f"{len(content) + len(ids):,} | (in the driver) | {done / (time.monotonic() - started):,.0f} |",
+              flush=True)
     return 0
 
 
