@@ -331,27 +331,23 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
         progress.close()
         return 0
     init_ray(ctx.config.ray)
-    seen = _first_seen(stage, target, markers)
+    seen = FirstSeen.on_ray(stage.dedup) if stage.dedup is not None else None
     try:
+        if seen is not None and markers:
+            _reload_keys(stage, target, seen)
         return _stream(ctx, stage, target, pending, progress, seen)
     finally:
         if seen is not None:
             seen.close()
 
 
-def _first_seen(stage: Stage, target: Target, markers: dict) -> FirstSeen | None:
-    """A dedup stage's seen keys, held by Ray actors (io/dedup.py), rebuilt from the committed parts on
-    resume: the driver keeps none of them."""
-    if stage.dedup is None:
-        return None
-    seen = FirstSeen.on_ray(stage.dedup)
-    if markers:
-        parts, _ = committed_files(target.fs, target.stage_dir)
-        started = time.monotonic()
-        count = seen.load(target.uri, parts, stage.dedup_keys)
-        log.info("%s: dedup keys of %d committed row(s) reloaded in %.1fs", stage.name, count,
-                 time.monotonic() - started)
-    return seen
+def _reload_keys(stage: Stage, target: Target, seen: FirstSeen) -> None:
+    """A resumed dedup stage: its seen keys (held by Ray actors, io/dedup.py, never by the driver) are
+    rebuilt from the committed parts, a prefix of the shard order."""
+    parts, _ = committed_files(target.fs, target.stage_dir)
+    started = time.monotonic()
+    count = seen.load(target.uri, parts, stage.dedup_keys)
+    log.info("%s: dedup keys of %d committed row(s) reloaded in %.1fs", stage.name, count, time.monotonic() - started)
 
 
 def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSpec], progress: StageProgress,

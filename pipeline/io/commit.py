@@ -266,6 +266,8 @@ class ShardCommitter:
         self.ready: set[str] = set()
         self.committed: set[str] = set()
         self.decide, self.progress, self.rewrite = decide, progress, rewrite
+        if decide is not None and not stage.ordered_commit:
+            raise ValueError(f"{stage.name}: a dedup decides shards in shard order; the stage must set ordered_commit")
         self.receipt_bytes = 0
         # Decided shards whose marker is not written yet, in decision order: (shard, marker, future).
         self.waiting: deque[tuple[str, dict, Future | None]] = deque()
