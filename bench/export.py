@@ -74,7 +74,7 @@ def export_stage(run: Path, table: pa.Table, shard_rows: int, task: str) -> floa
     stage = Export(config, SimpleNamespace(run_uri=str(run)))
     starts = range(0, table.num_rows, shard_rows)
     specs = [SimpleNamespace(shard=f"{i:06d}", rows=min(shard_rows, table.num_rows - s)) for i, s in enumerate(starts)]
-    committer = ShardCommitter(run_fs, stage, "export", specs, {}, SimpleNamespace(update=lambda n, c: None))
+    committer = ShardCommitter(run_fs, stage, "export", specs, SimpleNamespace(update=lambda n, c: None))
     began = time.perf_counter()
     for spec, start in zip(specs, starts):
         block = gme_batch(tag_rows(table.slice(start, spec.rows), spec.shard), config)

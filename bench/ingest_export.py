@@ -10,6 +10,7 @@ Target (issue #3): peak at 1M rows <= 2 GiB.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -28,8 +29,9 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(args.work)
     print(f"machine: {machine()}")
-    print("| rows | corpus MB | ingest s | export s | total wall s | rows/s (wall) | driver peak RSS | tree peak PSS |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| rows | corpus MB | ingest s | export s | total wall s | rows/s (wall) | driver peak RSS | tree peak PSS "
+          "| ingest shards | dedup rewrites | kept ids (count, sha256) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     ok = True
     shard_rows = ["--set", f"ingest.resources.shard_rows={args.shard_rows}"] if args.shard_rows else []
     for rows in args.rows:
@@ -47,10 +49,29 @@ def main() -> int:
         ing, exp = manifest(run_dir, "01_ingest"), manifest(run_dir, "export")
         assert ing["rows"]["in"] == rows, ing["rows"]
         print(f"| {rows:,} | {corpus.stat().st_size / 1e6:.0f} | {ing['seconds']:.1f} | {exp['seconds']:.1f} | "
-              f"{wall:.1f} | {rows / wall:,.0f} | {gib(mem.peak_rss)} | {gib(mem.peak_pss)} |", flush=True)
+              f"{wall:.1f} | {rows / wall:,.0f} | {gib(mem.peak_rss)} | {gib(mem.peak_pss)} | {kept_ids(run_dir)} |",
+              flush=True)
         ok &= mem.peak_pss <= LIMIT
         shutil.rmtree(run_dir, ignore_errors=True)
     return 0 if ok else 1
+
+
+def kept_ids(run_dir: Path) -> str:
+    """Ingest's shards, the parts a dedup rewrite replaced (`...d.parquet`), and the kept ids in commit
+    order (count and digest): what two runners' decisions are compared by."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    digest, count, rewrites = hashlib.sha256(), 0, 0
+    markers = sorted((run_dir / "01_ingest" / "_parts").glob("*.json"))
+    for marker in markers:
+        for rel in json.loads(marker.read_text())["files"]["parts"]:
+            rewrites += rel.endswith("d.parquet")
+            ids = pq.read_table(run_dir / rel, columns=["id"])["id"].to_pylist()
+            digest.update("".join(f"{i}\n" for i in ids).encode())
+            count += len(ids)
+    return f"{len(markers)} | {rewrites} | {count:,}, {digest.hexdigest()[:12]}"
 
 
 if __name__ == "__main__":

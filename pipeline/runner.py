@@ -19,6 +19,7 @@ import pyarrow as pa
 from pipeline import __version__, faults
 from pipeline.errors import LedgerError, StageInputError
 from pipeline.io.commit import ShardCommitter, committed_files, remove_garbage, rewrite_parts, write_pieces
+from pipeline.io.dedup import FirstSeen
 from pipeline.io.fs import RunFS
 from pipeline.io.image_store import collect_store_garbage
 from pipeline.io.indexes import DONE, IndexHandle, IndexSpec, finish_index
@@ -316,8 +317,6 @@ def _inputs_for_index(stage: Stage, spec: IndexSpec, outputs: dict[str, StageOut
 
 def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpec]) -> int:
     """Stream the pending shards through the stage; returns the receipt bytes the driver received."""
-    import ray.data
-
     from pipeline.raycluster import init_ray
 
     run_fs = target.fs
@@ -332,9 +331,32 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
         progress.close()
         return 0
     init_ray(ctx.config.ray)
-    parts, _ = committed_files(run_fs, target.stage_dir)
-    state = stage.resume_state(run_fs, tuple(parts)) if markers else {}
-    committer = ShardCommitter(run_fs, stage, target.stage_dir, pending, state, progress,
+    seen = FirstSeen.on_ray(stage.dedup) if stage.dedup is not None else None
+    try:
+        if seen is not None and markers:
+            _reload_keys(stage, target, seen)
+        return _stream(ctx, stage, target, pending, progress, seen)
+    finally:
+        if seen is not None:
+            seen.close()
+
+
+def _reload_keys(stage: Stage, target: Target, seen: FirstSeen) -> None:
+    """A resumed dedup stage: its seen keys (held by Ray actors, io/dedup.py, never by the driver) are
+    rebuilt from the committed parts, a prefix of the shard order."""
+    parts, _ = committed_files(target.fs, target.stage_dir)
+    started = time.monotonic()
+    count = seen.load(target.uri, parts, stage.dedup_keys)
+    log.info("%s: dedup keys of %d committed row(s) reloaded in %.1fs", stage.name, count, time.monotonic() - started)
+
+
+def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSpec], progress: StageProgress,
+            seen: FirstSeen | None) -> int:
+    import ray.data
+
+    run_fs = target.fs
+    committer = ShardCommitter(run_fs, stage, target.stage_dir, pending, progress,
+                               decide=seen.decide if seen is not None else None,
                                rewrite=_remote_rewrite(target.uri, target.stage_dir))
     ds = ray.data.from_items([s.to_item() for s in pending], override_num_blocks=len(pending))
     read = {"source_uri": ctx.run_uri, "readers": stage.readers()}
@@ -356,7 +378,7 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
     finally:
         progress.close()
     committer.finish()
-    # Sweep once more now that every shard is committed: parts a commit hook's rewrite superseded, and
+    # Sweep once more now that every shard is committed: parts a dedup rewrite superseded, and
     # temporaries of a worker killed mid-write whose task Ray ran again (the retry wrote the same names).
     removed = remove_garbage(run_fs, target.stage_dir, target.parts_dir, stage.part_prefixes())
     if removed:
@@ -366,7 +388,7 @@ def _execute(ctx: RunContext, stage: Stage, target: Target, specs: list[ShardSpe
 
 
 def _remote_rewrite(uri: str, stage_dir: str):
-    """A commit hook's decisions are applied to the written files by a Ray task, not on the driver; the
+    """A dedup's decisions are applied to the written files by a Ray task, not on the driver; the
     committer gets a future and goes on taking receipts while it runs."""
 
     import ray

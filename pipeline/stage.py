@@ -34,6 +34,7 @@ from pipeline.columns import (  # noqa: F401 - re-exported: stages import these 
 )
 from pipeline.config import check
 from pipeline.errors import StageInputError
+from pipeline.io.dedup import DedupRule
 from pipeline.scheduling import ActorPool, Phase
 
 # CPUs asked for by the light glue tasks around a model (shard reads, prompt rendering, parsing).
@@ -217,8 +218,11 @@ class Stage(abc.ABC):
     prompt_files: ClassVar[tuple[str, ...]] = ()
     # Earlier stages' outputs this stage reads besides its upstream: local name -> config section.
     inputs: ClassVar[dict[str, str]] = {}
-    # Commit shards strictly in shard order (a stateful `commit_hook`, e.g. dedup keeping the first).
+    # Commit shards strictly in shard order (dedup keeping the first).
     ordered_commit: ClassVar[bool] = False
+    # Drop repeated content and reused ids across the stage's whole output, the first occurrence in shard
+    # order kept (io/dedup.py; the keys from `dedup_keys`); None: no dedup. Needs `ordered_commit`.
+    dedup: ClassVar[DedupRule | None] = None
     # File-name prefix of the committed parts (`datasets` infers the split from `train-*.parquet`).
     part_prefix: ClassVar[str] = "part"
 
@@ -312,18 +316,11 @@ class Stage(abc.ABC):
         """Cap on a written row group's binary payload (image bytes), or None for pyarrow's default."""
         return None
 
-    def commit_keys(self, kept: pa.Table) -> dict[str, list] | None:
-        """Worker side: the keys a stateful `commit_hook` needs from a shard's kept rows (never rows)."""
-        return None
-
-    def commit_hook(self, keys: dict[str, list], state: dict) -> dict[int, tuple[str, str]]:
-        """Driver side, in shard order when `ordered_commit`: kept-row position -> (status, reason)
-        for rows the global state turns away (ingest dedup). Default: none."""
-        return {}
-
-    def resume_state(self, run_fs: Any, parts: tuple[str, ...]) -> dict:
-        """Rebuild `commit_hook` state from the parts already committed (paths) on resume."""
-        return {}
+    def dedup_keys(self, kept: pa.Table) -> Any:
+        """Worker side, for a stage with a `dedup` rule: each kept row's content and id keys as the
+        (n, 4) uint64 array io/dedup.py decides on (never rows); also run over committed parts (their
+        `dedup.columns`) to rebuild the seen keys on resume."""
+        raise NotImplementedError(f"{type(self).__name__} declares `dedup` but not `dedup_keys`")
 
     @staticmethod
     def render_row(prompts_dir: Any, cfg: Any, row: dict) -> list[dict] | None:

@@ -5,8 +5,8 @@ the block: it splits the block by shard, writes each shard piece's kept rows (on
 when the stage sets `_split`, named `<split>-<shard>-<src>-<slot>.parquet`) and rejects as Parquet
 files under their final names in the run dir (each file itself written to a temporary name and
 renamed), and returns one small *receipt* per piece: shard id, the input rows it covers with their
-unit counts, status counts, reason counts, file names, for stages with a stateful commit hook,
-keys, and the identities of local files its rows read (the `_read` column; ingest's images). Row data
+unit counts, status counts, reason counts, file names, for stages that dedup, the kept rows'
+keys (io/dedup.py), and the identities of local files its rows read (the `_read` column; ingest's images). Row data
 never reaches the driver.
 
 `ShardCommitter` (driver) collects receipts, and once every input row of a shard is accounted for
@@ -46,6 +46,7 @@ from pipeline.columns import (
     STATUS,
 )
 from pipeline.errors import LedgerError, StageInputError
+from pipeline.io.dedup import from_bytes, to_bytes
 from pipeline.io.fs import RunFS
 from pipeline.io.manifest import MANIFEST, PARTS_MARK, REJECTS, check_ledger
 
@@ -65,7 +66,8 @@ RECEIPT = pa.schema([
     ("parts", pa.list_(pa.string())),
     ("part_rows", pa.list_(pa.int64())),
     ("rejects", pa.list_(pa.string())),
-    ("keys", pa.string()),
+    # A dedup stage's kept-row keys (io/dedup.py: 32 bytes a row, in the parts' row order), else null.
+    ("keys", pa.binary()),
     # Identities of the local files the piece's rows read (the `_read` column: a JSON list), if any.
     ("read", pa.string()),
 ])
@@ -152,18 +154,17 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
     if dropped.num_rows and pc.any(pc.equal(pc.fill_null(dropped[REASON], ""), "")).as_py():
         raise LedgerError(f"{stage.name}: a filtered or rejected row of shard {shard} has no reason "
                           "(every unit not kept needs one in _rejects/)")
-    parts, part_rows, rejects, found = [], [], [], None
+    parts, part_rows, rejects, found = [], [], [], []
     for prefix, rows in _splits(kept, stage, shard):
         public = rows.drop_columns([c for c in rows.column_names if c in INTERNAL])
         rel = f"{parts_dir}/{prefix}-{name}.parquet"
         run_fs.write_parquet(rel, stage.finish_part(public), stage.row_group_bytes())
         parts.append(rel)
         part_rows.append(rows.num_rows)
-        # Keys follow the parts' row order: a commit hook's positions index the parts concatenated.
-        more = stage.commit_keys(public)
-        if more is not None:
-            found = {k: (found or {}).get(k, []) + list(v) for k, v in more.items()}
-    keys = json.dumps(found) if found is not None else None
+        # Keys follow the parts' row order: the dedup's positions index the parts concatenated.
+        if stage.dedup is not None:
+            found.append(to_bytes(stage.dedup_keys(public)))
+    keys = b"".join(found) if stage.dedup is not None else None
     if dropped.num_rows:
         rel = f"{stage_dir}/{REJECTS}/part-{name}.parquet"
         run_fs.write_parquet(rel, reject_table(dropped))
@@ -242,17 +243,19 @@ def covered_rows(receipt: dict) -> list[tuple[int, int, int]]:
 class ShardCommitter:
     """Driver side: receipts in, one marker per finished shard out (ledger checked, marker last).
 
-    `rewrite(parts, part_rows, overrides)` applies a commit hook's decisions to files already written
+    `decide(keys)` (a dedup stage: io/dedup.FirstSeen.decide) takes a shard's kept-row keys, in shard
+    order, and returns kept-row position -> (status, reason) for the rows it turns away.
+    `rewrite(parts, part_rows, overrides)` applies those decisions to files already written
     (a Ray task in the runner, so rows stay off the driver); it returns the new (parts, part_rows,
     rejects), or a `concurrent.futures.Future` of them. Rewrites run while later receipts are taken in
-    (the hook itself runs in shard order, on the driver); markers are still written in the order the
+    (`decide` itself runs in shard order, on the driver); markers are still written in the order the
     shards were decided, each once its rewrite has finished, at most MAX_REWRITES waiting at once.
     """
 
     MAX_REWRITES = 8
 
-    def __init__(self, run_fs: RunFS, stage, stage_dir: str, pending, state: dict, progress,
-                 rewrite: Callable | None = None) -> None:
+    def __init__(self, run_fs: RunFS, stage, stage_dir: str, pending, progress,
+                 decide: Callable | None = None, rewrite: Callable | None = None) -> None:
         self.run_fs, self.stage, self.stage_dir = run_fs, stage, stage_dir
         self.specs = {s.shard: s for s in pending}
         self.order = [s.shard for s in pending]
@@ -262,7 +265,9 @@ class ShardCommitter:
         self.complete: dict[str, int] = {}
         self.ready: set[str] = set()
         self.committed: set[str] = set()
-        self.state, self.progress, self.rewrite = state, progress, rewrite
+        self.decide, self.progress, self.rewrite = decide, progress, rewrite
+        if decide is not None and not stage.ordered_commit:
+            raise ValueError(f"{stage.name}: a dedup decides shards in shard order; the stage must set ordered_commit")
         self.receipt_bytes = 0
         # Decided shards whose marker is not written yet, in decision order: (shard, marker, future).
         self.waiting: deque[tuple[str, dict, Future | None]] = deque()
@@ -338,7 +343,7 @@ class ShardCommitter:
         overrides = self._overrides(pieces)
         outside = sorted(p for p in overrides if not 0 <= p < rows["out"])
         if outside:
-            raise LedgerError(f"{where}: commit_hook turned away row position(s) {outside[:5]}, but the shard "
+            raise LedgerError(f"{where}: dedup turned away row position(s) {outside[:5]}, but the shard "
                               f"kept {rows['out']} rows")
         future = None
         if overrides:
@@ -383,16 +388,13 @@ class ShardCommitter:
             self.progress.update(marker["input_rows"], marker["rows"])
 
     def _overrides(self, pieces: list[dict]) -> dict[int, tuple[str, str]]:
-        keys: dict[str, list] = {}
-        for r in pieces:
-            for name, values in json.loads(r["keys"] or "{}").items():
-                keys.setdefault(name, []).extend(values)
-        if not keys:
+        raw = b"".join(r["keys"] or b"" for r in pieces)
+        if self.decide is None or not raw:
             return {}
-        overrides = self.stage.commit_hook(keys, self.state)
+        overrides = self.decide(from_bytes(raw))
         bad = {s for s, _ in overrides.values()} - {FILTERED, REJECTED}
         if bad:
-            raise LedgerError(f"{self.stage.name}: commit_hook returned statuses {sorted(bad)}")
+            raise LedgerError(f"{self.stage.name}: dedup returned statuses {sorted(bad)}")
         return overrides
 
     def finish(self) -> None:
@@ -424,7 +426,7 @@ def _piece_key(rel: str) -> str:
 
 def rewrite_parts(run_uri: str, stage_dir: str, parts: list[str], part_rows: list[int],
                   overrides: dict[int, tuple[str, str]]) -> tuple[list[str], list[int], list[str]]:
-    """Move the rows a commit hook turned away from written parts into rejects (new file names; the old
+    """Move the rows a dedup turned away from written parts into rejects (new file names; the old
     files become garbage once the marker names the new ones). Runs as a Ray task, next to the data."""
     run_fs = RunFS.from_uri(run_uri)
     new_parts, new_rows, rejects, offset = [], [], [], 0
@@ -466,7 +468,7 @@ def remove_garbage(run_fs: RunFS, stage_dir: str, parts_dir: str,
                    prefixes: str | tuple[str, ...] = "part") -> int:
     """Delete the part and reject files (and temporaries) that no committed marker names, and the
     temporaries of markers and manifests a crash left; returns how many. Only names the writer gives
-    (`<prefix>-*.parquet` for each of the stage's part prefixes; a commit hook's rewritten rejects keep
+    (`<prefix>-*.parquet` for each of the stage's part prefixes; a dedup rewrite's rejects keep
     their part's prefix) are touched: other files in the folder (an index) are kept."""
     parts, rejects = committed_files(run_fs, stage_dir)
     named = set(parts) | set(rejects)

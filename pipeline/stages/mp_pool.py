@@ -10,7 +10,7 @@ Output, one row per kept pool image: `id` (string, unique), `image` (image refer
 (string|null), `license` (string|null), `origin` (string: relative path, `file.parquet#row3`, URL).
 Dropped rows: every bad image `error:image_*` and bad record `error:*` (the reader's reasons);
 `filter:duplicate_image` (the same SHA-256 as an earlier kept image, first in shard order wins) and
-`error:duplicate_id` (an id already kept), decided on the driver from the rows' keys only.
+`error:duplicate_id` (an id already kept), decided in shard order by io/dedup.py from the rows' keys only.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import check, to_dict
+from pipeline.io.dedup import DedupRule, hex_keys, row_keys, text_keys
 from pipeline.io.fetch_config import FetchConfig
 from pipeline.io.image_pool import (
     POOL_READERS,
@@ -34,7 +36,6 @@ from pipeline.io.image_pool import (
     pool_identity,
 )
 from pipeline.stage import BlockStep, Resources, Stage, StageConfig
-from pipeline.stages.ingest import _id_key, first_seen
 
 IDENTITY_MODES = ("auto", "hash", "stat")
 
@@ -83,6 +84,7 @@ class MegaPool(Stage):
     output_columns: ClassVar[tuple[str, ...]] = tuple(POOL_SCHEMA.names)
     # Dedup keeps the first occurrence, so shards commit in pool order.
     ordered_commit: ClassVar[bool] = True
+    dedup: ClassVar[DedupRule] = DedupRule(("image", "id"), "filter:duplicate_image", "error:duplicate_id")
 
     def input_identity(self) -> dict:
         """The pool's files: an edited image, caption or table re-runs the stage."""
@@ -102,28 +104,11 @@ class MegaPool(Stage):
         kwargs = {"cfg": to_dict(cfg.pool_config()), "fetch": to_dict(cfg.fetch), "store_uri": self.context.run_uri}
         return [BlockStep(load_pool_batch, kwargs)]
 
-    def commit_keys(self, kept: pa.Table) -> dict[str, list]:
-        """Only what dedup needs reaches the driver: each kept row's image hash and id."""
-        return {"sha": _shas(kept["image"]), "id": kept["id"].to_pylist()}
-
-    def commit_hook(self, keys: dict[str, list], state: dict) -> dict[int, tuple[str, str]]:
-        return first_seen(map(_sha_key, keys["sha"]), map(_id_key, keys["id"]), state.setdefault("sha", set()),
-                          state.setdefault("id", set()), "filter:duplicate_image", "error:duplicate_id")
-
-    def resume_state(self, run_fs, parts: tuple[str, ...]) -> dict:
-        state: dict[str, set] = {"sha": set(), "id": set()}
-        for rel in parts:
-            t = run_fs.read_parquet(rel, columns=["image", "id"])
-            state["sha"].update(map(_sha_key, _shas(t["image"])))
-            state["id"].update(map(_id_key, t["id"].to_pylist()))
-        return state
+    def dedup_keys(self, kept: pa.Table) -> np.ndarray:
+        """Only what dedup needs reaches the driver: each kept row's image hash (its first 128 bits, as
+        ingest keys its content hashes) and id, as keys."""
+        return row_keys(hex_keys(_shas(kept["image"])), text_keys(kept["id"].to_pylist()))
 
 
 def _shas(images: pa.ChunkedArray) -> list[str]:
     return pc.struct_field(images, "sha256").to_pylist() if len(images) else []
-
-
-# The dedup state lives on the driver for the whole pool: the first 128 bits of the SHA-256 as an int
-# (as ingest keys its content hashes); a collision is out of reach.
-def _sha_key(sha: str) -> int:
-    return int(sha[:32], 16)

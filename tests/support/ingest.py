@@ -34,9 +34,10 @@ INGEST_REASONS = frozenset(
 )
 
 
-def commit_statuses(stage, table, state: dict) -> list[tuple[str, str]]:
+def commit_statuses(stage, table, seen) -> list[tuple[str, str]]:
     """(status, reason) per row of a shard as the committer leaves it: the kept rows' keys go through
-    the stage's commit hook and its overrides are applied (what the driver does, without Ray)."""
+    the dedup (`seen`, an io/dedup.FirstSeen, shard after shard) and its decisions are applied (what the
+    driver does, without Ray)."""
     import pyarrow as pa
 
     from pipeline.stage import OK, REASON, STATUS
@@ -44,7 +45,7 @@ def commit_statuses(stage, table, state: dict) -> list[tuple[str, str]]:
     out = list(zip(table[STATUS].to_pylist(), table[REASON].to_pylist()))
     kept = [i for i, (status, _) in enumerate(out) if status == OK]
     # int64 indices: an empty list (a shard with every row dropped) would infer the null type.
-    keys = stage.commit_keys(table.take(pa.array(kept, pa.int64())))
-    for position, decided in stage.commit_hook(keys, state).items():
+    keys = stage.dedup_keys(table.take(pa.array(kept, pa.int64())))
+    for position, decided in seen.decide(keys).items():
         out[kept[position]] = decided
     return out

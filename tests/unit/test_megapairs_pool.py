@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build
+from pipeline.io.dedup import FirstSeen
 from pipeline.io.shards import tag_rows
 from pipeline.stage import run_steps
 from pipeline.stages.mp_pool import MegaPool, MegaPoolConfig
@@ -94,7 +95,7 @@ def test_the_pool_is_small(committed):
 def test_the_pool_stage_keeps_every_drawing_and_drops_the_duplicate_and_the_broken_file(committed, tmp_path):
     config = build(MegaPoolConfig, {"path": str(committed / "pool.jsonl")}, "pool", {})
     stage = MegaPool(config, SimpleNamespace(run_uri=str(tmp_path / "run"), index_uri=str(tmp_path / "idx")))
-    verdicts, state = {}, {}
+    verdicts, state = {}, FirstSeen.local(stage.dedup)
     for spec in stage.plan(None, ()):
         table = run_steps(tag_rows(stage.readers()[spec.kind](spec, None), spec.shard), stage.task_steps())
         verdicts.update(zip(table["id"].to_pylist(), commit_statuses(stage, table, state)))

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.config import to_dict
 from pipeline.io.corpus import plan_corpus, read_jsonl_shard
+from pipeline.io.dedup import FirstSeen
 from pipeline.io.shards import tag_rows
 from pipeline.stage import FILTERED, OK, REJECTED
 from pipeline.stages.ingest import Ingest, IngestConfig, ingest_batch
@@ -20,7 +21,8 @@ ROWS = load_rows()
 def ingested(repo_root, tmp_path_factory) -> list[tuple[str, str]]:
     """(status, reason) per line of the committed corpus: ingest_batch, then the dedup commit hook."""
     config = IngestConfig(path=str(repo_root / "samples" / "corpus" / "passages.jsonl"))
-    stage, state, out = Ingest(config, None), {}, []
+    stage, out = Ingest(config, None), []
+    state = FirstSeen.local(stage.dedup)
     run_dir = tmp_path_factory.mktemp("run")
     for spec in plan_corpus(config.path, config.columns, config.resources.shard_rows):
         table = ingest_batch(tag_rows(read_jsonl_shard(spec, None), spec.shard), to_dict(config), str(run_dir))

@@ -26,6 +26,7 @@ from pipeline.io.commit import (
     rewrite_parts,
     write_pieces,
 )
+from pipeline.io.dedup import DedupRule, FirstSeen, row_keys, text_keys
 from pipeline.io.fs import RunFS
 from pipeline.io.image_store import IMAGE_REF
 from pipeline.stage import Stage, StageConfig
@@ -49,22 +50,15 @@ class Pass(Stage):
 
 
 class Dedup(Pass):
-    """Keeps the first row of each `text`: a stateful hook that sees keys only."""
+    """Keeps the first row of each `text` (io/dedup.py): the driver sees keys only."""
+
+    dedup = DedupRule(("text", "id"), "filter:duplicate_text", "error:duplicate_id")
 
     def __init__(self) -> None:
         super().__init__(ordered=True)
 
-    def commit_keys(self, kept: pa.Table) -> dict[str, list]:
-        return {"text": kept["text"].to_pylist()}
-
-    def commit_hook(self, keys: dict[str, list], state: dict) -> dict[int, tuple[str, str]]:
-        seen = state.setdefault("seen", set())
-        out = {}
-        for i, text in enumerate(keys["text"]):
-            if text in seen:
-                out[i] = ("filtered", "filter:duplicate_text")
-            seen.add(text)
-        return out
+    def dedup_keys(self, kept: pa.Table):
+        return row_keys(text_keys(kept["text"].to_pylist()), text_keys(kept["id"].to_pylist()))
 
 
 def block(shard: str, srcs: list[int], statuses: list[str] | None = None, slots: list[int] | None = None,
@@ -89,10 +83,12 @@ def run_fs(tmp_path) -> RunFS:
     return RunFS.from_uri(str(tmp_path / "run"))
 
 
-def committer(run_fs: RunFS, stage: Stage, shards: dict[str, int], rewrite=None) -> ShardCommitter:
+def committer(run_fs: RunFS, stage: Stage, shards: dict[str, int], rewrite=None, decide=None) -> ShardCommitter:
     specs = [SimpleNamespace(shard=s, rows=n) for s, n in shards.items()]
     progress = SimpleNamespace(update=lambda n, rows: None)
-    return ShardCommitter(run_fs, stage, "02_pass", specs, {}, progress, rewrite)
+    if decide is None and stage.dedup is not None:
+        decide = FirstSeen.local(stage.dedup).decide
+    return ShardCommitter(run_fs, stage, "02_pass", specs, progress, decide, rewrite)
 
 
 def receipts(run_fs: RunFS, stage: Stage, table: pa.Table) -> pa.Table:
@@ -245,13 +241,12 @@ def test_part_files_holding_fewer_rows_than_were_kept_fail_the_commit(run_fs):
     assert markers(run_fs) == {}
 
 
-def test_a_commit_hook_naming_a_row_the_shard_did_not_keep_is_an_error(run_fs):
-    class Wild(Dedup):
-        def commit_hook(self, keys, state):
-            return {len(keys["text"]): ("filtered", "filter:duplicate_text")}
+def test_a_dedup_naming_a_row_the_shard_did_not_keep_is_an_error(run_fs):
+    def wild(keys):
+        return {len(keys): ("filtered", "filter:duplicate_text")}
 
-    stage = Wild()
-    c = committer(run_fs, stage, {"000000": 2}, lambda *a: pytest.fail("no rewrite for a bad override"))
+    stage = Dedup()
+    c = committer(run_fs, stage, {"000000": 2}, lambda *a: pytest.fail("no rewrite for a bad override"), wild)
     with pytest.raises(LedgerError, match=r"row position\(s\) \[2\], but the shard kept 2 rows"):
         c.add(receipts(run_fs, stage, block("000000", [0, 1], texts=["a", "b"])))
 
@@ -300,7 +295,7 @@ def test_ordered_commit_holds_a_later_shard_until_the_earlier_one(run_fs):
     assert sorted(markers(run_fs)) == ["000000", "000001"]
 
 
-def test_commit_hook_overrides_move_rows_to_rejects_without_rows_on_the_driver(run_fs):
+def test_dedup_overrides_move_rows_to_rejects_without_rows_on_the_driver(run_fs):
     stage = Dedup()
 
     def rewrite(parts, part_rows, overrides):

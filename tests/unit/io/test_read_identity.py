@@ -21,6 +21,7 @@ from PIL import Image
 from pipeline.config import to_dict
 from pipeline.io.commit import ShardCommitter, rewrite_parts, write_pieces
 from pipeline.io.corpus import corpus_root, plan_corpus, read_jsonl_shard
+from pipeline.io.dedup import FirstSeen
 from pipeline.io.fs import RunFS
 from pipeline.io.manifest import (
     MANIFEST,
@@ -69,7 +70,7 @@ def run_ingest(corpus: Path, run: Path, mode: str = "auto") -> dict:
     table = tag_rows(read_jsonl_shard(spec, None), spec.shard)
     out = ingest_batch(table, to_dict(stage.config), str(run), corpus_root(str(corpus)))
     progress = SimpleNamespace(update=lambda n, rows: None)
-    committer = ShardCommitter(run_fs, stage, "01_ingest", [spec], {}, progress,
+    committer = ShardCommitter(run_fs, stage, "01_ingest", [spec], progress, FirstSeen.local(stage.dedup).decide,
                                lambda *args: rewrite_parts(str(run), "01_ingest", *args))
     committer.add(write_pieces(out, str(run), stage, "01_ingest", "01_ingest"))
     committer.finish()

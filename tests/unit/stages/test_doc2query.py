@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import to_dict
-from pipeline.io.fs import RunFS
 from pipeline.prompts import default_prompts_dir, load_sources
 from pipeline.stage import REASON, SLOT, STATUS
 from pipeline.stages.doc2query import (
@@ -279,11 +278,6 @@ def test_explode_batch_column_types(generated):
 
 
 # --- resume -------------------------------------------------------------------------------------------------
-
-
-def test_doc2query_resume_state_accepts_the_runner_call(tmp_path):
-    stage = Doc2Query(Doc2QueryConfig(), None)
-    assert stage.resume_state(RunFS.from_uri(str(tmp_path)), "02_doc2query") == {}
 
 
 # --- copied few-shot examples --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ import pytest
 from pipeline.columns import READ
 from pipeline.config import to_dict
 from pipeline.io.corpus import plan_corpus, read_jsonl_shard
+from pipeline.io.dedup import FirstSeen
 from pipeline.io.fs import RunFS
 from pipeline.io.image_store import ImageStore
 from pipeline.io.shards import tag_rows
@@ -70,6 +72,20 @@ def test_normalise_text_composes_decomposed_characters():
 
 def test_normalise_text_collapses_whitespace_and_trims():
     assert normalise_text("  a \t b\n\n c\u00a0d  ") == "a b c d"
+
+
+def test_normalise_text_collapses_exactly_the_whitespace_the_regex_did():
+    """Every code point between two letters: the text as the regex version (`\\s+` -> space, trimmed) made it."""
+    import re
+    import sys
+
+    control, space = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]"), re.compile(r"\s+")
+    for code in range(1, sys.maxunicode + 1, 1):
+        if 0xD800 <= code < 0xE000:
+            continue
+        text = f" a{chr(code)}b "
+        before = space.sub(" ", control.sub(" ", unicodedata.normalize("NFC", text))).strip()
+        assert normalise_text(text) == before, hex(code)
 
 
 def test_normalise_text_turns_control_characters_into_spaces():
@@ -317,15 +333,15 @@ def test_ingest_batch_survives_a_truncated_animated_gif(tmp_path, animated_gif):
     assert (len(rows), rows[0][STATUS]) == (2, OK)
 
 
-# --- dedup in the commit hook ---------------------------------------------------------------------------
+# --- dedup (io/dedup.py) ---------------------------------------------------------------------------
 
 
 def statuses(table: pa.Table) -> list[tuple[str, str]]:
     return list(zip(table[STATUS].to_pylist(), table[REASON].to_pylist()))
 
 
-def committed(stage: Ingest, table: pa.Table, state: dict) -> list[tuple[str, str]]:
-    return commit_statuses(stage, table, state)
+def committed(stage: Ingest, table: pa.Table, seen: FirstSeen | None = None) -> list[tuple[str, str]]:
+    return commit_statuses(stage, table, seen or FirstSeen.local(stage.dedup))
 
 
 DEDUP_RECORDS = [
@@ -337,9 +353,9 @@ DEDUP_RECORDS = [
 ]
 
 
-def test_commit_hook_filters_repeated_text_and_rejects_reused_doc_id(tmp_path):
+def test_dedup_filters_repeated_text_and_rejects_reused_doc_id(tmp_path):
     table = ingest(shard_table(tmp_path, DEDUP_RECORDS), tmp_path)
-    assert committed(Ingest(CONFIG, None), table, {}) == [
+    assert committed(Ingest(CONFIG, None), table) == [
         ("ok", ""),
         ("filtered", "filter:duplicate_text"),
         ("rejected", "error:duplicate_doc_id"),
@@ -348,8 +364,9 @@ def test_commit_hook_filters_repeated_text_and_rejects_reused_doc_id(tmp_path):
     ]
 
 
-def test_commit_hook_state_carries_across_shards(tmp_path):
-    stage, state = Ingest(CONFIG, None), {}
+def test_dedup_state_carries_across_shards(tmp_path):
+    stage = Ingest(CONFIG, None)
+    state = FirstSeen.local(stage.dedup)
     first = ingest(shard_table(tmp_path, DEDUP_RECORDS[:1], name="1.jsonl"), tmp_path)
     second = ingest(shard_table(tmp_path, DEDUP_RECORDS[1:3], name="2.jsonl", shard="000001"), tmp_path)
     committed(stage, first, state)
@@ -359,7 +376,7 @@ def test_commit_hook_state_carries_across_shards(tmp_path):
     ]
 
 
-def test_resume_state_rebuilt_from_committed_parts_dedups_the_next_shard(tmp_path):
+def test_dedup_rebuilt_from_committed_parts_dedups_the_next_shard(tmp_path):
     run_fs = RunFS.from_uri(str(tmp_path / "run"))
     first = ingest(shard_table(tmp_path, DEDUP_RECORDS[:1], name="1.jsonl"), tmp_path)
     # What the runner commits: the kept rows without internal columns.
@@ -367,7 +384,8 @@ def test_resume_state_rebuilt_from_committed_parts_dedups_the_next_shard(tmp_pat
         "01_ingest/part-000000.parquet", first.drop_columns([c for c in first.column_names if c in INTERNAL])
     )
     resumed = Ingest(CONFIG, None)
-    state = resumed.resume_state(run_fs, ("01_ingest/part-000000.parquet",))
+    state = FirstSeen.local(resumed.dedup)
+    assert state.load(run_fs.root, ["01_ingest/part-000000.parquet"], resumed.dedup_keys) == 1
     second = ingest(shard_table(tmp_path, DEDUP_RECORDS[1:], name="2.jsonl", shard="000001"), tmp_path)
     assert committed(resumed, second, state) == [
         ("filtered", "filter:duplicate_text"),
@@ -377,11 +395,9 @@ def test_resume_state_rebuilt_from_committed_parts_dedups_the_next_shard(tmp_pat
     ]
 
 
-def test_resume_state_of_an_empty_parts_folder_is_empty(tmp_path):
-    assert Ingest(CONFIG, None).resume_state(RunFS.from_uri(str(tmp_path)), ()) == {
-        "hash": set(),
-        "id": set(),
-    }
+def test_dedup_rebuilt_from_no_parts_holds_no_key(tmp_path):
+    seen = FirstSeen.local(Ingest.dedup)
+    assert seen.load(str(tmp_path), [], Ingest(CONFIG, None).dedup_keys) == 0 and seen.size() == (0, 0)
 
 
 @pytest.mark.parametrize(

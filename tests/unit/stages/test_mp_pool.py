@@ -1,7 +1,7 @@
 """pipeline/stages/mp_pool.py: the MegaPairs pool stage read by hand, as the runner would drive it (no Ray).
 
 Each shard the stage plans is read with its reader, tagged (`tag_rows`), run through `task_steps`, and
-committed through `commit_keys` / `commit_hook` in shard order (`commit_statuses`, the driver's part).
+committed through `dedup_keys` and io/dedup.py in shard order (`commit_statuses`, the driver's part).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +20,7 @@ from PIL import Image
 
 from pipeline.config import build
 from pipeline.errors import PipelineConfigError, StageInputError
+from pipeline.io.dedup import FirstSeen, from_bytes, text_keys
 from pipeline.io.fs import RunFS
 from pipeline.io.image_store import IMAGE_REF, ImageStore
 from pipeline.io.shards import tag_rows
@@ -50,9 +52,9 @@ def shards(stage: MegaPool) -> list[pa.Table]:
     return out
 
 
-def run(stage: MegaPool, state: dict | None = None) -> list[tuple[str, str, str]]:
+def run(stage: MegaPool) -> list[tuple[str, str, str]]:
     """(id, status, reason) of every row once the shards are committed in order."""
-    state = {} if state is None else state
+    state = FirstSeen.local(stage.dedup)
     rows = []
     for table in shards(stage):
         rows += [(i, s, r) for i, (s, r) in zip(table["id"].to_pylist(), commit_statuses(stage, table, state))]
@@ -197,43 +199,44 @@ def test_the_first_image_and_id_in_shard_order_win_across_shards(tmp_path, dedup
 def test_verdicts_depend_on_commit_order_so_the_stage_commits_in_shard_order(tmp_path, dedup_pool):
     stage = stage_for(tmp_path, path=str(dedup_pool), resources={"shard_rows": 3})
     first, second, _ = shards(stage)
-    state: dict = {}
+    state = FirstSeen.local(stage.dedup)
     # Shard 1 committed first would keep the later `a` (blue) and reject the first one (red).
     assert commit_statuses(stage, second, state)[0] == ("ok", "")
     assert commit_statuses(stage, first, state)[0] == ("rejected", "error:duplicate_id")
     assert MegaPool.ordered_commit is True
 
 
-def test_resume_state_rebuilt_from_committed_parts_equals_the_state_after_committing(tmp_path, dedup_pool):
+def test_dedup_rebuilt_from_committed_parts_equals_the_state_after_committing(tmp_path, dedup_pool):
     stage = stage_for(tmp_path, path=str(dedup_pool), resources={"shard_rows": 3})
     run_fs = RunFS.from_uri(str(tmp_path / "run"))
-    live: dict = {}
+    live = FirstSeen.local(stage.dedup)
     parts = []
     tables = shards(stage)
     for table in tables[:2]:
         verdicts = commit_statuses(stage, table, live)
         kept = table.take(pa.array([i for i, (status, _) in enumerate(verdicts) if status == OK], pa.int64()))
-        # What the runner commits: the kept rows (after the hook's verdicts) without internal columns.
+        # What the runner commits: the kept rows (after the dedup's verdicts) without internal columns.
         rel = f"01_pool/part-{table['_shard'][0]}.parquet"
         run_fs.write_parquet(rel, kept.drop_columns([c for c in kept.column_names if c in INTERNAL]))
         parts.append(rel)
     resumed = stage_for(tmp_path, path=str(dedup_pool), resources={"shard_rows": 3})
-    state = resumed.resume_state(run_fs, tuple(parts))
-    assert state == live and (len(state["sha"]), len(state["id"])) == (2, 2)
+    state = FirstSeen.local(resumed.dedup)
+    assert state.load(run_fs.root, parts, resumed.dedup_keys) == 2
+    assert state.size() == live.size() and state.size()[0] == 4
     assert commit_statuses(resumed, tables[2], state) == [("ok", "")]
 
 
-def test_resume_state_of_no_parts_is_empty(tmp_path):
-    assert MegaPool(MegaPoolConfig(), None).resume_state(RunFS.from_uri(str(tmp_path)), ()) == {"sha": set(), "id": set()}
-
-
-def test_commit_keys_send_only_hashes_and_ids_to_the_driver(tmp_path, dedup_pool):
+def test_dedup_keys_send_only_hashes_and_ids_to_the_driver(tmp_path, dedup_pool):
     stage = stage_for(tmp_path, path=str(dedup_pool))
     (table,) = shards(stage)
-    keys = stage.commit_keys(table.filter(pa.compute.equal(table[STATUS], OK)))
-    assert set(keys) == {"sha", "id"} and keys["id"] == ["a", "b", "c", "a", "e", "f"]
-    assert all(isinstance(s, str) and len(s) == 64 for s in keys["sha"])
-    assert keys["sha"][0] == keys["sha"][2] and keys["sha"][1] == keys["sha"][4]
+    kept = table.filter(pa.compute.equal(table[STATUS], OK))
+    keys = stage.dedup_keys(kept)
+    assert keys.shape == (6, 4) and keys.dtype == np.uint64
+    # The image key is the SHA-256's first 128 bits; the id key, the id's BLAKE2b: nothing else.
+    shas = pa.compute.struct_field(kept["image"], "sha256").to_pylist()
+    assert [int(hi) << 64 | int(lo) for hi, lo in keys[:, :2]] == [int(s[:32], 16) for s in shas]
+    assert (keys[0, :2] == keys[2, :2]).all() and (keys[1, :2] == keys[4, :2]).all()
+    assert (keys[0, 2:] == keys[3, 2:]).all() and len({tuple(k) for k in keys[:, 2:].tolist()}) == 5
 
 
 # --- empty pools, identity, config --------------------------------------------------------------------
@@ -318,7 +321,7 @@ def test_one_shard_task_reads_stores_and_writes_the_pool_with_receipt_keys(tmp_p
     steps = pickle.loads(pickle.dumps(stage.task_steps()))
     (receipt,) = run_shard_task({k: [v] for k, v in spec.to_item().items()}, read, steps, write).to_pylist()
     assert (receipt["out"], receipt["filtered"], receipt["rejected"]) == (6, 0, 1)
-    assert json.loads(receipt["keys"])["id"] == ["a", "b", "c", "a", "e", "f"]
+    assert (from_bytes(receipt["keys"])[:, 2:] == text_keys(["a", "b", "c", "a", "e", "f"])).all()
     (part,) = receipt["parts"]
     written = pq.read_table(run / part)
     assert written.schema.names == list(MegaPool.output_columns)
