@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import io
 import json
+import os
 import pickle
 from collections.abc import Callable
 from functools import partial
@@ -172,9 +173,17 @@ def split_images(messages: list[dict]) -> tuple[list[dict], list[Any]]:
 def chat_processor(model_path: str) -> Any:
     """The model's `AutoProcessor` (its chat template is the one vLLM's `LLM.chat` applies: the
     processor's first, the tokenizer's otherwise), loaded once per worker process."""
+    import time
+
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(model_path)
+    from pipeline.logging import get_logger
+
+    start = time.perf_counter()
+    processor = AutoProcessor.from_pretrained(model_path)
+    get_logger(__name__).info("chat template of %s loaded in %.1f s (pid %d)", model_path,
+                              time.perf_counter() - start, os.getpid())
+    return processor
 
 
 def render_prompt(messages: list[dict], model_path: str) -> str:
