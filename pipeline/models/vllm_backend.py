@@ -139,7 +139,7 @@ def replica_pools(cfg: LLMConfig, resources: Any, section: str, llm_key: str, mu
     """What one `vllm_processor_config` processor starts, for the plan (pipeline/scheduling.py): engine
     replicas (1 to `resources.concurrency`; each a placement group of `engine_bundles`, a tensor-
     parallel group per node, with the `accelerator_type` label ray.data.llm adds) and its CPU helper
-    actors (1 to `resources.concurrency` each; `helper_num_cpus` or Ray's 1 CPU)."""
+    actors (1 to `resources.concurrency` each; `helper_num_cpus` or Ray's 1 CPU; none for `multimodal`)."""
     from pipeline.scheduling import ActorPool
 
     tp, pp = cfg.tensor_parallel_size, cfg.pipeline_parallel_size
@@ -154,7 +154,9 @@ def replica_pools(cfg: LLMConfig, resources: Any, section: str, llm_key: str, mu
     )
     helpers = helper_num_cpus(cfg)
     cpus = {"CPU": 1.0 if helpers is None else float(helpers)}
-    names = (("prepare_multimodal",) if multimodal else ()) + ("chat_template", "tokenize", "detokenize")
+    # The vision path (models/vllm_vision.py) renders its prompts and decodes its images in its own row
+    # map: the engine is its processor's only stage.
+    names = () if multimodal else ("chat_template", "tokenize", "detokenize")
     knob = f"`{llm_key}.vllm_helper_num_cpus`"
     return (engine, *(ActorPool(f"vLLM {name} actor", (dict(cpus),), 1, n, knob=knob) for name in names))
 

@@ -6,8 +6,8 @@ opened and `<|endoftext|>`), images are sized by `gme.resize_for_gme` before the
 pooler takes the last token's hidden state and L2-normalises it (vLLM `pooler_config` LAST with
 `use_activation`, set engine-wide), and prompts are cut at `gme.max_length` tokens. Ray's chat-template,
 tokenize and detokenize stages are off: vLLM tokenises the prompt string itself, so both backends see the
-same tokens. Images travel as data-URL parts through the prepare-multimodal stage (models/vllm_vision.py);
-it only runs when the rows have an image column.
+same tokens. The sized image goes to the engine as a PIL image (`multimodal_data`); Ray's
+prepare-multimodal stage is off too, so the engine is the processor's only stage.
 
 Positions are GME's: `GmeEmbedder` runs the language model with plain sequential positions, as the
 released GME script did, while vLLM's Qwen2-VL applies M-RoPE (3D positions for image tokens, and text
@@ -29,7 +29,6 @@ reject) and `_embed_error` ("" or one fixed reason): `error:empty_input` (no tex
 from __future__ import annotations
 
 import dataclasses
-import io
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,11 +45,10 @@ from pipeline.models.vllm_backend import (
     ERROR_TEXT_CHARS,
     check_engine_fits,
     error_kind,
-    helper_num_cpus,
     row_map_kwargs,
     vllm_processor_config,
 )
-from pipeline.models.vllm_vision import data_url, image_bytes
+from pipeline.models.vllm_vision import image_bytes
 
 EMBEDDING, EMBED_ERROR, EMBED_DETAIL = "_embedding", "_embed_error", "_embed_detail"
 EMPTY_INPUT, IMAGE_UNREADABLE = "error:empty_input", "error:image_unreadable"
@@ -112,13 +110,6 @@ def load_row_image(
         return None, exc.reason
 
 
-def image_part(image: Any) -> dict:
-    """The sized image as an OpenAI-style `image_url` part (lossless PNG data URL)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return {"type": "image_url", "image_url": {"url": data_url(buf.getvalue())}}
-
-
 def prompt_max_tokens(gme: GmeConfig, image: Any) -> int:
     """Tokens to cut the prompt at, as vLLM counts them: before the image placeholder is expanded.
 
@@ -149,9 +140,9 @@ def embed_request(row: dict, columns: EmbedColumns, gme: GmeConfig, load_image: 
         _SKIP_REASON: reason,
     }
     if columns.image is not None:
-        # The prepare-multimodal stage reads every row's `messages`; text rows carry one empty text part.
-        part = image_part(image) if image is not None else {"type": "text", "text": ""}
-        request["messages"] = [{"role": "user", "content": [part]}]
+        # The sized image itself goes to the engine (vLLM takes PIL images as `multi_modal_data`): no
+        # PNG data URL encoded here and decoded again by a prepare-multimodal stage.
+        request["multimodal_data"] = {"image": image} if image is not None else None
     return request
 
 
@@ -232,11 +223,10 @@ def check_lengths(cfg: LLMConfig, gme: GmeConfig, stage: str) -> None:
         )
 
 
-def embed_processor_config(cfg: LLMConfig, model_path: str, resources: Any, multimodal: bool) -> Any:
+def embed_processor_config(cfg: LLMConfig, model_path: str, resources: Any) -> Any:
     """The `ray.data.llm` config for embeddings (no engine starts here): the vllm backend's engine,
-    bundles and CPU settings, `task_type="embed"` with GME's pooler, the prompt taken as given."""
-    helpers = helper_num_cpus(cfg)
-    mm = {"enabled": multimodal, **({"num_cpus": helpers} if helpers is not None and multimodal else {})}
+    bundles and CPU settings, `task_type="embed"` with GME's pooler, the prompt and images taken as
+    given (the engine is the processor's only stage)."""
     return vllm_processor_config(
         # No JSON grammar: nothing is generated.
         dataclasses.replace(cfg, guided=False),
@@ -244,7 +234,7 @@ def embed_processor_config(cfg: LLMConfig, model_path: str, resources: Any, mult
         resources,
         task_type="embed",
         engine_kwargs={"pooler_config": dict(POOLER), "hf_overrides": sequential_positions},
-        prepare_multimodal_stage=mm,
+        prepare_multimodal_stage={"enabled": False},
         chat_template_stage={"enabled": False},
         tokenize_stage={"enabled": False},
         detokenize_stage={"enabled": False},
@@ -280,10 +270,9 @@ def vllm_embed(
     check_engine_fits(cfg, resources, stage)
     light = row_map_kwargs(resources)
     prepared = ds.map(partial(embed_request, columns=columns, gme=gme, load_image=load_image), **light)
-    keys = ["prompt", "tokenization_kwargs", CARRY, _SKIP_REASON] + (["messages"] if columns.image else [])
     processor = build_processor(
-        embed_processor_config(cfg, model_path, resources, multimodal=columns.image is not None),
-        preprocess=lambda r: {k: r[k] for k in keys},
+        embed_processor_config(cfg, model_path, resources),
+        preprocess=None,  # the rows are already requests (only their columns: no second copy of the row)
         postprocess=embed_postprocess_row,
         preprocess_map_kwargs=light,
         postprocess_map_kwargs=light,

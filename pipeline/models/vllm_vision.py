@@ -1,23 +1,33 @@
 """Vision-language prompts through vLLM: text plus the row's image to a Qwen2-VL class model.
 
 Rows carry `_messages` (JSON chat messages, text only, as for the text backends) and an image column.
-The image goes into the last user message as an OpenAI-style `image_url` part holding a data URL,
-which `ray.data.llm`'s prepare-multimodal stage turns into the model's image input (raw bytes are
-not accepted there; a data URL travels through Arrow as a plain string, a PIL image would not). The
-image column may hold an HF image struct `{bytes, path}` or raw bytes; a reference into the run's
-image store is resolved by the `load_image` callable the caller passes (it runs in the worker).
-With `image_column=None` the images are already image parts of `_messages` (several per prompt, up to
-`max_images`, e.g. models/vlm.py's two-image prompts); a row with a null `_messages` skips the engine.
+The image goes into the last user message as an OpenAI-style `image_url` part (a data URL), as
+`vllm.LLM.chat` takes it. The image column may hold an HF image struct `{bytes, path}` or raw bytes; a
+reference into the run's image store is resolved by the `load_image` callable the caller passes (it
+runs in the worker). With `image_column=None` the images are already image parts of `_messages`
+(several per prompt, up to `max_images`, e.g. models/vlm.py's two-image prompts).
+
+The row map before the engine does what `LLM.chat` does with such messages, once per row: it decodes
+each image part as vLLM does (`engine_image`), puts a typed placeholder where it was and renders the
+model's chat template (`render_prompt`, the processor's template, as vLLM picks it). The engine gets
+the prompt string and the PIL images (`multimodal_data`): it is the processor's only stage (no
+prepare-multimodal, chat-template, tokenize or detokenize actors; vLLM's own text is kept). Answers are
+exactly raw `LLM.chat`'s (tests/vllm/test_vllm_vision.py); docs/benchmarks.md has what this saved.
 Output as for text: `_raw` / `_llm_error` with the fixed reasons of models/vllm_backend.py; a row
-without an image is `error:image_missing`, one whose bytes are not a valid image `error:image_<kind>` (io/images),
-and neither reaches the engine (a failing `load_image`, e.g. storage, propagates: the shard is redone).
+without an image (or with a null `_messages`) is `error:image_missing`, one whose bytes are not a valid
+image `error:image_<kind>` (io/images); such a row sends the engine a one-token stand-in whose answer is
+dropped (a failing `load_image`, e.g. storage, propagates: the shard is redone).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import functools
+import io
 import json
+import os
 import pickle
 from collections.abc import Callable
 from functools import partial
@@ -28,14 +38,17 @@ from pipeline.models.vllm_backend import (
     CARRY,
     check_engine_fits,
     row_map_kwargs,
+    row_outcome,
     vllm_postprocess_row,
     vllm_processor_config,
-    vllm_restore_row,
     vllm_sampling_params,
 )
 
 IMAGE_MISSING, IMAGE_UNREADABLE = "error:image_missing", "error:image_unreadable"
-HAS_IMAGE, IMAGE_REASON = "_has_image", "_image_reason"
+# Carried by a row that has no usable image: its reason. Such a row sends a one-token stand-in prompt
+# (the processor cannot let a row bypass the engine, and a second branch of the lazy plan would run
+# everything before it twice) and its answer is dropped.
+IMAGE_REASON, STAND_IN = "_image_reason", "."
 _MIME = {
     "JPEG": "image/jpeg",
     "PNG": "image/png",
@@ -94,41 +107,140 @@ def attach_image(messages: list[dict], url: str) -> list[dict]:
     return out
 
 
-def vlm_preprocess_row(row: dict, sampling: dict, image_column: str | None, load_image: Callable | None) -> dict:
-    """The processor's input row: messages with the image, or a marker that skips the engine."""
+def engine_image(data: bytes) -> Any:
+    """The PIL image vLLM makes of a data URL holding `data` (vllm/multimodal/media/image.py,
+    `ImageMediaIO(image_mode="RGB").load_bytes`): EXIF orientation applied, then RGB, transparency
+    composited on white. Done here so the engine gets the decoded image and no data URL is built,
+    copied and decoded again on the way (`data` comes from `model_image` or the caller's loader).
+
+    Raises:
+        ValueError: the bytes are not an allowed image format.
+    """
+    from PIL import Image, ImageOps
+
+    from pipeline.io.images import ALLOWED_FORMATS
+
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        with contextlib.suppress(Exception):
+            image = ImageOps.exif_transpose(image)
+        image.load()
+    except (OSError, Image.UnidentifiedImageError) as exc:
+        raise ValueError(f"not an allowed image: {type(exc).__name__}: {exc}") from None
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.split()[3])
+        return rgb
+    return image.convert("RGB")
+
+
+def url_bytes(url: str) -> bytes:
+    """The bytes of a `data:<mime>;base64,...` URL (the only image URLs prompts here hold).
+
+    Raises:
+        ValueError: not a base64 data URL.
+    """
+    head, sep, body = url.partition(",")
+    if not (sep and head.startswith("data:") and head.endswith(";base64")):
+        raise ValueError(f"not a base64 data URL: {url[:40]!r}")
+    return base64.b64decode(body, validate=True)
+
+
+def split_images(messages: list[dict]) -> tuple[list[dict], list[Any]]:
+    """(the messages with every `image_url` part replaced by an `{"type": "image"}` placeholder, the
+    decoded images in prompt order): what vLLM's chat parser makes of OpenAI-style messages for a
+    template that reads typed parts (Qwen2-VL's: vLLM detects the "openai" content format)."""
+    out, images = [], []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "image_url":
+                    images.append(engine_image(url_bytes(part["image_url"]["url"])))
+                    parts.append({"type": "image"})
+                else:
+                    parts.append(part)
+            message = {**message, "content": parts}
+        out.append(message)
+    return out, images
+
+
+@functools.lru_cache(maxsize=2)
+def chat_processor(model_path: str) -> Any:
+    """The model's `AutoProcessor` (its chat template is the one vLLM's `LLM.chat` applies: the
+    processor's first, the tokenizer's otherwise), loaded once per worker process."""
+    import time
+
+    from transformers import AutoProcessor
+
+    from pipeline.logging import get_logger
+
+    start = time.perf_counter()
+    processor = AutoProcessor.from_pretrained(model_path)
+    get_logger(__name__).info("chat template of %s loaded in %.1f s (pid %d)", model_path,
+                              time.perf_counter() - start, os.getpid())
+    return processor
+
+
+def render_prompt(messages: list[dict], model_path: str) -> str:
+    """The prompt string `LLM.chat` renders for `messages` (placeholders already in): the chat template,
+    with the generation prompt opened when the last message is the user's."""
+    add = messages[-1]["role"] == "user"
+    return chat_processor(model_path).apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add, continue_final_message=not add
+    )
+
+
+def vlm_preprocess_row(
+    row: dict, sampling: dict, image_column: str | None, load_image: Callable | None, model_path: str
+) -> dict:
+    """The engine's request for a row: the rendered prompt and its decoded images, or, for a row without
+    a usable image, a one-token stand-in and the reason (restored by `vision_restore_row`)."""
     carry = {k: v for k, v in row.items() if k != MESSAGES}
+    messages, reason = None, IMAGE_MISSING
     if image_column is None:
         messages = json.loads(row[MESSAGES]) if row.get(MESSAGES) is not None else None
-        return {"messages": messages or [], "sampling_params": dict(sampling), CARRY: pickle.dumps(carry),
-                HAS_IMAGE: messages is not None}
-    from pipeline.io.images import ImageError
+    else:
+        from pipeline.io.images import ImageError
 
-    value = row.get(image_column)
-    # A failing read in `load_image` propagates (R35); bytes that are not a valid image skip the engine.
-    data = load_image(value) if load_image is not None and value is not None else image_bytes(value)
-    messages, reason = None, IMAGE_MISSING
-    if data:
-        try:
-            url = data_url(model_image(data))
-        except ImageError as exc:
-            reason = f"error:image_{exc.kind}"
-        except ValueError:
-            reason = IMAGE_UNREADABLE
-        else:
-            messages = attach_image(json.loads(row[MESSAGES]), url)
+        value = row.get(image_column)
+        # A failing read in `load_image` propagates (R35); bytes that are not a valid image skip the engine.
+        data = load_image(value) if load_image is not None and value is not None else image_bytes(value)
+        if data:
+            try:
+                url = data_url(model_image(data))
+            except ImageError as exc:
+                reason = f"error:image_{exc.kind}"
+            except ValueError:
+                reason = IMAGE_UNREADABLE
+            else:
+                messages = attach_image(json.loads(row[MESSAGES]), url)
+    if messages is None:
+        carry[IMAGE_REASON] = reason
+        params = {**sampling, "max_tokens": 1}
+        if "structured_outputs" in params:
+            params["structured_outputs"] = None
+        return {"prompt": STAND_IN, "multimodal_data": None, "sampling_params": params, CARRY: pickle.dumps(carry)}
+    conversation, images = split_images(messages)
     return {
-        "messages": messages or [],
+        "prompt": render_prompt(conversation, model_path),
+        "multimodal_data": {"image": images} if images else None,
         "sampling_params": dict(sampling),
         CARRY: pickle.dumps(carry),
-        HAS_IMAGE: messages is not None,
-        IMAGE_REASON: "" if messages is not None else reason,
     }
 
 
-def missing_image_row(row: dict) -> dict:
-    """A row without a usable image, restored with its reason (it never went to the engine)."""
+def vision_restore_row(row: dict, max_new_tokens: int, max_input_tokens: int) -> dict:
+    """The input row back with `_raw` / `_llm_error`: a row that had no usable image gets its reason
+    (the stand-in's answer is dropped), any other the engine's outcome (vllm_backend.row_outcome)."""
     out = pickle.loads(row[CARRY])
-    out[RAW], out[LLM_ERROR] = "", row.get(IMAGE_REASON) or IMAGE_MISSING
+    reason = out.pop(IMAGE_REASON, "")
+    raw, error = ("", reason) if reason else row_outcome(row, max_new_tokens, max_input_tokens)
+    out[RAW], out[LLM_ERROR] = raw, error
     return out
 
 
@@ -155,24 +267,29 @@ def vllm_vision_generate(
     sampling = vllm_sampling_params(cfg, schema or {})
     light = row_map_kwargs(resources)
     prepared = ds.map(
-        partial(vlm_preprocess_row, sampling=sampling, image_column=image_column, load_image=load_image),
+        partial(vlm_preprocess_row, sampling=sampling, image_column=image_column, load_image=load_image,
+                model_path=model_path),
         **light,
     )
-    # Two branches of one lazy plan: rows without an image skip the engine and come back as rejects.
-    missing = prepared.filter(lambda r: not r[HAS_IMAGE], **light).map(missing_image_row, **light)
-    ready = prepared.filter(lambda r: r[HAS_IMAGE], **light)
+    # One stage of Ray's own: the engine. The prompt is rendered and the images decoded in the preprocess
+    # above (what the prepare-multimodal, chat-template and tokenize stages did, one copy of the row
+    # instead of four), and vLLM's own text is kept (no detokenize stage).
     processor = build_processor(
         vllm_processor_config(
-            cfg, model_path, resources, prepare_multimodal_stage={"enabled": True},
+            cfg, model_path, resources,
+            prepare_multimodal_stage={"enabled": False},
+            chat_template_stage={"enabled": False},
+            tokenize_stage={"enabled": False},
+            detokenize_stage={"enabled": False},
             # vLLM sizes its multimodal budget per prompt; more than one image must be allowed here.
             engine_kwargs={"limit_mm_per_prompt": {"image": max_images}} if max_images > 1 else {},
         ),
-        preprocess=lambda r: {k: r[k] for k in ("messages", "sampling_params", CARRY)},
+        preprocess=None,  # the rows are already requests (only their columns: no second copy of the row)
         postprocess=vllm_postprocess_row,
         preprocess_map_kwargs=light,
         postprocess_map_kwargs=light,
     )
     restore = partial(
-        vllm_restore_row, max_new_tokens=cfg.max_new_tokens, max_input_tokens=cfg.max_input_tokens
+        vision_restore_row, max_new_tokens=cfg.max_new_tokens, max_input_tokens=cfg.max_input_tokens
     )
-    return processor(ready).map(restore, **light).union(missing)
+    return processor(prepared).map(restore, **light)

@@ -8,7 +8,7 @@ the vllm / openai backends' own reasons).
 - `transformers`: `HFVisionChat`, a Qwen2-VL class model through `AutoModelForImageTextToText` and
   `AutoProcessor` (image parts become the processor's images, in order), batched greedy `generate`
   under the same watchdog as the text backend.
-- `vllm`: models/vllm_vision.py (`ray.data.llm` with the prepare-multimodal stage, `limit_mm_per_prompt`).
+- `vllm`: models/vllm_vision.py (`ray.data.llm`'s vLLM engine, images decoded in its row map, `limit_mm_per_prompt`).
 - `openai`: models/openai_chat.py as is (an OpenAI-compatible vision server reads the data URLs).
 No backend constrains the output to a grammar: the text is prose.
 """

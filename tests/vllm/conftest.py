@@ -60,12 +60,15 @@ class Fusegen:
         }
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, args: list[str], log: Path) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "pipeline.cli", *args]
+    def start(self, args: list[str], log: Path, entry: list[str] | None = None, env: dict | None = None
+              ) -> subprocess.Popen:
+        """`entry`: the interpreter's arguments before `args` instead of `-m pipeline.cli` (e.g. a `-c`
+        that registers a test track first); `env`: variables added for this run."""
+        cmd = [sys.executable, *(entry or ["-m", "pipeline.cli"]), *args]
         proc = subprocess.Popen(
             cmd,
             cwd=REPO,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -73,8 +76,9 @@ class Fusegen:
         self.procs.append(proc)
         return proc
 
-    def run(self, args: list[str], log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-        proc = self.start(args, log)
+    def run(self, args: list[str], log: Path, timeout: float = 600, entry: list[str] | None = None
+            ) -> subprocess.CompletedProcess:
+        proc = self.start(args, log, entry)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -4,7 +4,7 @@ build, compared row by row with a transformers reference on the same checkpoint 
 Text: the tiny Qwen2 (a causal LM vLLM runs as an embedding model), against its transformers base model's
 last-token hidden state, L2-normalised, float32; one engine start serves the module. The prompts are
 `gme.render_text`'s, one of them cut at `max_length` tokens by both sides, and the rows carry an image
-column (all null but one image that is not an image), so the prepare-multimodal stage runs as it does for GME.
+column (all null but one image that is not an image), so the image path runs as it does for GME.
 
 GME (Qwen2-VL) against `pipeline.models.gme.GmeEmbedder` on the tiny GME, per input kind (text, image
 only, fused text + image): vllm_embed starts the engine with GME's sequential positions

@@ -5,7 +5,6 @@ cluster (the engine runs in tests/vllm/test_vllm_embed.py)."""
 
 from __future__ import annotations
 
-import base64
 import io
 import pickle
 
@@ -53,9 +52,9 @@ def _request(row: dict, columns: EmbedColumns = COLUMNS, load_image=None) -> dic
 
 
 def _image_of(request: dict) -> Image.Image:
-    url = request["messages"][0]["content"][0]["image_url"]["url"]
-    assert url.startswith("data:image/png;base64,")
-    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    image = request["multimodal_data"]["image"]
+    assert isinstance(image, Image.Image) and image.mode == "RGB"
+    return image
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -73,7 +72,7 @@ def test_query_prompt_carries_the_row_instruction():
     assert _request(row)["prompt"] == render_text(GmeInput(text="Who painted this?", instruction=QUERY))
 
 
-def test_image_row_gets_the_placeholder_and_a_png_data_url_of_the_gme_sized_image():
+def test_image_row_gets_the_placeholder_and_the_gme_sized_image_itself():
     row = {"id": "f", "text": "Which tower?", "instruction": QUERY, "image": {"bytes": _png(), "path": None}}
     request = _request(row)
     image = _image_of(request)
@@ -92,15 +91,15 @@ def test_image_references_are_resolved_with_the_given_loader():
     assert _image_of(request).mode == "RGB"
 
 
-def test_text_row_beside_an_image_column_gets_an_empty_text_part_and_no_placeholder():
+def test_text_row_beside_an_image_column_sends_no_image_and_no_placeholder():
     request = _request({"id": "t", "text": "Plain.", "image": None})
-    assert request["messages"] == [{"role": "user", "content": [{"type": "text", "text": ""}]}]
+    assert request["multimodal_data"] is None
     assert IMAGE_PLACEHOLDER not in request["prompt"]
 
 
-def test_rows_without_an_image_column_send_no_messages():
+def test_rows_without_an_image_column_send_no_multimodal_data():
     request = _request({"id": "t", "text": "Plain."}, EmbedColumns())
-    assert "messages" not in request and request["prompt"] == render_text(GmeInput(text="Plain."))
+    assert "multimodal_data" not in request and request["prompt"] == render_text(GmeInput(text="Plain."))
 
 
 def test_prompts_are_cut_at_max_length_from_the_right():
@@ -197,7 +196,7 @@ def test_embedding_column_is_typed_float32_lists_even_in_an_all_reject_block():
 
 
 def test_embed_config_pools_the_last_token_normalised_and_takes_the_prompt_as_given():
-    built = embed_processor_config(LLMConfig(**CPU), "/m", Resources(), multimodal=False)
+    built = embed_processor_config(LLMConfig(**CPU), "/m", Resources())
     assert (built.task_type, built.engine_kwargs["pooler_config"]) == ("embed", POOLER)
     assert POOLER == {"pooling_type": "LAST", "use_activation": True}
     stages = (built.chat_template_stage, built.tokenize_stage, built.detokenize_stage)
@@ -206,7 +205,7 @@ def test_embed_config_pools_the_last_token_normalised_and_takes_the_prompt_as_gi
 
 
 def test_embed_config_feeds_gme_sequential_positions():
-    built = embed_processor_config(LLMConfig(**CPU), "/m", Resources(), multimodal=True)
+    built = embed_processor_config(LLMConfig(**CPU), "/m", Resources())
     assert built.engine_kwargs["hf_overrides"] is sequential_positions
 
 
@@ -236,14 +235,16 @@ def test_sequential_positions_leaves_a_text_model_config_alone(tiny_cache):
 
 def test_embed_config_needs_no_json_grammar():
     built = embed_processor_config(
-        LLMConfig(backend="vllm", guided=True), "/m", Resources(), multimodal=False
+        LLMConfig(backend="vllm", guided=True), "/m", Resources()
     )
     assert "structured_outputs_config" not in built.engine_kwargs
 
 
-def test_multimodal_embed_config_prepares_images_on_a_light_helper_on_cpu():
-    built = embed_processor_config(LLMConfig(**CPU), "/m", Resources(), multimodal=True)
-    assert built.prepare_multimodal_stage == {"enabled": True, "num_cpus": 0.1}
+def test_embed_config_on_cpu_has_the_engine_as_its_only_stage():
+    built = embed_processor_config(LLMConfig(**CPU), "/m", Resources())
+    stages = (built.prepare_multimodal_stage, built.chat_template_stage, built.tokenize_stage,
+              built.detokenize_stage)
+    assert [s["enabled"] for s in stages] == [False] * 4
     assert (built.runtime_env, built.log_engine_metrics) == (
         {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
         False,
@@ -259,12 +260,12 @@ def test_an_engine_shorter_than_gme_max_length_is_a_config_error():
 
 def test_cuda_embed_config_keeps_the_gpu_engine_settings():
     cfg = LLMConfig(backend="vllm", tensor_parallel_size=2)
-    built = embed_processor_config(cfg, "/m", Resources(), multimodal=True)
+    built = embed_processor_config(cfg, "/m", Resources())
     assert built.placement_group_config["bundles"] == [{"CPU": 1.0, "GPU": 1.0}] * 2
     assert (built.runtime_env, built.log_engine_metrics, built.prepare_multimodal_stage) == (
         None,
         True,
-        {"enabled": True},
+        {"enabled": False},
     )
     assert (built.engine_kwargs["gpu_memory_utilization"], built.engine_kwargs["tensor_parallel_size"]) == (
         0.85,

@@ -1,5 +1,6 @@
-"""pipeline/models/vllm_vision.py: images become data-URL parts of the last user message; rows without
-a usable image are marked and restored with their reason (pure functions, no Ray, no vllm)."""
+"""pipeline/models/vllm_vision.py: the engine's requests (the prompt `LLM.chat` would render, the images
+decoded as vLLM decodes a data URL); rows without a usable image send a one-token stand-in and are
+restored with their reason (no Ray, no vllm; the tiny Qwen2-VL's processor renders the prompts)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import pytest
 from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW
 from pipeline.models.vllm_backend import CARRY
 from pipeline.models.vllm_vision import (
-    HAS_IMAGE,
+    STAND_IN,
     attach_image,
     data_url,
+    engine_image,
     image_bytes,
-    missing_image_row,
     model_image,
+    split_images,
+    url_bytes,
+    vision_restore_row,
     vlm_preprocess_row,
 )
 
@@ -85,18 +89,41 @@ def test_image_goes_before_the_text_of_the_last_user_message():
     assert messages[1]["content"] == "What is this?"
 
 
-def test_preprocess_attaches_the_row_image_and_carries_the_other_columns(image_bytes):
-    row = {"id": "a", MESSAGES: MESSAGES_JSON, "image": {"bytes": image_bytes("PNG"), "path": None}}
-    pre = vlm_preprocess_row(row, {"max_tokens": 4}, "image", None)
-    assert (pre[HAS_IMAGE], pre["messages"][1]["content"][0]["type"]) == (True, "image_url")
-    assert pickle.loads(pre[CARRY])["id"] == "a"
+@pytest.fixture(scope="module")
+def vl_model(tiny_cache) -> str:
+    return str(tiny_cache / "tiny" / "qwen2_vl")
 
 
-def test_preprocess_resolves_image_references_with_the_given_loader(image_bytes):
+def _restored(request: dict, **engine_row) -> dict:
+    """What the restore map makes of a request once the engine answered with `engine_row`."""
+    return vision_restore_row({CARRY: request[CARRY], **engine_row}, max_new_tokens=8, max_input_tokens=512)
+
+
+def test_preprocess_sends_the_rendered_prompt_and_the_decoded_image(image_bytes, vl_model):
+    from PIL import Image
+
+    png = image_bytes("PNG")
+    row = {"id": "a", MESSAGES: MESSAGES_JSON, "image": {"bytes": png, "path": None}}
+    pre = vlm_preprocess_row(row, {"max_tokens": 4}, "image", None, vl_model)
+    # The template writes the image placeholder where the image part is, before the question (the
+    # "openai" content format vLLM's chat parser picks for a template that reads typed parts).
+    assert pre["prompt"] == (
+        "<|im_start|>system\nDescribe.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>What is this?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    [image] = pre["multimodal_data"]["image"]
+    assert (image.mode, image.tobytes()) == ("RGB", Image.open(io.BytesIO(png)).convert("RGB").tobytes())
+    assert (pre["sampling_params"], pickle.loads(pre[CARRY])["id"]) == ({"max_tokens": 4}, "a")
+    assert _restored(pre, **{RAW: "a cat", "num_generated_tokens": 2}) | {"image": None} == {
+        "id": "a", "image": None, RAW: "a cat", LLM_ERROR: "",
+    }
+
+
+def test_preprocess_resolves_image_references_with_the_given_loader(image_bytes, vl_model):
     store = {"sha256:1": image_bytes("PNG")}
     row = {"id": "a", MESSAGES: MESSAGES_JSON, "image": "sha256:1"}
-    pre = vlm_preprocess_row(row, {}, "image", store.get)
-    assert pre[HAS_IMAGE] is True
+    pre = vlm_preprocess_row(row, {}, "image", store.get, vl_model)
+    assert len(pre["multimodal_data"]["image"]) == 1 and pre["prompt"] != STAND_IN
 
 
 @pytest.mark.parametrize(
@@ -108,22 +135,77 @@ def test_preprocess_resolves_image_references_with_the_given_loader(image_bytes)
         ("cut", "error:image_not_an_image"),  # the fixture PNG is tiny: half of it ends inside its header
     ],
 )
-def test_row_without_a_usable_image_is_restored_with_its_reason(value, reason, image_bytes):
+def test_row_without_a_usable_image_sends_a_stand_in_and_is_restored_with_its_reason(value, reason, image_bytes):
     if value == "cut":  # a real PNG cut in half: PIL identifies it from its header alone
         whole = image_bytes("PNG")
         value = {"bytes": whole[: len(whole) // 2], "path": None}
-    pre = vlm_preprocess_row({"id": "a", MESSAGES: MESSAGES_JSON, "image": value}, {}, "image", None)
-    assert pre[HAS_IMAGE] is False
-    restored = missing_image_row(pre)
-    assert (restored["id"], restored[RAW], restored[LLM_ERROR]) == ("a", "", reason)
-
-
-def test_preprocess_without_an_image_column_sends_the_messages_images_as_they_are():
-    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-             {"type": "image_url", "image_url": {"url": "data:image/png;base64,BBBB"}}, {"type": "text", "text": "?"}]
-    messages = [{"role": "user", "content": parts}]
-    pre = vlm_preprocess_row({"id": "a", MESSAGES: json.dumps(messages)}, {}, None, None)
-    skipped = vlm_preprocess_row({"id": "b", MESSAGES: None}, {}, None, None)
-    assert (pre["messages"], pre[HAS_IMAGE], skipped[HAS_IMAGE], pickle.loads(skipped[CARRY])["id"]) == (
-        messages, True, False, "b",
+    sampling = {"max_tokens": 64, "structured_outputs": {"json": "{}"}}
+    pre = vlm_preprocess_row({"id": "a", MESSAGES: MESSAGES_JSON, "image": value}, sampling, "image", None, "/none")
+    assert (pre["prompt"], pre["multimodal_data"], pre["sampling_params"]) == (
+        STAND_IN, None, {"max_tokens": 1, "structured_outputs": None},
     )
+    # Whatever the engine made of the stand-in (an answer or an error) is dropped.
+    for engine_row in ({RAW: "x", "num_generated_tokens": 1}, {"__inference_error__": "boom"}):
+        restored = _restored(pre, **engine_row)
+        assert (restored["id"], restored[RAW], restored[LLM_ERROR]) == ("a", "", reason)
+
+
+def test_engine_outcomes_keep_the_backend_reasons(image_bytes, vl_model):
+    row = {"id": "a", MESSAGES: MESSAGES_JSON, "image": image_bytes("PNG")}
+    pre = vlm_preprocess_row(row, {}, "image", None, vl_model)
+    assert [
+        _restored(pre, **r)[LLM_ERROR]
+        for r in (
+            {RAW: "abc", "num_generated_tokens": 8},
+            {"__inference_error__": "ValueError: prompt is longer than the maximum model length"},
+            {"__inference_error__": "RuntimeError: boom"},
+        )
+    ] == ["error:truncated_output", "error:prompt_too_long", "error:inference_failed"]
+
+
+def test_preprocess_without_an_image_column_decodes_the_messages_images_in_order(image_bytes, vl_model):
+    from PIL import Image
+
+    first, second = (data_url(image_bytes("PNG", color=c)) for c in ((250, 0, 0), (0, 0, 250)))
+    parts = [{"type": "image_url", "image_url": {"url": first}},
+             {"type": "image_url", "image_url": {"url": second}}, {"type": "text", "text": "?"}]
+    pre = vlm_preprocess_row({"id": "a", MESSAGES: json.dumps([{"role": "user", "content": parts}])}, {}, None,
+                             None, vl_model)
+    assert pre["prompt"].count("<|image_pad|>") == 2
+    assert [im.getpixel((0, 0)) for im in pre["multimodal_data"]["image"]] == [(250, 0, 0), (0, 0, 250)]
+    skipped = vlm_preprocess_row({"id": "b", MESSAGES: None}, {}, None, None, vl_model)
+    assert (skipped["prompt"], _restored(skipped)[LLM_ERROR]) == (STAND_IN, "error:image_missing")
+    assert all(isinstance(im, Image.Image) for im in pre["multimodal_data"]["image"])
+
+
+def test_split_images_puts_typed_placeholders_where_the_image_parts_were(image_bytes):
+    url = data_url(image_bytes("PNG"))
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "A"}, {"type": "image_url", "image_url": {"url": url}}]}]
+    conversation, images = split_images(messages)
+    assert conversation == [messages[0], {"role": "user", "content": [{"type": "text", "text": "A"}, {"type": "image"}]}]
+    assert len(images) == 1 and messages[1]["content"][1]["type"] == "image_url"
+
+
+@pytest.mark.parametrize("url", ["https://example.com/a.png", "data:image/png,AAAA", "data:image/png;base64,A?A"])
+def test_only_base64_data_urls_are_image_sources(url):
+    with pytest.raises(ValueError):
+        url_bytes(url)
+
+
+def test_engine_image_is_what_vllm_makes_of_the_bytes():
+    """vLLM's ImageMediaIO (RGB): transparency composited on white, other modes converted, EXIF applied."""
+    from PIL import Image
+
+    def encoded(image, **kw) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", **kw)
+        return buf.getvalue()
+
+    clear = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    grey_trns = Image.new("L", (4, 4), 7)
+    assert engine_image(encoded(clear)).getpixel((0, 0)) == (255, 255, 255)
+    assert engine_image(encoded(grey_trns, transparency=7)).getpixel((0, 0)) == (255, 255, 255)
+    assert engine_image(encoded(Image.new("L", (4, 4), 7))).getpixel((0, 0)) == (7, 7, 7)
+    with pytest.raises(ValueError):
+        engine_image(b"not an image")
