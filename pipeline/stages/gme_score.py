@@ -170,30 +170,24 @@ class GmeQueryFn:
     def encode_queries(self, table: pa.Table) -> tuple[list[str], np.ndarray, list[str]]:
         """(query texts, vectors, per-row image reason or "")."""
         queries = [q or "" for q in table["rewritten_query"].to_pylist()]
+        refs = table["query_image"].to_pylist()
+        if not self.text and not self.vllm:
+            # The transformers path loads the images itself, and names a missing one.
+            return queries, *gme_pool.encode_queries(
+                self.embedder, self.loader, queries, refs, self.instruction, self.cfg.resources.batch_size
+            )
         if self.text:
             # The fused query means the rewrite with its entity shown; in text, that is the query the
-            # rewrite came from (the entity named). The image is not read, but a row without one is no
-            # fused query.
+            # rewrite came from (the entity named). The image is not read.
             prefix = self.cfg.text_embedder.query_prefix
             texts = [prefix + (q or "") for q in table["query"].to_pylist()]
-            vectors = self.embedder.encode(texts, self.cfg.resources.batch_size)
-            refs = table["query_image"].to_pylist()
-            return queries, vectors, ["error:no_query_image" if ref is None else "" for ref in refs]
-        if self.vllm:
+            vectors, reasons = self.embedder.encode(texts, self.cfg.resources.batch_size), [""] * len(refs)
+        else:
             vectors, reasons = gme_pool.vectors_of(table, gme_pool.QUERY, self.dim)
-            refs = table["query_image"].to_pylist()
-            return queries, vectors, [
-                "error:no_query_image" if ref is None else reason for ref, reason in zip(refs, reasons)
-            ]
-        vectors, reasons = gme_pool.encode_queries(
-            self.embedder,
-            self.loader,
-            queries,
-            table["query_image"].to_pylist(),
-            self.instruction,
-            self.cfg.resources.batch_size,
-        )
-        return queries, vectors, reasons
+        # A row without an image is no fused query, whichever way it was embedded.
+        return queries, vectors, [
+            "error:no_query_image" if ref is None else reason for ref, reason in zip(refs, reasons)
+        ]
 
     def drop_temp(self, table: pa.Table) -> pa.Table:
         """The table without the vllm backend's temporary columns."""
