@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--work", default="/tmp/fg-bench-ingest")
     ap.add_argument("--shard-rows", type=int, default=None, help="default: configs/base.yaml's")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="more config overrides, as `fusegen run --set` takes them (e.g. export.resources.shard_rows=4000)")
     args = ap.parse_args()
     work = Path(args.work)
     print(f"machine: {machine()}")
@@ -34,6 +36,7 @@ def main() -> int:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     ok = True
     shard_rows = ["--set", f"ingest.resources.shard_rows={args.shard_rows}"] if args.shard_rows else []
+    shard_rows += [arg for kv in args.set for arg in ("--set", kv)]
     for rows in args.rows:
         corpus = work / f"corpus-{rows}.jsonl"
         if not corpus.exists():

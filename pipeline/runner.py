@@ -41,7 +41,7 @@ from pipeline.logging import get_logger
 from pipeline.progress import StageProgress
 from pipeline.raycluster import check_plan
 from pipeline.rundir import RunContext, check_run_dir, stage_dirs
-from pipeline.stage import Stage, StageOutput, glue_map, run_steps
+from pipeline.stage import Stage, StageOutput, glue_map, run_steps, shards_pending
 from pipeline.stallguard import guarded
 
 log = get_logger(__name__)
@@ -369,7 +369,8 @@ def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSp
                             **resources.remote_args())
     else:
         ds = glue_map(ds, read_shards, batch_size=1, batch_format="numpy", fn_kwargs=read)
-        ds = stage.apply(ds)
+        with shards_pending(len(pending)):  # no actor pool larger than the shards it will get
+            ds = stage.apply(ds)
         ds = glue_map(ds, write_pieces, fn_kwargs=write)
     try:
         receipts = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)

@@ -9,7 +9,10 @@ blocks are whole shards and whose rows carry the internal columns below; a stage
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -56,8 +59,31 @@ def glue_map(ds, fn, **kwargs):
     return ds.map_batches(fn, num_cpus=GLUE_CPUS, compute=ray.data.TaskPoolStrategy(size=GLUE_TASKS), **kwargs)
 
 
+# How many shards the stage whose plan is being built will be given (set by the runner around
+# `Stage.apply`); None outside a run (tests calling `apply` directly).
+_SHARDS_PENDING: contextvars.ContextVar[int | None] = contextvars.ContextVar("shards_pending", default=None)
+
+
+@contextlib.contextmanager
+def shards_pending(count: int) -> Iterator[None]:
+    """The runner's side of `pool_size`: while a stage's plan is built, it will get `count` shards."""
+    token = _SHARDS_PENDING.set(count)
+    try:
+        yield
+    finally:
+        _SHARDS_PENDING.reset(token)
+
+
+def pool_size(resources: Resources) -> int:
+    """Actors (or engine replicas) to start for a stage: `resources.concurrency`, but never more than the
+    shards it will get. A shard is one call of one actor, so an actor beyond that count would only load
+    its model (tens of seconds on CPU, a GPU on a cluster) and wait."""
+    pending = _SHARDS_PENDING.get()
+    return resources.concurrency if pending is None else max(1, min(resources.concurrency, pending))
+
+
 def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: float | None = None):
-    """`map_batches` through a fixed pool of `resources.concurrency` actors, each holding a model.
+    """`map_batches` through a fixed pool of `pool_size(resources)` actors, each holding a model.
 
     One call per block = one shard (batch_size=None): batches never mix shards, so a rerun of a
     shard sees exactly the inputs of the first run and a greedy model gives the same output.
@@ -75,7 +101,7 @@ def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: fl
         fn_constructor_kwargs=kwargs,
         batch_size=None,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=resources.concurrency),
+        compute=ray.data.ActorPoolStrategy(min_size=pool_size(resources), max_size=pool_size(resources)),
         num_cpus=request.pop("CPU"),
         num_gpus=request.pop("GPU", 0.0),
         **({"resources": request} if request else {}),

@@ -176,6 +176,8 @@ def vllm_processor_config(cfg: LLMConfig, model_path: str, resources: Any, **ext
     """
     from ray.data.llm import vLLMEngineProcessorConfig
 
+    from pipeline.stage import pool_size
+
     cpu = cfg.vllm_device == "cpu"
     helpers = helper_num_cpus(cfg)
     stage = {"num_cpus": helpers} if helpers is not None else {}
@@ -199,7 +201,7 @@ def vllm_processor_config(cfg: LLMConfig, model_path: str, resources: Any, **ext
             **engine_extra,
         },
         batch_size=resources.batch_size,
-        concurrency=resources.concurrency,
+        concurrency=pool_size(resources),
         accelerator_type=cfg.accelerator_type,
         placement_group_config={"bundles": engine_bundles(cfg, resources)},
         runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": f"{cfg.vllm_cpu_kvcache_gib:g}"}}
@@ -217,7 +219,9 @@ def row_map_kwargs(resources: Any) -> dict:
     two tasks per engine replica at once (0.1-CPU tasks are otherwise started one per pending block)."""
     import ray.data
 
-    return {"num_cpus": CPU_HELPER_CPUS, "compute": ray.data.TaskPoolStrategy(size=2 * resources.concurrency)}
+    from pipeline.stage import pool_size
+
+    return {"num_cpus": CPU_HELPER_CPUS, "compute": ray.data.TaskPoolStrategy(size=2 * pool_size(resources))}
 
 
 def check_engine_fits(cfg: LLMConfig, resources: Any, stage: str) -> None:

@@ -1,18 +1,20 @@
 """Vision-language prompts through vLLM: text plus the row's image to a Qwen2-VL class model.
 
-Rows carry `_messages` (JSON chat messages, text only, as for the text backends) and an image column.
-The image goes into the last user message as an OpenAI-style `image_url` part (a data URL), as
-`vllm.LLM.chat` takes it. The image column may hold an HF image struct `{bytes, path}` or raw bytes; a
-reference into the run's image store is resolved by the `load_image` callable the caller passes (it
-runs in the worker). With `image_column=None` the images are already image parts of `_messages`
+Rows carry `_messages` (JSON chat messages, text only, as for the text backends) and an image column
+holding an HF image struct `{bytes, path}` or raw bytes; a reference into the run's image store is
+resolved by the `load_image` callable the caller passes (it runs in the worker). With
+`image_column=None` the images are already OpenAI-style `image_url` parts (data URLs) of `_messages`
 (several per prompt, up to `max_images`, e.g. models/vlm.py's two-image prompts).
 
 The row map before the engine does what `LLM.chat` does with such messages, once per row: it decodes
-each image part as vLLM does (`engine_image`), puts a typed placeholder where it was and renders the
-model's chat template (`render_prompt`, the processor's template, as vLLM picks it). The engine gets
-the prompt string and the PIL images (`multimodal_data`): it is the processor's only stage (no
-prepare-multimodal, chat-template, tokenize or detokenize actors; vLLM's own text is kept). Answers are
-exactly raw `LLM.chat`'s (tests/vllm/test_vllm_vision.py); docs/benchmarks.md has what this saved.
+each image once (a column's image with io/images.decode_image, the RGB image every model of the run
+sees; an image part as vLLM decodes a data URL, `engine_image`), puts the typed placeholder
+`{"type": "image"}` before the last user message's text and renders the model's chat template
+(`render_prompt`, the processor's template, as vLLM picks it). The engine gets the prompt string and
+the PIL images (`multimodal_data`): it is the processor's only stage (no prepare-multimodal,
+chat-template, tokenize or detokenize actors; vLLM's own text is kept). Answers are exactly raw
+`LLM.chat`'s on the same conversations (tests/vllm/test_vllm_vision.py); docs/benchmarks.md has what
+this saved.
 Output as for text: `_raw` / `_llm_error` with the fixed reasons of models/vllm_backend.py; a row
 without an image (or with a null `_messages`) is `error:image_missing`, one whose bytes are not a valid
 image `error:image_<kind>` (io/images); such a row sends the engine a one-token stand-in whose answer is
@@ -44,7 +46,7 @@ from pipeline.models.vllm_backend import (
     vllm_sampling_params,
 )
 
-IMAGE_MISSING, IMAGE_UNREADABLE = "error:image_missing", "error:image_unreadable"
+IMAGE_MISSING = "error:image_missing"
 # Carried by a row that has no usable image: its reason. Such a row sends a one-token stand-in prompt
 # (the processor cannot let a row bypass the engine, and a second branch of the lazy plan would run
 # everything before it twice) and its answer is dropped.
@@ -68,7 +70,7 @@ def image_bytes(value: Any) -> bytes | None:
 
 
 def data_url(data: bytes) -> str:
-    """`data:<mime>;base64,...` for image bytes the loader made or checked (`model_image`); the magic bytes
+    """`data:<mime>;base64,...` for image bytes the loader made or checked (io/images.fit_image); the magic bytes
     must name an allowed format (io/images.sniff_format), so nothing else reaches the engine's decoder.
 
     Raises:
@@ -82,28 +84,18 @@ def data_url(data: bytes) -> str:
     return f"data:{_MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def model_image(data: bytes) -> bytes:
-    """Input image bytes as the engine should get them, through the one image loader (io/images.fit_image:
-    allowed formats, pixel cap): a plain upright JPEG/PNG keeps its bytes; anything else (EXIF-rotated,
-    CMYK, 16-bit, animated, WebP, BMP) is sent normalised.
-
-    Raises:
-        ImageError: the bytes are not a valid image.
-    """
-    from pipeline.io.images import STORED_LIMITS, fit_image
-
-    return fit_image(data, STORED_LIMITS, max_side=1 << 16, max_aspect=float("inf")).data
-
-
-def attach_image(messages: list[dict], url: str) -> list[dict]:
-    """The messages with the image put before the text of the last user message."""
+def attach_image(messages: list[dict], url: str | None = None) -> list[dict]:
+    """The messages with an image put before the text of the last user message: an `image_url` part
+    holding `url`, or with `url` None the typed placeholder `{"type": "image"}` (the image itself then
+    goes to the engine beside the prompt)."""
     out = [dict(m) for m in messages]
     last = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
     if last is None:
         raise ValueError("no user message to attach the image to")
     content = out[last]["content"]
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
-    out[last]["content"] = [{"type": "image_url", "image_url": {"url": url}}, *parts]
+    image = {"type": "image"} if url is None else {"type": "image_url", "image_url": {"url": url}}
+    out[last]["content"] = [image, *parts]
     return out
 
 
@@ -111,7 +103,7 @@ def engine_image(data: bytes) -> Any:
     """The PIL image vLLM makes of a data URL holding `data` (vllm/multimodal/media/image.py,
     `ImageMediaIO(image_mode="RGB").load_bytes`): EXIF orientation applied, then RGB, transparency
     composited on white. Done here so the engine gets the decoded image and no data URL is built,
-    copied and decoded again on the way (`data` comes from `model_image` or the caller's loader).
+    copied and decoded again on the way (for image parts of `_messages`, e.g. models/vlm.py's).
 
     Raises:
         ValueError: the bytes are not an allowed image format.
@@ -201,33 +193,34 @@ def vlm_preprocess_row(
     """The engine's request for a row: the rendered prompt and its decoded images, or, for a row without
     a usable image, a one-token stand-in and the reason (restored by `vision_restore_row`)."""
     carry = {k: v for k, v in row.items() if k != MESSAGES}
-    messages, reason = None, IMAGE_MISSING
+    messages, images, reason = None, None, IMAGE_MISSING
     if image_column is None:
         messages = json.loads(row[MESSAGES]) if row.get(MESSAGES) is not None else None
     else:
-        from pipeline.io.images import ImageError
+        from pipeline.io.images import STORED_LIMITS, ImageError, decode_image
 
         value = row.get(image_column)
         # A failing read in `load_image` propagates (R35); bytes that are not a valid image skip the engine.
         data = load_image(value) if load_image is not None and value is not None else image_bytes(value)
         if data:
             try:
-                url = data_url(model_image(data))
+                # Decoded once, here: the RGB image every model of the run sees (io/images.decode_image:
+                # allowed formats, pixel cap, first frame, EXIF orientation, RGB), not encoded again.
+                image = decode_image(data, STORED_LIMITS)
             except ImageError as exc:
                 reason = f"error:image_{exc.kind}"
-            except ValueError:
-                reason = IMAGE_UNREADABLE
             else:
-                messages = attach_image(json.loads(row[MESSAGES]), url)
+                messages, images = attach_image(json.loads(row[MESSAGES])), [image]
     if messages is None:
         carry[IMAGE_REASON] = reason
         params = {**sampling, "max_tokens": 1}
         if "structured_outputs" in params:
             params["structured_outputs"] = None
         return {"prompt": STAND_IN, "multimodal_data": None, "sampling_params": params, CARRY: pickle.dumps(carry)}
-    conversation, images = split_images(messages)
+    if images is None:  # image parts of `_messages` (data URLs), decoded as vLLM decodes them
+        messages, images = split_images(messages)
     return {
-        "prompt": render_prompt(conversation, model_path),
+        "prompt": render_prompt(messages, model_path),
         "multimodal_data": {"image": images} if images else None,
         "sampling_params": dict(sampling),
         CARRY: pickle.dumps(carry),

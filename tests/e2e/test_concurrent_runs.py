@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import _selected
+from tests.conftest import long_variant
 from tests.support.fault_runs import ledger_problems
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -30,9 +30,8 @@ def text_track(run_dir: Path, index_dir: Path, cache: Path) -> list[str]:
             *[x for s in sets for x in ("--set", s)]]
 
 
-def test_two_runs_sharing_an_index_dir_at_once_build_it_once_and_agree(request, ray_cluster, tmp_path, tiny_cache):
-    if not _selected(request.config, "faults"):
-        pytest.skip("long variant: run it with `pytest -m faults`")
+@long_variant("faults", "two runs sharing an index dir at once")
+def test_two_runs_sharing_an_index_dir_at_once_build_it_once_and_agree(ray_cluster, tmp_path, tiny_cache):
     shared = tmp_path / "indexes"
     for name in ("one", "two"):
         ray_cluster.submit(f"shared-{name}-{tmp_path.name[-12:]}", text_track(tmp_path / name, shared, tiny_cache))

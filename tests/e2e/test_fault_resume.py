@@ -6,7 +6,7 @@ Two tracks: the short one (tests/support/tracks.py: ingest, two pure stages, exp
 the default suite; the whole GME track (every stage, its model actors, the LLM stages on a local
 OpenAI-compatible server) only under `pytest -m faults`. Faults come from pipeline/faults.py (FUSEGEN_FAULTS,
 a plan file per seed) and from the test itself (`ray job stop`); tests/support/fault_runs.py draws them.
-Seeds: 2 by default, 10 under `-m faults`; FUSEGEN_FAULT_SEEDS=N (a count) or =3,8 (a list; one seed: 5,)
+Seeds: 4 by default (tests/conftest.fault_seeds), 10 under `-m faults`; FUSEGEN_FAULT_SEEDS=N (a count) or =3,8 (a list; one seed: 5,)
 picks them (tests/conftest.py). A failure names its seed and plan.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _selected
+from tests.conftest import long_variant
 from tests.support.fault_runs import (
     ACTORS,
     KEY,
@@ -65,9 +65,7 @@ def run_clean(cluster, job_id: str, args: list[str], env: dict, entry: list[str]
 
 
 @pytest.fixture(scope="module")
-def clean(request, ray_cluster, tmp_path_factory, tiny_cache, llm_server):
-    if not _selected(request.config, "faults"):
-        pytest.skip("the whole GME track under faults is the long variant: run it with `pytest -m faults`")
+def clean(ray_cluster, tmp_path_factory, tiny_cache, llm_server):
     run_dir = tmp_path_factory.mktemp("fault-clean") / "run"
     seconds = run_clean(ray_cluster, "fault-clean", job_args(run_dir, tiny_cache, llm_server.base_url), {KEY_ENV: KEY})
     print(f"\nclean whole-track run: {seconds:.0f} s")
@@ -83,6 +81,7 @@ def short_clean(ray_cluster, tmp_path_factory, tiny_cache):
     return root / "run", snapshot(root / "run"), committed_shards(root / "run")
 
 
+@long_variant("faults", "the whole GME track under faults")
 def test_the_clean_run_reaches_export_through_every_stage(clean):
     run_dir, snap, _ = clean
     assert list(stage_folders(run_dir)) and set(snap) - {"_images"} == {
@@ -145,6 +144,7 @@ def test_short_track_under_a_seeded_fault_resumes_to_the_clean_output(fault_seed
     assert_equals_clean(run_dir, clean_snap, where)
 
 
+@long_variant("faults", "the whole GME track under faults")
 def test_whole_gme_track_under_a_seeded_fault_resumes_to_the_clean_output(fault_seed, clean, ray_cluster,
                                                                          tiny_cache, llm_server, tmp_path):
     _, clean_snap, shards = clean

@@ -20,7 +20,7 @@ from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
 from samples.corpus_source import is_good, load_rows
-from tests.conftest import _selected
+from tests.conftest import long_variant
 from tests.support.fault_runs import KEY, KEY_ENV, GroundedLLM, ledger_problems, stage_folders
 from tests.support.hostile import FILE_KINDS, REJECT, write_file_kind, write_mixed_corpus
 from tests.support.openai_server import OpenAIServer
@@ -101,9 +101,7 @@ def test_a_hostile_parquet_file_stops_the_run_naming_it_or_ingests_every_row(kin
 
 
 @pytest.fixture(scope="module")
-def track_run(request, tmp_path_factory, tiny_cache):
-    if not _selected(request.config, "badinput"):
-        pytest.skip("the whole track over hostile inputs is the long variant: run it with `pytest -m badinput`")
+def track_run(tmp_path_factory, tiny_cache):
     root = tmp_path_factory.mktemp("hostile-track")
     corpus = write_mixed_corpus(root / "corpus", good_sample_rows(10), REPO / "samples" / "corpus")
     mp = pytest.MonkeyPatch()
@@ -120,6 +118,7 @@ def track_run(request, tmp_path_factory, tiny_cache):
     return root / "run", corpus
 
 
+@long_variant("badinput", "the whole track over hostile inputs")
 def test_the_whole_track_over_hostile_inputs_keeps_every_good_row_in_the_funnel(track_run):
     run_dir, corpus = track_run
     assert ledger_problems(run_dir) == []

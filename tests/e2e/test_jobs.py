@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from samples.corpus_source import expected_ingest, expected_reasons, load_rows
-from tests.conftest import _selected
+from tests.conftest import long_variant
 from tests.support.ledger import check_ledgers
 
 pytestmark = pytest.mark.e2e
@@ -145,7 +145,12 @@ def _driver_pids(run_dir: Path) -> list[int]:
     return [int(p) for p in out.split() if int(p) != os.getpid()]
 
 
+@long_variant("faults", "stopping and killing a run mid-doc2query")
 def test_stop_and_kill_mid_doc2query_then_resume_equals_clean_run(ray_cluster, clean_run, tmp_path, tiny_cache):
+    """`ray job stop`, then `kill -9` of the model workers and of the driver, then a resume that must equal
+    the clean run. The long variant: in the default suite the short track's seeded faults
+    (tests/e2e/test_fault_resume.py) stop a job, kill a worker mid-shard and kill the driver after a
+    commit, each resumed and compared with a clean run the same way."""
     run_dir = tmp_path / "run"
     args = job_args(run_dir, tiny_cache)
     # 1. `ray job stop` while doc2query is part-way through.
@@ -200,6 +205,7 @@ def _writer_pids() -> list[int]:
     return pids
 
 
+@long_variant("faults", "killing the workers that write a shard")
 def test_kill_of_workers_while_they_write_a_shard_then_resume_equals_clean_run(request, ray_cluster, tmp_path,
                                                                               tiny_cache):
     """`kill -9` of the worker writing a shard's parts and rejects (caught while its title names the write
@@ -207,8 +213,6 @@ def test_kill_of_workers_while_they_write_a_shard_then_resume_equals_clean_run(r
     with the clean run's rows and images, no leftover files. The long variant (`-m faults`): in the
     default suite the short track's seeded `kill` (tests/e2e/test_fault_resume.py) kills the worker that
     computes and writes a shard, and its resume is compared with a clean run the same way."""
-    if not _selected(request.config, "faults"):
-        pytest.skip("repeated kills in the write step are the long variant: run them with `pytest -m faults`")
     clean_run = request.getfixturevalue("clean_run")
     run_dir = tmp_path / "run"
     args = job_args(run_dir, tiny_cache)

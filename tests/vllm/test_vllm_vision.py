@@ -113,14 +113,14 @@ def test_answers_are_exactly_raw_vllm_chat_on_the_same_conversations(vl_rows, vl
     from vllm import LLM, SamplingParams
 
     from pipeline.models.vllm_backend import vllm_sampling_params
-    from pipeline.models.vllm_vision import attach_image, data_url, model_image
+    from pipeline.models.vllm_vision import attach_image, data_url
 
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{ENGINE.vllm_cpu_kvcache_gib:g}"
     llm = LLM(str(vl_model), max_model_len=ENGINE.max_model_len, gpu_memory_utilization=ENGINE.gpu_memory_utilization,
               enforce_eager=True, dtype=ENGINE.dtype)
     try:
         colours = {"red": (200, 30, 40), "blue": (20, 30, 200)}
-        convs = [attach_image(json.loads(MESSAGES_JSON), data_url(model_image(_png(c)))) for c in colours.values()]
+        convs = [attach_image(json.loads(MESSAGES_JSON), data_url(_png(c))) for c in colours.values()]
         # Free text: no JSON grammar, as vllm_vision_generate sends with schema None.
         sampling = vllm_sampling_params(dataclasses.replace(ENGINE, guided=False), {})
         raw = llm.chat(convs, SamplingParams(**sampling), use_tqdm=False)

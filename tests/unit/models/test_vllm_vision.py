@@ -19,7 +19,6 @@ from pipeline.models.vllm_vision import (
     data_url,
     engine_image,
     image_bytes,
-    model_image,
     split_images,
     url_bytes,
     vision_restore_row,
@@ -53,16 +52,20 @@ def test_data_url_names_the_format_and_holds_the_bytes(image_bytes):
     assert url.startswith("data:image/jpeg;base64,") and base64.b64decode(url.split(",", 1)[1]) == jpeg
 
 
-@pytest.mark.parametrize(
-    ("fmt", "mode", "mime"),
-    [("BMP", "RGB", "png"), ("WEBP", "RGB", "jpeg"), ("PNG", "RGBA", "png"), ("JPEG", "CMYK", "jpeg")],
-)
-def test_model_image_sends_what_is_not_plain_jpeg_or_png_as_rgb(image_bytes, fmt, mode, mime):
+@pytest.mark.parametrize(("fmt", "mode"), [("BMP", "RGB"), ("WEBP", "RGB"), ("PNG", "RGBA"), ("JPEG", "CMYK")])
+def test_preprocess_sends_any_allowed_image_decoded_once_as_every_model_sees_it(encode_image, vl_model, fmt, mode):
+    """The engine gets io/images.decode_image's RGB pixels (what CLIP and GME see), not a re-encoded copy
+    (a JPEG made of a noise WebP or CMYK JPEG would not keep these pixels)."""
+    import numpy as np
     from PIL import Image
 
-    url = data_url(model_image(image_bytes(fmt, mode)))
-    assert url.startswith(f"data:image/{mime};base64,")
-    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).mode == "RGB"
+    from pipeline.io.images import decode_image
+
+    noise = np.random.RandomState(1).randint(0, 255, (24, 32, 4), dtype=np.uint8)
+    data = encode_image(Image.fromarray(noise, "RGBA").convert(mode), fmt)
+    row = {"id": "a", MESSAGES: MESSAGES_JSON, "image": {"bytes": data, "path": None}}
+    [image] = vlm_preprocess_row(row, {}, "image", None, vl_model)["multimodal_data"]["image"]
+    assert (image.mode, image.tobytes()) == ("RGB", decode_image(data).tobytes())
 
 
 @pytest.mark.parametrize("data", [b"plain text", b"%!PS-Adobe-3.0 EPSF-3.0\n", b"II*\x00\x08\x00\x00\x00"])
@@ -71,12 +74,11 @@ def test_data_url_refuses_bytes_that_are_not_an_allowed_format(data):
         data_url(data)
 
 
-def test_model_image_refuses_an_eps_before_any_decoder_sees_it():
-    from pipeline.io.images import ImageError
-
-    with pytest.raises(ImageError) as err:
-        model_image(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
-    assert err.value.kind == "format_not_allowed"
+def test_an_eps_in_the_image_column_is_refused_before_any_decoder_sees_it():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    pre = vlm_preprocess_row({"id": "a", MESSAGES: MESSAGES_JSON, "image": eps}, {}, "image", None, "/none")
+    assert pre["prompt"] == STAND_IN
+    assert _restored(pre, **{RAW: "x", "num_generated_tokens": 1})[LLM_ERROR] == "error:image_format_not_allowed"
 
 
 def test_image_goes_before_the_text_of_the_last_user_message():
