@@ -7,7 +7,7 @@ Simulates what ingest's committer does, without the pipeline: shard after shard,
 (a content key and an id key, 128 bits each) go to `FirstSeen.decide` on an embedded Ray, whose key
 owners are actors (other processes). Keys are computed from the row number (splitmix64), so the
 generator itself remembers nothing: ~2 % of rows repeat the text of a random earlier row and ~0.1 %
-reuse an earlier row's id. At 1M, 10M, 100M rows it prints the driver's peak RSS (VmHWM, reset at the
+reuse an earlier row's id. At 1M and every 10M rows it prints the driver's peak RSS (VmHWM, reset at the
 start), the keys the owners hold and their bytes, and the rows decided per second; the driver must
 stay flat. `--rule driver` runs the rule it replaced instead (two Python sets of 128-bit ints on the
 driver), for the comparison: the same keys, so the same rows dropped.
@@ -77,7 +77,9 @@ def main() -> int:
     ap.add_argument("--owners", type=int, default=4)
     ap.add_argument("--rule", choices=["owners", "driver"], default="owners")
     args = ap.parse_args()
-    marks = sorted({m for m in (1_000_000, 10_000_000, 100_000_000) if m <= args.rows} | {args.rows})
+    # A line at 1M and at every 10M rows: the driver's peak must not grow from one to the next.
+    marks = sorted({m for m in (1_000_000, *range(10_000_000, args.rows + 1, 10_000_000)) if m <= args.rows}
+                   | {args.rows})
     print(f"machine: {machine()}", flush=True)
     if args.rule == "driver":
         return driver_sets(marks, args.shard_rows)
