@@ -150,7 +150,7 @@ class Resources:
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    # Actor-pool size for model stages (max actors); 1 = a single actor.
+    # Actor-pool size for model stages (max actors; never more than the stage's shards, `pool_size`).
     concurrency: int = 1
     # Rows per model call inside a shard (the engine's batch).
     batch_size: int = 8
