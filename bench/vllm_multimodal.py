@@ -191,7 +191,7 @@ def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int) -> d
 # --- vision generation -------------------------------------------------------------------------------
 
 
-def vision_bench(model: str, n: int, side: int, block_rows: int) -> dict:
+def vision_bench(model: str, n: int, side: int, block_rows: int, batch_size: int = 32) -> dict:
     from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW
     from pipeline.models.vllm_vision import attach_image, data_url
     from pipeline.stage import Resources
@@ -200,7 +200,7 @@ def vision_bench(model: str, n: int, side: int, block_rows: int) -> dict:
     messages = [[{"role": "user", "content": f"Describe the {WORDS[i % len(WORDS)]} in this picture."}] for i in range(n)]
     rows = [{"id": str(i), MESSAGES: json.dumps(m), "image": {"bytes": b, "path": None}}
             for i, (m, b) in enumerate(zip(messages, images))]
-    cfg, resources = engine(max_model_len=1024), Resources(batch_size=32, concurrency=1, num_cpus=1)
+    cfg, resources = engine(max_model_len=1024), Resources(batch_size=batch_size, concurrency=1, num_cpus=1)
 
     def run(part: list[dict]) -> list[dict]:
         from pipeline.models.vllm_vision import vllm_vision_generate
@@ -253,6 +253,7 @@ def main() -> int:
     ap.add_argument("--block-rows", type=int, default=256,
                     help="rows per input block, as a run's shard (0: from_items' default split, ~1 row a block)")
     ap.add_argument("--only", choices=("gme", "vision"), default=None)
+    ap.add_argument("--vision-batch-size", type=int, default=32, help="the engine stage's batch (resources.batch_size)")
     args = ap.parse_args()
     from pipeline.models.tiny import build_tiny_gme, build_tiny_qwen2_vl
 
@@ -263,7 +264,7 @@ def main() -> int:
                                   args.block_rows)
     if args.only in (None, "vision"):
         result["vision"] = vision_bench(str(build_tiny_qwen2_vl(tmp / "qwen2_vl")), args.vision_rows, args.side,
-                                        args.block_rows)
+                                        args.block_rows, args.vision_batch_size)
     print(json.dumps(result, indent=1))
     return 0
 
