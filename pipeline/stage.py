@@ -92,7 +92,7 @@ def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: fl
 
     from pipeline import faults
 
-    request = actor_request(resources, num_gpus)
+    request, actors = actor_request(resources, num_gpus), pool_size(resources)
     if faults.active():
         # A fault plan may kill this actor mid-batch (tests/e2e/test_fault_resume.py); off otherwise.
         fn_cls, kwargs = faults.FaultyFn, {"_fault_inner": fn_cls, **kwargs}
@@ -101,7 +101,7 @@ def actor_map(ds, fn_cls: type, kwargs: dict, resources: Resources, num_gpus: fl
         fn_constructor_kwargs=kwargs,
         batch_size=None,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=pool_size(resources), max_size=pool_size(resources)),
+        compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors),
         num_cpus=request.pop("CPU"),
         num_gpus=request.pop("GPU", 0.0),
         **({"resources": request} if request else {}),
