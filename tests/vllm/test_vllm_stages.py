@@ -25,6 +25,7 @@ from pipeline.stages.doc2query import output_schema
 from tests.conftest import long_variant
 
 REPO = Path(__file__).resolve().parents[2]
+USERS_DEFAULT_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}  # vLLM's own default (tests/vllm/conftest.py)
 CONFIG = str(REPO / "configs" / "vllm-cpu.yaml")
 PASSAGES = [
     (
@@ -95,8 +96,11 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean_run(fusegen, corpus, tiny_cache, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("clean") / "run"
-    done = fusegen.run(_args(run_dir, corpus, tiny_cache), run_dir.parent / "log.txt")
+    # vLLM's default CPU executor, as users run it ("mp": the model in its own process); the rest of the
+    # suite runs the one-process executor to save its start-up (tests/vllm/conftest.py).
+    done = fusegen.run(_args(run_dir, corpus, tiny_cache), run_dir.parent / "log.txt", env=USERS_DEFAULT_ENV)
     assert done.returncode == 0, done.stdout[-4000:]
+    assert "multiproc_executor" in done.stdout, "the run did not use vLLM's default (mp) CPU executor"
     return run_dir
 
 
