@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import long_variant
 from tests.e2e.test_jobs import _driver_pids, manifest, run_job
 from tests.support.ledger import check_ledgers
 from tests.support.openai_server import OpenAIServer, RecordedRequest, Reply, ok
@@ -191,21 +192,32 @@ def test_the_vlm_describe_path_keeps_each_truncated_description_with_its_reason(
     assert all(r["describe_raw"] and 60 <= r["word_limit"] <= 100 for r in rejects)
 
 
-def test_kill_during_mine_pairs_and_during_describe_then_resume_equals_clean_run(ray_cluster, mp_clean_vlm, tmp_path,
-                                                                                tiny_cache, llm_server):
+@pytest.mark.parametrize("kills", [
+    pytest.param(("03_describe",), id="describe"),
+    pytest.param(("02_mine_pairs", "03_describe"), id="mine_pairs-then-describe",
+                 marks=long_variant("faults", "killing a MegaPairs run in mine_pairs, then again in describe").marks),
+])
+def test_a_live_run_dir_refuses_a_second_run_and_killed_runs_resume_to_the_clean_run(
+        ray_cluster, mp_clean_vlm, tmp_path, tiny_cache, llm_server, kills):
+    """Each run is killed (the driver, SIGKILL) once it has committed two shards of the next stage in `kills`;
+    the last run resumes to the end and must equal the clean run row for row. While the first run is live,
+    `ray job submit` of the same run on its run dir fails naming it, and the live run goes on undisturbed
+    (it commits shards after the refusal, then it is killed as planned)."""
     run_dir = tmp_path / "run"
     args = mp_args(run_dir, tiny_cache, vlm=True, server=llm_server)
-    ray_cluster.submit("mp-kill-a", args)
-    _wait_for_markers(ray_cluster, "mp-kill-a", run_dir / "02_mine_pairs", 2)
-    _kill_driver(run_dir)
-    ray_cluster.wait("mp-kill-a")
-    assert manifest(run_dir, "02_mine_pairs")["status"] != "complete"
-    ray_cluster.submit("mp-kill-b", args)
-    _wait_for_markers(ray_cluster, "mp-kill-b", run_dir / "03_describe", 2)
-    _kill_driver(run_dir)
-    ray_cluster.wait("mp-kill-b")
-    assert manifest(run_dir, "03_describe")["status"] != "complete"
-    run_job(ray_cluster, "mp-kill-c", args)
+    for n, folder in enumerate(kills):
+        job = f"mp-kill-{len(kills)}-{n}"
+        ray_cluster.submit(job, args)
+        if n == 0:
+            _wait_for_markers(ray_cluster, job, run_dir / "01_pool", 1)
+            ray_cluster.submit(f"{job}-second", args)
+            assert ray_cluster.wait(f"{job}-second") == "FAILED"
+            assert "is in use by `fusegen run`" in ray_cluster.logs(f"{job}-second")
+        _wait_for_markers(ray_cluster, job, run_dir / folder, 2)
+        _kill_driver(run_dir)
+        ray_cluster.wait(job)
+        assert manifest(run_dir, folder)["status"] != "complete"
+    run_job(ray_cluster, f"mp-kill-{len(kills)}-resume", args)
     assert manifest(run_dir, "02_mine_pairs")["decision"].startswith("skipped")
     assert manifest(run_dir, "03_describe")["decision"].startswith("resume")
     for folder in ("02_mine_pairs", "03_describe"):
@@ -228,20 +240,3 @@ def test_a_changed_band_re_mines_without_re_embedding_and_keeps_the_pool(ray_clu
     texts = [r for r in export_rows(run_dir) if "text" in r["pair_views"]]
     assert texts
     assert all(0.85 < s for r in texts for v, s in zip(r["pair_views"], r["pair_scores"]) if v == "text")
-
-
-def test_a_second_run_on_a_live_run_dir_is_refused(ray_cluster, tmp_path, tiny_cache, llm_server):
-    """`ray job submit` twice on one run dir: the second job fails naming the first, which goes on (it
-    commits shards after the refusal) until it is stopped."""
-    run_dir = tmp_path / "run"
-    args = mp_args(run_dir, tiny_cache, server=llm_server)
-    ray_cluster.submit("mp-live-a", args)
-    _wait_for_markers(ray_cluster, "mp-live-a", run_dir / "01_pool", 1)
-    ray_cluster.submit("mp-live-b", args)
-    assert ray_cluster.wait("mp-live-b") == "FAILED"
-    assert "is in use by `fusegen run`" in ray_cluster.logs("mp-live-b")
-    # The first run was not disturbed: it is still running and commits mine_pairs shards after the refusal.
-    _wait_for_markers(ray_cluster, "mp-live-a", run_dir / "02_mine_pairs", 1)
-    assert ray_cluster.status("mp-live-a") in ("RUNNING", "SUCCEEDED")
-    ray_cluster.stop("mp-live-a")
-    assert ray_cluster.wait("mp-live-a") in ("STOPPED", "SUCCEEDED")
