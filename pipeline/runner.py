@@ -360,8 +360,7 @@ def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSp
                                rewrite=_remote_rewrite(target.uri, target.stage_dir))
     ds = ray.data.from_items([s.to_item() for s in pending], override_num_blocks=len(pending))
     read = {"source_uri": ctx.run_uri, "readers": stage.readers()}
-    write = {"run_uri": target.uri, "stage": stage, "stage_dir": target.stage_dir, "parts_dir": target.parts_dir,
-             "earlier": seen.earlier() if seen is not None else None}
+    write = {"run_uri": target.uri, "stage": stage, "stage_dir": target.stage_dir, "parts_dir": target.parts_dir}
     steps = stage.task_steps()
     if steps is not None:
         resources = stage.config.resources

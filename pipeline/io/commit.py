@@ -46,7 +46,7 @@ from pipeline.columns import (
     STATUS,
 )
 from pipeline.errors import LedgerError, StageInputError
-from pipeline.io.dedup import EarlierKeys, from_bytes, to_bytes
+from pipeline.io.dedup import from_bytes, to_bytes
 from pipeline.io.fs import RunFS
 from pipeline.io.manifest import MANIFEST, PARTS_MARK, REJECTS, check_ledger
 
@@ -95,10 +95,8 @@ def reject_table(dropped: pa.Table) -> pa.Table:
     return out.append_column("reason", dropped[REASON]).append_column("status", dropped[STATUS])
 
 
-def write_pieces(table: pa.Table, run_uri: str, stage, stage_dir: str, parts_dir: str,
-                 earlier: EarlierKeys | None = None) -> pa.Table:
-    """Ray Data task, the last step of a stage: write this block's rows, return receipts only. `earlier`
-    (a dedup stage): the key owners to ask first, so rows an earlier shard kept go straight to the rejects."""
+def write_pieces(table: pa.Table, run_uri: str, stage, stage_dir: str, parts_dir: str) -> pa.Table:
+    """Ray Data task, the last step of a stage: write this block's rows, return receipts only."""
     run_fs = RunFS.from_uri(run_uri)
     receipts = []
     if table.num_rows == 0:
@@ -111,7 +109,7 @@ def write_pieces(table: pa.Table, run_uri: str, stage, stage_dir: str, parts_dir
                               "its files are left as they are")
         piece = select(table, pc.equal(table[SHARD], shard))
         faults.batch(stage.name, piece)
-        receipts.append(_write_piece(piece, shard, run_fs, stage, stage_dir, parts_dir, earlier))
+        receipts.append(_write_piece(piece, shard, run_fs, stage, stage_dir, parts_dir))
     return pa.Table.from_pylist(receipts, schema=RECEIPT)
 
 
@@ -141,8 +139,7 @@ def _in_order(piece: pa.Table, has_slot: bool) -> pa.Table:
     return piece if ordered else piece.sort_by(keys)
 
 
-def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: str, parts_dir: str,
-                 earlier: EarlierKeys | None = None) -> dict:
+def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: str, parts_dir: str) -> dict:
     has_slot = SLOT in piece.column_names
     piece = _in_order(piece, has_slot)
     first_src = piece[SRC][0].as_py()
@@ -152,13 +149,6 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
     unknown = set(pc.unique(status).to_pylist()) - {OK, FILTERED, REJECTED}
     if unknown:
         raise LedgerError(f"{stage.name}: unknown row status {sorted(map(str, unknown))} in shard {shard}")
-    if earlier is not None and stage.dedup is not None:
-        piece, found = _drop_kept_earlier(piece, stage, earlier)
-        if found:
-            # The owners only grow, so an attempt that found as many rows found the same ones: a task run
-            # again writes other names unless its files would be the same (io/dedup.py, EarlierKeys).
-            name = f"{name}-e{found}"
-        status = piece[STATUS]
     ok = pc.equal(status, OK)
     kept, dropped = select(piece, ok), select(piece, pc.invert(ok))
     if dropped.num_rows and pc.any(pc.equal(pc.fill_null(dropped[REASON], ""), "")).as_py():
@@ -191,25 +181,6 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
         "reasons": json.dumps(dict(Counter(dropped[REASON].to_pylist()))),
         "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys, "read": read,
     }
-
-
-def _drop_kept_earlier(piece: pa.Table, stage, earlier: EarlierKeys) -> tuple[pa.Table, int]:
-    """Mark the kept rows whose content an earlier shard kept as the dedup's duplicates: (piece, how many)."""
-    ok = pc.equal(piece[STATUS], OK).to_numpy(zero_copy_only=False)
-    if not ok.any():
-        return piece, 0
-    kept = select(piece, pa.array(ok))
-    public = kept.drop_columns([c for c in kept.column_names if c in INTERNAL])
-    seen = earlier.content_seen(stage.dedup_keys(public))
-    if not seen.any():
-        return piece, 0
-    rows = np.flatnonzero(ok)[seen]
-    status = np.asarray(piece[STATUS].to_pylist(), dtype=object)
-    reason = np.asarray(piece[REASON].to_pylist(), dtype=object)
-    status[rows], reason[rows] = FILTERED, stage.dedup.duplicate
-    piece = piece.set_column(piece.schema.get_field_index(STATUS), STATUS, pa.array(status.tolist(), pa.string()))
-    piece = piece.set_column(piece.schema.get_field_index(REASON), REASON, pa.array(reason.tolist(), pa.string()))
-    return piece, len(rows)
 
 
 def _splits(kept: pa.Table, stage, shard: str) -> list[tuple[str, pa.Table]]:

@@ -15,14 +15,6 @@ repeats inside the shard with the shard's own keys, forgotten after), and sends 
 the rows kept (without waiting: an actor runs one caller's calls in the order they were sent). Its memory
 is one shard's keys, whatever the corpus.
 
-Workers ask first (`EarlierKeys`): before a shard's piece is written, its kept rows' content keys go to
-the owners, and the rows whose content an earlier shard kept are written straight to the rejects as
-duplicates. The owners hold only decided shards' keys, and shards are decided in shard order, so what they
-hold was kept earlier in shard order: the rule drops those rows as duplicates (the content check comes
-first), and a dropped row remembers no key, so no other row's decision changes. The committer still
-decides what the workers could not know (repeats inside a shard, a shard still in flight, reused ids) and
-has those rows moved by a rewrite task; in a corpus whose duplicates are spread over it, that is rare.
-
 Resume: the owners die with the driver; `FirstSeen.load` rebuilds them from the committed parts (a prefix
 of the shard order, since commits are ordered), reading only the key columns, in Ray tasks that send the
 keys straight to their owners. A resumed run therefore decides as a clean one.
@@ -209,10 +201,6 @@ class FirstSeen:
         return {i: (FILTERED, rule.duplicate) if why == "content" else (REJECTED, rule.reused_id)
                 for i, why in dropped.items()}
 
-    def earlier(self) -> EarlierKeys:
-        """What workers take along to ask the owners before they write (picklable: actor handles)."""
-        return EarlierKeys(self.owners, self.remote)
-
     def load(self, run_uri: str, parts: Sequence[str], keys_of: Callable, chunk: int = 64) -> int:
         """Rebuild the owners from committed parts (paths in the run filesystem): `keys_of(table)` gives
         the parts' keys as `decide` takes them. Returns the keys loaded."""
@@ -228,33 +216,6 @@ class FirstSeen:
         """(keys held, bytes they take) over all owners."""
         sizes = self._get([self._call(o, "size") for o in self.owners])
         return sum(n for n, _ in sizes), sum(b for _, b in sizes)
-
-
-class EarlierKeys:
-    """A worker's question to the key owners before it writes a piece: which of its kept rows' content keys
-    a row of an earlier shard kept (see the module's docstring for why the answer is final)."""
-
-    def __init__(self, owners: Sequence, remote: bool) -> None:
-        self.owners, self.remote = list(owners), remote
-
-    def content_seen(self, keys: np.ndarray) -> np.ndarray:
-        """(n, 4) row keys -> (n,) bool: the content key is held by the owners."""
-        keys = np.asarray(keys, np.uint64).reshape(-1, KEY_WORDS)
-        content = keys[:, :2]
-        owner_of = (content[:, 0] % np.uint64(len(self.owners))).astype(np.int64)
-        none = np.zeros((0, 2), np.uint64)
-        calls = [(j, o.lookup.remote(content[owner_of == j], none) if self.remote else o.lookup(content[owner_of == j], none))
-                 for j, o in enumerate(self.owners) if np.any(owner_of == j)]
-        if self.remote:
-            import ray
-
-            answers = ray.get([c for _, c in calls])
-        else:
-            answers = [c for _, c in calls]
-        found = np.zeros(len(keys), bool)
-        for (j, _), (hits, _) in zip(calls, answers):
-            found[owner_of == j] = hits
-        return found
 
 
 def load_parts(run_uri: str, parts: list[str], columns: tuple[str, ...], keys_of: Callable, owners: list,

@@ -121,79 +121,31 @@ def block(shard: str, rows: list[tuple[int, int]]) -> pa.Table:
     })
 
 
-def commit_shards(shards, rng, owners: int, ask_first: bool):
-    """Write each shard as a worker does and commit the receipts in a shuffled order; with `ask_first`
-    each worker asks the owners before writing, at the point of the commit its turn comes in (what the
-    shards decided so far kept). -> (kept ids, {dropped id: (status, reason)}, rewrites run, file names)."""
-    names = [f"{i:06d}" for i in range(len(shards))]
-    rewrites = []
-
-    def rewrite(*args):
-        rewrites.append(args)
-        return rewrite_parts(tmp, "01_x", *args)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        run_fs, stage = RunFS.from_uri(tmp), Texts()
-        specs = [SimpleNamespace(shard=s, rows=len(rows)) for s, rows in zip(names, shards)]
-        seen = FirstSeen.local(RULE, owners)
-        committer = ShardCommitter(run_fs, stage, "01_x", specs, SimpleNamespace(update=lambda n, rows: None),
-                                   seen.decide, rewrite)
-        order = list(range(len(shards)))
-        rng.shuffle(order)
-        if ask_first:
-            for i in order:
-                committer.add(write_pieces(block(names[i], shards[i]), tmp, stage, "01_x", "01_x", seen.earlier()))
-        else:
-            for receipt in [write_pieces(block(names[i], shards[i]), tmp, stage, "01_x", "01_x") for i in order]:
-                committer.add(receipt)
-        committer.finish()
-        parts, rejects = committed_files(run_fs, "01_x")
-        kept = [i for rel in parts for i in run_fs.read_parquet(rel)["id"].to_pylist()]
-        dropped = {r["id"]: (r["status"], r["reason"]) for rel in rejects for r in run_fs.read_parquet(rel).to_pylist()}
-    return kept, dropped, rewrites, parts + rejects
-
-
-def assert_the_rule(shards, kept, dropped) -> None:
-    names = [f"{i:06d}" for i in range(len(shards))]
-    want = [(f"{s}-{i}", v) for s, shard in zip(names, oracle(shards)) for i, v in enumerate(shard)]
-    assert kept == [i for i, v in want if v == ("ok", "")]
-    assert dropped == {i: v for i, v in want if v != ("ok", "")}
-    assert not set(INTERNAL) & set(dropped)
-
-
 @settings(max_examples=25, deadline=None)
 @given(SHARDS.filter(lambda s: all(s)), st.randoms(use_true_random=False), st.integers(1, 3))
 def test_shards_finishing_in_any_order_commit_the_rows_a_clean_in_order_run_keeps(shards, rng, owners):
     """Receipts reach the committer in a shuffled order; the committed parts hold exactly the rows the
     rule keeps, and the rejects the rows it drops with their reasons."""
-    kept, dropped, _, _ = commit_shards(shards, rng, owners, ask_first=False)
-    assert_the_rule(shards, kept, dropped)
-
-
-@settings(max_examples=60, deadline=None)
-@given(SHARDS.filter(lambda s: all(s)), st.randoms(use_true_random=False), st.integers(1, 3))
-def test_workers_that_ask_the_owners_first_still_commit_exactly_the_rule(shards, rng, owners):
-    """Each worker drops, before writing, the rows whose content the shards decided so far kept; written
-    at random points of the commit, the result is still exactly the rule's."""
-    kept, dropped, _, _ = commit_shards(shards, rng, owners, ask_first=True)
-    assert_the_rule(shards, kept, dropped)
-
-
-def test_a_duplicate_of_a_committed_shard_is_dropped_by_its_worker_without_a_rewrite():
-    """In shard order, each shard repeating an earlier one's text: the workers drop the repeats
-    themselves (their files say how many), so the committer rewrites nothing; without asking first,
-    every such shard costs a rewrite task."""
-    shards = [[(1, 1), (2, 2)], [(1, 3), (4, 4)], [(2, 5), (4, 6), (7, 7)]]
-    in_order = SimpleNamespace(shuffle=lambda order: None)
-    kept, dropped, rewrites, files = commit_shards(shards, in_order, 2, ask_first=True)
-    assert_the_rule(shards, kept, dropped)
-    assert rewrites == []
-    # Each such shard's part and rejects file are named for the rows found.
-    assert sorted(f.split("/", 1)[1] for f in files if "-e" in f) == [
-        "_rejects/part-000001-000000-000-e1.parquet", "_rejects/part-000002-000000-000-e2.parquet",
-        "part-000001-000000-000-e1.parquet", "part-000002-000000-000-e2.parquet"]
-    _, _, rewrites, _ = commit_shards(shards, in_order, 2, ask_first=False)
-    assert len(rewrites) == 2
+    expected = oracle(shards)
+    names = [f"{i:06d}" for i in range(len(shards))]
+    with tempfile.TemporaryDirectory() as tmp:
+        run_fs, stage = RunFS.from_uri(tmp), Texts()
+        receipts = [write_pieces(block(s, rows), tmp, stage, "01_x", "01_x") for s, rows in zip(names, shards)]
+        rng.shuffle(receipts)
+        specs = [SimpleNamespace(shard=s, rows=len(rows)) for s, rows in zip(names, shards)]
+        seen = FirstSeen.local(RULE, owners)
+        committer = ShardCommitter(run_fs, stage, "01_x", specs, SimpleNamespace(update=lambda n, rows: None),
+                                   seen.decide, lambda *a: rewrite_parts(tmp, "01_x", *a))
+        for r in receipts:
+            committer.add(r)
+        committer.finish()
+        parts, rejects = committed_files(run_fs, "01_x")
+        kept = [i for rel in parts for i in run_fs.read_parquet(rel)["id"].to_pylist()]
+        dropped = {r["id"]: (r["status"], r["reason"]) for rel in rejects for r in run_fs.read_parquet(rel).to_pylist()}
+    want = [(f"{s}-{i}", v) for s, shard in zip(names, expected) for i, v in enumerate(shard)]
+    assert kept == [i for i, v in want if v == ("ok", "")]
+    assert dropped == {i: v for i, v in want if v != ("ok", "")}
+    assert not set(INTERNAL) & set(dropped)
 
 
 def test_seen_keys_find_what_was_added_across_runs_and_keys_sharing_a_high_word():
