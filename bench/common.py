@@ -20,18 +20,23 @@ FUSEGEN = str(Path(sys.executable).parent / "fusegen")
 _WORDS = ["river", "bridge", "engine", "protein", "market", "orbit", "harvest", "signal", "archive", "canyon", "lattice", "museum", "glacier", "circuit", "festival", "voltage", "estuary", "mineral", "theorem", "compass", "ledger", "pigment", "reactor", "savanna", "turbine", "vessel", "quartz", "dialect", "monsoon", "plateau", "enzyme", "harbour", "comet", "lantern", "meadow", "cipher", "alloy", "prism"]
 
 
-def write_corpus(path: Path, rows: int, seed: int = 0, words: tuple[int, int] = (40, 90)) -> Path:
-    """Deterministic JSONL passages of `words` words, ~1 in 50 an exact duplicate (as real crawls have)."""
+def write_corpus(path: Path, rows: int, seed: int = 0, words: tuple[int, int] = (40, 90), spread: bool = False
+                 ) -> Path:
+    """Deterministic JSONL passages of `words` words, ~1 in 50 an exact duplicate (as real crawls have): of
+    the passage before it, or with `spread`, of one of the last 100,000 passages (a page seen again later in
+    a crawl)."""
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recent: list[str] = []
     with open(path, "w", encoding="utf-8") as f:
-        last = ""
         for i in range(rows):
-            if last and rng.random() < 0.02:
-                text = last
+            if recent and rng.random() < 0.02:
+                text = rng.choice(recent) if spread else recent[-1]
             else:
                 text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(*words))).capitalize() + "."
-            last = text
+            recent.append(text)
+            if len(recent) > 100_000:
+                del recent[:50_000]
             f.write(json.dumps({"doc_id": f"d{i}", "title": f"Passage {i}", "text": text}) + "\n")
     return path
 

@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--work", default="/tmp/fg-bench-ingest")
     ap.add_argument("--shard-rows", type=int, default=None, help="default: configs/base.yaml's")
+    ap.add_argument("--spread-duplicates", action="store_true",
+                    help="duplicates of any of the last 100k passages, not of the one before it")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="more config overrides, as `fusegen run --set` takes them (e.g. export.resources.shard_rows=4000)")
     args = ap.parse_args()
@@ -38,9 +40,9 @@ def main() -> int:
     shard_rows = ["--set", f"ingest.resources.shard_rows={args.shard_rows}"] if args.shard_rows else []
     shard_rows += [arg for kv in args.set for arg in ("--set", kv)]
     for rows in args.rows:
-        corpus = work / f"corpus-{rows}.jsonl"
+        corpus = work / f"corpus-{rows}{'-spread' if args.spread_duplicates else ''}.jsonl"
         if not corpus.exists():
-            write_corpus(corpus, rows)
+            write_corpus(corpus, rows, spread=args.spread_duplicates)
         run_dir = work / f"run-{rows}"
         shutil.rmtree(run_dir, ignore_errors=True)
         wall, mem, _ = fusegen(
