@@ -168,16 +168,19 @@ def ipv4_spelling(draw, ip: ipaddress.IPv4Address) -> str:
     return text + draw(st.sampled_from(["", "."]))
 
 
+# Built and validated at import: `from_regex` imports Hypothesis's regex module on first use, and that import
+# (rewritten by pytest, Hypothesis being a plugin) parsed deep inside a draw hit CPython 3.11.7's "AST
+# constructor recursion depth mismatch" SystemError in CI.
+HOST_NAMES = st.sampled_from(sorted(DNS)) | st.from_regex(r"[a-zA-Zü0-9-]{1,12}(\.[a-z]{2,4}){0,2}\.?", fullmatch=True)
+HOST_NAMES.validate()
+
+
 @st.composite
 def host_spelling(draw) -> str:
     ip = draw(ADDRESSES)
     kind = draw(st.sampled_from(["ip"] * 4 + ["name"] * 4 + ["junk"]))
     if kind == "name":
-        name = draw(
-            st.sampled_from(sorted(DNS))
-            | st.from_regex(r"[a-zA-Zü0-9-]{1,12}(\.[a-z]{2,4}){0,2}\.?", fullmatch=True)
-        )
-        return name
+        return draw(HOST_NAMES)
     if kind == "junk":
         return draw(
             st.text(st.sampled_from(list("0123456789abcdefxX.:[]%@#?/\\ ü-_")), min_size=1, max_size=24)
