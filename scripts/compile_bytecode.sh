@@ -4,7 +4,7 @@
 # never writes them either, so every new process (each Ray worker, job driver, vLLM engine process)
 # compiled torch, transformers, Ray and vLLM from source again: about twice the CPU of an import
 # (docs/benchmarks.md, "CI"). Python reads the .pyc files whatever PYTHONDONTWRITEBYTECODE says.
-# Files that do not compile (test data in some packages) are skipped; the count goes to the log.
+# Files that do not compile (test data in some packages) keep loading from source; compileall names them in the log.
 set -uo pipefail
 venv=$1
 log=${2:-/dev/null}
