@@ -6,7 +6,8 @@ opened and `<|endoftext|>`), images are sized by `gme.resize_for_gme` before the
 pooler takes the last token's hidden state and L2-normalises it (vLLM `pooler_config` LAST with
 `use_activation`, set engine-wide), and prompts are cut at `gme.max_length` tokens. Ray's chat-template,
 tokenize and detokenize stages are off: vLLM tokenises the prompt string itself, so both backends see the
-same tokens. The sized image goes to the engine as a PIL image (`multimodal_data`); Ray's
+same tokens. The sized image goes to the engine as a PIL image (`multimodal_data`; through the object
+store as the smaller of its pixels and its encoded file, vllm_vision.EngineImage); Ray's
 prepare-multimodal stage is off too, so the engine is the processor's only stage.
 
 Positions are GME's: `GmeEmbedder` runs the language model with plain sequential positions, as the
@@ -48,7 +49,7 @@ from pipeline.models.vllm_backend import (
     row_map_kwargs,
     vllm_processor_config,
 )
-from pipeline.models.vllm_vision import image_bytes
+from pipeline.models.vllm_vision import for_engine, image_bytes
 
 EMBEDDING, EMBED_ERROR, EMBED_DETAIL = "_embedding", "_embed_error", "_embed_detail"
 EMPTY_INPUT, IMAGE_UNREADABLE = "error:empty_input", "error:image_unreadable"
@@ -90,24 +91,34 @@ def row_input(row: dict, columns: EmbedColumns, image: Any = None) -> GmeInput:
 
 def load_row_image(
     value: Any, gme: GmeConfig, load_image: Callable[[Any], bytes | None] | None
-) -> tuple[Any, str]:
-    """(the sized RGB PIL image, "") / (None, "") for no image / (None, reason) for one GME cannot take.
-    A failing read in `load_image` propagates (R35): only bytes that are not a valid image are a reason."""
-    from pipeline.io.images import ImageError, decode_image
+) -> tuple[Any, bytes | None, str]:
+    """(the sized RGB PIL image, its encoded bytes, "") / (None, None, "") for no image / (None, None,
+    reason) for one GME cannot take. A failing read in `load_image` propagates (R35): only bytes that are
+    not a valid image are a reason."""
+    from pipeline.io.images import ImageError
 
     if value is None:
-        return None, ""
+        return None, None, ""
     data = load_image(value) if load_image is not None else image_bytes(value)
     if data is None:
-        return None, ""
+        return None, None, ""
     try:
-        rgb = decode_image(data)
+        return gme_image(data, gme.min_image_tokens, gme.max_image_tokens), data, ""
     except ImageError as exc:
-        return None, f"error:image_{exc.kind}"
-    try:
-        return resize_for_gme(rgb, gme.min_image_tokens, gme.max_image_tokens), ""
+        return None, None, f"error:image_{exc.kind}"
     except GmeImageError as exc:
-        return None, exc.reason
+        return None, None, exc.reason
+
+
+def gme_image(data: bytes, min_tokens: int, max_tokens: int) -> Any:
+    """Encoded bytes -> the image GME sees: io/images.decode_image, then `resize_for_gme`.
+
+    Raises:
+        ImageError: not a valid image. GmeImageError: one GME cannot take.
+    """
+    from pipeline.io.images import decode_image
+
+    return resize_for_gme(decode_image(data), min_tokens, max_tokens)
 
 
 def prompt_max_tokens(gme: GmeConfig, image: Any) -> int:
@@ -125,7 +136,7 @@ def prompt_max_tokens(gme: GmeConfig, image: Any) -> int:
 def embed_request(row: dict, columns: EmbedColumns, gme: GmeConfig, load_image: Callable | None) -> dict:
     """The processor's input row: the GME prompt string (and image) or the reason it has none."""
     carry = dict(row)
-    image, reason = load_row_image(row.get(columns.image) if columns.image else None, gme, load_image)
+    image, data, reason = load_row_image(row.get(columns.image) if columns.image else None, gme, load_image)
     inp = row_input(row, columns, image)
     if not reason and image is None and not (inp.text or "").strip() and not (inp.title or "").strip():
         reason = EMPTY_INPUT
@@ -140,9 +151,13 @@ def embed_request(row: dict, columns: EmbedColumns, gme: GmeConfig, load_image: 
         _SKIP_REASON: reason,
     }
     if columns.image is not None:
-        # The sized image itself goes to the engine (vLLM takes PIL images as `multi_modal_data`): no
-        # PNG data URL encoded here and decoded again by a prepare-multimodal stage.
-        request["multimodal_data"] = {"image": image} if image is not None else None
+        # The sized image goes to the engine (vLLM takes PIL images as `multi_modal_data`) as the smaller of
+        # its pixels and its file (vllm_vision.for_engine): no data URL, no prepare-multimodal stage.
+        request["multimodal_data"] = (
+            {"image": for_engine(image, data, gme_image, gme.min_image_tokens, gme.max_image_tokens)}
+            if image is not None
+            else None
+        )
     return request
 
 

@@ -6,15 +6,16 @@ resolved by the `load_image` callable the caller passes (it runs in the worker).
 `image_column=None` the images are already OpenAI-style `image_url` parts (data URLs) of `_messages`
 (several per prompt, up to `max_images`, e.g. models/vlm.py's two-image prompts).
 
-The row map before the engine does what `LLM.chat` does with such messages, once per row: it decodes
-each image once (a column's image with io/images.decode_image, the RGB image every model of the run
+The row map before the engine does what `LLM.chat` does with such messages, once per row: it takes
+each image (a column's image decoded with io/images.decode_image, the RGB image every model of the run
 sees; an image part as vLLM decodes a data URL, `engine_image`), puts the typed placeholder
 `{"type": "image"}` before the last user message's text and renders the model's chat template
 (`render_prompt`, the processor's template, as vLLM picks it). The engine gets the prompt string and
-the PIL images (`multimodal_data`): it is the processor's only stage (no prepare-multimodal,
-chat-template, tokenize or detokenize actors; vLLM's own text is kept). Answers are exactly raw
-`LLM.chat`'s on the same conversations (tests/vllm/test_vllm_vision.py); docs/benchmarks.md has what
-this saved.
+the images (`multimodal_data`), each travelling through Ray's object store as the smaller of its pixels
+and its encoded file (`EngineImage`: decoded when the engine's process unpickles it). The engine is the
+processor's only stage (no prepare-multimodal, chat-template, tokenize or detokenize actors; vLLM's own
+text is kept). Answers are exactly raw `LLM.chat`'s on the same conversations
+(tests/vllm/test_vllm_vision.py); docs/benchmarks.md has what this saved.
 Output as for text: `_raw` / `_llm_error` with the fixed reasons of models/vllm_backend.py; a row
 without an image (or with a null `_messages`) is `error:image_missing`, one whose bytes are not a valid
 image `error:image_<kind>` (io/images); such a row sends the engine a one-token stand-in whose answer is
@@ -143,8 +144,13 @@ def url_bytes(url: str) -> bytes:
 
 def split_images(messages: list[dict]) -> tuple[list[dict], list[Any]]:
     """(the messages with every `image_url` part replaced by an `{"type": "image"}` placeholder, the
-    decoded images in prompt order): what vLLM's chat parser makes of OpenAI-style messages for a
-    template that reads typed parts (Qwen2-VL's: vLLM detects the "openai" content format)."""
+    images in prompt order, each as the engine will get it: `for_engine` of vLLM's own decode,
+    `engine_image`): what vLLM's chat parser makes of OpenAI-style messages for a template that reads
+    typed parts (Qwen2-VL's: vLLM detects the "openai" content format).
+
+    Raises:
+        ValueError: an image part that is not a base64 data URL of an allowed image.
+    """
     out, images = [], []
     for message in messages:
         content = message.get("content")
@@ -152,13 +158,72 @@ def split_images(messages: list[dict]) -> tuple[list[dict], list[Any]]:
             parts = []
             for part in content:
                 if part.get("type") == "image_url":
-                    images.append(engine_image(url_bytes(part["image_url"]["url"])))
+                    images.append(part_image(url_bytes(part["image_url"]["url"])))
                     parts.append({"type": "image"})
                 else:
                     parts.append(part)
             message = {**message, "content": parts}
         out.append(message)
     return out, images
+
+
+# --- the image handoff -----------------------------------------------------------------------------
+# Ray Data moves the engine's requests through the object store in blocks. A decoded image is pickled
+# as its pixels (3 bytes a pixel); its encoded file is usually several times smaller (a JPEG photo
+# 5-10x). With pixels, a 256-row block of 224 px images is ~40 MB, the object store fills, Ray Data
+# holds back the row map and the engine waits (and on a 512 MB store Ray spills and runs gc.collect()
+# in every worker, the engine's included): docs/benchmarks.md measured this. So an image travels as the
+# smaller of its two forms; in the encoded form it is decoded again when the engine's process unpickles
+# the block, by the same function that made the pixels the row map checked.
+
+
+class EngineImage:
+    """An image on its way to the engine as its encoded bytes: unpickled, it *is* the RGB PIL image
+    `decode(data, *args)` (a module-level function, pickled by reference) makes. Never handed to vLLM
+    itself: only its unpickled form reaches the engine (Ray Data pickles every Python object of a block)."""
+
+    __slots__ = ("args", "data", "decode")
+
+    def __init__(self, decode: Callable[..., Any], data: bytes, *args: Any) -> None:
+        self.decode, self.data, self.args = decode, data, args
+
+    def __reduce__(self) -> tuple:
+        return self.decode, (self.data, *self.args)
+
+
+def for_engine(image: Any, data: bytes, decode: Callable[..., Any], *args: Any) -> Any:
+    """`image` (decoded: `decode(data, *args)` made it), or an `EngineImage` of `data` when the encoded
+    bytes are smaller than the pixels (the form the engine gets is the same image either way)."""
+    if len(data) < image.width * image.height * len(image.getbands()):
+        return EngineImage(decode, data, *args)
+    return image
+
+
+def stored_image(data: bytes) -> Any:
+    """The RGB image every model of the run sees (io/images.decode_image with the store's limits)."""
+    from pipeline.io.images import STORED_LIMITS, decode_image
+
+    return decode_image(data, STORED_LIMITS)
+
+
+def part_image(data: bytes) -> Any:
+    """An image part's image as the engine will get it: `for_engine` of `engine_image`. When the encoded
+    form travels, only the header is read here (the size; an unknown format fails here, as vLLM's decode
+    would); the pixels are decoded once, in the engine's process, as `LLM.chat` decodes a data URL.
+
+    Raises:
+        ValueError: the bytes are not an allowed image format.
+    """
+    from PIL import Image
+
+    from pipeline.io.images import ALLOWED_FORMATS
+
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as header:
+            pixels = header.width * header.height * 3
+    except (OSError, Image.UnidentifiedImageError) as exc:
+        raise ValueError(f"not an allowed image: {type(exc).__name__}: {exc}") from None
+    return EngineImage(engine_image, data) if len(data) < pixels else engine_image(data)
 
 
 @functools.lru_cache(maxsize=2)
@@ -197,27 +262,28 @@ def vlm_preprocess_row(
     if image_column is None:
         messages = json.loads(row[MESSAGES]) if row.get(MESSAGES) is not None else None
     else:
-        from pipeline.io.images import STORED_LIMITS, ImageError, decode_image
+        from pipeline.io.images import ImageError
 
         value = row.get(image_column)
         # A failing read in `load_image` propagates (R35); bytes that are not a valid image skip the engine.
         data = load_image(value) if load_image is not None and value is not None else image_bytes(value)
         if data:
             try:
-                # Decoded once, here: the RGB image every model of the run sees (io/images.decode_image:
-                # allowed formats, pixel cap, first frame, EXIF orientation, RGB), not encoded again.
-                image = decode_image(data, STORED_LIMITS)
+                # The RGB image every model of the run sees (io/images.decode_image: allowed formats, pixel
+                # cap, first frame, EXIF orientation, RGB), never encoded again: it goes as these pixels or
+                # as `data`, decoded by the same function in the engine's process (`for_engine`).
+                image = stored_image(data)
             except ImageError as exc:
                 reason = f"error:image_{exc.kind}"
             else:
-                messages, images = attach_image(json.loads(row[MESSAGES])), [image]
+                messages, images = attach_image(json.loads(row[MESSAGES])), [for_engine(image, data, stored_image)]
     if messages is None:
         carry[IMAGE_REASON] = reason
         params = {**sampling, "max_tokens": 1}
         if "structured_outputs" in params:
             params["structured_outputs"] = None
         return {"prompt": STAND_IN, "multimodal_data": None, "sampling_params": params, CARRY: pickle.dumps(carry)}
-    if images is None:  # image parts of `_messages` (data URLs), decoded as vLLM decodes them
+    if images is None:  # image parts of `_messages` (data URLs), decoded as vLLM decodes them (`part_image`)
         messages, images = split_images(messages)
     return {
         "prompt": render_prompt(messages, model_path),

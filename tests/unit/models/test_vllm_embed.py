@@ -52,7 +52,8 @@ def _request(row: dict, columns: EmbedColumns = COLUMNS, load_image=None) -> dic
 
 
 def _image_of(request: dict) -> Image.Image:
-    image = request["multimodal_data"]["image"]
+    """The image the engine's process gets: the request's, unpickled (Ray Data pickles a block's objects)."""
+    image = pickle.loads(pickle.dumps(request["multimodal_data"]["image"]))
     assert isinstance(image, Image.Image) and image.mode == "RGB"
     return image
 

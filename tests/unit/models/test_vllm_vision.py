@@ -10,16 +10,22 @@ import json
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW
 from pipeline.models.vllm_backend import CARRY
 from pipeline.models.vllm_vision import (
     STAND_IN,
+    EngineImage,
     attach_image,
     data_url,
     engine_image,
+    for_engine,
     image_bytes,
+    part_image,
     split_images,
+    stored_image,
     url_bytes,
     vision_restore_row,
     vlm_preprocess_row,
@@ -64,7 +70,7 @@ def test_preprocess_sends_any_allowed_image_decoded_once_as_every_model_sees_it(
     noise = np.random.RandomState(1).randint(0, 255, (24, 32, 4), dtype=np.uint8)
     data = encode_image(Image.fromarray(noise, "RGBA").convert(mode), fmt)
     row = {"id": "a", MESSAGES: MESSAGES_JSON, "image": {"bytes": data, "path": None}}
-    [image] = vlm_preprocess_row(row, {}, "image", None, vl_model)["multimodal_data"]["image"]
+    [image] = _arrived(vlm_preprocess_row(row, {}, "image", None, vl_model)["multimodal_data"]["image"])
     assert (image.mode, image.tobytes()) == ("RGB", decode_image(data).tobytes())
 
 
@@ -96,6 +102,11 @@ def vl_model(tiny_cache) -> str:
     return str(tiny_cache / "tiny" / "qwen2_vl")
 
 
+def _arrived(images: list) -> list:
+    """The images the engine's process gets: the request's, unpickled (Ray Data pickles a block's objects)."""
+    return pickle.loads(pickle.dumps(images))
+
+
 def _restored(request: dict, **engine_row) -> dict:
     """What the restore map makes of a request once the engine answered with `engine_row`."""
     return vision_restore_row({CARRY: request[CARRY], **engine_row}, max_new_tokens=8, max_input_tokens=512)
@@ -113,7 +124,7 @@ def test_preprocess_sends_the_rendered_prompt_and_the_decoded_image(image_bytes,
         "<|im_start|>system\nDescribe.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|image_pad|><|vision_end|>What is this?<|im_end|>\n<|im_start|>assistant\n"
     )
-    [image] = pre["multimodal_data"]["image"]
+    [image] = _arrived(pre["multimodal_data"]["image"])
     assert (image.mode, image.tobytes()) == ("RGB", Image.open(io.BytesIO(png)).convert("RGB").tobytes())
     assert (pre["sampling_params"], pickle.loads(pre[CARRY])["id"]) == ({"max_tokens": 4}, "a")
     assert _restored(pre, **{RAW: "a cat", "num_generated_tokens": 2}) | {"image": None} == {
@@ -174,10 +185,11 @@ def test_preprocess_without_an_image_column_decodes_the_messages_images_in_order
     pre = vlm_preprocess_row({"id": "a", MESSAGES: json.dumps([{"role": "user", "content": parts}])}, {}, None,
                              None, vl_model)
     assert pre["prompt"].count("<|image_pad|>") == 2
-    assert [im.getpixel((0, 0)) for im in pre["multimodal_data"]["image"]] == [(250, 0, 0), (0, 0, 250)]
+    images = _arrived(pre["multimodal_data"]["image"])
+    assert [im.getpixel((0, 0)) for im in images] == [(250, 0, 0), (0, 0, 250)]
     skipped = vlm_preprocess_row({"id": "b", MESSAGES: None}, {}, None, None, vl_model)
     assert (skipped["prompt"], _restored(skipped)[LLM_ERROR]) == (STAND_IN, "error:image_missing")
-    assert all(isinstance(im, Image.Image) for im in pre["multimodal_data"]["image"])
+    assert all(isinstance(im, Image.Image) for im in images)
 
 
 def test_split_images_puts_typed_placeholders_where_the_image_parts_were(image_bytes):
@@ -211,3 +223,56 @@ def test_engine_image_is_what_vllm_makes_of_the_bytes():
     assert engine_image(encoded(Image.new("L", (4, 4), 7))).getpixel((0, 0)) == (7, 7, 7)
     with pytest.raises(ValueError):
         engine_image(b"not an image")
+
+
+# --- the image handoff (EngineImage) ---------------------------------------------------------------
+
+
+def _picture(seed: int, size: tuple[int, int], noise: bool, mode: str, fmt: str) -> bytes:
+    """A smooth picture (a photo's compressible gradients) or noise, as `fmt` bytes."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = size
+    if noise:
+        pixels = np.random.RandomState(seed).randint(0, 256, (h, w, 3), dtype=np.uint8)
+    else:
+        y, x = np.mgrid[0:h, 0:w]
+        pixels = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), (x + y + seed) % 256], -1)
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), "RGB").convert(mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    size=st.tuples(st.integers(1, 96), st.integers(1, 96)),
+    noise=st.booleans(),
+    mode_fmt=st.sampled_from([("RGB", "PNG"), ("RGB", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"), ("RGB", "WEBP"),
+                              ("P", "GIF"), ("RGB", "BMP"), ("CMYK", "JPEG")]),
+)
+def test_what_the_engine_unpickles_is_exactly_the_decoded_image_and_never_more_bytes(seed, size, noise, mode_fmt):
+    """The fast path (the encoded file, decoded again in the engine's process) gives the slow truth's
+    pixels (the image decoded in the row map), for both decoders, and travels in the smaller form."""
+    data = _picture(seed, size, noise, *mode_fmt)
+    for decode, sent in ((stored_image, None), (engine_image, part_image(data))):
+        truth = decode(data)
+        sent = for_engine(truth, data, decode) if sent is None else sent
+        arrived = pickle.loads(pickle.dumps(sent))
+        assert (arrived.mode, arrived.size, arrived.tobytes()) == (truth.mode, truth.size, truth.tobytes())
+        pixels = truth.width * truth.height * len(truth.getbands())
+        assert isinstance(sent, EngineImage) == (len(data) < pixels)
+        assert len(pickle.dumps(sent)) <= min(len(data), pixels) + 1024
+
+
+def test_a_photo_travels_as_its_file_and_noise_as_its_pixels():
+    photo, noise = _picture(1, (224, 224), False, "RGB", "JPEG"), _picture(1, (224, 224), True, "RGB", "PNG")
+    sent_photo, sent_noise = (for_engine(stored_image(d), d, stored_image) for d in (photo, noise))
+    assert isinstance(sent_photo, EngineImage) and len(pickle.dumps(sent_photo)) < 224 * 224 * 3 // 5
+    assert not isinstance(sent_noise, EngineImage)
+
+
+def test_an_image_part_that_is_not_an_allowed_image_fails_in_the_row_map():
+    with pytest.raises(ValueError, match="not an allowed image"):
+        part_image(b"%!PS-Adobe-3.0 EPSF-3.0\n")
