@@ -49,6 +49,49 @@ def png(seed: int, side: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def photo(seed: int, side: int = 0) -> bytes:
+    """A photo-like JPEG (quality 90): smooth gradients, a few soft shapes, a little sensor noise; it
+    compresses as web photos do (~17 KB, 9x, at 224 px), where noise does not compress at all."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    w, h = (side, side) if side else (56 + 28 * int(rng.integers(0, 3)), 56 + 28 * int(rng.integers(0, 3)))
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    base = rng.integers(40, 200, 3)
+    sky = np.stack([base[i] + 50 * np.sin(3 * x + i) + 40 * y for i in range(3)], -1)
+    img = Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        draw.ellipse((x0, y0, x0 + w // 3, y0 + h // 4), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    img = img.filter(ImageFilter.GaussianBlur(2))
+    grain = rng.normal(0, 10, (h, w, 3))
+    img = Image.fromarray(np.clip(np.asarray(img) + grain, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+IMAGES = {"noise": png, "photo": photo}
+
+
+class ImageFiles:
+    """The bench's images as files, each row's image column holding a reference to one (`{"path": ...}`),
+    resolved in the worker by `read` (the `load_image` a run passes: its image store's references)."""
+
+    def __init__(self, folder: Path, images: list[bytes]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.refs = []
+        for i, data in enumerate(images):
+            (folder / f"{i}.img").write_bytes(data)
+            self.refs.append({"path": str(folder / f"{i}.img")})
+
+    @staticmethod
+    def read(ref: dict) -> bytes:
+        return Path(ref["path"]).read_bytes()
+
+
 def texts(n: int) -> list[str]:
     return [f"When was this {WORDS[i % len(WORDS)]} built, and by whom? ({i})" for i in range(n)]
 
@@ -63,11 +106,18 @@ def engine(**overrides):
     return LLMConfig(**{**base, **overrides})
 
 
-def ray_init():
-    import ray
+OBJECT_STORE_MB = [512]
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024 * 1024)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+
+def ray_init():
+    """The embedded Ray a run starts (pipeline/raycluster.init_ray): its object store, and idle workers
+    kept alive for the row maps. With Ray's own defaults a 2-CPU Ray kills a row map's idle worker after
+    1 s and the next task pays a new process (imports, the chat template): the engine then waited ~6 s
+    between pairs of blocks (session 6's CPU timeline in docs/benchmarks.md)."""
+    from pipeline.raycluster import init_ray
+    from pipeline.settings import RayConfig
+
+    init_ray(RayConfig(num_cpus=2, object_store_mb=OBJECT_STORE_MB[0], log_to_driver=True))
 
 
 def dataset(rows: list[dict], block_rows: int):
@@ -115,7 +165,7 @@ def timed_passes(rows: list[dict], run) -> tuple[float, float, list[dict], float
 # --- GME ---------------------------------------------------------------------------------------------
 
 
-def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int) -> dict:
+def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int, kind: str, tmp: Path) -> dict:
     from PIL import Image
 
     from pipeline.models.gme import GmeConfig, GmeEmbedder, GmeInput, render_text, resize_for_gme
@@ -123,10 +173,10 @@ def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int) -> d
     from pipeline.stage import Resources
 
     gme = GmeConfig(min_image_tokens=4, max_image_tokens=64, max_length=256, dtype="float32")
-    images, queries = [png(i, side) for i in range(n)], texts(n)
+    images, queries = [IMAGES[kind](i, side) for i in range(n)], texts(n)
+    files = ImageFiles(tmp / "gme-images", images)
     rows = [
-        {"id": str(i), "text": queries[i], "instruction": INSTRUCTION, "image": {"bytes": images[i], "path": None}}
-        for i in range(n)
+        {"id": str(i), "text": queries[i], "instruction": INSTRUCTION, "image": files.refs[i]} for i in range(n)
     ]
     cfg, resources = engine(max_model_len=512), Resources(batch_size=32, concurrency=1, num_cpus=1)
     columns = EmbedColumns(text="text", image="image", instruction="instruction")
@@ -134,7 +184,7 @@ def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int) -> d
     def run(part: list[dict]) -> list[dict]:
         from pipeline.models.vllm_embed import vllm_embed
 
-        return vllm_embed(dataset(part, block_rows), cfg, model, gme, resources, "bench", columns)
+        return vllm_embed(dataset(part, block_rows), cfg, model, gme, resources, "bench", columns, files.read)
 
     t1, tn, ray_out, in_pass = timed_passes(rows, run)
     assert all(r[EMBED_ERROR] == "" and r[EMBEDDING] for r in ray_out)
@@ -172,7 +222,8 @@ def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int) -> d
     return {
         "rows": n,
         "transformers_rows": tf_rows,
-        "inputs": f"fused: query text + a {side or '56..112'} px noise image (<= 64 image tokens), tiny GME, float32",
+        "inputs": f"fused: query text + a {side or '56..112'} px {kind} image (<= 64 image tokens), tiny GME, float32",
+        "image_bytes_mean": round(sum(map(len, images)) / n),
         "ray_data_llm": {"one_row_s": round(t1, 1), "all_rows_s": round(tn, 1), "steady_rows_per_s": round(ray_rate, 2),
                          "in_pass_rows_per_s": round(in_pass, 2)},
         "raw_vllm_embed": {"load_s": round(raw_load, 1), "embed_s": round(raw_s, 2), "rows_per_s": round(raw_rate, 2)},
@@ -191,21 +242,22 @@ def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int) -> d
 # --- vision generation -------------------------------------------------------------------------------
 
 
-def vision_bench(model: str, n: int, side: int, block_rows: int, batch_size: int = 32) -> dict:
+def vision_bench(model: str, n: int, side: int, block_rows: int, kind: str, tmp: Path, batch_size: int = 32) -> dict:
     from pipeline.models.llm import LLM_ERROR, MESSAGES, RAW
     from pipeline.models.vllm_vision import attach_image, data_url
     from pipeline.stage import Resources
 
-    images = [png(100_000 + i, side) for i in range(n)]
+    images = [IMAGES[kind](100_000 + i, side) for i in range(n)]
+    files = ImageFiles(tmp / "vision-images", images)
     messages = [[{"role": "user", "content": f"Describe the {WORDS[i % len(WORDS)]} in this picture."}] for i in range(n)]
-    rows = [{"id": str(i), MESSAGES: json.dumps(m), "image": {"bytes": b, "path": None}}
-            for i, (m, b) in enumerate(zip(messages, images))]
+    rows = [{"id": str(i), MESSAGES: json.dumps(m), "image": files.refs[i]} for i, m in enumerate(messages)]
     cfg, resources = engine(max_model_len=1024), Resources(batch_size=batch_size, concurrency=1, num_cpus=1)
 
     def run(part: list[dict]) -> list[dict]:
         from pipeline.models.vllm_vision import vllm_vision_generate
 
-        return vllm_vision_generate(dataset(part, block_rows), cfg, model, None, resources, "bench")
+        return vllm_vision_generate(dataset(part, block_rows), cfg, model, None, resources, "bench",
+                                    load_image=files.read)
 
     def check(out: list[dict]) -> None:
         assert all(r[LLM_ERROR] in ("", "error:truncated_output") for r in out), {r[LLM_ERROR] for r in out}
@@ -231,7 +283,8 @@ def vision_bench(model: str, n: int, side: int, block_rows: int, batch_size: int
     ray_rate, raw_rate = (n - 1) / (tn - t1), n / raw_s
     return {
         "rows": n,
-        "inputs": f"one {side or '56..112'} px image + a one-line question, tiny Qwen2-VL, greedy, 16 new tokens, float32",
+        "inputs": f"one {side or '56..112'} px {kind} image + a one-line question, tiny Qwen2-VL, greedy, 16 new tokens, float32",
+        "image_bytes_mean": round(sum(map(len, images)) / n),
         "ray_data_llm": {"one_row_s": round(t1, 1), "all_rows_s": round(tn, 1), "steady_rows_per_s": round(ray_rate, 2),
                          "in_pass_rows_per_s": round(in_pass, 2)},
         "raw_vllm_chat": {"load_s": round(raw_load, 1), "chat_s": round(raw_s, 2), "rows_per_s": round(raw_rate, 2)},
@@ -253,18 +306,22 @@ def main() -> int:
     ap.add_argument("--block-rows", type=int, default=256,
                     help="rows per input block, as a run's shard (0: from_items' default split, ~1 row a block)")
     ap.add_argument("--only", choices=("gme", "vision"), default=None)
+    ap.add_argument("--images", choices=tuple(IMAGES), default="noise",
+                    help="noise PNGs (no smaller than their pixels: the worst case) or photo-like JPEGs")
+    ap.add_argument("--object-store-mb", type=int, default=512, help="the embedded Ray's (a run's default: 512)")
     ap.add_argument("--vision-batch-size", type=int, default=32, help="the engine stage's batch (resources.batch_size)")
     args = ap.parse_args()
     from pipeline.models.tiny import build_tiny_gme, build_tiny_qwen2_vl
 
     tmp = Path(args.tmp)
-    result = {"machine": machine(), "block_rows": args.block_rows}
+    OBJECT_STORE_MB[0] = args.object_store_mb
+    result = {"machine": machine(), "block_rows": args.block_rows, "object_store_mb": args.object_store_mb}
     if args.only in (None, "gme"):
         result["gme"] = gme_bench(str(build_tiny_gme(tmp / "gme")), args.rows, min(args.tf_rows, args.rows), args.side,
-                                  args.block_rows)
+                                  args.block_rows, args.images, tmp)
     if args.only in (None, "vision"):
         result["vision"] = vision_bench(str(build_tiny_qwen2_vl(tmp / "qwen2_vl")), args.vision_rows, args.side,
-                                        args.block_rows, args.vision_batch_size)
+                                        args.block_rows, args.images, tmp, args.vision_batch_size)
     print(json.dumps(result, indent=1))
     return 0
 
