@@ -26,7 +26,6 @@ from tests.support.fault_runs import (
     SHORT_ENTRY,
     SHORT_STAGES,
     STAGES,
-    GroundedLLM,
     committed_shards,
     draw_plan,
     job_args,
@@ -36,6 +35,7 @@ from tests.support.fault_runs import (
     snapshot,
     stage_folders,
 )
+from tests.support.grounded_llm import GroundedLLM
 from tests.support.openai_server import OpenAIServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]

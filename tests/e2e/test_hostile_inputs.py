@@ -21,7 +21,8 @@ from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
 from samples.corpus_source import is_good, load_rows
 from tests.conftest import long_variant
-from tests.support.fault_runs import KEY, KEY_ENV, GroundedLLM, ledger_problems, stage_folders
+from tests.support.fault_runs import KEY, KEY_ENV, ledger_problems, stage_folders
+from tests.support.grounded_llm import GroundedLLM
 from tests.support.hostile import FILE_KINDS, REJECT, write_file_kind, write_mixed_corpus
 from tests.support.openai_server import OpenAIServer
 

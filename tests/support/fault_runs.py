@@ -1,8 +1,8 @@
 """The whole GME track under seeded faults (tests/e2e/test_fault_resume.py): plans, runs, comparisons.
 
-`GroundedLLM` answers doc2query and entities from the passage it is sent, deterministically, so every
-stage gets rows and two runs of the same corpus give the same rows. `draw_plan(seed, shards)` turns a
-seed into one fault (its kind cycles with the seed, so N >= 7 seeds cover every kind; the stage and
+The LLM stages are answered by tests/support/grounded_llm.py's `GroundedLLM` (deterministic, from the
+passage it is sent: every stage gets rows and two runs of the same corpus give the same rows).
+`draw_plan(seed, shards)` turns a seed into one fault (its kind cycles with the seed, so N >= 7 seeds cover every kind; the stage and
 shard come from the seeded RNG among the shards the clean run committed). `snapshot(run_dir)` is what
 must equal between the clean and the faulted run: per stage, the sorted ids and a content hash of the
 kept rows and of the rejects (with their reasons), and the image store's files by content.
@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.support.openai_server import RecordedRequest, Reply, ok
-
 KEY_ENV = "FUSEGEN_TEST_KEY"
 # A piece file the committer names in a marker: `<prefix>-<shard>-<first row>-<slot>.parquet`.
 PIECE = re.compile(r"^[a-z_]+-\d{6}-\d{6}-\d{3}\.parquet$")
@@ -33,33 +31,6 @@ ACTORS = {"doc2query": "OpenAIChatFn", "consistency": "ConsistencyFn", "images":
 # (`ray job stop` once the fault's shard is committed). `actor_kill` is the product's `kill` aimed at a
 # stage's model actor; `driver_kill` its `kill_after_write` aimed at a shard's commit marker.
 KINDS = ("raise", "kill", "actor_kill", "write_error", "read_error", "driver_kill", "job_stop")
-
-
-class GroundedLLM:
-    """doc2query: two questions from the passage's own words; entities: the query's longest capitalised
-    word found in the passage, masked as 'this thing'."""
-
-    def __call__(self, request: RecordedRequest) -> Reply:
-        properties = request.body["response_format"]["json_schema"]["schema"]["properties"]
-        text = request.last_user_text
-        if "entity" in properties:
-            query = text.rsplit("Question:", 1)[-1].strip()
-            passage = text.split("Passage:", 1)[-1].rsplit("Candidates:", 1)[0]
-            names = sorted((n for n in re.findall(r"\b[A-Z][a-z]{3,}\b", query) if n in passage), key=len,
-                           reverse=True)
-            if not names:
-                return ok(json.dumps({"entity": "Nowhere", "entity_type": "place", "aliases": [], "query": query}))
-            rewritten = re.sub(rf"\b{names[0]}\b", "this thing", query)
-            return ok(json.dumps({"entity": names[0], "entity_type": "thing", "aliases": [], "query": rewritten}))
-        if "description" in properties:
-            return ok(json.dumps({"description": "a photograph in daylight"}))
-        passage = text.split("Passage:", 1)[-1].split("\n\nWrite", 1)[0].strip()
-        words = re.findall(r"\w+", passage)[:8] or ["it"]
-        pairs = [
-            {"query": f"What does the text say about {' '.join(words[:4])}?", "answer": " ".join(words[:3])},
-            {"query": f"Which facts involve {' '.join(words[4:8] or words)}?", "answer": " ".join(words[4:6] or words)},
-        ]
-        return ok(json.dumps({"pairs": pairs}))
 
 
 def job_args(run_dir: Path, cache: Path, base_url: str) -> list[str]:

@@ -7,19 +7,24 @@ backend, card and publish tests read that run dir.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from pipeline.rundir import RunContext
 from pipeline.runner import run_pipeline
 from pipeline.settings import build_stages, load_config
+from tests.support.grounded_llm import (
+    description_reply,
+    entity_reply,
+    pairs_reply,
+    passage_of,
+    schema_properties,
+)
 from tests.support.openai_server import (
     OpenAIServer,
     RecordedRequest,
     Reply,
     disconnect,
     malformed,
-    ok,
     status,
 )
 
@@ -27,51 +32,35 @@ SECRET = "sk-test-0123456789-do-not-print"
 
 
 class FlakyServer:
-    """Answers two questions built from the passage's first words (so the round-trip filter can find
-    it), but: the Titanic passage first meets 429, 500 and a dropped connection, then an answer
-    (transient); the Sagrada Família passage always gets a malformed body (persistent)."""
+    """tests/support/grounded_llm.py's answers (so the round-trip filter finds the passage), but: the Titanic
+    passage first meets 429, 500 and a dropped connection, then an answer (transient); the Sagrada Família
+    passage always gets a malformed body (persistent); the Titanic's queries come back unmasked and the
+    Hubble's masked and then named anyway (the entities stage filters both)."""
 
     def __init__(self) -> None:
         self.attempts: dict[str, int] = {}
 
     def __call__(self, request: RecordedRequest) -> Reply:
-        properties = request.body["response_format"]["json_schema"]["schema"]["properties"]
+        properties = schema_properties(request)
         if "entity" in properties:
-            return answer_entity(request)
+            return entity_reply(request, careless_rewrite)
         if "description" in properties:
-            entity = request.last_user_text.split("Entity:", 1)[-1].split("(", 1)[0].strip()
-            return ok(json.dumps({"description": f"a photograph of {entity} in daylight"}))
-        passage = request.last_user_text.split("Passage:", 1)[-1].split("\n\nWrite", 1)[0].strip()
+            return description_reply(request)
+        passage = passage_of(request)
         n = self.attempts[passage] = self.attempts.get(passage, 0) + 1
         if "Sagrada" in passage:
             return malformed()
         if "Titanic" in passage and n <= 3:
             return [status(429, retry_after="0"), status(500), disconnect()][n - 1]
-        words = re.findall(r"\w+", passage)[:8] or ["it"]
-        pairs = [
-            {"query": f"What does the text say about {' '.join(words[:4])}?", "answer": " ".join(words[:3])},
-            {"query": f"Which facts involve {' '.join(words[4:8] or words)}?", "answer": " ".join(words[4:6] or words)},
-        ]
-        return ok(json.dumps({"pairs": pairs}))
+        return pairs_reply(passage)
 
 
-def answer_entity(request: RecordedRequest) -> Reply:
-    """The entities step: the query's longest capitalised word that the passage has is the entity, masked as
-    'this thing';
-    the Titanic's queries come back unchanged and the Hubble's still name it (the stage filters)."""
-    query = request.last_user_text.rsplit("Question:", 1)[-1].strip()
-    # A name from the passage, as a model that reads it would pick (not "Which" or "What").
-    passage = request.last_user_text.split("Passage:", 1)[-1].rsplit("Candidates:", 1)[0]
-    names = sorted((n for n in re.findall(r"\b[A-Z][a-z]{3,}\b", query) if n in passage), key=len, reverse=True)
-    if not names:
-        return ok(json.dumps({"entity": "Nowhere", "entity_type": "place", "aliases": [], "query": query}))
-    entity = names[0]
-    rewritten = re.sub(rf"\b{entity}\b", "this thing", query)
+def careless_rewrite(query: str, entity: str, masked: str) -> str:
     if "Titanic" in query:
-        rewritten = query  # a model that did not rewrite
-    elif "Hubble" in query:
-        rewritten = f"{rewritten} ({entity})"  # a model that masked the name and then said it anyway
-    return ok(json.dumps({"entity": entity, "entity_type": "thing", "aliases": [], "query": rewritten}))
+        return query  # a model that did not rewrite
+    if "Hubble" in query:
+        return f"{masked} ({entity})"  # a model that masked the name and then said it anyway
+    return masked
 
 
 # Evaluation texts the export's contamination check must keep out: three sample passages, verbatim.

@@ -16,7 +16,6 @@ must equal the clean run.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import long_variant
-from tests.support.openai_server import OpenAIServer, RecordedRequest, Reply, ok
+from tests.support.grounded_llm import GroundedLLM
+from tests.support.openai_server import OpenAIServer
 from tests.vllm.tiny_vl import torchvision_error
 
 pytestmark = pytest.mark.skipif(bool(torchvision_error()), reason=torchvision_error() or "-")
@@ -40,31 +40,10 @@ GME_STAGES = ("05_gme_score", "06_negatives")
 FLOATS = ("gme_pos_score", "neg_scores", "neg_pos_score", "scores")
 
 
-def answer(request: RecordedRequest) -> Reply:
-    """doc2query: two questions built from the passage's words; entities: the query's longest capitalised
-    word that the passage has, masked as 'this thing'."""
-    properties = request.body["response_format"]["json_schema"]["schema"]["properties"]
-    text = request.last_user_text
-    if "entity" in properties:
-        query = text.rsplit("Question:", 1)[-1].strip()
-        passage = text.split("Passage:", 1)[-1].rsplit("Candidates:", 1)[0]
-        names = sorted((n for n in re.findall(r"\b[A-Z][a-z]{3,}\b", query) if n in passage), key=len, reverse=True)
-        entity = names[0] if names else "Nowhere"
-        rewritten = re.sub(rf"\b{entity}\b", "this thing", query)
-        return ok(json.dumps({"entity": entity, "entity_type": "thing", "aliases": [], "query": rewritten}))
-    passage = text.split("Passage:", 1)[-1].split("\n\nWrite", 1)[0].strip()
-    words = re.findall(r"\w+", passage)[:8] or ["it"]
-    pairs = [
-        {"query": f"What does the text say about {' '.join(words[:4])}?", "answer": " ".join(words[:3])},
-        {"query": f"Which facts involve {' '.join(words[4:8] or words)}?", "answer": " ".join(words[4:6] or words)},
-    ]
-    return ok(json.dumps({"pairs": pairs}))
-
-
 @pytest.fixture(scope="module")
 def server(fusegen):
     fusegen.env["FUSEGEN_TEST_KEY"] = "sk-local-test"
-    with OpenAIServer(default=answer) as srv:
+    with OpenAIServer(default=GroundedLLM()) as srv:
         yield srv
 
 
