@@ -165,7 +165,8 @@ def timed_passes(rows: list[dict], run) -> tuple[float, float, list[dict], float
 # --- GME ---------------------------------------------------------------------------------------------
 
 
-def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int, kind: str, tmp: Path) -> dict:
+def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int, kind: str, tmp: Path,
+              batch_size: int = 32) -> dict:
     from PIL import Image
 
     from pipeline.models.gme import GmeConfig, GmeEmbedder, GmeInput, render_text, resize_for_gme
@@ -178,7 +179,7 @@ def gme_bench(model: str, n: int, tf_rows: int, side: int, block_rows: int, kind
     rows = [
         {"id": str(i), "text": queries[i], "instruction": INSTRUCTION, "image": files.refs[i]} for i in range(n)
     ]
-    cfg, resources = engine(max_model_len=512), Resources(batch_size=32, concurrency=1, num_cpus=1)
+    cfg, resources = engine(max_model_len=512), Resources(batch_size=batch_size, concurrency=1, num_cpus=1)
     columns = EmbedColumns(text="text", image="image", instruction="instruction")
 
     def run(part: list[dict]) -> list[dict]:
@@ -310,6 +311,7 @@ def main() -> int:
                     help="noise PNGs (no smaller than their pixels: the worst case) or photo-like JPEGs")
     ap.add_argument("--object-store-mb", type=int, default=512, help="the embedded Ray's (a run's default: 512)")
     ap.add_argument("--vision-batch-size", type=int, default=32, help="the engine stage's batch (resources.batch_size)")
+    ap.add_argument("--gme-batch-size", type=int, default=32, help="the GME engine stage's batch")
     args = ap.parse_args()
     from pipeline.models.tiny import build_tiny_gme, build_tiny_qwen2_vl
 
@@ -318,7 +320,7 @@ def main() -> int:
     result = {"machine": machine(), "block_rows": args.block_rows, "object_store_mb": args.object_store_mb}
     if args.only in (None, "gme"):
         result["gme"] = gme_bench(str(build_tiny_gme(tmp / "gme")), args.rows, min(args.tf_rows, args.rows), args.side,
-                                  args.block_rows, args.images, tmp)
+                                  args.block_rows, args.images, tmp, args.gme_batch_size)
     if args.only in (None, "vision"):
         result["vision"] = vision_bench(str(build_tiny_qwen2_vl(tmp / "qwen2_vl")), args.vision_rows, args.side,
                                         args.block_rows, args.images, tmp, args.vision_batch_size)
