@@ -5,7 +5,7 @@
 Each variant runs in its own process: `_Pool.did` (pipeline/exporters/mbeir.py) is called for
 `--candidates` distinct synthetic candidates (doc id, a 200-character passage, an image path), then
 for each of them again (the lookup a repeated negative makes); the pool file is written as in an
-export. Prints the peak RSS growth over the process's start (ru_maxrss), the pool file's size and the
+export. Prints the peak RSS growth over the variant's start (VmHWM), the pool file's size and the
 seconds per variant, and the ratio of the two peaks. The dict variant is what the exporter kept before.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,10 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_bytes, reset_peak_rss
 
 
 def run_variant(variant: str, candidates: int, work: str) -> dict:
@@ -35,7 +32,7 @@ def run_variant(variant: str, candidates: int, work: str) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     out = OutDir(work, "/bench-run", "mbeir", {})
     os.makedirs(out.rel("cand_pool/local"), exist_ok=True)
-    base = _peak_mib()
+    base = reset_peak_rss() / 2**20  # RSS now; the peak (VmHWM) counts from here
     started = time.perf_counter()
     pool = _Pool(out, "cand_pool/local/pool.jsonl", {}, {} if variant == "dict" else None)
     text = "x" * 190
@@ -44,7 +41,7 @@ def run_variant(variant: str, candidates: int, work: str) -> dict:
             pool.did(10, f"doc-{n}", f"{n:09d} {text}", f"images/{n % 256:02x}/{n:032x}.jpg")
     pool.close()
     seconds = time.perf_counter() - started
-    return {"variant": variant, "peak_growth_mib": round(_peak_mib() - base, 1), "seconds": round(seconds, 1),
+    return {"variant": variant, "peak_growth_mib": round(peak_rss_bytes() / 2**20 - base, 1), "seconds": round(seconds, 1),
             "pool_mib": round(os.path.getsize(out.rel("cand_pool/local/pool.jsonl")) / 2**20, 1)}
 
 

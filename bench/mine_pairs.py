@@ -23,7 +23,6 @@ and the share of planted pairs found (both directions).
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import time
@@ -33,15 +32,11 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine
+from common import REPO, machine, peak_rss_bytes, reset_peak_rss
 
 sys.path.insert(0, str(REPO))
 
 VIEWS = ("clip_image", "dino", "clip_text")
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def planted(n: int) -> list[set[tuple[int, int]]]:
@@ -163,6 +158,7 @@ def main() -> int:
     runs = [("flat", "flat", 16), *[("ivf", f"ivf nprobe={p}", p) for p in args.nprobe]]
     built, results = {}, []
     for kind, label, nprobe in runs:
+        reset_peak_rss()  # each variant's own peak (VmHWM), not the process's so far
         if kind not in built:
             t = time.perf_counter()
             handles = {}
@@ -175,7 +171,7 @@ def main() -> int:
         views = tuple(ViewConfig(name=name, kind=name, model="bench", index=index) for name in VIEWS)
         cfg = MinePairsConfig(views=views, search_k=args.search_k)
         pairs, mine_s = mine_all(cfg, handles, m)
-        results.append((label, build_s, mine_s, peak_rss_gib(), pairs))
+        results.append((label, build_s, mine_s, peak_rss_bytes() / 2**30, pairs))
     flat_pairs, flat_s = results[0][4], results[0][2]
     print(
         "| index | build s (3 views) | mine s | queries/s | mine time vs flat | peak RSS GiB | pairs | "

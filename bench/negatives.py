@@ -23,7 +23,6 @@ queries) against exact flat.
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import time
@@ -33,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine
+from common import REPO, machine, peak_rss_bytes, reset_peak_rss
 
 sys.path.insert(0, str(REPO))
 
@@ -46,10 +45,6 @@ def _contract() -> None:
         from tests.support.gme_stub import install
 
         install()
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def synthetic(n: int, m: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +157,7 @@ def main() -> int:
     runs = [("flat", "flat", 16), *[("ivf", f"ivf nprobe={p}", p) for p in args.nprobe]]
     built, results = {}, []
     for kind, label, nprobe in runs:
+        reset_peak_rss()  # each variant's own peak (VmHWM), not the process's so far
         if kind not in built:
             t = time.perf_counter()
             done = finish_index(uri, kind, parts, kind, nlist)
@@ -172,7 +168,7 @@ def main() -> int:
             num_negatives=args.k, search_k=args.search_k, index=IndexConfig(kind, nlist, nprobe)
         )
         mined, top, mine_s = mine_all(handle, queries, args.n, cfg, args.recall_sample)
-        results.append((label, build_s, mine_s, peak_rss_gib(), mined, top))
+        results.append((label, build_s, mine_s, peak_rss_bytes() / 2**30, mined, top))
     exact_mined, exact_top = results[0][4], results[0][5]
     print(
         f"| index | build s | mine s | queries/s | peak RSS GiB | recall@{args.k} search (sample) | "

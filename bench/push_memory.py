@@ -12,13 +12,15 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from common import peak_rss_bytes, reset_peak_rss
+
 TOKEN = "hf_bench_token"
 
 
@@ -66,11 +68,11 @@ def main() -> None:
     from pipeline.publish import PushConfig, push_run
 
     # Every column but the blobs was read by the card; measure from here.
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = reset_peak_rss() / 2**20  # RSS now; the peak (VmHWM) counts from here
     cfg = PushConfig(repo="bench/push", endpoint=endpoint, max_commit_bytes=args.commit_mb << 20,
                      retry=RetryConfig(base_wait_s=0.1))
     report = push_run(str(run), cfg)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_bytes() / 2**20
     stop.set()
     server.join()
     sizes = [p.stat().st_size / 2**20 for p in (run / "export" / "data").iterdir()]
