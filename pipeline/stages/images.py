@@ -1,7 +1,8 @@
 """images: give every query an image of its entity, trying sources in the configured order (GME §1a row 5).
 
 Sources (`images.sources`, tried in order until one gives an image):
-- `doc`: the passage's own image; else its `image_url`, fetched by the safe fetcher (io/fetch.py).
+- `doc`: the passage's own image; else its `image_url`, fetched by the safe fetcher (io/fetch.py). Only
+  when the entity names the passage's subject (its title; `doc_subject_only`, on by default).
 - `retrieval`: the top pool images for the entity text (prompts/images/retrieval_query.j2), by the
   open_clip text tower over the pool's image vectors (`retriever: clip`) or by a sentence-transformers
   model over the pool's captions (`retriever: caption`, the consistency stage's embedder by default).
@@ -20,7 +21,8 @@ generated), `image_origin` (URL, `doc:<doc_id>`, `pool:<pool id>` or `<model>`),
 tried before the one that gave the image, or all of them). Dropped rows: `filter:no_image` (no
 source gave an image; the attempts say why). A failing diffusion pipeline (OOM included) fails the shard
 for resume; it is never a row's verdict.
-Attempt reasons: `doc:no_image`, `error:fetch_<kind>`, `error:image_<kind>`, `retrieval:no_pool`,
+Attempt reasons: `doc:no_image`, `doc:not_the_entity` (the passage's title does not name the entity:
+its image would not show it; `doc_subject_only`), `error:fetch_<kind>`, `error:image_<kind>`, `retrieval:no_pool`,
 `retrieval:empty_pool`, `retrieval:below_min_score`, `retrieval:empty_query`, and the LLM's
 `error:invalid_json` / `error:schema` / `error:truncated_output` / `error:timeout`... for descriptions.
 
@@ -72,6 +74,9 @@ from pipeline.stages.images_pool import ImagePool, OpenImagePool, PoolVectorsFn,
 __all__ = ["ATTEMPT", "GEN", "OUT_FIELDS", "PROMPTS", "SOURCES", "DrawFn", "GenerationConfig", "Images",
            "ImagesConfig", "ImagesFn", "PoolVectorsFn", "RetrievalConfig", "choose_retrieved",
            "describe_messages", "parse_description", "row_seed"]
+
+# `doc` attempt reason: the passage's title does not name the entity (its image would not show it).
+DOC_NOT_THE_ENTITY = "doc:not_the_entity"
 
 
 # --- pure per-row logic ---------------------------------------------------------------------------
@@ -197,6 +202,10 @@ class ImagesFn:
         return self.explode(table, rows, found, attempts)
 
     def from_doc(self, row: dict) -> tuple[list[dict], str]:
+        from pipeline.text.leak import same_subject
+
+        if self.cfg.doc_subject_only and not same_subject(row.get("title"), row.get("entity")):
+            return [], DOC_NOT_THE_ENTITY
         if row.get("image"):
             origin = row.get("image_url") or f"doc:{row.get('doc_id')}"
             return [{"query_image": row["image"], "image_source": "doc", "image_origin": origin}], ""

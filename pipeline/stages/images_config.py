@@ -71,6 +71,10 @@ class GenerationConfig:
 @dataclass(frozen=True)
 class ImagesConfig(StageConfig):
     sources: tuple[str, ...] = SOURCES
+    # `doc` gives the passage's own image only when the entity names the passage's subject (its title,
+    # text/leak.same_subject): a query about Gaudí does not get the Sagrada Família's photo. false: the
+    # passage's image whatever the entity (e.g. titles in another language than the entities).
+    doc_subject_only: bool = True
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
     clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)

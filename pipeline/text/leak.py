@@ -29,6 +29,24 @@ def has_cjk(text: str) -> bool:
     return bool(_CJK.search(text))
 
 
+def same_subject(title: str | None, entity: str | None) -> bool:
+    """Whether `entity` names what `title` names, folded as `fold` folds: every word of one among the
+    other's ("Hubble" / "Hubble Space Telescope", "Marie Curie" / "Marie Skłodowska-Curie"), or for CJK
+    one inside the other. True when either is missing or empty: there is nothing to judge by.
+
+    Examples:
+        >>> same_subject("Sagrada Família", "Gaudí"), same_subject("Voyager 1", "Earth")
+        (False, False)
+    """
+    t, e = fold(title or ""), fold(entity or "")
+    if not t or not e:
+        return True
+    if has_cjk(t) or has_cjk(e):
+        return t in e or e in t
+    tw, ew = set(_WORD.findall(t)), set(_WORD.findall(e))
+    return ew <= tw or tw <= ew
+
+
 def _pattern(folded_needle: str) -> re.Pattern:
     if has_cjk(folded_needle):
         return re.compile(re.escape(folded_needle))

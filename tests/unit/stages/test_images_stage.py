@@ -232,6 +232,28 @@ def test_sources_are_tried_in_the_configured_order(tmp_path, caption_pool, model
     assert pool_first["image_source"].to_pylist() == ["retrieved"]
 
 
+def test_the_passages_own_image_goes_only_to_an_entity_its_title_names(tmp_path, caption_pool, models, image_bytes):
+    """The demo's "most famous work of this architect?" (entity Gaudí) got the Sagrada Família passage's photo,
+    which shows the basilica: the passage's image is for its own subject; another entity goes on to the next
+    source, and `doc_subject_only: false` takes the passage's image whatever the entity."""
+    handle, _ = caption_pool
+    run_uri = str(tmp_path / "run")
+    own = ImageStore.from_uri(run_uri).put(image_bytes("PNG", size=(20, 20)), "png", 20, 20)
+    rows = [
+        {"id": "a", "doc_id": "s", "title": "Sagrada Família", "entity": "blue whale", "image": own},
+        {"id": "b", "doc_id": "s", "title": "Sagrada Família", "entity": "sagrada familia", "image": own},
+        {"id": "c", "doc_id": "m", "title": "Marie Skłodowska-Curie", "entity": "Marie Curie", "image": own},
+        {"id": "d", "doc_id": "x", "title": None, "entity": "blue whale", "image": own},
+    ]
+    out = images_fn(config(sources=("doc", "retrieval")), run_uri, handle, models["text"])(shard_of(rows))
+    assert out["image_source"].to_pylist() == ["retrieved", "doc", "doc", "doc"]
+    assert out["image_attempts"].to_pylist()[0] == [{"source": "doc", "reason": "doc:not_the_entity"}]
+    assert out["image_origin"].to_pylist()[0] in ("pool:blue_whale", "pool:blue_whale_copy")
+    anyway = images_fn(config(sources=("doc",), doc_subject_only=False), run_uri, handle, models["text"])(
+        shard_of(rows[:1]))
+    assert anyway["image_source"].to_pylist() == ["doc"] and anyway["query_image"].to_pylist() == [own]
+
+
 def test_a_row_no_source_serves_is_filtered_with_every_attempt_recorded(tmp_path, caption_pool, models):
     handle, _ = caption_pool
     cfg = config(sources=("doc", "retrieval"), retrieval=RetrievalConfig(min_score=0.99))

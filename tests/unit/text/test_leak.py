@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.text.leak import contains, fold, leak_reason
+from pipeline.text.leak import contains, fold, leak_reason, same_subject
 
 ENTITY_LEAK, ALIAS_LEAK = "filter:entity_leak", "filter:alias_leak"
 
@@ -155,3 +155,24 @@ def test_fold_strips_accents_case_and_apostrophes():
 
 def test_contains_matches_words_not_substrings():
     assert contains("The Eiffel Tower's shadow", "eiffel tower") and not contains("Eiffelturm", "Eiffel")
+
+
+@pytest.mark.parametrize(
+    ("title", "entity", "same"),
+    [
+        ("Hubble Space Telescope", "Hubble", True),
+        ("Marie Skłodowska-Curie", "Marie Curie", True),
+        ("Eiffel Tower", "the Eiffel Tower", True),
+        ("Zürich", "ZURICH", True),
+        ("长城", "长城", True),
+        ("万里长城", "长城", True),
+        ("Sagrada Família", "Gaudí", False),
+        ("Voyager 1", "Earth", False),
+        ("Shinkansen", "Japan Railways Group", False),
+        ("长城", "Great Wall", False),
+        (None, "Gaudí", True),
+        ("Sagrada Família", "", True),
+    ],
+)
+def test_same_subject_compares_folded_words_or_cjk_characters(title, entity, same):
+    assert same_subject(title, entity) is same
