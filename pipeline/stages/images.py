@@ -69,6 +69,7 @@ from pipeline.stages.images_config import (
     RetrievalConfig,
 )
 from pipeline.stages.images_pool import ImagePool, OpenImagePool, PoolVectorsFn, pool_spec, retriever_model
+from pipeline.text.leak import same_subject
 
 # Names the images stage's callers import from here (its config and pool index live beside it).
 __all__ = ["ATTEMPT", "GEN", "OUT_FIELDS", "PROMPTS", "SOURCES", "DrawFn", "GenerationConfig", "Images",
@@ -202,8 +203,6 @@ class ImagesFn:
         return self.explode(table, rows, found, attempts)
 
     def from_doc(self, row: dict) -> tuple[list[dict], str]:
-        from pipeline.text.leak import same_subject
-
         if self.cfg.doc_subject_only and not same_subject(row.get("title"), row.get("entity")):
             return [], DOC_NOT_THE_ENTITY
         if row.get("image"):
