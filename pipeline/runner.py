@@ -357,7 +357,7 @@ def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSp
     run_fs = target.fs
     committer = ShardCommitter(run_fs, stage, target.stage_dir, pending, progress,
                                decide=seen.decide if seen is not None else None,
-                               rewrite=_remote_rewrite(target.uri, target.stage_dir))
+                               rewrite=_remote_rewrite(target.uri, target.stage_dir, target.parts_dir))
     ds = ray.data.from_items([s.to_item() for s in pending], override_num_blocks=len(pending))
     read = {"source_uri": ctx.run_uri, "readers": stage.readers()}
     write = {"run_uri": target.uri, "stage": stage, "stage_dir": target.stage_dir, "parts_dir": target.parts_dir}
@@ -388,7 +388,7 @@ def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSp
     return committer.receipt_bytes
 
 
-def _remote_rewrite(uri: str, stage_dir: str):
+def _remote_rewrite(uri: str, stage_dir: str, parts_dir: str):
     """A dedup's decisions are applied to the written files by a Ray task, not on the driver; the
     committer gets a future and goes on taking receipts while it runs."""
 
@@ -396,7 +396,7 @@ def _remote_rewrite(uri: str, stage_dir: str):
 
     task = ray.remote(num_cpus=0)(rewrite_parts)
 
-    def rewrite(parts: list[str], part_rows: list[int], overrides: dict):
-        return task.remote(uri, stage_dir, parts, part_rows, overrides).future()
+    def rewrite(pieces: list[dict], overrides: dict):
+        return task.remote(uri, stage_dir, parts_dir, pieces, overrides).future()
 
     return rewrite

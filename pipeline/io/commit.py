@@ -9,6 +9,13 @@ unit counts, status counts, reason counts, file names, for stages that dedup, th
 keys (io/dedup.py), and the identities of local files its rows read (the `_read` column; ingest's images). Row data
 never reaches the driver.
 
+A dedup stage's worker also decides its piece as if no earlier shard held its keys (the repeats inside the
+piece, by the same rule): the rows that decision drops are *held*, written apart (their rows in full under
+`_held/`, their reject rows in a reject file of their own), and the receipt names them by position. The
+committer's decision in shard order (io/dedup.FirstSeen) is the truth: where it equals the piece's own, the
+files are final as written; where it differs, a rewrite rebuilds the piece's rows from its part and its held
+rows, in their order, and applies the committer's decision (so a held row can come back).
+
 `ShardCommitter` (driver) collects receipts, and once every input row of a shard is accounted for
 (each input row's units all arrived: the stage's fixed fan-out or its `_n` column), it checks the
 ledger (`in`, the units the plan's rows stand for, against the receipts' out + filtered + rejected) and
@@ -46,9 +53,12 @@ from pipeline.columns import (
     STATUS,
 )
 from pipeline.errors import LedgerError, StageInputError
-from pipeline.io.dedup import from_bytes, to_bytes
+from pipeline.io.dedup import decide_alone, from_bytes, to_bytes
 from pipeline.io.fs import RunFS
 from pipeline.io.manifest import MANIFEST, PARTS_MARK, REJECTS, check_ledger
+
+# A dedup stage's held rows (in full, as a part would hold them) until their shard is committed.
+HELD = "_held"
 
 RECEIPT = pa.schema([
     ("shard", pa.string()),
@@ -66,8 +76,15 @@ RECEIPT = pa.schema([
     ("parts", pa.list_(pa.string())),
     ("part_rows", pa.list_(pa.int64())),
     ("rejects", pa.list_(pa.string())),
-    # A dedup stage's kept-row keys (io/dedup.py: 32 bytes a row, in the parts' row order), else null.
+    # A dedup stage's kept-row keys (io/dedup.py: 32 bytes a row), held rows included, in row order, else null.
     ("keys", pa.binary()),
+    # A dedup stage's held rows (see above): their positions among the kept rows (`out` counts them; the
+    # parts hold the others), the status the piece's own decision gave each, the file holding them in full
+    # and the file of their reject rows; empty or null when the piece holds none.
+    ("held_pos", pa.list_(pa.int64())),
+    ("held_status", pa.list_(pa.string())),
+    ("held", pa.string()),
+    ("held_rejects", pa.string()),
     # Identities of the local files the piece's rows read (the `_read` column: a JSON list), if any.
     ("read", pa.string()),
 ])
@@ -154,17 +171,28 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
     if dropped.num_rows and pc.any(pc.equal(pc.fill_null(dropped[REASON], ""), "")).as_py():
         raise LedgerError(f"{stage.name}: a filtered or rejected row of shard {shard} has no reason "
                           "(every unit not kept needs one in _rejects/)")
-    parts, part_rows, rejects, found = [], [], [], []
+    keys, hold, held = None, {}, {"held_pos": [], "held_status": [], "held": None, "held_rejects": None}
+    if stage.dedup is not None:
+        if SPLIT in kept.column_names:
+            raise LedgerError(f"{stage.name}: a dedup stage writes one part per piece; it cannot set `{SPLIT}`")
+        keys = stage.dedup_keys(_public(kept))
+        hold = decide_alone(keys, stage.dedup)
+        if hold:
+            mask = pa.array(np.isin(np.arange(kept.num_rows), list(hold)))
+            held_rows, kept = kept.filter(mask), kept.filter(pc.invert(mask))
+            finished = stage.finish_part(_public(held_rows))
+            order = sorted(hold)
+            held = {"held_pos": order, "held_status": [hold[i][0] for i in order],
+                    "held": f"{stage_dir}/{HELD}/{stage.part_prefix}-{name}.parquet",
+                    "held_rejects": f"{stage_dir}/{REJECTS}/part-{name}s.parquet"}
+            run_fs.write_parquet(held["held"], finished, stage.row_group_bytes())
+            run_fs.write_parquet(held["held_rejects"], dedup_rejects(finished, [hold[i] for i in order]))
+    parts, part_rows, rejects = [], [], []
     for prefix, rows in _splits(kept, stage, shard):
-        public = rows.drop_columns([c for c in rows.column_names if c in INTERNAL])
         rel = f"{parts_dir}/{prefix}-{name}.parquet"
-        run_fs.write_parquet(rel, stage.finish_part(public), stage.row_group_bytes())
+        run_fs.write_parquet(rel, stage.finish_part(_public(rows)), stage.row_group_bytes())
         parts.append(rel)
         part_rows.append(rows.num_rows)
-        # Keys follow the parts' row order: the dedup's positions index the parts concatenated.
-        if stage.dedup is not None:
-            found.append(to_bytes(stage.dedup_keys(public)))
-    keys = b"".join(found) if stage.dedup is not None else None
     if dropped.num_rows:
         rel = f"{stage_dir}/{REJECTS}/part-{name}.parquet"
         run_fs.write_parquet(rel, reject_table(dropped))
@@ -179,8 +207,19 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
         "shard": shard, "src_first": first, "src_count": count, "src_units": units, "src_expected": expected,
         "out": counts.get(OK, 0), "filtered": counts.get(FILTERED, 0), "rejected": counts.get(REJECTED, 0),
         "reasons": json.dumps(dict(Counter(dropped[REASON].to_pylist()))),
-        "parts": parts, "part_rows": part_rows, "rejects": rejects, "keys": keys, "read": read,
+        "parts": parts, "part_rows": part_rows, "rejects": rejects, "read": read,
+        "keys": None if keys is None else to_bytes(keys), **held,
     }
+
+
+def _public(rows: pa.Table) -> pa.Table:
+    return rows.drop_columns([c for c in rows.column_names if c in INTERNAL])
+
+
+def dedup_rejects(rows: pa.Table, decided: list[tuple[str, str]]) -> pa.Table:
+    """Reject rows for part rows (public columns) a dedup turned away, `decided` their (status, reason)s."""
+    rows = rows.append_column(STATUS, pa.array([s for s, _ in decided], pa.string()))
+    return reject_table(rows.append_column(REASON, pa.array([r for _, r in decided], pa.string())))
 
 
 def _splits(kept: pa.Table, stage, shard: str) -> list[tuple[str, pa.Table]]:
@@ -244,9 +283,10 @@ class ShardCommitter:
     """Driver side: receipts in, one marker per finished shard out (ledger checked, marker last).
 
     `decide(keys)` (a dedup stage: io/dedup.FirstSeen.decide) takes a shard's kept-row keys, in shard
-    order, and returns kept-row position -> (status, reason) for the rows it turns away.
-    `rewrite(parts, part_rows, overrides)` applies those decisions to files already written
-    (a Ray task in the runner, so rows stay off the driver); it returns the new (parts, part_rows,
+    order, and returns kept-row position -> (status, reason) for the rows it turns away. Where that
+    equals what the shard's pieces decided themselves (their held rows), nothing is rewritten.
+    Otherwise `rewrite(pieces, overrides)` (`rewrite_parts`) applies the decisions to the files already
+    written (a Ray task in the runner, so rows stay off the driver); it returns the new (parts, part_rows,
     rejects), or a `concurrent.futures.Future` of them. Rewrites run while later receipts are taken in
     (`decide` itself runs in shard order, on the driver); markers are still written in the order the
     shards were decided, each once its rewrite has finished, at most MAX_REWRITES waiting at once.
@@ -321,7 +361,7 @@ class ShardCommitter:
         spec = self.specs[shard]
         # Pieces sort by their first (input row, unit): the file order a clean run has. The name after
         # the prefix carries it (`<prefix>-<shard>-<src>-<slot>`; a piece may hold only validation rows).
-        pieces = sorted(self.pieces.pop(shard), key=lambda r: _piece_key((r["parts"] + r["rejects"])[0]))
+        pieces = sorted(self.pieces.pop(shard), key=lambda r: _piece_key((r["parts"] + r["rejects"] + [r["held"]])[0]))
         where = f"{self.stage.name} shard {shard}"
         # `in` is what the shard was given, not the sum it is checked against: the plan's rows times the
         # stage's fan-out, or (variable fan-out) the units each of the plan's rows announced (`_n`).
@@ -336,22 +376,34 @@ class ShardCommitter:
         parts = [p for r in pieces for p in r["parts"]]
         part_rows = [n for r in pieces for n in r["part_rows"]]
         rejects = [p for r in pieces for p in r["rejects"]]
+        held = sum(len(r["held_pos"] or ()) for r in pieces)
         check_ledger(where, rows)
-        if sum(part_rows) != rows["out"]:
-            raise LedgerError(f"{where}: its part files hold {sum(part_rows)} rows but {rows['out']} were kept; "
+        if sum(part_rows) + held != rows["out"]:
+            also = f" (and {held} held)" if held else ""
+            raise LedgerError(f"{where}: its part files hold {sum(part_rows)} rows{also} but {rows['out']} were kept; "
                               "the shard is not committed (rerun to redo it)")
         overrides = self._overrides(pieces)
         outside = sorted(p for p in overrides if not 0 <= p < rows["out"])
         if outside:
             raise LedgerError(f"{where}: dedup turned away row position(s) {outside[:5]}, but the shard "
                               f"kept {rows['out']} rows")
+        guesses = self._guesses(pieces)
         future = None
-        if overrides:
-            future = _as_future(self.rewrite(parts, part_rows, overrides))
-            for status, reason in overrides.values():
-                rows["out"] -= 1
-                rows[status] += 1
-                reasons[reason] += 1
+        if overrides == {p: v for g in guesses for p, v in g.items()}:
+            # Every piece decided itself as the shard order does: its files are final as written.
+            rejects += [r["held_rejects"] for r in pieces if r["held_rejects"]]
+        else:
+            offset, sent = 0, []
+            for r, guess in zip(pieces, guesses):
+                sent.append({"parts": r["parts"], "part_rows": r["part_rows"], "rows": r["out"], "held": r["held"],
+                             "held_pos": r["held_pos"] or [], "held_rejects": r["held_rejects"],
+                             "guess": {p - offset: v for p, v in guess.items()}})
+                offset += r["out"]
+            future = _as_future(self.rewrite(sent, overrides))
+        for status, reason in overrides.values():
+            rows["out"] -= 1
+            rows[status] += 1
+            reasons[reason] += 1
         marker = {
             "shard": shard, "input_rows": spec.rows, "rows": rows, "reasons": dict(reasons),
             "files": {"parts": parts, "part_rows": part_rows, "rejects": rejects},
@@ -386,6 +438,18 @@ class ShardCommitter:
             self.waiting.popleft()
             self.run_fs.write_json(marker_path(self.stage_dir, shard), marker)
             self.progress.update(marker["input_rows"], marker["rows"])
+
+    def _guesses(self, pieces: list[dict]) -> list[dict[int, tuple[str, str]]]:
+        """Each piece's own decision (its held rows), at the positions of the shard's kept rows."""
+        rule, offset, out = self.stage.dedup, 0, []
+        verdict = {FILTERED: (FILTERED, rule.duplicate), REJECTED: (REJECTED, rule.reused_id)} if rule else {}
+        for r in pieces:
+            positions, statuses = r["held_pos"] or [], r["held_status"] or []
+            if len(positions) != len(statuses) or any(s not in verdict for s in statuses):
+                raise LedgerError(f"{self.stage.name}: a receipt's held rows do not match their statuses")
+            out.append({offset + p: verdict[s] for p, s in zip(positions, statuses)})
+            offset += r["out"]
+        return out
 
     def _overrides(self, pieces: list[dict]) -> dict[int, tuple[str, str]]:
         raw = b"".join(r["keys"] or b"" for r in pieces)
@@ -424,34 +488,59 @@ def _piece_key(rel: str) -> str:
     return rel.rsplit("/", 1)[-1].split("-", 1)[1]
 
 
-def rewrite_parts(run_uri: str, stage_dir: str, parts: list[str], part_rows: list[int],
+def rewrite_parts(run_uri: str, stage_dir: str, parts_dir: str, pieces: list[dict],
                   overrides: dict[int, tuple[str, str]]) -> tuple[list[str], list[int], list[str]]:
-    """Move the rows a dedup turned away from written parts into rejects (new file names; the old
-    files become garbage once the marker names the new ones). Runs as a Ray task, next to the data."""
+    """Apply a dedup's decisions (positions among the shard's kept rows) to a shard's written pieces,
+    in order: a piece whose own decision (`guess`, its held rows) was right keeps its files; another is
+    rebuilt from its part and its held rows, in row order, and written again under new names (the old
+    files become garbage once the marker names the new ones). Returns the shard's (parts, part_rows,
+    rejects of the dedup). Runs as a Ray task, next to the data."""
     run_fs = RunFS.from_uri(run_uri)
     new_parts, new_rows, rejects, offset = [], [], [], 0
-    for rel, n in zip(parts, part_rows):
+    for piece in pieces:
+        n = piece["rows"]
         mine = {pos - offset: v for pos, v in overrides.items() if offset <= pos < offset + n}
         offset += n
-        if not mine:
-            new_parts.append(rel)
-            new_rows.append(n)
+        if mine == piece["guess"]:
+            new_parts += piece["parts"]
+            new_rows += piece["part_rows"]
+            rejects += [piece["held_rejects"]] if piece["held_rejects"] else []
             continue
-        table = run_fs.read_parquet(rel)
-        drop = pa.array([i in mine for i in range(table.num_rows)])
+        table, stem = _piece_rows(run_fs, parts_dir, piece)
+        drop = pa.array(np.isin(np.arange(table.num_rows), list(mine)))
         kept, gone = table.filter(pc.invert(drop)), table.filter(drop)
-        stem = rel[: -len(".parquet")]
         if kept.num_rows:
             new_parts.append(f"{stem}d.parquet")
             new_rows.append(kept.num_rows)
             run_fs.write_parquet(new_parts[-1], kept.replace_schema_metadata(table.schema.metadata))
-        decided = [mine[i] for i in sorted(mine)]
-        gone = gone.append_column(STATUS, pa.array([s for s, _ in decided], pa.string()))
-        gone = gone.append_column(REASON, pa.array([r for _, r in decided], pa.string()))
-        reject_rel = f"{stage_dir}/{REJECTS}/{stem.rsplit('/', 1)[-1]}d.parquet"
-        run_fs.write_parquet(reject_rel, reject_table(gone))
-        rejects.append(reject_rel)
+        if gone.num_rows:
+            rejects.append(f"{stage_dir}/{REJECTS}/{stem.rsplit('/', 1)[-1]}d.parquet")
+            run_fs.write_parquet(rejects[-1], dedup_rejects(gone, [mine[i] for i in sorted(mine)]))
     return new_parts, new_rows, rejects
+
+
+def _piece_rows(run_fs: RunFS, parts_dir: str, piece: dict) -> tuple[pa.Table, str]:
+    """A dedup piece's kept rows as its worker had them before holding any (its part and its held rows
+    merged back in row order), and the stem its rewritten files are named after."""
+    parts, held, positions = piece["parts"], piece["held"], piece["held_pos"]
+    if len(parts) > 1:
+        raise LedgerError(f"a dedup piece names {len(parts)} part files; its worker writes one")
+    part = run_fs.read_parquet(parts[0]) if parts else None
+    stem = parts[0][: -len(".parquet")] if parts else f"{parts_dir}/{held.rsplit('/', 1)[-1][: -len('.parquet')]}"
+    if held is None:
+        return part, stem
+    rows = run_fs.read_parquet(held)
+    if part is not None:
+        rows = pa.concat_tables([part, rows.cast(part.schema)])
+    n = rows.num_rows
+    if n != piece["rows"] or len(positions) != n - (part.num_rows if part is not None else 0):
+        raise LedgerError(f"{stem}: the piece's files hold {n} rows, its receipt {piece['rows']}")
+    is_held = np.zeros(n, bool)
+    is_held[positions] = True
+    source = np.empty(n, np.int64)
+    source[~is_held] = np.arange(n - len(positions))
+    source[is_held] = n - len(positions) + np.arange(len(positions))
+    return rows.take(pa.array(source)), stem
 
 
 def committed_files(run_fs: RunFS, stage_dir: str) -> tuple[list[str], list[str]]:
@@ -467,14 +556,16 @@ def committed_files(run_fs: RunFS, stage_dir: str) -> tuple[list[str], list[str]
 def remove_garbage(run_fs: RunFS, stage_dir: str, parts_dir: str,
                    prefixes: str | tuple[str, ...] = "part") -> int:
     """Delete the part and reject files (and temporaries) that no committed marker names, and the
-    temporaries of markers and manifests a crash left; returns how many. Only names the writer gives
+    temporaries of markers and manifests a crash left; returns how many. Held rows (`_held/`) are never
+    named: once their shard is committed they are garbage too. Only names the writer gives
     (`<prefix>-*.parquet` for each of the stage's part prefixes; a dedup rewrite's rejects keep
     their part's prefix) are touched: other files in the folder (an index) are kept."""
     parts, rejects = committed_files(run_fs, stage_dir)
     named = set(parts) | set(rejects)
     stems = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
     removed = 0
-    for folder, folder_stems in ((parts_dir, stems), (f"{stage_dir}/{REJECTS}", ("part", *stems))):
+    folders = ((parts_dir, stems), (f"{stage_dir}/{REJECTS}", ("part", *stems)), (f"{stage_dir}/{HELD}", stems))
+    for folder, folder_stems in folders:
         for rel in run_fs.list_files(folder):
             name = rel.rsplit("/", 1)[-1]
             ours = any(name.startswith(f"{s}-") and name.endswith(".parquet") for s in folder_stems)

@@ -197,9 +197,7 @@ class FirstSeen:
         # Not waited for: an owner runs them before the next shard's lookups (one caller, in order).
         self.adding = [self._call(owner, "add", content[kept & (c_owner == j)], ids[kept & (i_owner == j)])
                        for j, owner in enumerate(self.owners)]
-        rule = self.rule
-        return {i: (FILTERED, rule.duplicate) if why == "content" else (REJECTED, rule.reused_id)
-                for i, why in dropped.items()}
+        return _verdicts(dropped, self.rule)
 
     def load(self, run_uri: str, parts: Sequence[str], keys_of: Callable, chunk: int = 64) -> int:
         """Rebuild the owners from committed parts (paths in the run filesystem): `keys_of(table)` gives
@@ -238,6 +236,19 @@ def load_parts(run_uri: str, parts: list[str], columns: tuple[str, ...], keys_of
 
         ray.get(calls)
     return len(keys)
+
+
+def decide_alone(keys: np.ndarray, rule: DedupRule) -> dict[int, tuple[str, str]]:
+    """What `FirstSeen.decide` returns for these rows if no earlier shard held any of their keys: the
+    repeats among them alone (a worker's guess at its piece, io/commit.py; the committer checks it)."""
+    keys = np.asarray(keys, np.uint64).reshape(-1, KEY_WORDS)
+    none = np.zeros(len(keys), bool)
+    return _verdicts(_decide_shard(keys[:, :2], keys[:, 2:], none, none), rule)
+
+
+def _verdicts(dropped: dict[int, str], rule: DedupRule) -> dict[int, tuple[str, str]]:
+    return {i: (FILTERED, rule.duplicate) if why == "content" else (REJECTED, rule.reused_id)
+            for i, why in dropped.items()}
 
 
 def _decide_shard(content: np.ndarray, ids: np.ndarray, c_hit: np.ndarray, i_hit: np.ndarray) -> dict[int, str]:

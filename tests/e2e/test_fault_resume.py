@@ -81,6 +81,17 @@ def short_clean(ray_cluster, tmp_path_factory, tiny_cache):
     return root / "run", snapshot(root / "run"), committed_shards(root / "run")
 
 
+def test_the_short_clean_run_dedups_inside_and_across_shards(short_clean):
+    """The short corpus exercises every dedup path the faults then interrupt (fault_runs.short_track_args):
+    a repeat held by its worker, one across shards, reused ids, and a held row that comes back."""
+    run_dir, snap, shards = short_clean
+    assert len(shards["ingest"]) == 4
+    assert snap["ingest"]["rejects"] == [("d12", "filter:duplicate_text"), ("d20", "error:duplicate_doc_id"),
+                                         ("d3", "error:duplicate_doc_id"), ("d5", "filter:duplicate_text")]
+    assert "d18" in snap["ingest"]["ids"] and not ledger_problems(run_dir) and not leftovers(run_dir)
+    assert not list((stage_folders(run_dir)["ingest"] / "_held").glob("*"))
+
+
 @long_variant("faults", "the whole GME track under faults")
 def test_the_clean_run_reaches_export_through_every_stage(clean):
     run_dir, snap, _ = clean

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 KEY_ENV = "FUSEGEN_TEST_KEY"
 # A piece file the committer names in a marker: `<prefix>-<shard>-<first row>-<slot>.parquet`.
-PIECE = re.compile(r"^[a-z_]+-\d{6}-\d{6}-\d{3}\.parquet$")
+# A part or reject a worker wrote (`...-<slot>.parquet`), a dedup rewrite wrote (`d`) or a worker held (`s`).
+PIECE = re.compile(r"^[a-z_]+-\d{6}-\d{6}-\d{3}[ds]?\.parquet$")
 KEY = "sk-fault-test"
 STAGES = ("ingest", "doc2query", "consistency", "entities", "images", "clip_filter", "gme_score", "negatives",
           "export")
@@ -106,10 +107,16 @@ def short_track_args(root: Path, cache: Path, rows: int = 30) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     corpus = root / "c.jsonl"
     texts = [f"Passage number {i}." if i % 7 else f"SKIP passage {i}." for i in range(rows)]
-    corpus.write_text("".join(json.dumps({"doc_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    ids = [f"d{i}" for i in range(rows)]
+    # Ingest's dedup in 8-row shards: a repeat inside a shard (held by its worker), one across shards (a
+    # rewrite), an id reused inside a shard, and a row held beside a reused id of an earlier shard that
+    # must come back (17 reuses d3, so 18, held as 17's repeat, is the first of its text).
+    texts[5], texts[12], ids[21] = texts[4], texts[2], ids[20]
+    ids[17], texts[18] = ids[3], texts[17]
+    corpus.write_text("".join(json.dumps({"doc_id": d, "text": t}) + "\n" for d, t in zip(ids, texts)))
     config = root / "track.yaml"
     config.write_text(
-        f"pipeline: {TRACK}\ncache_dir: {cache}\ningest: {{path: {corpus}}}\n"
+        f"pipeline: {TRACK}\ncache_dir: {cache}\ningest: {{path: {corpus}, resources: {{shard_rows: 8}}}}\n"
         "tag_a: {column: a, value: one, resources: {shard_rows: 4}}\n"
         "tag_b: {column: b, fanout: 2, resources: {shard_rows: 4}}\nexport: {schema: passthrough}\n"
     )

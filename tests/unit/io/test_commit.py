@@ -298,8 +298,8 @@ def test_ordered_commit_holds_a_later_shard_until_the_earlier_one(run_fs):
 def test_dedup_overrides_move_rows_to_rejects_without_rows_on_the_driver(run_fs):
     stage = Dedup()
 
-    def rewrite(parts, part_rows, overrides):
-        return rewrite_parts(run_fs.root, "02_pass", parts, part_rows, overrides)
+    def rewrite(pieces, overrides):
+        return rewrite_parts(run_fs.root, "02_pass", "02_pass", pieces, overrides)
 
     c = committer(run_fs, stage, {"000000": 2, "000001": 2}, rewrite)
     c.add(receipts(run_fs, stage, block("000000", [0, 1], texts=["a", "b"])))
@@ -312,65 +312,100 @@ def test_dedup_overrides_move_rows_to_rejects_without_rows_on_the_driver(run_fs)
 
 
 def test_markers_wait_for_a_running_rewrite_and_keep_their_order(run_fs):
-    # Shard 0 has a duplicate (its rewrite runs "in Ray": a future we finish by hand); shard 1 has none.
-    # Shard 1's marker must not appear before shard 0's: a resume rebuilds dedup state from committed
+    # Shard 1 repeats shard 0's row (its rewrite runs "in Ray": a future we finish by hand); shard 2 has
+    # none. Shard 2's marker must not appear before shard 1's: a resume rebuilds dedup state from committed
     # shards, so a later shard committed without an earlier one would change what counts as first.
     stage = Dedup()
     pending: list[tuple[Future, tuple]] = []
 
-    def rewrite(parts, part_rows, overrides):
+    def rewrite(pieces, overrides):
         future: Future = Future()
-        pending.append((future, (parts, part_rows, overrides)))
+        pending.append((future, (pieces, overrides)))
         return future
 
-    c = committer(run_fs, stage, {"000000": 2, "000001": 1}, rewrite)
-    c.add(receipts(run_fs, stage, block("000000", [0, 1], texts=["a", "a"])))
-    c.add(receipts(run_fs, stage, block("000001", [0], texts=["b"])))
-    assert markers(run_fs) == {} and len(pending) == 1
-    future, (parts, part_rows, overrides) = pending[0]
-    future.set_result(rewrite_parts(run_fs.root, "02_pass", parts, part_rows, overrides))
+    c = committer(run_fs, stage, {"000000": 1, "000001": 2, "000002": 1}, rewrite)
+    c.add(receipts(run_fs, stage, block("000000", [0], texts=["a"])))
+    c.add(receipts(run_fs, stage, block("000001", [0, 1], texts=["a", "b"])))
+    c.add(receipts(run_fs, stage, block("000002", [0], texts=["c"])))
+    assert sorted(markers(run_fs)) == ["000000"] and len(pending) == 1
+    future, (pieces, overrides) = pending[0]
+    future.set_result(rewrite_parts(run_fs.root, "02_pass", "02_pass", pieces, overrides))
     c.finish()
     got = markers(run_fs)
-    assert sorted(got) == ["000000", "000001"]
-    assert got["000000"]["rows"] == {"in": 2, "out": 1, "filtered": 1, "rejected": 0}
-    assert run_fs.read_parquet(got["000000"]["files"]["parts"][0])["text"].to_pylist() == ["a"]
-    assert len(got["000000"]["files"]["rejects"]) == 1
+    assert sorted(got) == ["000000", "000001", "000002"]
+    assert got["000001"]["rows"] == {"in": 2, "out": 1, "filtered": 1, "rejected": 0}
+    assert run_fs.read_parquet(got["000001"]["files"]["parts"][0])["text"].to_pylist() == ["b"]
+    assert len(got["000001"]["files"]["rejects"]) == 1
 
 
 def test_a_failed_rewrite_fails_the_stage_and_writes_no_marker_for_it(run_fs):
     stage = Dedup()
 
-    def rewrite(parts, part_rows, overrides):
+    def rewrite(pieces, overrides):
         future: Future = Future()
         future.set_exception(OSError("disk full"))
         return future
 
-    c = committer(run_fs, stage, {"000000": 2}, rewrite)
+    c = committer(run_fs, stage, {"000000": 1, "000001": 2}, rewrite)
     with pytest.raises(OSError, match="disk full"):  # as soon as the driver sees it has finished
-        c.add(receipts(run_fs, stage, block("000000", [0, 1], texts=["a", "a"])))
+        c.add(receipts(run_fs, stage, block("000000", [0], texts=["a"])))
+        c.add(receipts(run_fs, stage, block("000001", [0, 1], texts=["a", "b"])))
         c.finish()
-    assert markers(run_fs) == {}
+    assert sorted(markers(run_fs)) == ["000000"]
 
 
 def test_at_most_max_rewrites_wait_at_once(run_fs):
     stage = Dedup()
     futures: list[Future] = []
 
-    def rewrite(parts, part_rows, overrides):
+    def rewrite(pieces, overrides):
         future: Future = Future()
         futures.append(future)
         # Finish it at once, so that a blocking wait on it returns.
-        future.set_result(rewrite_parts(run_fs.root, "02_pass", parts, part_rows, overrides))
+        future.set_result(rewrite_parts(run_fs.root, "02_pass", "02_pass", pieces, overrides))
         return future
 
     n = ShardCommitter.MAX_REWRITES + 3
     c = committer(run_fs, stage, {f"{i:06d}": 2 for i in range(n)}, rewrite)
     waiting = []
-    for i in range(n):
-        c.add(receipts(run_fs, stage, block(f"{i:06d}", [0, 1], texts=[f"t{i}", f"t{i}"])))
+    for i in range(n):  # every shard after the first repeats the first one's text
+        c.add(receipts(run_fs, stage, block(f"{i:06d}", [0, 1], texts=["t0", f"t{i}" if i else "u0"])))
         waiting.append(len(c.waiting))
     c.finish()
+    assert len(futures) == n - 1
     assert max(waiting) <= ShardCommitter.MAX_REWRITES and len(markers(run_fs)) == n
+
+
+def test_repeats_inside_a_piece_are_held_by_the_worker_and_need_no_rewrite(run_fs):
+    stage = Dedup()
+
+    def rewrite(pieces, overrides):
+        raise AssertionError("no shard needs a rewrite: every repeat is inside its piece")
+
+    c = committer(run_fs, stage, {"000000": 3, "000001": 2}, rewrite)
+    first = receipts(run_fs, stage, block("000000", [0, 1, 2], texts=["a", "a", "b"]))
+    assert first["held_pos"].to_pylist() == [[1]] and first["part_rows"].to_pylist() == [[2]]
+    c.add(first)
+    c.add(receipts(run_fs, stage, block("000001", [0, 1], texts=["c", "c"])))
+    c.finish()
+    got = markers(run_fs)
+    assert got["000000"]["rows"] == {"in": 3, "out": 2, "filtered": 1, "rejected": 0}
+    assert got["000000"]["reasons"] == {"filter:duplicate_text": 1}
+    assert run_fs.read_parquet(got["000000"]["files"]["parts"][0])["text"].to_pylist() == ["a", "b"]
+    (gone,) = [r for rel in got["000000"]["files"]["rejects"] for r in run_fs.read_parquet(rel).to_pylist()]
+    assert (gone["id"], gone["reason"], gone["status"]) == ("000000-1-0", "filter:duplicate_text", "filtered")
+    # The held rows are named by no marker: garbage once their shard is committed.
+    held = run_fs.list_files("02_pass/_held")
+    assert len(held) == 2 and not set(held) & {f for m in got.values() for fs in m["files"].values() for f in fs}
+    remove_garbage(run_fs, "02_pass", "02_pass")
+    assert run_fs.list_files("02_pass/_held") == []
+
+
+def test_a_dedup_stage_cannot_split_its_parts(run_fs):
+    stage = Dedup()
+    table = block("000000", [0, 1], texts=["a", "b"]).append_column(SPLIT, pa.array(["train", "train"]))
+    with pytest.raises(LedgerError, match="one part per piece"):
+        receipts(run_fs, stage, table)
 
 
 def test_files_written_but_never_committed_are_garbage(run_fs):

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.columns import INTERNAL, PARENT, REASON, SHARD, SRC, STATUS
-from pipeline.io.commit import ShardCommitter, committed_files, rewrite_parts, write_pieces
+from pipeline.io.commit import ShardCommitter, committed_files, remove_garbage, rewrite_parts, write_pieces
 from pipeline.io.dedup import DedupRule, FirstSeen, KeyOwner, SeenKeys, row_keys, text_keys
 from pipeline.io.fs import RunFS
 from pipeline.stage import Stage, StageConfig
@@ -121,31 +121,75 @@ def block(shard: str, rows: list[tuple[int, int]]) -> pa.Table:
     })
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(SHARDS.filter(lambda s: all(s)), st.randoms(use_true_random=False), st.integers(1, 3))
 def test_shards_finishing_in_any_order_commit_the_rows_a_clean_in_order_run_keeps(shards, rng, owners):
-    """Receipts reach the committer in a shuffled order; the committed parts hold exactly the rows the
-    rule keeps, and the rejects the rows it drops with their reasons."""
+    """Each shard reaches the workers as one or more pieces (blocks), each piece holding its own repeats;
+    receipts reach the committer in a shuffled order. The committed parts hold exactly the rows the rule
+    keeps, in order, and the rejects the rows it drops with their reasons; a shard is rewritten exactly
+    when some piece's own decision differs from the rule's (a held row that must come back included)."""
     expected = oracle(shards)
     names = [f"{i:06d}" for i in range(len(shards))]
+    rewritten: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         run_fs, stage = RunFS.from_uri(tmp), Texts()
-        receipts = [write_pieces(block(s, rows), tmp, stage, "01_x", "01_x") for s, rows in zip(names, shards)]
+        receipts, wrong_guess = [], set()
+        for s, rows, verdicts in zip(names, shards, expected):
+            cuts = sorted(rng.sample(range(1, len(rows)), rng.randint(0, len(rows) - 1))) if len(rows) > 1 else []
+            table = block(s, rows)
+            for lo, hi in zip([0, *cuts], [*cuts, len(rows)]):
+                receipts.append(write_pieces(table.slice(lo, hi - lo), tmp, stage, "01_x", "01_x"))
+                if oracle([rows[lo:hi]])[0] != verdicts[lo:hi]:
+                    wrong_guess.add(s)
         rng.shuffle(receipts)
         specs = [SimpleNamespace(shard=s, rows=len(rows)) for s, rows in zip(names, shards)]
         seen = FirstSeen.local(RULE, owners)
+
+        def rewrite(pieces, overrides):
+            rewritten.append(pieces[0]["parts"][0].split("-")[1] if pieces[0]["parts"] else
+                             pieces[0]["held"].split("-")[1])
+            return rewrite_parts(tmp, "01_x", "01_x", pieces, overrides)
+
         committer = ShardCommitter(run_fs, stage, "01_x", specs, SimpleNamespace(update=lambda n, rows: None),
-                                   seen.decide, lambda *a: rewrite_parts(tmp, "01_x", *a))
+                                   seen.decide, rewrite)
         for r in receipts:
             committer.add(r)
         committer.finish()
         parts, rejects = committed_files(run_fs, "01_x")
         kept = [i for rel in parts for i in run_fs.read_parquet(rel)["id"].to_pylist()]
-        dropped = {r["id"]: (r["status"], r["reason"]) for rel in rejects for r in run_fs.read_parquet(rel).to_pylist()}
+        dropped = [(r["id"], (r["status"], r["reason"])) for rel in rejects for r in run_fs.read_parquet(rel).to_pylist()]
+        garbage = remove_garbage(run_fs, "01_x", "01_x")
+        assert run_fs.list_files("01_x/_held") == [] and committed_files(run_fs, "01_x") == (parts, rejects)
     want = [(f"{s}-{i}", v) for s, shard in zip(names, expected) for i, v in enumerate(shard)]
     assert kept == [i for i, v in want if v == ("ok", "")]
-    assert dropped == {i: v for i, v in want if v != ("ok", "")}
+    assert len(dropped) == len(dict(dropped)) and dict(dropped) == {i: v for i, v in want if v != ("ok", "")}
     assert not set(INTERNAL) & set(dropped)
+    assert sorted(rewritten) == sorted(wrong_guess)
+    assert garbage >= 0
+
+
+def test_a_held_row_comes_back_when_the_row_it_repeated_is_dropped_by_an_earlier_shard():
+    """Shard 1's first row reuses shard 0's id; its second repeats the first one's text. Alone, shard 1
+    keeps the first and holds the second; in shard order the first is a reused id, so the second is the
+    first of its text and is kept, in its place."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_fs, stage = RunFS.from_uri(tmp), Texts()
+        first = write_pieces(block("000000", [(1, 1)]), tmp, stage, "01_x", "01_x")
+        second = write_pieces(block("000001", [(2, 1), (2, 2), (3, 3)]), tmp, stage, "01_x", "01_x")
+        assert second["held_pos"].to_pylist() == [[1]]
+        specs = [SimpleNamespace(shard="000000", rows=1), SimpleNamespace(shard="000001", rows=3)]
+        committer = ShardCommitter(run_fs, stage, "01_x", specs, SimpleNamespace(update=lambda n, rows: None),
+                                   FirstSeen.local(RULE).decide, lambda *a: rewrite_parts(tmp, "01_x", "01_x", *a))
+        committer.add(second)
+        committer.add(first)
+        committer.finish()
+        marker = run_fs.read_json("01_x/_parts/000001.json")
+        (part,) = marker["files"]["parts"]
+        assert run_fs.read_parquet(part).to_pylist() == [{"id": "000001-1", "text": "t2", "doc": "d2"},
+                                                         {"id": "000001-2", "text": "t3", "doc": "d3"}]
+        (gone,) = [r for rel in marker["files"]["rejects"] for r in run_fs.read_parquet(rel).to_pylist()]
+        assert (gone["id"], gone["status"], gone["reason"]) == ("000001-0", "rejected", RULE.reused_id)
+        assert marker["rows"] == {"in": 3, "out": 2, "filtered": 0, "rejected": 1}
 
 
 def test_seen_keys_find_what_was_added_across_runs_and_keys_sharing_a_high_word():

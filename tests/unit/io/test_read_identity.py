@@ -71,7 +71,7 @@ def run_ingest(corpus: Path, run: Path, mode: str = "auto") -> dict:
     out = ingest_batch(table, to_dict(stage.config), str(run), corpus_root(str(corpus)))
     progress = SimpleNamespace(update=lambda n, rows: None)
     committer = ShardCommitter(run_fs, stage, "01_ingest", [spec], progress, FirstSeen.local(stage.dedup).decide,
-                               lambda *args: rewrite_parts(str(run), "01_ingest", *args))
+                               lambda *args: rewrite_parts(str(run), "01_ingest", "01_ingest", *args))
     committer.add(write_pieces(out, str(run), stage, "01_ingest", "01_ingest"))
     committer.finish()
     _, _, markers = aggregate_markers(run_fs, "01_ingest")
