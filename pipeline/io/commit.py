@@ -197,7 +197,7 @@ def _write_piece(piece: pa.Table, shard: str, run_fs: RunFS, stage, stage_dir: s
         rel = f"{stage_dir}/{REJECTS}/part-{name}.parquet"
         run_fs.write_parquet(rel, reject_table(dropped))
         rejects = [rel]
-    first, count, units, expected = _runs(*_coverage(piece, stage.fanout))
+    first, count, units, expected = _coverage(piece, stage.fanout)
     counts = Counter(status.to_pylist())
     read = None
     if READ in piece.column_names:
@@ -240,35 +240,28 @@ def _splits(kept: pa.Table, stage, shard: str) -> list[tuple[str, pa.Table]]:
     return [(p, rows) for p, rows in out if rows.num_rows]
 
 
-def _coverage(piece: pa.Table, fanout: int | None) -> tuple[list[int], list[int], list[int]]:
-    """Per input row in the piece: (src, units here, units expected in all)."""
-    srcs = piece[SRC].to_pylist()
+def _coverage(piece: pa.Table, fanout: int | None) -> tuple[list[int], list[int], list[int], list[int]]:
+    """The input rows the piece covers, as runs of consecutive rows that each produced the same units
+    here and expect the same units in all: (first rows, run lengths, units, expected)."""
+    srcs = piece[SRC].to_numpy()
+    rows, first_unit, units = np.unique(srcs, return_index=True, return_counts=True)
     if fanout is None:
         if NROWS not in piece.column_names:
             raise LedgerError("a stage with a variable fan-out must set `_n` (units of the input row) on every unit")
-        totals = {}
-        for src, n in zip(srcs, piece[NROWS].to_pylist()):
-            if totals.setdefault(src, n) != n:
-                raise LedgerError(f"the units of input row {src} disagree on `_n` ({totals[src]} and {n})")
+        announced = piece[NROWS].to_numpy(zero_copy_only=False)
+        totals = announced[first_unit]
+        differs = np.flatnonzero(announced != totals[np.searchsorted(rows, srcs)])
+        if len(differs):
+            src = srcs[differs[0]]
+            raise LedgerError(f"the units of input row {src} disagree on `_n` "
+                              f"({totals[np.searchsorted(rows, src)]} and {announced[differs[0]]})")
     else:
-        totals = dict.fromkeys(srcs, fanout)
-    counts = Counter(srcs)
-    order = sorted(counts)
-    return order, [counts[s] for s in order], [int(totals[s]) for s in order]
-
-
-def _runs(srcs: list[int], units: list[int], expected: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
-    """Per-row coverage (sorted rows) -> runs of consecutive rows with the same (units, expected)."""
-    first, count, run_units, run_expected = [], [], [], []
-    for src, n, total in zip(srcs, units, expected):
-        if first and src == first[-1] + count[-1] and (n, total) == (run_units[-1], run_expected[-1]):
-            count[-1] += 1
-        else:
-            first.append(src)
-            count.append(1)
-            run_units.append(n)
-            run_expected.append(total)
-    return first, count, run_units, run_expected
+        totals = np.full(len(rows), fanout, np.int64)
+    starts = np.ones(len(rows), bool)
+    starts[1:] = (np.diff(rows) != 1) | (units[1:] != units[:-1]) | (totals[1:] != totals[:-1])
+    at = np.flatnonzero(starts)
+    lengths = np.diff(np.append(at, len(rows)))
+    return rows[at].tolist(), lengths.tolist(), units[at].tolist(), totals[at].astype(np.int64).tolist()
 
 
 def covered_rows(receipt: dict) -> list[tuple[int, int, int]]:
@@ -300,7 +293,7 @@ class ShardCommitter:
         self.specs = {s.shard: s for s in pending}
         self.order = [s.shard for s in pending]
         self.pieces: dict[str, list[dict]] = {}
-        self.units: dict[str, dict[int, list[int]]] = {}
+        self.units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         # Input rows of each shard whose units have all arrived.
         self.complete: dict[str, int] = {}
         self.ready: set[str] = set()
@@ -327,16 +320,21 @@ class ShardCommitter:
         if shard not in self.specs:
             raise LedgerError(f"{where}: rows for a shard that is not pending in this run")
         rows = self.specs[shard].rows
-        seen = self.units.setdefault(shard, {})
-        done = self.complete.get(shard, 0)
-        for src, n, expected in covered_rows(receipt):
-            if not 0 <= src < rows:
-                raise LedgerError(f"{where}: a unit names input row {src}, but the shard has {rows} rows")
-            got = seen.setdefault(src, [0, expected])
-            got[0] += n
-            if got[1] != expected or got[0] > expected:
-                raise LedgerError(f"{where}: input row {src} produced {got[0]} units, expected {expected}")
-            done += got[0] == expected
+        # Per input row: units arrived so far, and units expected (-1 while none has arrived).
+        got, want = self.units.setdefault(shard, (np.zeros(rows, np.int64), np.full(rows, -1, np.int64)))
+        for first, count, n, expected in zip(receipt["src_first"], receipt["src_count"], receipt["src_units"],
+                                             receipt["src_expected"]):
+            if first < 0 or first + count > rows:
+                raise LedgerError(f"{where}: a unit names input row {first if first < 0 else max(first, rows)}, "
+                                  f"but the shard has {rows} rows")
+            span = slice(first, first + count)
+            got[span] += n
+            want[span] = np.where(want[span] == -1, expected, want[span])
+            bad = np.flatnonzero((want[span] != expected) | (got[span] > expected))
+            if len(bad):
+                src = first + int(bad[0])
+                raise LedgerError(f"{where}: input row {src} produced {got[src]} units, expected {expected}")
+        done = int(np.count_nonzero(got == want))
         self.complete[shard] = done
         self.pieces.setdefault(shard, []).append(receipt)
         if done == rows:
@@ -365,7 +363,7 @@ class ShardCommitter:
         where = f"{self.stage.name} shard {shard}"
         # `in` is what the shard was given, not the sum it is checked against: the plan's rows times the
         # stage's fan-out, or (variable fan-out) the units each of the plan's rows announced (`_n`).
-        rows = {"in": self._units_in(spec, self.units.pop(shard, {})), "out": 0, "filtered": 0, "rejected": 0}
+        rows = {"in": self._units_in(spec, self.units.pop(shard)), "out": 0, "filtered": 0, "rejected": 0}
         self.complete.pop(shard, None)
         reasons: Counter = Counter()
         for r in pieces:
@@ -415,12 +413,12 @@ class ShardCommitter:
         if sum(f is not None for _, _, f in self.waiting) > self.MAX_REWRITES:
             self._write_markers(block=True, keep=self.MAX_REWRITES)
 
-    def _units_in(self, spec, units: dict[int, list[int]]) -> int:
+    def _units_in(self, spec, units: tuple[np.ndarray, np.ndarray]) -> int:
         """The units the shard's planned input rows stand for: rows × fan-out from the plan, or the sum of
         the `_n` its rows announced (each of the planned rows has announced one: the shard is complete)."""
         if self.stage.fanout is not None:
             return spec.rows * self.stage.fanout
-        return sum(expected for _, expected in units.values())
+        return int(units[1].sum())
 
     def _write_markers(self, block: bool, keep: int | None = None) -> None:
         """Write the markers of decided shards, oldest first: up to one whose rewrite is still running
@@ -467,8 +465,8 @@ class ShardCommitter:
             shard = self.order[0]
             rows = self.specs[shard].rows
             whole = self.complete.get(shard, 0)
-            seen = self.units.get(shard, {})
-            lost = next((src for src in range(rows) if src not in seen or seen[src][0] < seen[src][1]), None)
+            got, want = self.units.get(shard, (np.zeros(rows, np.int64), np.full(rows, -1, np.int64)))
+            lost = int(np.flatnonzero(got != want)[0])
             raise LedgerError(
                 f"{self.stage.name}: the stream ended but {len(self.order)} shard(s) never came back "
                 f"complete; shard {shard}: {whole} of its {rows} input rows accounted for (first missing: "

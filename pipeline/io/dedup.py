@@ -252,15 +252,18 @@ def _verdicts(dropped: dict[int, str], rule: DedupRule) -> dict[int, tuple[str, 
 
 
 def _decide_shard(content: np.ndarray, ids: np.ndarray, c_hit: np.ndarray, i_hit: np.ndarray) -> dict[int, str]:
-    """Row position -> "content" or "id" for the rows dropped, given which keys earlier shards kept."""
-    repeats = _has_repeats(content) or _has_repeats(ids)
-    if not repeats:
-        # No key twice in the shard: each row is decided by the earlier shards alone.
-        return {int(i): "content" if c_hit[i] else "id" for i in np.flatnonzero(c_hit | i_hit)}
-    out: dict[int, str] = {}
+    """Row position -> "content" or "id" for the rows dropped, given which keys earlier shards kept.
+
+    A row whose content and id keys are both unique in the shard is decided by the earlier shards alone:
+    the keys the shard's own earlier rows keep are never its. Only the rows sharing a key with another
+    row of the shard (and any key such a row keeps is only ever looked up by such rows) go through the
+    rule in order."""
+    alone = ~(_repeated(content) | _repeated(ids))
+    out = {int(i): "content" if c_hit[i] else "id" for i in np.flatnonzero((c_hit | i_hit) & alone)}
+    rows = np.flatnonzero(~alone)
     seen_c: set[tuple[int, int]] = set()
     seen_i: set[tuple[int, int]] = set()
-    for i, (c, d) in enumerate(zip(map(tuple, content.tolist()), map(tuple, ids.tolist()))):
+    for i, c, d in zip(rows.tolist(), map(tuple, content[rows].tolist()), map(tuple, ids[rows].tolist())):
         if c_hit[i] or c in seen_c:
             out[i] = "content"
         elif i_hit[i] or d in seen_i:
@@ -271,5 +274,14 @@ def _decide_shard(content: np.ndarray, ids: np.ndarray, c_hit: np.ndarray, i_hit
     return out
 
 
-def _has_repeats(keys: np.ndarray) -> bool:
-    return len(keys) > 1 and len(np.unique(keys, axis=0)) < len(keys)
+def _repeated(keys: np.ndarray) -> np.ndarray:
+    """(n, 2) keys -> which rows hold a key another row holds too."""
+    out = np.zeros(len(keys), bool)
+    if len(keys) < 2:
+        return out
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    ordered = keys[order]
+    same = np.all(ordered[1:] == ordered[:-1], axis=1)
+    out[order[1:][same]] = True
+    out[order[:-1][same]] = True
+    return out

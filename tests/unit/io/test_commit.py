@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.columns import NROWS, PARENT, REASON, SHARD, SLOT, SPLIT, SRC, STATUS
 from pipeline.errors import LedgerError
@@ -120,6 +122,24 @@ def test_a_receipt_codes_its_rows_as_runs_and_stays_small_whatever_the_rows(run_
     (r,) = split.to_pylist()
     assert covered_rows(r) == [(0, 2, 2), (1, 1, 2), (3, 2, 2), (4, 1, 2)]
     assert (r["src_first"], r["src_count"]) == ([0, 1, 3, 4], [1, 1, 1, 1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(1, 3), st.integers(0, 2)), min_size=1, max_size=25,
+                unique_by=lambda t: t[0]), st.booleans(), st.randoms(use_true_random=False))
+def test_the_runs_of_a_receipt_are_the_rows_it_covers_one_by_one(tmp_path_factory, rows, variable, rng):
+    """Generated pieces (input rows with gaps, some units of each, a fixed or announced fan-out, rows in
+    any order): the receipt's runs give back exactly each row's units here and expected in all."""
+    run_fs = RunFS.from_uri(str(tmp_path_factory.mktemp("runs")))
+    units = [(src, slot, total if variable else 3) for src, total, extra in rows
+             for slot in range(min(total if variable else 3, 1 + extra))]
+    rng.shuffle(units)
+    table = block("000000", [u[0] for u in units], slots=[u[1] for u in units],
+                  totals=[u[2] for u in units] if variable else None)
+    (r,) = receipts(run_fs, Pass(fanout=None if variable else 3), table).to_pylist()
+    want = sorted({(src, sum(u[0] == src for u in units), total) for src, _, total in units})
+    assert covered_rows(r) == want
+    assert len(r["src_first"]) <= len(want)
 
 
 def test_worker_writes_kept_rows_and_rejects_under_the_names_the_receipt_gives(run_fs):
