@@ -355,9 +355,9 @@ def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSp
     import ray.data
 
     run_fs = target.fs
+    rewrite = Rewriters(target.uri, target.stage_dir, target.parts_dir) if seen is not None else None
     committer = ShardCommitter(run_fs, stage, target.stage_dir, pending, progress,
-                               decide=seen.decide if seen is not None else None,
-                               rewrite=_remote_rewrite(target.uri, target.stage_dir, target.parts_dir))
+                               decide=seen.decide if seen is not None else None, rewrite=rewrite)
     ds = ray.data.from_items([s.to_item() for s in pending], override_num_blocks=len(pending))
     read = {"source_uri": ctx.run_uri, "readers": stage.readers()}
     write = {"run_uri": target.uri, "stage": stage, "stage_dir": target.stage_dir, "parts_dir": target.parts_dir}
@@ -376,9 +376,11 @@ def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSp
         receipts = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
         for block in guarded(receipts, stage.config.resources.stall_timeout_s, stage.name):
             committer.add(block)
+        committer.finish()
     finally:
         progress.close()
-    committer.finish()
+        if rewrite is not None:
+            rewrite.close()
     # Sweep once more now that every shard is committed: parts a dedup rewrite superseded, and
     # temporaries of a worker killed mid-write whose task Ray ran again (the retry wrote the same names).
     removed = remove_garbage(run_fs, target.stage_dir, target.parts_dir, stage.part_prefixes())
@@ -388,15 +390,37 @@ def _stream(ctx: RunContext, stage: Stage, target: Target, pending: list[ShardSp
     return committer.receipt_bytes
 
 
-def _remote_rewrite(uri: str, stage_dir: str, parts_dir: str):
-    """A dedup's decisions are applied to the written files by a Ray task, not on the driver; the
-    committer gets a future and goes on taking receipts while it runs."""
+class Rewriters:
+    """A dedup's rewrites (io/commit.rewrite_parts) run in 0-CPU actors, one per node, started at the first
+    rewrite: not on the driver (rows stay off it), and not as tasks (a 0-CPU task in flight beside busy
+    workers starts a worker process of its own, ~0.15 GiB each, up to ShardCommitter.MAX_REWRITES of them).
+    The committer gets a future and goes on taking receipts while a rewrite runs; an actor that dies fails
+    its rewrite's future, and with it the stage (a resume redoes the shard)."""
 
-    import ray
+    def __init__(self, uri: str, stage_dir: str, parts_dir: str) -> None:
+        self.args, self.actors, self.calls = (uri, stage_dir, parts_dir), [], 0
 
-    task = ray.remote(num_cpus=0)(rewrite_parts)
+    def __call__(self, pieces: list[dict], overrides: dict):
+        import ray
 
-    def rewrite(pieces: list[dict], overrides: dict):
-        return task.remote(uri, stage_dir, parts_dir, pieces, overrides).future()
+        if not self.actors:
+            nodes = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+            actor = ray.remote(num_cpus=0, max_restarts=0)(_Rewriter)
+            self.actors = [actor.options(scheduling_strategy="SPREAD").remote(*self.args) for _ in range(nodes)]
+        self.calls += 1
+        return self.actors[self.calls % len(self.actors)].rewrite.remote(pieces, overrides).future()
 
-    return rewrite
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+class _Rewriter:
+    def __init__(self, uri: str, stage_dir: str, parts_dir: str) -> None:
+        self.args = (uri, stage_dir, parts_dir)
+
+    def rewrite(self, pieces: list[dict], overrides: dict):
+        return rewrite_parts(*self.args, pieces, overrides)
