@@ -279,7 +279,7 @@ class ShardCommitter:
     order, and returns kept-row position -> (status, reason) for the rows it turns away. Where that
     equals what the shard's pieces decided themselves (their held rows), nothing is rewritten.
     Otherwise `rewrite(pieces, overrides)` (`rewrite_parts`) applies the decisions to the files already
-    written (a Ray task in the runner, so rows stay off the driver); it returns the new (parts, part_rows,
+    written (a Ray actor in the runner, runner.Rewriters, so rows stay off the driver); it returns the new (parts, part_rows,
     rejects), or a `concurrent.futures.Future` of them. Rewrites run while later receipts are taken in
     (`decide` itself runs in shard order, on the driver); markers are still written in the order the
     shards were decided, each once its rewrite has finished, at most MAX_REWRITES waiting at once.
@@ -492,7 +492,7 @@ def rewrite_parts(run_uri: str, stage_dir: str, parts_dir: str, pieces: list[dic
     in order: a piece whose own decision (`guess`, its held rows) was right keeps its files; another is
     rebuilt from its part and its held rows, in row order, and written again under new names (the old
     files become garbage once the marker names the new ones). Returns the shard's (parts, part_rows,
-    rejects of the dedup). Runs as a Ray task, next to the data."""
+    rejects of the dedup). Runs in a Ray actor (runner.Rewriters), not on the driver."""
     run_fs = RunFS.from_uri(run_uri)
     new_parts, new_rows, rejects, offset = [], [], [], 0
     for piece in pieces:
