@@ -9,7 +9,9 @@ filtered for a normal reason, never with an `error:`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -99,6 +101,63 @@ def test_a_hostile_parquet_file_stops_the_run_naming_it_or_ingests_every_row(kin
     assert ledger_problems(tmp_path / "run") == []
     ingest = json.loads((stage_folders(tmp_path / "run")["ingest"] / "_manifest.json").read_text())
     assert ingest["rows"]["in"] == pq.ParquetFile(path).metadata.num_rows
+
+
+def duplicate_corpus(kind: str) -> list[dict]:
+    """Corpora that stress ingest's dedup across 37-row shards (the rule: io/dedup.py)."""
+    rng = random.Random(kind)
+    if kind == "one_text":
+        return [{"doc_id": f"d{i}", "text": "The same passage, again."} for i in range(300)]
+    if kind == "ids_cycle":
+        return [{"doc_id": f"d{i % 20}", "text": f"Passage {i} about things."} for i in range(300)]
+    if kind == "case_space_no_ids":  # texts equal after normalising (case, spaces); some rows without an id
+        rows = []
+        for _ in range(400):
+            t = rng.randrange(60)
+            row = {"text": f"  Passage   {t} on the river. " if rng.random() < .5 else f"PASSAGE {t} ON THE RIVER."}
+            if rng.random() < .9:
+                row["doc_id"] = f"d{rng.randrange(80)}"
+            rows.append(row)
+        return rows
+    # comebacks: B reuses an earlier shard's id with a new text, C repeats B's text under a new id. Alone,
+    # B's shard keeps B and holds C; in shard order B is a reused id and C is the first of its text.
+    rows = [{"doc_id": f"a{j}", "text": f"P{j}"} for j in range(100)]
+    for j in range(100):
+        rows += [{"doc_id": f"a{j}", "text": f"Q{j}"}, {"doc_id": f"c{j}", "text": f"Q{j}"}]
+    return rows
+
+
+def dedup_rule(rows: list[dict]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The rule in plain Python over the whole corpus: (kept doc ids in order, sorted (doc id, reason))."""
+    seen_text, seen_id, kept, dropped = set(), set(), [], []
+    for row in rows:
+        text = " ".join(row["text"].split()).casefold()
+        doc_id = row.get("doc_id") or f"h{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        if text in seen_text:
+            dropped.append((doc_id, "filter:duplicate_text"))
+        elif doc_id in seen_id:
+            dropped.append((doc_id, "error:duplicate_doc_id"))
+        else:
+            seen_text.add(text)
+            seen_id.add(doc_id)
+            kept.append(doc_id)
+    return kept, sorted(dropped)
+
+
+@pytest.mark.parametrize("kind", ["one_text", "ids_cycle", "case_space_no_ids", "comebacks"])
+def test_duplicate_corpora_keep_in_order_what_the_dedup_rule_keeps(kind, tmp_path, tiny_cache):
+    rows = duplicate_corpus(kind)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(tmp_path / "run", [f"cache_dir={tiny_cache}", f"ingest.path={corpus}", "ingest.resources.shard_rows=37",
+                           *SHORT])
+    folder = stage_folders(tmp_path / "run")["ingest"]
+    parts = [p for m in sorted((folder / "_parts").glob("*.json")) for p in json.loads(m.read_text())["files"]["parts"]]
+    kept = [d for p in parts for d in pq.read_table(tmp_path / "run" / p, columns=["doc_id"])["doc_id"].to_pylist()]
+    dropped = sorted((r["doc_id"], r["reason"]) for r in rows_of(folder / "_rejects"))
+    assert (kept, dropped) == dedup_rule(rows)
+    assert [r["doc_id"] for r in rows_of(tmp_path / "run" / "export" / "data")] == kept
+    assert ledger_problems(tmp_path / "run") == [] and not list((folder / "_held").glob("*"))
 
 
 @pytest.fixture(scope="module")
