@@ -88,6 +88,16 @@ def cluster_nodes(cfg) -> list[dict]:
     return ray.nodes()
 
 
+def spread_actors(cls: type, *args, count: int | None = None) -> list:
+    """0-CPU Ray actors of `cls` (no restarts: a dead one fails its callers, and the stage resumes), one per
+    alive node unless `count` says how many, spread over the nodes."""
+    import ray
+
+    count = count or max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+    actor = ray.remote(num_cpus=0, max_restarts=0)(cls)
+    return [actor.options(scheduling_strategy="SPREAD").remote(*args) for _ in range(count)]
+
+
 def check_plan(cfg, plan: list) -> None:
     """Before any work: wait until the cluster can start every stage's worker pools, up to
     `ray.schedule_grace_s` on a cluster it connects to (an embedded Ray cannot grow: checked once).

@@ -39,7 +39,7 @@ from pipeline.io.runlock import run_lock
 from pipeline.io.shards import ShardSpec, tag_rows
 from pipeline.logging import get_logger
 from pipeline.progress import StageProgress
-from pipeline.raycluster import check_plan
+from pipeline.raycluster import check_plan, spread_actors
 from pipeline.rundir import RunContext, check_run_dir, stage_dirs
 from pipeline.stage import Stage, StageOutput, glue_map, run_steps, shards_pending
 from pipeline.stallguard import guarded
@@ -401,12 +401,8 @@ class Rewriters:
         self.args, self.actors, self.calls = (uri, stage_dir, parts_dir), [], 0
 
     def __call__(self, pieces: list[dict], overrides: dict):
-        import ray
-
         if not self.actors:
-            nodes = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
-            actor = ray.remote(num_cpus=0, max_restarts=0)(_Rewriter)
-            self.actors = [actor.options(scheduling_strategy="SPREAD").remote(*self.args) for _ in range(nodes)]
+            self.actors = spread_actors(_Rewriter, *self.args)
         self.calls += 1
         return self.actors[self.calls % len(self.actors)].rewrite.remote(pieces, overrides).future()
 

@@ -152,11 +152,9 @@ class FirstSeen:
     @classmethod
     def on_ray(cls, rule: DedupRule, owners: int | None = None) -> FirstSeen:
         """Owners as Ray actors (0 CPUs), one per alive node unless told, spread over the nodes."""
-        import ray
+        from pipeline.raycluster import spread_actors
 
-        count = owners or max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
-        actor = ray.remote(num_cpus=0, max_restarts=0)(KeyOwner)
-        return cls(rule, [actor.options(scheduling_strategy="SPREAD").remote() for _ in range(count)], remote=True)
+        return cls(rule, spread_actors(KeyOwner, count=owners), remote=True)
 
     def close(self) -> None:
         if self.remote:
